@@ -1,0 +1,164 @@
+//! Training throughput of both models, and the fused scan / sparse MoE against their reference
+//! twins. Not a test: figures depend on the machine. Run:
+//!
+//!     cargo bench -p itera-model --bench throughput                 # 1 and 2 threads
+//!     cargo bench -p itera-model --bench throughput -- --quick      # demo presets only
+//!     cargo bench -p itera-model --bench throughput -- --only itera  # runs whose name matches
+//!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
+//!
+//! Each thread count runs in a child process (rayon and candle read RAYON_NUM_THREADS once).
+//! "gpt-bench" is the Llama baseline at the dimensions of
+//! ../shared/probes/candle-cpu/py/gpt_bench.py (4 layers, d 256, 4 heads, MLP 1024, vocab 4096,
+//! ctx 256, batch 16), so its figure stands beside PyTorch eager measured there; note that its
+//! SwiGLU MLP has three 256×1024 matrices where that GPT's GELU MLP has two.
+
+use candle_core::{Device, Result, Tensor, Var};
+use itera_model::init::Rng;
+use itera_model::moe::MoeKernel;
+use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::scan::{selective_scan, selective_scan_ref};
+use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, ScanKernel};
+use std::time::Instant;
+
+const WARMUP: usize = 1;
+const STEPS: usize = 3;
+
+fn main() -> Result<()> {
+    itera_model::runtime::tune_allocator();
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let no_kernels = args.iter().any(|a| a == "--no-kernels");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    if std::env::var("ITERA_BENCH_CHILD").is_err() {
+        for threads in [1, 2] {
+            let status = std::process::Command::new(&args[0])
+                .args(&args[1..])
+                .env("ITERA_BENCH_CHILD", "1")
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .status()
+                .map_err(candle_core::Error::wrap)?;
+            if !status.success() {
+                candle_core::bail!("bench child with {threads} thread(s) failed");
+            }
+        }
+        return Ok(());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    println!("## {threads} thread(s)");
+    println!("| model | params | batch × ctx | fwd s | bwd s | opt s | train tok/s |");
+    println!("|---|---|---|---|---|---|---|");
+    let vocab = 4096;
+    let mut runs: Vec<(String, Config, usize, usize)> = vec![];
+    let presets: &[Preset] = if quick { &[Preset::Demo] } else { &[Preset::Demo, Preset::Seed] };
+    for &p in presets {
+        for kind in ModelKind::ALL {
+            let batch = if p == Preset::Seed { 8 } else { 16 };
+            runs.push((format!("{kind} {p}"), Config::preset(kind, p, vocab), batch, 256));
+        }
+    }
+    let mut gpt = BaselineConfig::preset(Preset::Demo, vocab);
+    gpt.intermediate_size = 1024;
+    runs.push(("baseline gpt-bench".into(), Config::Baseline(gpt), 16, 256));
+    for (name, cfg, batch, ctx) in &runs {
+        if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
+            train_speed(name, cfg, *batch, *ctx)?;
+        }
+    }
+    if no_kernels {
+        return Ok(());
+    }
+
+    println!("\n| kernel (demo dims, B 16, L 256) | fast fwd+bwd s | reference fwd+bwd s | speed-up |");
+    println!("|---|---|---|---|");
+    scan_speed(16, 256, 512, 16)?;
+    moe_speed(16, 256)?;
+    Ok(())
+}
+
+fn train_speed(name: &str, cfg: &Config, batch: usize, ctx: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let (varmap, model) = Model::init(cfg, 0, &dev)?;
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
+    let mut rng = Rng::new(1);
+    let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
+    for step in 0..WARMUP + STEPS {
+        let ids: Vec<u32> = (0..batch * (ctx + 1)).map(|_| rng.below(cfg.vocab_size()) as u32).collect();
+        let data = Tensor::from_vec(ids, (batch, ctx + 1), &dev)?;
+        let (x, y) = (data.narrow(1, 0, ctx)?, data.narrow(1, 1, ctx)?);
+        let t0 = Instant::now();
+        let loss = model.loss(&x, &y)?.total;
+        loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let mut grads = loss.backward()?;
+        let t2 = Instant::now();
+        clip_grad_norm(&mut grads, &varmap, 1.0)?;
+        opt.step(&grads, 1e-3)?;
+        let t3 = Instant::now();
+        if step >= WARMUP {
+            tf += (t1 - t0).as_secs_f64();
+            tb += (t2 - t1).as_secs_f64();
+            to += (t3 - t2).as_secs_f64();
+        }
+    }
+    let n = STEPS as f64;
+    let step = (tf + tb + to) / n;
+    let p = cfg.param_count();
+    println!(
+        "| {name} | {:.2}M ({:.2}M active) | {batch} × {ctx} | {:.3} | {:.3} | {:.3} | {:.0} |",
+        p.total as f64 / 1e6,
+        p.active_per_token as f64 / 1e6,
+        tf / n,
+        tb / n,
+        to / n,
+        (batch * ctx) as f64 / step
+    );
+    Ok(())
+}
+
+type ScanFn = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
+fn scan_speed(b: usize, l: usize, ed: usize, n: usize) -> Result<()> {
+    let mut rng = Rng::new(2);
+    let mut var = |dims: &[usize], lo: f64, hi: f64| -> Result<Var> {
+        let numel: usize = dims.iter().product();
+        let v: Vec<f32> = (0..numel).map(|_| (lo + (hi - lo) * rng.uniform()) as f32).collect();
+        Var::from_tensor(&Tensor::from_vec(v, dims, &Device::Cpu)?)
+    };
+    let (u, delta, a) = (var(&[b, l, ed], -1.0, 1.0)?, var(&[b, l, ed], 0.01, 0.2)?, var(&[ed, n], -4.0, -0.5)?);
+    let (bm, cm) = (var(&[b, l, n], -1.0, 1.0)?, var(&[b, l, n], -1.0, 1.0)?);
+    let time = |f: ScanFn| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let t0 = Instant::now();
+            let y = f(&u, &delta, &a, &bm, &cm)?;
+            y.sum_all()?.backward()?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let (fast, slow) = (time(selective_scan)?, time(selective_scan_ref)?);
+    println!("| selective scan ED {ed} N {n} | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
+    Ok(())
+}
+
+fn moe_speed(b: usize, l: usize) -> Result<()> {
+    let cfg = Config::preset(ModelKind::IteraLite, Preset::Demo, 4096);
+    let (_, mut model) = Model::init(&cfg, 0, &Device::Cpu)?;
+    let mut rng = Rng::new(3);
+    let ids: Vec<u32> = (0..b * (l + 1)).map(|_| rng.below(4096) as u32).collect();
+    let data = Tensor::from_vec(ids, (b, l + 1), &Device::Cpu)?;
+    let (x, y) = (data.narrow(1, 0, l)?, data.narrow(1, 1, l)?);
+    let mut time = |moe| -> Result<f64> {
+        model.set_kernels(Kernels { scan: ScanKernel::Fused, moe });
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let t0 = Instant::now();
+            model.loss(&x, &y)?.total.backward()?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let (fast, slow) = (time(MoeKernel::Sparse)?, time(MoeKernel::Dense)?);
+    println!("| itera-lite demo model, sparse vs dense MoE | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
+    Ok(())
+}

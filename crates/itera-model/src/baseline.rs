@@ -1,0 +1,246 @@
+//! The Transformer baseline: a Llama-style decoder (token embedding → N × [RMSNorm → causal
+//! multi-head attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual] → RMSNorm →
+//! head tied to the embedding). No biases. Parameter names are Hugging Face `LlamaForCausalLM`'s.
+//!
+//! RoPE uses the rotate-half convention of HF Llama (`modeling_llama.py: rotate_half`), so the
+//! q/k projection weights map 1:1 onto HF keys without the permutation Meta checkpoints need.
+//!
+//! Shape letters: B batch, L new tokens, S keys (cache + new), D hidden, H heads, Hkv kv heads,
+//! Dh head dim, I MLP width, V vocab.
+
+use crate::config::BaselineConfig;
+use crate::ops::{linear, rms_norm, softmax_last};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::VarBuilder;
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embedding
+
+struct Rope {
+    cos: Tensor, // (max_pos, Dh/2)
+    sin: Tensor, // (max_pos, Dh/2)
+}
+
+impl Rope {
+    fn new(cfg: &BaselineConfig, dev: &Device) -> Result<Self> {
+        let half = cfg.head_dim() / 2;
+        // inv_freq = 1 / theta^(2i / Dh)   (HF: _compute_default_rope_parameters)
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64) as f32).collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
+        let pos = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((cfg.max_position_embeddings, 1))?;
+        let freqs = pos.broadcast_mul(&inv_freq)?; // (max_pos, Dh/2)
+        Ok(Self { cos: freqs.cos()?, sin: freqs.sin()? })
+    }
+
+    /// x (B, H, L, Dh) at positions offset..offset+L.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let l = x.dim(2)?;
+        let max = self.cos.dim(0)?;
+        if offset + l > max {
+            candle_core::bail!("baseline: position {} is past max_position_embeddings {max}", offset + l);
+        }
+        // x * cos + rotate_half(x) * sin, from elementary ops (rope_slow has a backward).
+        candle_nn::rotary_emb::rope_slow(x, &self.cos.narrow(0, offset, l)?, &self.sin.narrow(0, offset, l)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks
+
+struct Attention {
+    q_proj: Tensor, // (H*Dh, D)
+    k_proj: Tensor, // (Hkv*Dh, D)
+    v_proj: Tensor, // (Hkv*Dh, D)
+    o_proj: Tensor, // (D, H*Dh)
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &BaselineConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, kv) = (cfg.hidden_size, cfg.kv_dim());
+        Ok(Self {
+            q_proj: vb.get((d, d), "q_proj.weight")?,
+            k_proj: vb.get((kv, d), "k_proj.weight")?,
+            v_proj: vb.get((kv, d), "v_proj.weight")?,
+            o_proj: vb.get((d, d), "o_proj.weight")?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// x (B, L, D) at positions offset..offset+L; with a cache, keys/values of earlier positions
+    /// come from it and this call's are appended.
+    fn forward(&self, x: &Tensor, rope: &Rope, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
+            linear(x, w)?.reshape((b, l, n, dh))?.transpose(1, 2)?.contiguous() // (B, n, L, Dh)
+        };
+        let q = rope.apply(&heads(&self.q_proj, h)?, offset)?; // (B, H, L, Dh)
+        let k = rope.apply(&heads(&self.k_proj, hkv)?, offset)?.contiguous()?; // (B, Hkv, L, Dh)
+        let v = heads(&self.v_proj, hkv)?; // (B, Hkv, L, Dh)
+        let (k, v) = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append(&k, &v)?; // (B, Hkv, S, Dh)
+                (k.contiguous()?, v.contiguous()?)
+            }
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
+        let s = k.dim(2)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, L, S)
+        let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, x.device())?)? } else { scores };
+        let att = softmax_last(&scores)?;
+        let y = att.matmul(&v)?; // (B, H, L, Dh)
+        let y = y.transpose(1, 2)?.reshape((b, l, d))?; // (B, L, D)
+        linear(&y, &self.o_proj)
+    }
+}
+
+/// (L, S) additive mask: query i (absolute position S-L+i) sees keys 0..=S-L+i.
+fn causal_mask(l: usize, s: usize, dev: &Device) -> Result<Tensor> {
+    let past = s - l;
+    let mask: Vec<f32> =
+        (0..l).flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (l, s), dev)
+}
+
+/// (B, Hkv, S, Dh) -> (B, Hkv*rep, S, Dh), each kv head shared by `rep` query heads (GQA).
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, hkv, s, dh) = x.dims4()?;
+    x.unsqueeze(2)?.broadcast_as((b, hkv, rep, s, dh))?.reshape((b, hkv * rep, s, dh))
+}
+
+pub(crate) struct SwiGlu {
+    gate_proj: Tensor, // (I, D)
+    up_proj: Tensor,   // (I, D)
+    down_proj: Tensor, // (D, I)
+}
+
+impl SwiGlu {
+    pub(crate) fn new(d: usize, i: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gate_proj: vb.get((i, d), "gate_proj.weight")?,
+            up_proj: vb.get((i, d), "up_proj.weight")?,
+            down_proj: vb.get((d, i), "down_proj.weight")?,
+        })
+    }
+
+    /// SwiGLU: down(silu(gate x) * up x).  x (.., D) -> (.., D)
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = (linear(x, &self.gate_proj)?.silu()? * linear(x, &self.up_proj)?)?; // (.., I)
+        linear(&h, &self.down_proj)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor, // (D)
+    self_attn: Attention,
+    post_attention_layernorm: Tensor, // (D)
+    mlp: SwiGlu,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+
+/// The Llama-style baseline. Build it with [`Baseline::new`] from any `VarBuilder` (a fresh
+/// `VarMap` for training, safetensors bytes for inference).
+pub struct Baseline {
+    embed_tokens: Tensor, // (V, D), also the output head
+    layers: Vec<DecoderLayer>,
+    norm: Tensor, // (D)
+    rope: Rope,
+    cfg: BaselineConfig,
+}
+
+/// Decoding state: one KV cache per layer. It grows by 2 · Hkv · Dh values per layer and token.
+pub struct KvState {
+    caches: Vec<KvCache>,
+}
+
+impl KvState {
+    /// Tokens seen so far.
+    pub fn len(&self) -> usize {
+        self.caches.first().map(|c| c.current_seq_len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Baseline {
+    pub fn new(cfg: &BaselineConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+        let vbm = vb.pp("model");
+        let embed_tokens = vbm.get((v, d), "embed_tokens.weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let vb = vbm.pp(format!("layers.{i}"));
+                Ok(DecoderLayer {
+                    input_layernorm: vb.get(d, "input_layernorm.weight")?,
+                    self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+                    post_attention_layernorm: vb.get(d, "post_attention_layernorm.weight")?,
+                    mlp: SwiGlu::new(d, cfg.intermediate_size, vb.pp("mlp"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = vbm.get(d, "norm.weight")?;
+        let rope = Rope::new(cfg, vb.device())?;
+        Ok(Self { embed_tokens, layers, norm, rope, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &BaselineConfig {
+        &self.cfg
+    }
+
+    /// Full-sequence forward (training, scoring).
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> logits (B, L, V)
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.run(tokens, 0, None)
+    }
+
+    /// A fresh, empty decoding state for `batch` sequences.
+    pub fn new_state(&self, batch: usize) -> KvState {
+        let _ = batch; // caches take their batch size from the first tokens appended
+        KvState { caches: (0..self.layers.len()).map(|_| KvCache::new(2, 256)).collect() }
+    }
+
+    /// Forward of the next L tokens (L = 1 to decode, more to prefill), attending to everything
+    /// the state has seen; appends their keys and values to it.
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> logits (B, L, V)
+    pub fn forward_with_state(&self, tokens: &Tensor, state: &mut KvState) -> Result<Tensor> {
+        let offset = state.len();
+        self.run(tokens, offset, Some(&mut state.caches))
+    }
+
+    fn run(&self, tokens: &Tensor, offset: usize, mut caches: Option<&mut Vec<KvCache>>) -> Result<Tensor> {
+        let (b, l) = tokens.dims2()?;
+        let d = self.cfg.hidden_size;
+        let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
+        let eps = self.cfg.rms_norm_eps;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let cache = caches.as_deref_mut().map(|c| &mut c[i]);
+            let h = rms_norm(&x, &layer.input_layernorm, eps)?;
+            x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache)?)?;
+            let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        linear(&x, &self.embed_tokens) // (B, L, V), head tied to the embedding
+    }
+}

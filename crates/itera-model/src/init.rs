@@ -1,0 +1,180 @@
+//! Seeded, platform-independent weight initialisation.
+//!
+//! candle's CPU `randn` draws from an unseedable thread RNG, so a run could not be repeated. Every
+//! variable is instead filled from its own SplitMix64 stream, seeded by (run seed, tensor name):
+//! the result depends on neither iteration order nor platform (the same bits in wasm).
+
+use crate::config::{BaselineConfig, Config, IteraLiteConfig};
+use candle_core::{Result, Tensor};
+use candle_nn::VarMap;
+
+/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough for init and sampling.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The raw state, so that a checkpoint can store and restore the stream exactly.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform integer in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// FNV-1a of a name: mixes the tensor name into its stream's seed.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// How one tensor starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Const(f64),
+    Normal(f64),       // N(0, std²)
+    Uniform(f64, f64), // U(lo, hi)
+    /// Mamba's S4D-real init: A_log[d, n] = ln(n + 1), so A = -(1, 2, ..., N) per channel.
+    ALog,
+    /// Mamba's Δ bias: Δ ~ exp(U(ln min, ln max)) clamped to ≥ floor, bias = softplus⁻¹(Δ).
+    DtBias {
+        min: f64,
+        max: f64,
+        floor: f64,
+    },
+}
+
+impl Init {
+    fn fill(self, shape: &[usize], rng: &mut Rng) -> Vec<f32> {
+        let numel: usize = shape.iter().product();
+        match self {
+            Init::Const(v) => vec![v as f32; numel],
+            Init::Normal(std) => (0..numel).map(|_| (rng.normal() * std) as f32).collect(),
+            Init::Uniform(lo, hi) => (0..numel).map(|_| (lo + (hi - lo) * rng.uniform()) as f32).collect(),
+            Init::ALog => {
+                let n = *shape.last().unwrap_or(&1);
+                (0..numel).map(|i| ((i % n) as f64 + 1.0).ln() as f32).collect()
+            }
+            Init::DtBias { min, max, floor } => (0..numel)
+                .map(|_| {
+                    let dt = (min.ln() + (max.ln() - min.ln()) * rng.uniform()).exp().max(floor);
+                    // inverse of softplus: dt + log(-expm1(-dt))
+                    (dt + (-(-dt).exp_m1()).ln()) as f32
+                })
+                .collect(),
+        }
+    }
+}
+
+/// GPT-2 / Llama style: N(0, 0.02), residual-output projections scaled by 1/sqrt(2·layers).
+const STD: f64 = 0.02;
+
+fn baseline_init(cfg: &BaselineConfig, name: &str) -> Option<Init> {
+    let residual_std = STD / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+    if name.ends_with("norm.weight") || name.ends_with("layernorm.weight") {
+        Some(Init::Const(1.0))
+    } else if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+        Some(Init::Normal(residual_std))
+    } else if name.ends_with("_proj.weight") || name.ends_with("embed_tokens.weight") {
+        Some(Init::Normal(STD))
+    } else {
+        None
+    }
+}
+
+/// Mamba's init (mamba_simple.py `Mamba.__init__` and `_init_weights`).
+fn itera_init(cfg: &IteraLiteConfig, name: &str) -> Option<Init> {
+    let residuals = if cfg.moe() { 2.0 } else { 1.0 }; // residual branches per block
+    let residual_std = STD / (residuals * cfg.num_hidden_layers as f64).sqrt();
+    let conv_bound = 1.0 / (cfg.conv_kernel as f64).sqrt(); // kaiming-uniform bound, fan_in = K
+    let dt_bound = 1.0 / (cfg.time_step_rank as f64).sqrt(); // dt_init_std = dt_rank^-0.5 * dt_scale
+    Some(if name.ends_with("norm.weight") || name.ends_with("norm_f.weight") {
+        Init::Const(1.0)
+    } else if name.ends_with("mixer.A_log") {
+        Init::ALog
+    } else if name.ends_with("mixer.D") {
+        Init::Const(1.0)
+    } else if name.ends_with("conv1d.weight") || name.ends_with("conv1d.bias") {
+        Init::Uniform(-conv_bound, conv_bound)
+    } else if name.ends_with("dt_proj.weight") {
+        Init::Uniform(-dt_bound, dt_bound)
+    } else if name.ends_with("dt_proj.bias") {
+        Init::DtBias { min: cfg.time_step_min, max: cfg.time_step_max, floor: cfg.time_step_floor }
+    } else if name.ends_with("out_proj.weight") || name.ends_with("down_proj.weight") {
+        Init::Normal(residual_std)
+    } else if name.ends_with(".weight") {
+        Init::Normal(STD) // embeddings, in_proj, x_proj, router, expert gate/up
+    } else {
+        return None;
+    })
+}
+
+/// The init rule of a tensor, by name.
+pub fn init_rule(cfg: &Config, name: &str) -> Option<Init> {
+    match cfg {
+        Config::Baseline(c) => baseline_init(c, name),
+        Config::IteraLite(c) => itera_init(c, name),
+    }
+}
+
+/// Overwrites every variable of `varmap` with its seeded init.
+pub fn init_weights(varmap: &VarMap, cfg: &Config, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("init: var map lock poisoned"))?;
+    for (name, var) in data.iter() {
+        let rule =
+            init_rule(cfg, name).ok_or_else(|| candle_core::Error::msg(format!("init: no rule for `{name}`")))?;
+        let mut rng = Rng::new(seed ^ fnv1a(name));
+        let values = rule.fill(var.dims(), &mut rng);
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dt_bias_inverts_softplus_into_the_init_range() {
+        let mut rng = Rng::new(7);
+        let init = Init::DtBias { min: 0.001, max: 0.1, floor: 1e-4 };
+        for b in init.fill(&[1000], &mut rng) {
+            let dt = (1.0 + (b as f64).exp()).ln();
+            assert!((0.000_999..=0.100_01).contains(&dt), "softplus(bias) = {dt}");
+        }
+    }
+
+    #[test]
+    fn normal_draws_have_the_requested_moments() {
+        let mut rng = Rng::new(1);
+        let v = Init::Normal(2.0).fill(&[20_000], &mut rng);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.05 && (var.sqrt() - 2.0).abs() < 0.05, "mean {mean} std {}", var.sqrt());
+    }
+}

@@ -1,0 +1,262 @@
+//! Itera-Lite: a Mamba-1 backbone ("Mamba", arXiv 2312.00752) whose blocks each add a sparse
+//! top-k Mixture-of-Experts feed-forward (see `moe.rs`).
+//!
+//! ```text
+//! tokens → embeddings → N × [ x += Mixer(RMSNorm(x));  x += MoE(RMSNorm(x)) ] → RMSNorm → head (tied)
+//! ```
+//! The mixer follows HF `MambaMixer.slow_forward` (reference port: transformers
+//! models/mamba/modeling_mamba.py) and state-spaces/mamba `mamba_simple.py`. With
+//! `num_experts = 0` the MoE half disappears and the parameter names are exactly
+//! `MambaForCausalLM`'s (`backbone.layers.{i}.mixer.A_log`, ...).
+//!
+//! Concerning auto-regressive inference: a block's whole memory of the past is its conv window
+//! (the last K-1 inner inputs) and its SSM state h (ED × N). Both have a fixed size, so decoding
+//! costs the same per token at any context length, unlike a Transformer's growing KV cache.
+//!
+//! Shape letters: B batch, L tokens, D hidden, ED inner (expand·D), N state, R Δ rank, K conv
+//! width, V vocab.
+
+use crate::config::IteraLiteConfig;
+use crate::moe::{MoeKernel, SparseMoe};
+use crate::ops::{causal_depthwise_conv, linear, rms_norm, softplus};
+use crate::scan::{selective_scan, selective_scan_ref, selective_scan_with_state};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// How the selective scan runs on the full-sequence (training) path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScanKernel {
+    /// The `CustomOp3` with a hand-written backward.
+    #[default]
+    Fused,
+    /// Per-timestep candle ops with autograd (reference twin, slow).
+    Reference,
+}
+
+/// Run-time choice of the fast paths and their reference twins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kernels {
+    pub scan: ScanKernel,
+    pub moe: MoeKernel,
+}
+
+impl Kernels {
+    /// Both reference twins.
+    pub fn reference() -> Self {
+        Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixer
+
+struct MambaMixer {
+    in_proj: Tensor,     // (2ED, D): x and z
+    conv_weight: Tensor, // (ED, K) — stored as HF's (ED, 1, K)
+    conv_bias: Tensor,   // (ED)
+    x_proj: Tensor,      // (R + 2N, ED): Δ-rank input, B, C
+    dt_proj_w: Tensor,   // (ED, R)
+    dt_proj_b: Tensor,   // (ED)
+    a_log: Tensor,       // (ED, N), A = -exp(A_log)
+    d_skip: Tensor,      // (ED)
+    out_proj: Tensor,    // (D, ED)
+    ed: usize,
+    n: usize,
+    r: usize,
+    k: usize,
+}
+
+/// One block's decoding memory.
+struct LayerState {
+    conv: Tensor,  // (B, K-1, ED): the last K-1 inner inputs
+    ssm: Vec<f32>, // (B, ED, N): h
+}
+
+impl MambaMixer {
+    fn new(cfg: &IteraLiteConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, ed, n, r, k) = (cfg.hidden_size, cfg.d_inner(), cfg.state_size, cfg.time_step_rank, cfg.conv_kernel);
+        Ok(Self {
+            in_proj: vb.get((2 * ed, d), "in_proj.weight")?,
+            conv_weight: vb.get((ed, 1, k), "conv1d.weight")?.reshape((ed, k))?,
+            conv_bias: vb.get(ed, "conv1d.bias")?,
+            x_proj: vb.get((r + 2 * n, ed), "x_proj.weight")?,
+            dt_proj_w: vb.get((ed, r), "dt_proj.weight")?,
+            dt_proj_b: vb.get(ed, "dt_proj.bias")?,
+            a_log: vb.get((ed, n), "A_log")?,
+            d_skip: vb.get(ed, "D")?,
+            out_proj: vb.get((d, ed), "out_proj.weight")?,
+            ed,
+            n,
+            r,
+            k,
+        })
+    }
+
+    /// x (B, L, D) -> (B, L, D). With `state`, continues from it and updates it (inference);
+    /// without, starts from zeros (training).
+    fn forward(&self, x: &Tensor, scan: ScanKernel, state: Option<&mut LayerState>) -> Result<Tensor> {
+        let (_, l, _) = x.dims3()?;
+        let (ed, n, r, k) = (self.ed, self.n, self.r, self.k);
+        // projected_states = self.in_proj(hidden_states); hidden_states, gate = chunk(2)
+        let xz = linear(x, &self.in_proj)?; // (B, L, 2ED)
+        let (xs, z) = (xz.narrow(2, 0, ed)?, xz.narrow(2, ed, ed)?); // (B, L, ED) each
+
+        // Causal depthwise conv over time: K-1 rows of history (zeros, or the state's window).
+        let xp = match &state {
+            Some(s) => Tensor::cat(&[&s.conv, &xs], 1)?, // (B, K-1+L, ED)
+            None => xs.pad_with_zeros(1, k - 1, 0)?,     // (B, K-1+L, ED)
+        };
+        let xc = causal_depthwise_conv(&xp, &self.conv_weight, &self.conv_bias)?.silu()?; // (B, L, ED)
+
+        // ssm_parameters = self.x_proj(hidden_states); time_step, B, C = split([R, N, N])
+        let x_dbl = linear(&xc, &self.x_proj)?; // (B, L, R + 2N)
+        let dt = x_dbl.narrow(2, 0, r)?; // (B, L, R)
+        let b = x_dbl.narrow(2, r, n)?; // (B, L, N)
+        let c = x_dbl.narrow(2, r + n, n)?; // (B, L, N)
+        let delta = softplus(&linear(&dt, &self.dt_proj_w)?.broadcast_add(&self.dt_proj_b)?)?; // (B, L, ED)
+        let a = self.a_log.exp()?.neg()?; // (ED, N)
+
+        let y = match state {
+            Some(s) => {
+                s.conv = xp.narrow(1, l, k - 1)?.contiguous()?; // keep the last K-1 inputs
+                selective_scan_with_state(&xc, &delta, &a, &b, &c, &mut s.ssm)?
+            }
+            None => match scan {
+                ScanKernel::Fused => selective_scan(&xc, &delta, &a, &b, &c)?,
+                ScanKernel::Reference => selective_scan_ref(&xc, &delta, &a, &b, &c)?,
+            },
+        }; // (B, L, ED)
+           // scan_output = scan_output + hidden_states * self.D;  scan_output * act(gate)
+        let y = (y + xc.broadcast_mul(&self.d_skip)?)?;
+        let y = (y * z.silu()?)?;
+        linear(&y, &self.out_proj) // (B, L, D)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block and model
+
+struct Block {
+    norm: Tensor, // (D)
+    mixer: MambaMixer,
+    moe: Option<(Tensor, SparseMoe)>, // (moe_norm (D), experts)
+}
+
+/// The hybrid model. Build it with [`IteraLite::new`] from any `VarBuilder`.
+pub struct IteraLite {
+    embeddings: Tensor, // (V, D), also the output head
+    layers: Vec<Block>,
+    norm_f: Tensor, // (D)
+    cfg: IteraLiteConfig,
+    kernels: Kernels,
+}
+
+/// Decoding state of every block: conv windows and SSM states, fixed size at any context.
+pub struct SsmState {
+    layers: Vec<LayerState>,
+    seen: usize,
+}
+
+impl SsmState {
+    /// Tokens seen so far.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+}
+
+impl IteraLite {
+    pub fn new(cfg: &IteraLiteConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let d = cfg.hidden_size;
+        let vbb = vb.pp("backbone");
+        let embeddings = vbb.get((cfg.vocab_size, d), "embeddings.weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let vb = vbb.pp(format!("layers.{i}"));
+                let moe = if cfg.moe() {
+                    Some((vb.get(d, "moe_norm.weight")?, SparseMoe::new(cfg, vb.pp("moe"))?))
+                } else {
+                    None
+                };
+                Ok(Block { norm: vb.get(d, "norm.weight")?, mixer: MambaMixer::new(cfg, vb.pp("mixer"))?, moe })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm_f = vbb.get(d, "norm_f.weight")?;
+        Ok(Self { embeddings, layers, norm_f, cfg: cfg.clone(), kernels: Kernels::default() })
+    }
+
+    pub fn config(&self) -> &IteraLiteConfig {
+        &self.cfg
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Switch between the fast paths and their reference twins.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// Full-sequence forward (training, scoring).
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> (logits (B, L, V), MoE load-balancing loss () averaged over blocks;
+    /// zero without MoE)
+    pub fn forward(&self, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.run(tokens, None)
+    }
+
+    /// A fresh decoding state for `batch` sequences: zero conv windows and SSM states.
+    pub fn new_state(&self, batch: usize) -> Result<SsmState> {
+        let (ed, n, k) = (self.cfg.d_inner(), self.cfg.state_size, self.cfg.conv_kernel);
+        let dev = self.embeddings.device();
+        let layers = (0..self.layers.len())
+            .map(|_| {
+                Ok(LayerState {
+                    conv: Tensor::zeros((batch, k - 1, ed), self.embeddings.dtype(), dev)?,
+                    ssm: vec![0f32; batch * ed * n],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SsmState { layers, seen: 0 })
+    }
+
+    /// Forward of the next L tokens (1 to decode, more to prefill) from `state`, which is updated.
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> logits (B, L, V)
+    pub fn forward_with_state(&self, tokens: &Tensor, state: &mut SsmState) -> Result<Tensor> {
+        let (b, l) = tokens.dims2()?;
+        let sb = state.layers.first().map(|s| s.conv.dim(0)).transpose()?.unwrap_or(b);
+        if sb != b {
+            candle_core::bail!("itera-lite: state was made for batch {sb}, tokens have batch {b}");
+        }
+        let (logits, _) = self.run(tokens, Some(state))?;
+        state.seen += l;
+        Ok(logits)
+    }
+
+    fn run(&self, tokens: &Tensor, mut state: Option<&mut SsmState>) -> Result<(Tensor, Tensor)> {
+        let (b, l) = tokens.dims2()?;
+        let d = self.cfg.hidden_size;
+        let eps = self.cfg.layer_norm_epsilon;
+        let mut x = self.embeddings.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
+        let mut aux = Tensor::zeros((), DType::F32, x.device())?;
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer_state = state.as_deref_mut().map(|s| &mut s.layers[i]);
+            x = (&x + block.mixer.forward(&rms_norm(&x, &block.norm, eps)?, self.kernels.scan, layer_state)?)?;
+            if let Some((moe_norm, moe)) = &block.moe {
+                let (y, layer_aux) = moe.forward(&rms_norm(&x, moe_norm, eps)?, self.kernels.moe)?;
+                x = (x + y)?;
+                aux = (aux + layer_aux)?;
+            }
+        }
+        let aux = (aux / self.layers.len() as f64)?;
+        let x = rms_norm(&x, &self.norm_f, eps)?;
+        Ok((linear(&x, &self.embeddings)?, aux)) // (B, L, V), head tied to the embedding
+    }
+}

@@ -1,0 +1,152 @@
+//! Itera-Lite's model crate: the Transformer baseline and Itera-Lite (selective SSM + sparse MoE)
+//! in candle, used as they are by the native trainer and by the browser (wasm32).
+//!
+//! - [`config`]: configs (Hugging Face `config.json` keys), presets, param / FLOP / state counts;
+//! - [`baseline`]: Llama-style decoder; [`itera_lite`]: Mamba-1 mixer + MoE blocks;
+//! - [`scan`]: the selective scan (fused CustomOp, reference twin, stateful inference);
+//! - [`moe`]: sparse MoE (gathered dispatch, dense reference twin), load-balancing loss;
+//! - [`ops`]: differentiable norms, softplus, causal conv; [`init`]: seeded init;
+//! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O.
+//!
+//! [`Model`] and [`State`] wrap the two architectures behind one interface.
+
+pub mod baseline;
+pub mod config;
+pub mod init;
+pub mod itera_lite;
+pub mod moe;
+pub mod ops;
+pub mod optim;
+pub mod runtime;
+pub mod scan;
+pub mod weights;
+
+pub use baseline::{Baseline, KvState};
+pub use config::{BaselineConfig, Config, IteraLiteConfig, ModelKind, ParamCount, Preset};
+pub use itera_lite::{IteraLite, Kernels, ScanKernel, SsmState};
+pub use moe::MoeKernel;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+/// Either model, behind one interface.
+pub enum Model {
+    Baseline(Baseline),
+    IteraLite(IteraLite),
+}
+
+/// The caller-owned decoding state of a [`Model`].
+pub enum State {
+    /// KV cache: grows with every token.
+    Kv(KvState),
+    /// Conv windows + SSM states: fixed size.
+    Ssm(SsmState),
+}
+
+/// The outputs of a full-sequence forward.
+pub struct Output {
+    pub logits: Tensor,   // (B, L, V)
+    pub aux_loss: Tensor, // () MoE load-balancing loss (zero for the baseline and without MoE)
+}
+
+/// Training loss and its parts.
+pub struct Losses {
+    pub total: Tensor, // () cross-entropy + aux
+    pub ce: Tensor,    // () mean next-token cross-entropy (nats)
+    pub aux: Tensor,   // () MoE load-balancing loss
+}
+
+impl Model {
+    /// Builds the model named by `cfg` from a `VarBuilder`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(match cfg {
+            Config::Baseline(c) => Model::Baseline(Baseline::new(c, vb)?),
+            Config::IteraLite(c) => Model::IteraLite(IteraLite::new(c, vb)?),
+        })
+    }
+
+    /// A freshly initialised model for training: its variables live in the returned `VarMap`,
+    /// drawn from the seeded init of [`init::init_weights`].
+    pub fn init(cfg: &Config, seed: u64, device: &Device) -> Result<(VarMap, Self)> {
+        let varmap = VarMap::new();
+        let model = Model::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        init::init_weights(&varmap, cfg, seed)?;
+        Ok((varmap, model))
+    }
+
+    /// Loads a model from safetensors bytes (f32 or f16/bf16, computed in f32). Missing,
+    /// mis-shaped and unexpected tensors are [`weights::WeightsError`]s naming the tensor.
+    pub fn from_safetensors(cfg: &Config, bytes: &[u8], device: &Device) -> Result<Self> {
+        let tensors = weights::read_safetensors(bytes, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
+    }
+
+    pub fn config(&self) -> Config {
+        match self {
+            Model::Baseline(m) => Config::Baseline(m.config().clone()),
+            Model::IteraLite(m) => Config::IteraLite(m.config().clone()),
+        }
+    }
+
+    /// Chooses fast paths or reference twins (the baseline has none to choose).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        if let Model::IteraLite(m) = self {
+            m.set_kernels(kernels)
+        }
+    }
+
+    /// Full-sequence forward.  tokens (B, L) u32 -> logits (B, L, V) and the aux loss.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Output> {
+        match self {
+            Model::Baseline(m) => {
+                let logits = m.forward(tokens)?;
+                let aux_loss = Tensor::zeros((), DType::F32, logits.device())?;
+                Ok(Output { logits, aux_loss })
+            }
+            Model::IteraLite(m) => {
+                let (logits, aux_loss) = m.forward(tokens)?;
+                Ok(Output { logits, aux_loss })
+            }
+        }
+    }
+
+    /// Next-token loss: inputs (B, L) and targets (B, L) u32, targets[t] = inputs[t + 1].
+    pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Losses> {
+        let Output { logits, aux_loss } = self.forward(inputs)?;
+        let (b, l, v) = logits.dims3()?;
+        let ce = candle_nn::loss::cross_entropy(&logits.reshape((b * l, v))?, &targets.flatten_all()?)?;
+        Ok(Losses { total: (&ce + &aux_loss)?, ce, aux: aux_loss })
+    }
+
+    /// A fresh decoding state for `batch` sequences.
+    pub fn new_state(&self, batch: usize) -> Result<State> {
+        Ok(match self {
+            Model::Baseline(m) => State::Kv(m.new_state(batch)),
+            Model::IteraLite(m) => State::Ssm(m.new_state(batch)?),
+        })
+    }
+
+    /// Forward of the next tokens from `state` (prefill: L > 1; decode: L = 1).
+    /// tokens (B, L) u32 -> logits (B, L, V)
+    pub fn forward_with_state(&self, tokens: &Tensor, state: &mut State) -> Result<Tensor> {
+        match (self, state) {
+            (Model::Baseline(m), State::Kv(s)) => m.forward_with_state(tokens, s),
+            (Model::IteraLite(m), State::Ssm(s)) => m.forward_with_state(tokens, s),
+            _ => candle_core::bail!("forward_with_state: the state belongs to the other architecture"),
+        }
+    }
+}
+
+impl State {
+    /// Tokens seen so far.
+    pub fn len(&self) -> usize {
+        match self {
+            State::Kv(s) => s.len(),
+            State::Ssm(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

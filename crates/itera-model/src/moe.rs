@@ -1,0 +1,163 @@
+//! Sparse Mixture-of-Experts feed-forward: a softmax router picks the top-k of E SwiGLU experts for
+//! every token, their outputs are summed with the router's probabilities renormalised over the
+//! chosen k (Mixtral: `routing_weights /= routing_weights.sum(dim=-1, keepdim=True)`), and a
+//! Switch Transformer load-balancing loss (arXiv 2101.03961, Eqn (4)–(6)) is returned beside:
+//!
+//! ```text
+//! aux = α · E · Σ_i f_i · P_i
+//! f_i = share of the T·k routing assignments that went to expert i   (no gradient; Σ f_i = 1)
+//! P_i = mean over tokens of the router probability of expert i         (carries the gradient)
+//! ```
+//! With perfectly uniform routing aux = α. For top-k, f counts every one of the k assignments, as
+//! HF's `load_balancing_loss_func` does (there normalised per slot, here over all T·k).
+//!
+//! Two kernels with one signature: [`SparseMoe::forward_sparse`] gathers each expert's tokens
+//! (`index_select`), runs the expert on them only, and adds the weighted outputs back with
+//! `index_add` (candle's `scatter_add` backward fails); [`SparseMoe::forward_dense`], the reference
+//! twin, runs every expert on every token and multiplies by the dense routing weights.
+//!
+//! Shape letters: T tokens (B·L), D hidden, E experts, K top-k, H expert width.
+
+use crate::baseline::SwiGlu;
+use crate::config::IteraLiteConfig;
+use crate::ops::{linear, softmax_last};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// How a [`SparseMoe`] dispatches tokens to experts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MoeKernel {
+    /// Tokens gathered per expert: each token costs k experts.
+    #[default]
+    Sparse,
+    /// Reference: every expert on every token, times the routing mask (E/k times the work).
+    Dense,
+}
+
+pub struct SparseMoe {
+    router: Tensor, // (E, D)
+    experts: Vec<SwiGlu>,
+    top_k: usize,
+    aux_coef: f64,
+}
+
+/// The router's decision for a batch of tokens.
+pub struct Routing {
+    pub probs: Tensor,    // (T, E) softmax of the router logits
+    pub gates: Tensor,    // (T, K) probabilities of the chosen experts, renormalised to sum 1
+    pub chosen: Vec<u32>, // (T·K) expert index per token and slot, on the host
+    pub aux_loss: Tensor, // () load-balancing loss, already scaled by α
+}
+
+impl SparseMoe {
+    pub fn new(cfg: &IteraLiteConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, e, h) = (cfg.hidden_size, cfg.num_experts, cfg.expert_intermediate_size);
+        let router = vb.get((e, d), "router.weight")?;
+        let experts = (0..e).map(|j| SwiGlu::new(d, h, vb.pp(format!("experts.{j}")))).collect::<Result<Vec<_>>>()?;
+        Ok(Self { router, experts, top_k: cfg.num_experts_per_tok, aux_coef: cfg.router_aux_loss_coef })
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// x (B, L, D) -> (y (B, L, D), aux loss ()).
+    pub fn forward(&self, x: &Tensor, kernel: MoeKernel) -> Result<(Tensor, Tensor)> {
+        let (b, l, d) = x.dims3()?;
+        let x2 = x.reshape((b * l, d))?; // (T, D)
+        let routing = self.route(&x2)?;
+        let y = match kernel {
+            MoeKernel::Sparse => self.forward_sparse(&x2, &routing)?,
+            MoeKernel::Dense => self.forward_dense(&x2, &routing)?,
+        };
+        Ok((y.reshape((b, l, d))?, routing.aux_loss))
+    }
+
+    /// Router probabilities, top-k choice and the load-balancing loss.  x (T, D)
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let (t, _) = x.dims2()?;
+        let e = self.experts.len();
+        let k = self.top_k;
+        let probs = softmax_last(&linear(x, &self.router)?)?.contiguous()?; // (T, E)
+                                                                            // routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        let top = probs.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // (T, K) u32
+        let gates = probs.gather(&top, 1)?; // (T, K)
+        let gates = gates.broadcast_div(&gates.sum_keepdim(1)?)?; // renormalise over the chosen k
+        let chosen = top.flatten_all()?.to_vec1::<u32>()?;
+
+        let mut counts = vec![0f32; e];
+        for &j in &chosen {
+            counts[j as usize] += 1.0;
+        }
+        let f = Tensor::from_vec(counts, e, x.device())?.affine(1.0 / (t * k) as f64, 0.0)?; // (E)
+        let p = probs.mean(0)?; // (E)
+        let aux_loss = ((f * p)?.sum_all()? * (self.aux_coef * e as f64))?;
+        Ok(Routing { probs, gates, chosen, aux_loss })
+    }
+
+    /// Fast path: each expert runs on its own tokens only.  x (T, D) -> (T, D)
+    pub fn forward_sparse(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (t, d) = x.dims2()?;
+        let k = self.top_k;
+        let e = self.experts.len();
+        // For each expert: the tokens routed to it, and the flat (token, slot) index of its gate.
+        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); e];
+        let mut slots: Vec<Vec<u32>> = vec![Vec::new(); e];
+        for (slot, &j) in routing.chosen.iter().enumerate() {
+            tokens[j as usize].push((slot / k) as u32);
+            slots[j as usize].push(slot as u32);
+        }
+        let gates = routing.gates.flatten_all()?; // (T·K)
+        let dev = x.device();
+        let mut outs = Vec::with_capacity(e);
+        let mut dest = Vec::with_capacity(t * k);
+        for (j, expert) in self.experts.iter().enumerate() {
+            if tokens[j].is_empty() {
+                continue;
+            }
+            let n = tokens[j].len();
+            let ids = Tensor::from_slice(&tokens[j], n, dev)?;
+            let xe = x.index_select(&ids, 0)?; // (n, D)
+            let g = gates.index_select(&Tensor::from_slice(&slots[j], n, dev)?, 0)?.unsqueeze(1)?; // (n, 1)
+            outs.push(expert.forward(&xe)?.broadcast_mul(&g)?); // (n, D)
+            dest.extend_from_slice(&tokens[j]);
+        }
+        let dest = Tensor::from_vec(dest, t * k, dev)?;
+        Tensor::zeros((t, d), x.dtype(), dev)?.index_add(&dest, &Tensor::cat(&outs, 0)?, 0)
+        // (T, D)
+    }
+
+    /// Reference twin: every expert on every token, weighted by the dense routing matrix.
+    pub fn forward_dense(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (t, _) = x.dims2()?;
+        let e = self.experts.len();
+        let mut mask = vec![0f32; t * e];
+        for (slot, &j) in routing.chosen.iter().enumerate() {
+            mask[(slot / self.top_k) * e + j as usize] = 1.0;
+        }
+        let mask = Tensor::from_vec(mask, (t, e), x.device())?.to_dtype(routing.probs.dtype())?;
+        let w = (&routing.probs * mask)?; // (T, E), zero off the chosen k
+        let w = w.broadcast_div(&w.sum_keepdim(1)?)?;
+        let mut y: Option<Tensor> = None;
+        for (j, expert) in self.experts.iter().enumerate() {
+            let yj = expert.forward(x)?.broadcast_mul(&w.narrow(1, j, 1)?)?; // (T, D)
+            y = Some(match y {
+                None => yj,
+                Some(y) => (y + yj)?,
+            });
+        }
+        match y {
+            Some(y) => Ok(y),
+            None => candle_core::bail!("moe: no experts"),
+        }
+    }
+}
+
+/// Tokens routed to each expert, for diagnostics: (E) counts.
+pub fn expert_load(routing: &Routing, num_experts: usize) -> Vec<usize> {
+    let mut load = vec![0; num_experts];
+    for &j in &routing.chosen {
+        load[j as usize] += 1;
+    }
+    load
+}

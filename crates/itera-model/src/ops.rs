@@ -1,0 +1,94 @@
+//! Small differentiable building blocks shared by both models.
+//!
+//! candle 0.11's fused `ops::rms_norm`, `softmax_last_dim`, `rope` and the `RmsNorm` module record
+//! no backward (gradients silently stop; candle issue #2168), and its CPU `conv1d` weight gradient
+//! is wrong for batch > 1. Everything here is built from elementary ops whose backward was checked
+//! by finite differences (../shared/RECIPES.md), so it is safe on the training path.
+
+use candle_core::{Result, Tensor, D};
+
+/// RMSNorm: x / sqrt(mean(x²) + eps) * w.  x (.., D), w (D).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if w.dims() != [d] {
+        candle_core::bail!("rms-norm: input {:?} and weight {:?} disagree", x.dims(), w.dims());
+    }
+    let mean_sq = (x.sqr()?.sum_keepdim(D::Minus1)? / d as f64)?; // (.., 1)
+    x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// Softmax over the last dim, from elementary ops (max-shifted for stability).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// softplus(x) = log(1 + e^x), computed as relu(x) + log(1 + e^-|x|) so it never overflows.
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// Causal depthwise conv over time, "valid" part: `xp` (B, K-1+T, C) is the input with K-1 rows
+/// of history in front (zeros at the start of a sequence); `w` (C, K), `bias` (C).
+/// y[b, t, c] = bias[c] + Σ_k w[c, k] · xp[b, t + k, c]; returns (B, T, C).
+///
+/// Written as K shifted multiply-adds: candle's CPU conv1d has a wrong weight gradient for
+/// batch > 1 (../shared/probes/candle-cpu/examples/convbug.rs) and runs groups one by one.
+pub fn causal_depthwise_conv(xp: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (_, lp, c) = xp.dims3()?;
+    let (cw, k) = w.dims2()?;
+    if cw != c || bias.dims() != [c] || lp < k - 1 {
+        candle_core::bail!(
+            "causal-conv: input {:?}, weight {:?}, bias {:?} disagree",
+            xp.dims(),
+            w.dims(),
+            bias.dims()
+        );
+    }
+    let t = lp - (k - 1);
+    let wt = w.t()?.contiguous()?; // (K, C): row k is the weight of tap k for every channel
+    let mut y = xp.narrow(1, 0, t)?.broadcast_mul(&wt.get(0)?)?; // (B, T, C)
+    for tap in 1..k {
+        y = (y + xp.narrow(1, tap, t)?.broadcast_mul(&wt.get(tap)?)?)?;
+    }
+    y.broadcast_add(bias)
+}
+
+/// x (N, K) @ w (M, K)^T -> (N, M), for any leading dims on x: a bias-free linear layer.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = *dims.last().unwrap_or(&0);
+    let (m, kw) = w.dims2()?;
+    if k != kw {
+        candle_core::bail!("linear: input {:?} does not match weight {:?}", dims, w.dims());
+    }
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let mut out_dims = dims[..dims.len() - 1].to_vec();
+    out_dims.push(m);
+    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn softplus_is_stable_and_exact() {
+        let x = Tensor::new(&[-100f32, -1.0, 0.0, 1.0, 100.0], &Device::Cpu).unwrap();
+        let y = softplus(&x).unwrap().to_vec1::<f32>().unwrap();
+        let want = [0.0f32, 0.313_261_7, std::f32::consts::LN_2, 1.313_261_7, 100.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn causal_conv_matches_a_hand_computed_value() {
+        // one channel, K = 2: y_t = w0 x_{t-1} + w1 x_t + bias
+        let xp = Tensor::new(&[[[0f32], [1.0], [2.0], [3.0]]], &Device::Cpu).unwrap(); // history 0, then 1,2,3
+        let w = Tensor::new(&[[10f32, 1.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+        let y = causal_depthwise_conv(&xp, &w, &b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y, vec![1.5, 12.5, 23.5]);
+    }
+}

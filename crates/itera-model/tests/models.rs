@@ -1,0 +1,222 @@
+//! Whole-model claims, for both architectures: decode == full sequence, every variable trains,
+//! a tiny model overfits, weights round-trip, bad weights are named errors.
+
+mod common;
+use candle_core::{DType, Device, Result, Tensor};
+use common::*;
+use itera_model::init::Rng;
+use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::weights::{varmap_tensors, write_safetensors};
+use itera_model::{Config, Kernels, Model, ModelKind, Preset};
+
+const VOCAB: usize = 97;
+
+fn tiny(kind: ModelKind) -> Config {
+    Config::preset(kind, Preset::Tiny, VOCAB)
+}
+
+/// Itera-Lite without MoE: plain Mamba blocks.
+fn tiny_mamba() -> Config {
+    match tiny(ModelKind::IteraLite) {
+        Config::IteraLite(mut c) => {
+            c.num_experts = 0;
+            Config::IteraLite(c)
+        }
+        other => other,
+    }
+}
+
+/// Adds N(0, 0.3²) to every weight except Mamba's A_log and Δ bias, so that logits are O(1)
+/// rather than the init's near-zero and comparisons between paths have something to compare.
+fn shake(varmap: &candle_nn::VarMap, rng: &mut Rng) -> Result<()> {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if !name.ends_with("A_log") && !name.ends_with("dt_proj.bias") {
+            var.set(&(var.as_tensor() + randn(rng, var.dims(), 0.3))?)?;
+        }
+    }
+    Ok(())
+}
+
+fn all_tiny() -> Vec<(&'static str, Config)> {
+    vec![
+        ("baseline", tiny(ModelKind::Baseline)),
+        ("itera-lite", tiny(ModelKind::IteraLite)),
+        ("mamba (MoE off)", tiny_mamba()),
+    ]
+}
+
+#[test]
+fn full_sequence_logits_equal_step_by_step_decode_logits() -> Result<()> {
+    let mut rng = Rng::new(SEED);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let toks = tokens(&mut rng, 2, 13, VOCAB); // batch 2
+        let full = model.forward(&toks)?.logits; // (2, 13, V)
+        println!("{name}: max |logit| {}", max_abs(&full));
+        // one token at a time, and a 6-token prefill followed by single steps
+        for prefill in [1, 6] {
+            let mut state = model.new_state(2)?;
+            let mut pieces = vec![model.forward_with_state(&toks.narrow(1, 0, prefill)?, &mut state)?];
+            for t in prefill..13 {
+                pieces.push(model.forward_with_state(&toks.narrow(1, t, 1)?, &mut state)?);
+            }
+            assert_eq!(state.len(), 13);
+            let stepped = Tensor::cat(&pieces, 1)?;
+            let d = max_diff(&full, &stepped)?;
+            println!("{name}, prefill {prefill}: max |full - decode| = {d:e}");
+            assert!(d < 1e-4, "{name}: decode differs from the full sequence by {d}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn after_one_backward_every_trainable_variable_has_a_nonzero_gradient() -> Result<()> {
+    let mut rng = Rng::new(SEED + 1);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        let toks = tokens(&mut rng, 2, 33, VOCAB);
+        let losses = model.loss(&toks.narrow(1, 0, 32)?, &toks.narrow(1, 1, 32)?)?;
+        let grads = losses.total.backward()?;
+        let vars = varmap_tensors(&varmap)?;
+        let mut dead = Vec::new();
+        for (n, v) in &vars {
+            match grads.get(v) {
+                Some(g) if max_abs(g) > 0.0 => {}
+                _ => dead.push(n.clone()),
+            }
+        }
+        println!("{name}: {} of {} variables have a nonzero gradient", vars.len() - dead.len(), vars.len());
+        assert!(dead.is_empty(), "{name}: no gradient reaches {dead:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn fast_kernels_and_reference_twins_give_the_same_loss_and_gradients() -> Result<()> {
+    let mut rng = Rng::new(SEED + 2);
+    let cfg = tiny(ModelKind::IteraLite);
+    let (varmap, mut model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+    let toks = tokens(&mut rng, 2, 21, VOCAB);
+    let (x, y) = (toks.narrow(1, 0, 20)?, toks.narrow(1, 1, 20)?);
+    let mut run = |kernels| -> Result<(f32, Vec<Tensor>)> {
+        model.set_kernels(kernels);
+        let loss = model.loss(&x, &y)?.total;
+        let grads = loss.backward()?;
+        let g = varmap_tensors(&varmap)?.iter().map(|(_, v)| grads.get(v).unwrap().clone()).collect();
+        Ok((loss.to_scalar::<f32>()?, g))
+    };
+    let (l_fast, g_fast) = run(Kernels::default())?;
+    let (l_ref, g_ref) = run(Kernels::reference())?;
+    println!("loss fused {l_fast} vs reference {l_ref}");
+    assert!((l_fast - l_ref).abs() < 1e-5);
+    for (a, b) in g_fast.iter().zip(&g_ref) {
+        assert!(max_diff(a, b)? < 1e-5 * (1.0 + max_abs(b)));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_tiny_model_of_each_kind_overfits_one_64_token_sequence() -> Result<()> {
+    let mut rng = Rng::new(SEED + 3);
+    let seq = tokens(&mut rng, 1, 65, VOCAB);
+    let (x, y) = (seq.narrow(1, 0, 64)?, seq.narrow(1, 1, 64)?);
+    for kind in ModelKind::ALL {
+        let cfg = tiny(kind);
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: 0.0, ..Default::default() })?;
+        let mut ce = f32::INFINITY;
+        let mut steps = 0;
+        while steps < 400 && ce >= 0.1 {
+            let losses = model.loss(&x, &y)?;
+            ce = losses.ce.to_scalar::<f32>()?;
+            let mut grads = losses.total.backward()?;
+            clip_grad_norm(&mut grads, &varmap, 1.0)?;
+            opt.step(&grads, 1e-2)?;
+            steps += 1;
+        }
+        println!("{kind}: cross-entropy {ce:.4} after {steps} steps (uniform guess: {:.2})", (VOCAB as f32).ln());
+        assert!(ce < 0.1, "{kind} did not overfit: loss {ce} after {steps} steps");
+    }
+    Ok(())
+}
+
+#[test]
+fn save_then_load_gives_identical_logits() -> Result<()> {
+    let mut rng = Rng::new(SEED + 4);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let bytes = write_safetensors(&varmap_tensors(&varmap)?)?;
+        let loaded = Model::from_safetensors(&cfg, &bytes, &Device::Cpu)?;
+        let toks = tokens(&mut rng, 2, 9, VOCAB);
+        let d = max_diff(&model.forward(&toks)?.logits, &loaded.forward(&toks)?.logits)?;
+        assert_eq!(d, 0.0, "{name}: logits changed by {d} across save/load");
+    }
+    Ok(())
+}
+
+#[test]
+fn loading_a_missing_misshaped_or_foreign_tensor_is_an_error_naming_it() -> Result<()> {
+    for (_, cfg) in all_tiny() {
+        let (varmap, _) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        let tensors = varmap_tensors(&varmap)?;
+        let victim = tensors[tensors.len() / 2].0.clone();
+
+        let missing: Vec<_> = tensors.iter().filter(|(n, _)| *n != victim).cloned().collect();
+        let err = Model::from_safetensors(&cfg, &write_safetensors(&missing)?, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains(&format!("missing tensor `{victim}`")), "{err}");
+
+        let misshaped: Vec<_> = tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = if *n == victim {
+                    Tensor::zeros(t.elem_count() + 1, DType::F32, &Device::Cpu).unwrap()
+                } else {
+                    t.clone()
+                };
+                (n.clone(), t)
+            })
+            .collect();
+        let err = Model::from_safetensors(&cfg, &write_safetensors(&misshaped)?, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains(&format!("tensor `{victim}` has shape")), "{err}");
+
+        let mut extra = tensors.clone();
+        extra.push(("model.layers.99.stray.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu)?));
+        let err = Model::from_safetensors(&cfg, &write_safetensors(&extra)?, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("model.layers.99.stray.weight"), "{err}");
+
+        let err = Model::from_safetensors(&cfg, b"definitely not safetensors", &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("not a valid safetensors file"), "{err}");
+    }
+    // Weights of one architecture under the other's config: the first tensor asked for is missing.
+    let (varmap, _) = Model::init(&tiny(ModelKind::Baseline), SEED, &Device::Cpu)?;
+    let bytes = write_safetensors(&varmap_tensors(&varmap)?)?;
+    let err = Model::from_safetensors(&tiny(ModelKind::IteraLite), &bytes, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("missing tensor `backbone.embeddings.weight`"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_weights_and_another_seed_does_not() -> Result<()> {
+    let cfg = tiny(ModelKind::IteraLite);
+    let w =
+        |seed| -> Result<Vec<u8>> { write_safetensors(&varmap_tensors(&Model::init(&cfg, seed, &Device::Cpu)?.0)?) };
+    assert_eq!(w(1)?, w(1)?);
+    assert_ne!(w(1)?, w(2)?);
+    Ok(())
+}
+
+#[test]
+fn parameter_count_matches_the_variables_the_model_creates() -> Result<()> {
+    for (name, cfg) in all_tiny().into_iter().chain([
+        ("baseline demo", Config::preset(ModelKind::Baseline, Preset::Demo, 4096)),
+        ("itera-lite demo", Config::preset(ModelKind::IteraLite, Preset::Demo, 4096)),
+    ]) {
+        let (varmap, _) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        let stored: usize = varmap_tensors(&varmap)?.iter().map(|(_, t)| t.elem_count()).sum();
+        assert_eq!(cfg.param_count().total, stored, "{name}");
+    }
+    Ok(())
+}
