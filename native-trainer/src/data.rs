@@ -1,0 +1,1 @@
+//! Text corpora and the byte-level BPE tokenizer (being written).

@@ -1,0 +1,1 @@
+//! The generated "synthetic world" corpus (being written).
