@@ -1,14 +1,268 @@
-//! native-trainer: trains, evaluates, scores, samples and exports the Itera-Lite models.
-//! (The training loop lands with the trainer issue; this is the CLI's shape.)
+//! native-trainer: trains, evaluates, scores, samples and exports the Transformer baseline and
+//! Itera-Lite on the CPU. With no subcommand it produces the page's default models.
 
-use clap::Parser;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use itera_model::sample::SamplingConfig;
+use itera_model::{ModelKind, Preset};
+use native_trainer::eval::{qa_accuracy, score_text, stream_loss, windows};
+use native_trainer::export::{export, load_model_dir};
+use native_trainer::source::{CorpusSpec, Source};
+use native_trainer::train::{train, TrainArgs};
+use native_trainer::{data, files};
+use std::io::Write;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "native-trainer", version, about = "Train and export the baseline and Itera-Lite models on the CPU")]
-struct Args {}
+#[command(
+    name = "native-trainer",
+    version,
+    about = "Train, evaluate and export the Transformer baseline and Itera-Lite (Mamba + sparse MoE) on the CPU",
+    long_about = "Train, evaluate and export the Transformer baseline and Itera-Lite (Mamba + sparse MoE) on the CPU.\n\n\
+                  With no subcommand: trains the `demo` preset of both models on the generated world corpus \
+                  (runs/<model>-demo, resumable) and exports them to models/baseline and models/itera-lite; \
+                  models already trained are only re-exported."
+)]
+struct Cli {
+    /// Compute threads [default: all cores]
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train one model; checkpoints, tokenizer, config and metrics.jsonl go to --out
+    Train {
+        #[command(flatten)]
+        args: TrainArgs,
+        /// Run folder (created if missing)
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from the checkpoint in --out (a finished run is left as it is)
+        #[arg(long)]
+        resume: bool,
+        /// Also export the trained model to this folder
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Loss, perplexity and bits per byte on a corpus's validation split (and world-QA accuracy)
+    Eval(EvalArgs),
+    /// Per-token log-probabilities of a text, as JSON
+    Score {
+        /// Model folder (an export, or a training run folder)
+        #[arg(long)]
+        model: PathBuf,
+        /// UTF-8 text file to score
+        #[arg(long)]
+        text: PathBuf,
+        /// Where to write {"tokens", "token_texts", "logprobs", "nll_mean", "bits_per_byte"}
+        #[arg(long)]
+        json: PathBuf,
+    },
+    /// Continue a prompt
+    Generate {
+        /// Model folder (an export, or a training run folder)
+        #[arg(long)]
+        model: PathBuf,
+        /// Text to continue
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate at most (stops early at end-of-text)
+        #[arg(long, default_value_t = 100)]
+        max_tokens: usize,
+        /// Sampling temperature; 0 = greedy
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k most likely tokens; 0 = all
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// Sample among the smallest set of tokens whose probability reaches p
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        /// Seed of the sampling stream
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Export a training run as a Hugging Face folder with a manifest
+    Export {
+        /// Training run folder (holds checkpoint.safetensors and tokenizer.json)
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Export folder
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Model folder (an export, or a training run folder)
+    #[arg(long)]
+    model: PathBuf,
+    /// `world` or a .txt file / folder of .txt files
+    #[arg(long, default_value = "world")]
+    corpus: CorpusSpec,
+    /// Entities of the generated world (must match training)
+    #[arg(long, default_value_t = 10_000)]
+    world_entities: usize,
+    /// Seed of the generated world (must match training)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of a text corpus's documents that form the validation split (must match training)
+    #[arg(long, default_value_t = 0.05)]
+    valid_fraction: f64,
+    /// Tokens per evaluation window
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Windows per forward pass
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Held-out world questions to answer (`--corpus world`; 0 skips)
+    #[arg(long, default_value_t = 200)]
+    qa_questions: usize,
+    /// Also write the figures as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
 
 fn main() {
-    let _ = Args::parse();
-    eprintln!("native-trainer: training is not implemented yet (see the trainer issue)");
-    std::process::exit(2);
+    itera_model::runtime::tune_allocator();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Read by rayon (gemm) and candle when they first start, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => default_job(),
+        Some(Command::Train { args, out, resume, export: export_to }) => {
+            train(&args, &out, resume)?;
+            if let Some(dir) = export_to {
+                export(&out, &dir)?;
+                eprintln!("exported to {}", dir.display());
+            }
+            Ok(())
+        }
+        Some(Command::Eval(a)) => eval(a),
+        Some(Command::Score { model, text, json }) => {
+            let m = load_model_dir(&model)?;
+            let text = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+            let score = score_text(&m.model, &m.tokenizer, m.eot, &text)?;
+            files::write_json_atomic(&json, &score)?;
+            eprintln!(
+                "{} tokens, mean NLL {:.4} nats, {:.4} bits/byte -> {}",
+                score.tokens.len(),
+                score.nll_mean,
+                score.bits_per_byte,
+                json.display()
+            );
+            Ok(())
+        }
+        Some(Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed }) => {
+            let m = load_model_dir(&model)?;
+            let ids = data::encode(&m.tokenizer, &prompt)?;
+            let sampling = SamplingConfig { temperature, top_k, top_p, seed };
+            let mut out = std::io::stdout().lock();
+            write!(out, "{prompt}")?;
+            // Decode the growing sequence and print what is new: a token may end mid-character.
+            let mut generated: Vec<u32> = Vec::new();
+            let mut printed = 0;
+            native_trainer::eval::generate(&m.model, &ids, max_tokens, sampling, |id| {
+                if id == m.eot {
+                    return Ok(false);
+                }
+                generated.push(id);
+                let text = data::decode(&m.tokenizer, &generated)?;
+                let stable = text.trim_end_matches('\u{FFFD}');
+                if stable.len() > printed {
+                    write!(out, "{}", &stable[printed..])?;
+                    out.flush()?;
+                    printed = stable.len();
+                }
+                Ok(true)
+            })?;
+            writeln!(out)?;
+            Ok(())
+        }
+        Some(Command::Export { checkpoint, out }) => {
+            let m = export(&checkpoint, &out)?;
+            eprintln!("exported {} ({} parameters) to {}", m.name, m.params.total, out.display());
+            Ok(())
+        }
+    }
+}
+
+/// The page's models: `demo` presets of both architectures on the default world corpus.
+fn default_job() -> Result<()> {
+    for kind in ModelKind::ALL {
+        let args = TrainArgs {
+            model: kind,
+            preset: Preset::Demo,
+            steps: Some(DEFAULT_DEMO_STEPS),
+            ..TrainArgs::defaults()
+        };
+        let run_dir = PathBuf::from("runs").join(format!("{kind}-demo"));
+        let model_dir = PathBuf::from("models").join(kind.name());
+        eprintln!("== {kind} (demo) -> {}", model_dir.display());
+        train(&args, &run_dir, true)?;
+        export(&run_dir, &model_dir)?;
+    }
+    eprintln!("models ready in models/baseline and models/itera-lite");
+    Ok(())
+}
+
+/// Steps of the default demo runs: both models train in about 10 minutes on 2 cores.
+const DEFAULT_DEMO_STEPS: usize = 200;
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let m = load_model_dir(&a.model)?;
+    let source = Source::load(&a.corpus, a.world_entities, a.seed, a.valid_fraction)?;
+    let stream = data::encode_documents(&m.tokenizer, &source.corpus.valid)?;
+    if stream.len() < a.seq_len + 2 {
+        anyhow::bail!("the validation split has {} tokens; --seq-len {} needs at least {}", stream.len(), a.seq_len, a.seq_len + 2);
+    }
+    let starts = windows(stream.len(), a.seq_len, None);
+    let loss = stream_loss(&m.model, &stream, a.seq_len, &starts, a.batch_size)?;
+    let covered = loss.tokens as f64 / (stream.len() - 1) as f64;
+    let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
+    let mut report = serde_json::json!({
+        "model": a.model.display().to_string(),
+        "corpus": source.corpus.name,
+        "valid_tokens": loss.tokens,
+        "loss": loss.mean(),
+        "perplexity": loss.perplexity(),
+        "bits_per_byte": loss.bits_per_byte(bytes),
+    });
+    println!(
+        "{}: loss {:.4}, perplexity {:.2}, {:.4} bits/byte over {} tokens",
+        source.corpus.name,
+        loss.mean(),
+        loss.perplexity(),
+        loss.bits_per_byte(bytes),
+        loss.tokens
+    );
+    if let (Some(world), true) = (&source.world, a.qa_questions > 0) {
+        let items = world.qa_heldout();
+        let stride = (items.len() / a.qa_questions).max(1);
+        let sample: Vec<_> = items.into_iter().step_by(stride).take(a.qa_questions).collect();
+        let qa = qa_accuracy(&m.model, &m.tokenizer, m.eot, &sample)?;
+        println!("world QA (held-out): {}/{} exact match ({:.1}%)", qa.correct, qa.total, 100.0 * qa.accuracy());
+        for ex in &qa.examples {
+            println!("  Q: {}  expected {:?}, got {:?}", ex.question, ex.expected, ex.answer);
+        }
+        report["world_qa"] = serde_json::to_value(&qa)?;
+        report["world_qa_accuracy"] = qa.accuracy().into();
+    }
+    if let Some(path) = a.json {
+        files::write_json_atomic(&path, &report)?;
+    }
+    Ok(())
 }

@@ -79,14 +79,16 @@ fn aux_coef() -> f64 {
 }
 
 /// Which architecture; the trainer's `--model` flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     Baseline,
     IteraLite,
 }
 
 /// Named sizes; the trainer's `--preset` flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// Tests: under 100K parameters at a 256-token vocabulary.
     Tiny,

@@ -6,7 +6,8 @@
 //! - [`scan`]: the selective scan (fused CustomOp, reference twin, stateful inference);
 //! - [`moe`]: sparse MoE (gathered dispatch, dense reference twin), load-balancing loss;
 //! - [`ops`]: differentiable norms, softplus, causal conv; [`init`]: seeded init;
-//! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O.
+//! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O;
+//! - [`sample`]: greedy / temperature / top-k / top-p sampling; [`runtime`]: allocator tuning.
 //!
 //! [`Model`] and [`State`] wrap the two architectures behind one interface.
 
@@ -18,6 +19,7 @@ pub mod moe;
 pub mod ops;
 pub mod optim;
 pub mod runtime;
+pub mod sample;
 pub mod scan;
 pub mod weights;
 

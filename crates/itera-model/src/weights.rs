@@ -65,11 +65,19 @@ pub fn read_safetensors(bytes: &[u8], device: &Device) -> Result<HashMap<String,
 /// Serialises named tensors (sorted by name) with the `{"format": "pt"}` metadata that
 /// `transformers` checks for.
 pub fn write_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    write_safetensors_with_metadata(tensors, HashMap::new())
+}
+
+/// As [`write_safetensors`], with extra string metadata in the header.
+pub fn write_safetensors_with_metadata(
+    tensors: &[(String, Tensor)],
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut sorted: Vec<(&str, Tensor)> =
         tensors.iter().map(|(n, t)| Ok((n.as_str(), t.contiguous()?))).collect::<Result<_>>()?;
     sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::tensor::serialize(sorted.iter().map(|(n, t)| (*n, t)), Some(meta))
+    metadata.insert("format".to_string(), "pt".to_string());
+    safetensors::tensor::serialize(sorted.iter().map(|(n, t)| (*n, t)), Some(metadata))
         .map_err(|e| candle_core::Error::msg(format!("safetensors serialise: {e}")))
 }
 

@@ -1,0 +1,204 @@
+//! Evaluation: loss / perplexity / bits per byte over a token stream, world-QA exact match,
+//! per-token scoring of a text, and generation.
+
+use crate::world::QaItem;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use itera_model::sample::{SamplingConfig, Sampler};
+use itera_model::{Config, Model};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+/// Summed next-token loss over windows of a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossSum {
+    pub nll: f64,         // Σ -ln p(token), nats
+    pub tokens: usize,    // predicted tokens
+}
+
+impl LossSum {
+    pub fn mean(&self) -> f64 {
+        self.nll / self.tokens.max(1) as f64
+    }
+    pub fn perplexity(&self) -> f64 {
+        self.mean().exp()
+    }
+    /// Bits per byte of the text the predicted tokens cover.
+    pub fn bits_per_byte(&self, bytes: usize) -> f64 {
+        self.nll / std::f64::consts::LN_2 / bytes.max(1) as f64
+    }
+}
+
+/// Windows of `seq_len + 1` tokens starting every `seq_len` tokens, so that every token after the
+/// first is predicted exactly once. At most `max_windows` (None: all).
+pub fn windows(stream_len: usize, seq_len: usize, max_windows: Option<usize>) -> Vec<usize> {
+    let mut starts: Vec<usize> = (0..).map(|i| i * seq_len).take_while(|s| s + seq_len < stream_len).collect();
+    if let Some(m) = max_windows {
+        starts.truncate(m);
+    }
+    starts
+}
+
+/// Mean next-token cross-entropy over the given windows, in batches of `batch`.
+pub fn stream_loss(model: &Model, stream: &[u32], seq_len: usize, starts: &[usize], batch: usize) -> Result<LossSum> {
+    let mut total = LossSum::default();
+    for chunk in starts.chunks(batch.max(1)) {
+        let mut ids = Vec::with_capacity(chunk.len() * (seq_len + 1));
+        for &s in chunk {
+            ids.extend_from_slice(&stream[s..s + seq_len + 1]);
+        }
+        let data = Tensor::from_vec(ids, (chunk.len(), seq_len + 1), &Device::Cpu)?;
+        let (x, y) = (data.narrow(1, 0, seq_len)?, data.narrow(1, 1, seq_len)?);
+        let ce = model.loss(&x, &y)?.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let n = chunk.len() * seq_len;
+        total.nll += ce * n as f64;
+        total.tokens += n;
+    }
+    Ok(total)
+}
+
+/// Log-probabilities of each target under logits.  logits (L, V), targets (L) -> (L)
+pub fn target_logprobs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let idx = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
+    Ok(logp.gather(&idx, 1)?.squeeze(1)?.to_vec1::<f32>()?)
+}
+
+/// Longest context a model accepts (the baseline's RoPE tables end; the SSM has no limit).
+pub fn max_context(cfg: &Config) -> usize {
+    match cfg {
+        Config::Baseline(c) => c.max_position_embeddings,
+        Config::IteraLite(_) => usize::MAX,
+    }
+}
+
+/// Per-token scores of a text, as written by `score --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Score {
+    pub tokens: Vec<u32>,       // token ids of the text
+    pub token_texts: Vec<String>, // each token decoded on its own
+    pub logprobs: Vec<f32>,     // ln p(token_i | EOT, token_0..i-1)
+    pub nll_mean: f64,          // mean of -logprobs, nats per token
+    pub bits_per_byte: f64,     // Σ -logprobs / ln 2 / UTF-8 bytes of the text
+}
+
+/// Scores every token of `text`, conditioning the first on the end-of-text token (a document
+/// boundary, as in training). Runs through the decoding state in chunks, so the SSM has no length
+/// limit; the baseline stops at its `max_position_embeddings`, which is an error here.
+pub fn score_text(model: &Model, tok: &Tokenizer, eot: u32, text: &str) -> Result<Score> {
+    let ids = crate::data::encode(tok, text)?;
+    if ids.is_empty() {
+        anyhow::bail!("the text is empty: nothing to score");
+    }
+    let limit = max_context(&model.config());
+    if ids.len() + 1 > limit {
+        anyhow::bail!("the text is {} tokens; this model reads at most {} (max_position_embeddings)", ids.len(), limit - 1);
+    }
+    let mut input = Vec::with_capacity(ids.len());
+    input.push(eot);
+    input.extend_from_slice(&ids[..ids.len() - 1]);
+    let mut state = model.new_state(1)?;
+    let mut logprobs = Vec::with_capacity(ids.len());
+    const CHUNK: usize = 256;
+    for (inp, tgt) in input.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+        let x = Tensor::from_slice(inp, (1, inp.len()), &Device::Cpu)?;
+        let logits = model.forward_with_state(&x, &mut state)?.squeeze(0)?; // (L, V)
+        logprobs.extend(target_logprobs(&logits, tgt)?);
+    }
+    let nll: f64 = logprobs.iter().map(|&l| -l as f64).sum();
+    let token_texts = ids.iter().map(|&i| crate::data::decode(tok, &[i])).collect::<Result<Vec<_>>>()?;
+    Ok(Score {
+        nll_mean: nll / ids.len() as f64,
+        bits_per_byte: nll / std::f64::consts::LN_2 / text.len() as f64,
+        tokens: ids,
+        token_texts,
+        logprobs,
+    })
+}
+
+/// Generates up to `max_new` tokens after `prompt`, calling `on_token` with each; stops early when
+/// `on_token` returns false or the context limit is reached. Returns the generated ids.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    max_new: usize,
+    sampling: SamplingConfig,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        anyhow::bail!("generate: the prompt encodes to no tokens");
+    }
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let limit = max_context(&model.config());
+    if prompt.len() >= limit {
+        anyhow::bail!("the prompt is {} tokens; this model reads at most {limit}", prompt.len());
+    }
+    let mut sampler = Sampler::new(sampling);
+    let mut state = model.new_state(1)?;
+    let x = Tensor::from_slice(prompt, (1, prompt.len()), &Device::Cpu)?;
+    let mut logits = model.forward_with_state(&x, &mut state)?.squeeze(0)?; // (L, V)
+    let mut out = Vec::new();
+    while out.len() < max_new && state.len() < limit {
+        let last = logits.get(logits.dim(0)? - 1)?.to_vec1::<f32>()?;
+        let next = sampler.sample(&last);
+        out.push(next);
+        if !on_token(next)? {
+            break;
+        }
+        let x = Tensor::from_slice(&[next], (1, 1), &Device::Cpu)?;
+        logits = model.forward_with_state(&x, &mut state)?.squeeze(0)?;
+    }
+    Ok(out)
+}
+
+/// World-QA exact match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QaResult {
+    pub correct: usize,
+    pub total: usize,
+    pub examples: Vec<QaExample>, // the first few, for a human to look at
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QaExample {
+    pub question: String,
+    pub expected: String,
+    pub answer: String,
+}
+
+impl QaResult {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// Longest answer generated per question, in tokens.
+const QA_MAX_TOKENS: usize = 24;
+
+/// Answers each question greedily after `EOT Q: <question>\nA:` and compares the text up to the
+/// first newline, trimmed, with the expected answer.
+pub fn qa_accuracy(model: &Model, tok: &Tokenizer, eot: u32, items: &[QaItem]) -> Result<QaResult> {
+    let mut result = QaResult::default();
+    let greedy = SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+    for item in items {
+        let mut prompt = vec![eot];
+        prompt.extend(crate::data::encode(tok, &item.prompt())?);
+        let mut text = String::new();
+        generate(model, &prompt, QA_MAX_TOKENS, greedy, |id| {
+            if id == eot {
+                return Ok(false);
+            }
+            text.push_str(&crate::data::decode(tok, &[id])?);
+            Ok(!text.contains('\n'))
+        })
+        .with_context(|| format!("answering {:?}", item.question))?;
+        let answer = text.split('\n').next().unwrap_or("").trim().to_string();
+        let ok = answer == item.answer;
+        result.correct += ok as usize;
+        result.total += 1;
+        if result.examples.len() < 5 {
+            result.examples.push(QaExample { question: item.question.clone(), expected: item.answer.clone(), answer });
+        }
+    }
+    Ok(result)
+}

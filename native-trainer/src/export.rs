@@ -1,0 +1,215 @@
+//! Export: one folder per model, as Hugging Face expects it, plus a manifest of measured figures.
+//!
+//! - `model.safetensors`: the weights under HF names (f32, tied head not stored);
+//! - `config.json`: `LlamaConfig` / `MambaConfig` keys (`model_type`, `architectures`, ...);
+//!   Itera-Lite with MoE adds the keys documented in docs/weights.md;
+//! - `tokenizer.json`: the byte-level BPE tokenizer;
+//! - `manifest.json`: name, architecture, parameters, every file's bytes and sha256, how it was
+//!   trained, what it scored, and the code version. The page reads it first and checks each
+//!   file's sha256 against it.
+
+use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
+use crate::data;
+use crate::files::{read_json, sha256_hex, write_atomic, write_json_atomic};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use itera_model::weights::write_safetensors;
+use itera_model::{Config, Model, ParamCount};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub const FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Training {
+    pub corpus: String,
+    pub preset: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub tokens: u64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub wall_seconds: f64,
+    pub tokens_per_second: f64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,         // e.g. "itera-lite-demo"
+    pub architecture: String, // "baseline" | "itera-lite"
+    pub model_type: String,   // HF: "llama" | "mamba"
+    pub dtype: String,        // of model.safetensors
+    pub params: ParamCount,
+    pub files: Vec<FileEntry>,
+    pub training: Training,
+    pub eval: Option<FinalEval>,
+    pub code_version: String,
+}
+
+/// The `config.json` that `transformers` loads: our config (HF keys already) plus the keys HF
+/// needs to pick the class and the defaults it would otherwise guess.
+pub fn hf_config(cfg: &Config, eot: u32) -> Result<Value> {
+    let mut v = serde_json::to_value(cfg)?;
+    let obj = v.as_object_mut().context("config serialises to an object")?;
+    let extra = match cfg {
+        Config::Baseline(_) => json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "initializer_range": 0.02,
+            "use_cache": true,
+        }),
+        Config::IteraLite(c) => json!({
+            "architectures": ["MambaForCausalLM"],
+            "hidden_act": "silu",
+            "intermediate_size": c.d_inner(),
+            "initializer_range": 0.02,
+            "residual_in_fp32": true,
+            "rescale_prenorm_residual": false,
+            "time_step_scale": 1.0,
+            "time_step_init_scheme": "random",
+            "use_cache": true,
+        }),
+    };
+    for (k, val) in extra.as_object().into_iter().flatten() {
+        obj.insert(k.clone(), val.clone());
+    }
+    for k in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        obj.insert(k.into(), json!(eot));
+    }
+    obj.insert("torch_dtype".into(), json!("float32"));
+    Ok(v)
+}
+
+/// Writes the export folder `out` from the run folder `run` (which holds the checkpoint and the
+/// tokenizer). Every file is written atomically; the manifest last, so a folder with a manifest
+/// is complete.
+pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
+    let ck = Checkpoint::load(run)?;
+    let meta: &CheckpointMeta = &ck.meta;
+    if meta.final_eval.is_none() {
+        eprintln!(
+            "warning: {} is a mid-run checkpoint (step {} of {}); exporting it anyway",
+            run.display(),
+            meta.step,
+            meta.args.steps()
+        );
+    }
+    let tok_path = run.join("tokenizer.json");
+    let tokenizer = data::load_tokenizer(&tok_path)?;
+    let eot = data::eot_id(&tokenizer)?;
+    if tokenizer.get_vocab_size(true) != meta.config.vocab_size() {
+        bail!("{} has {} tokens but the model expects {}", tok_path.display(), tokenizer.get_vocab_size(true), meta.config.vocab_size());
+    }
+    // Build the model from the checkpoint's weights: proves they load before anything is written.
+    let weights = ck.weights();
+    itera_model::weights::build_checked(weights.clone(), candle_core::DType::F32, &Device::Cpu, |vb| {
+        Model::new(&meta.config, vb)
+    })
+    .context("the checkpoint's weights do not fit its config")?;
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tensors: Vec<_> = weights.into_iter().collect();
+    write_atomic(&out.join("model.safetensors"), &write_safetensors(&tensors)?)?;
+    write_json_atomic(&out.join("config.json"), &hf_config(&meta.config, eot)?)?;
+    let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
+    write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
+
+    let files = FILES
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(out.join(name)).with_context(|| format!("reading back {name}"))?;
+            Ok(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let a = &meta.args;
+    let manifest = Manifest {
+        name: format!("{}-{}", a.model, a.preset),
+        architecture: a.model.to_string(),
+        model_type: match meta.config {
+            Config::Baseline(_) => "llama".into(),
+            Config::IteraLite(_) => "mamba".into(),
+        },
+        dtype: "float32".into(),
+        params: meta.config.param_count(),
+        files,
+        training: Training {
+            corpus: match &a.corpus {
+                crate::source::CorpusSpec::World => format!("world (entities {}, seed {})", a.world_entities, a.seed),
+                p => p.to_string(),
+            },
+            preset: a.preset.to_string(),
+            seed: a.seed,
+            steps: meta.step,
+            tokens: meta.tokens_seen,
+            batch_size: a.batch_size,
+            seq_len: a.seq_len,
+            wall_seconds: meta.elapsed_s,
+            tokens_per_second: meta.tokens_seen as f64 / meta.elapsed_s.max(1e-9),
+            threads: meta.threads,
+        },
+        eval: meta.final_eval.clone(),
+        code_version: meta.code_version.clone(),
+    };
+    write_json_atomic(&out.join("manifest.json"), &manifest)?;
+    Ok(manifest)
+}
+
+/// A model ready to run: weights, config and tokenizer from an export folder.
+pub struct LoadedModel {
+    pub model: Model,
+    pub config: Config,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub eot: u32,
+    pub manifest: Option<Manifest>,
+}
+
+/// Loads an export folder (model.safetensors + config.json + tokenizer.json [+ manifest.json]),
+/// or a training run folder (checkpoint.safetensors + config.json + tokenizer.json). With a
+/// manifest, every file's sha256 is checked against it first.
+pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
+    if !dir.is_dir() {
+        bail!("{} is not a model folder (expected model.safetensors, config.json, tokenizer.json)", dir.display());
+    }
+    let manifest: Option<Manifest> =
+        if dir.join("manifest.json").exists() { Some(read_json(&dir.join("manifest.json"))?) } else { None };
+    if let Some(m) = &manifest {
+        for f in &m.files {
+            let bytes = std::fs::read(dir.join(&f.name)).with_context(|| format!("reading {}", dir.join(&f.name).display()))?;
+            if sha256_hex(&bytes) != f.sha256 {
+                bail!("{}: sha256 does not match manifest.json (file changed or corrupt)", dir.join(&f.name).display());
+            }
+        }
+    }
+    let config: Config = read_json(&dir.join("config.json"))?;
+    config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("config.json").display()))?;
+    let tokenizer = data::load_tokenizer(&dir.join("tokenizer.json"))?;
+    let eot = data::eot_id(&tokenizer)?;
+    let model = if dir.join("model.safetensors").exists() {
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Model::from_safetensors(&config, &bytes, &Device::Cpu).with_context(|| format!("loading {}", path.display()))?
+    } else if Checkpoint::exists(dir) {
+        let ck = Checkpoint::load(dir)?;
+        itera_model::weights::build_checked(ck.weights(), candle_core::DType::F32, &Device::Cpu, |vb| {
+            Model::new(&config, vb)
+        })
+        .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
+    } else {
+        bail!("{} holds neither model.safetensors nor a training checkpoint", dir.display());
+    };
+    if tokenizer.get_vocab_size(true) != config.vocab_size() {
+        bail!("{}: tokenizer has {} tokens, config.json says {}", dir.display(), tokenizer.get_vocab_size(true), config.vocab_size());
+    }
+    Ok(LoadedModel { model, config, tokenizer, eot, manifest })
+}

@@ -1,0 +1,531 @@
+//! The training loop: AdamW (own, checkpointable), linear warmup + cosine decay, global-norm
+//! clipping, the MoE load-balancing loss, periodic evaluation, JSONL metrics, a progress bar, and
+//! checkpoints from which a run killed at any instant resumes to bit-identical weights.
+//!
+//! Determinism: init is seeded by name (itera_model::init), batches come from a seeded SplitMix64
+//! whose state is checkpointed, the optimizer keeps its moments in the checkpoint, and every
+//! reduction runs in a fixed order. Same seed + same thread count ⇒ same weights, resumed or not.
+
+use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
+use crate::data::{self, encode_documents, eot_id};
+use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
+use crate::files::{write_atomic, write_json_atomic};
+use crate::source::{CorpusSpec, Source};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use itera_model::init::Rng;
+use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::weights::{assign_varmap, varmap_tensors};
+use itera_model::{Config, Model, ModelKind, Preset};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `train`'s arguments. Stored in every checkpoint; a resume must match them.
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Architecture: `baseline` (Llama-style Transformer) or `itera-lite` (Mamba + sparse MoE)
+    #[arg(long, default_value = "itera-lite")]
+    pub model: ModelKind,
+    /// Size preset: `tiny` (tests), `demo` (the page's models), `seed` (10-50M parameters)
+    #[arg(long, default_value = "demo")]
+    pub preset: Preset,
+    /// Training text: `world` (the generated corpus) or a .txt file / folder of .txt files
+    #[arg(long, default_value = "world")]
+    pub corpus: CorpusSpec,
+    /// Entities in the generated world (`--corpus world`), 1 to 100000
+    #[arg(long, default_value_t = 10_000)]
+    pub world_entities: usize,
+    /// Optimizer steps [default: from --tokens, else 300]
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Training tokens; sets the steps to tokens / (batch-size × seq-len), rounded up
+    #[arg(long, conflicts_with = "steps")]
+    pub tokens: Option<u64>,
+    /// Seed of the init, the data order and the world; the same seed repeats a run exactly
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sequences per batch
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per sequence
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Final learning rate of the cosine decay [default: lr / 10]
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Steps of linear warmup
+    #[arg(long, default_value_t = 20)]
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (matrices only: not norms, biases, embeddings, A_log)
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm (0 = no clipping)
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Weight α of the MoE load-balancing loss [default: the preset's, 0.01]
+    #[arg(long)]
+    pub aux_loss_weight: Option<f64>,
+    /// Experts per Itera-Lite block (0 switches MoE off: plain Mamba blocks) [default: the preset's]
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Vocabulary size of the BPE tokenizer trained on the corpus
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Use this tokenizer.json instead of training one
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Share of a text corpus's documents held out for validation
+    #[arg(long, default_value_t = 0.05)]
+    pub valid_fraction: f64,
+    /// Evaluate on the validation split every N steps
+    #[arg(long, default_value_t = 50)]
+    pub eval_interval: usize,
+    /// Batches per periodic evaluation (the final one reads the whole split, up to 1000 windows)
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Write a checkpoint every N steps (and always at the end)
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_interval: usize,
+    /// Held-out world questions answered at the end (`--corpus world`; 0 skips)
+    #[arg(long, default_value_t = 200)]
+    pub qa_questions: usize,
+}
+
+/// Fields a resumed run may change: they affect neither the data, nor the model, nor the math.
+const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoint_interval", "qa_questions"];
+
+const DEFAULT_STEPS: usize = 300;
+const METRICS_FILE: &str = "metrics.jsonl";
+const FINAL_EVAL_WINDOWS: usize = 1000;
+
+impl TrainArgs {
+    /// Every flag at its default (what `train` with no flags would use).
+    pub fn defaults() -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        <Wrapper as clap::Parser>::parse_from(["train"]).args
+    }
+
+    /// Checks the arguments and fills in the derived defaults (steps, min_lr).
+    pub fn resolve(&self) -> Result<TrainArgs> {
+        let mut a = self.clone();
+        if a.batch_size == 0 || a.seq_len == 0 {
+            bail!("--batch-size and --seq-len must be > 0");
+        }
+        let per_step = (a.batch_size * a.seq_len) as u64;
+        a.steps = Some(match (a.steps, a.tokens) {
+            (Some(s), _) => s,
+            (None, Some(t)) => t.div_ceil(per_step) as usize,
+            (None, None) => DEFAULT_STEPS,
+        });
+        a.tokens = None;
+        if a.steps == Some(0) {
+            bail!("--steps must be > 0");
+        }
+        a.min_lr = Some(a.min_lr.unwrap_or(a.lr / 10.0));
+        if !(a.lr > 0.0 && a.lr.is_finite()) {
+            bail!("--lr must be a positive number, got {}", a.lr);
+        }
+        if !(0.0..0.5).contains(&a.valid_fraction) || a.valid_fraction == 0.0 {
+            bail!("--valid-fraction must be in (0, 0.5), got {}", a.valid_fraction);
+        }
+        if a.eval_interval == 0 || a.checkpoint_interval == 0 {
+            bail!("--eval-interval and --checkpoint-interval must be > 0");
+        }
+        Ok(a)
+    }
+
+    pub fn steps(&self) -> usize {
+        self.steps.unwrap_or(DEFAULT_STEPS)
+    }
+
+    /// The model config: the preset at this vocabulary, with the MoE overrides.
+    pub fn model_config(&self, vocab_size: usize) -> Result<Config> {
+        let mut cfg = Config::preset(self.model, self.preset, vocab_size);
+        if let Config::IteraLite(c) = &mut cfg {
+            if let Some(e) = self.experts {
+                c.num_experts = e;
+            }
+            if let Some(a) = self.aux_loss_weight {
+                c.router_aux_loss_coef = a;
+            }
+        } else if self.experts.is_some() || self.aux_loss_weight.is_some() {
+            bail!("--experts and --aux-loss-weight apply to --model itera-lite only");
+        }
+        cfg.validate().map_err(|e| anyhow::anyhow!("model config: {e}"))?;
+        Ok(cfg)
+    }
+}
+
+/// The learning rate at `step` (0-based), as nanoGPT's `get_lr`.
+pub fn lr_at(step: usize, a: &TrainArgs) -> f64 {
+    let (lr, min_lr, warmup, steps) = (a.lr, a.min_lr.unwrap_or(a.lr / 10.0), a.warmup_steps, a.steps());
+    // 1) linear warmup for warmup_steps steps
+    if step < warmup {
+        return lr * (step + 1) as f64 / (warmup + 1) as f64;
+    }
+    // 2) past the last step, the floor
+    if step >= steps {
+        return min_lr;
+    }
+    // 3) in between, cosine decay from lr down to min_lr
+    let ratio = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+    min_lr + coeff * (lr - min_lr)
+}
+
+/// Random training windows from a seeded stream: the stream's state is the data cursor.
+struct Batcher<'a> {
+    stream: &'a [u32],
+    rng: Rng,
+    batch: usize,
+    seq_len: usize,
+}
+
+impl Batcher<'_> {
+    /// (inputs, targets), each (B, L).
+    fn next(&mut self) -> Result<(Tensor, Tensor)> {
+        let span = self.stream.len() - self.seq_len - 1;
+        let mut ids = Vec::with_capacity(self.batch * (self.seq_len + 1));
+        for _ in 0..self.batch {
+            let s = self.rng.below(span + 1);
+            ids.extend_from_slice(&self.stream[s..s + self.seq_len + 1]);
+        }
+        let data = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), &Device::Cpu)?;
+        Ok((data.narrow(1, 0, self.seq_len)?, data.narrow(1, 1, self.seq_len)?))
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metric {
+    Train { step: usize, tokens: u64, loss: f64, ce: f64, aux: f64, lr: f64, grad_norm: f64, tok_per_s: f64, elapsed_s: f64 },
+    Eval { step: usize, valid_loss: f64, valid_perplexity: f64 },
+}
+
+impl Metric {
+    fn step(&self) -> usize {
+        match self {
+            Metric::Train { step, .. } | Metric::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// Reads `metrics.jsonl` (missing file: empty).
+pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>> {
+    let path = dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // A line cut short by a kill is dropped; every complete line must parse.
+    let complete = if text.ends_with('\n') { &text[..] } else { &text[..text.rfind('\n').map_or(0, |i| i + 1)] };
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
+        .collect()
+}
+
+fn code_version() -> String {
+    format!("{}+{}", env!("CARGO_PKG_VERSION"), env!("ITERA_GIT_VERSION"))
+}
+
+/// Trains into `out` (created if needed). With `resume`, continues from `out`'s checkpoint if
+/// there is one; without, refuses to touch a folder that holds one. Returns the final metadata.
+pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMeta> {
+    let args = args.resolve()?;
+    let previous = if Checkpoint::exists(out) {
+        if !resume {
+            bail!(
+                "{} already holds a checkpoint; pass --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        Some(Checkpoint::load(out)?)
+    } else {
+        None
+    };
+    if let Some(ck) = &previous {
+        check_resumable(&ck.meta.args, &args)?;
+        if ck.meta.step >= args.steps() && ck.meta.final_eval.is_some() {
+            eprintln!("{}: already trained ({} steps); nothing to do", out.display(), ck.meta.step);
+            return Ok(ck.meta.clone());
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+
+    // ---- data
+    let source = Source::load(&args.corpus, args.world_entities, args.seed, args.valid_fraction)?;
+    let tok_path = out.join("tokenizer.json");
+    let tokenizer = if previous.is_some() && tok_path.exists() {
+        data::load_tokenizer(&tok_path)?
+    } else if let Some(p) = &args.tokenizer {
+        data::load_tokenizer(p)?
+    } else {
+        eprintln!("training a {}-token byte-level BPE tokenizer on {}", args.vocab_size, source.corpus.name);
+        data::train_tokenizer(&source.corpus.train, args.vocab_size)?
+    };
+    data::save_tokenizer(&tokenizer, &tok_path)?;
+    let eot = eot_id(&tokenizer)?;
+    let train_stream = encode_documents(&tokenizer, &source.corpus.train)?;
+    let valid_stream = encode_documents(&tokenizer, &source.corpus.valid)?;
+    for (name, s) in [("training", &train_stream), ("validation", &valid_stream)] {
+        if s.len() < args.seq_len + 2 {
+            bail!("the {name} split has {} tokens; --seq-len {} needs at least {}", s.len(), args.seq_len, args.seq_len + 2);
+        }
+    }
+
+    // ---- model and optimizer
+    let cfg = args.model_config(tokenizer.get_vocab_size(true))?;
+    if let Some(ck) = &previous {
+        if ck.meta.config != cfg {
+            bail!("the checkpoint's model config differs from this run's (tokenizer or preset changed?)");
+        }
+    }
+    write_json_atomic(&out.join("config.json"), &cfg)?;
+    let (varmap, model) = Model::init(&cfg, args.seed, &Device::Cpu)?;
+    let mut opt = AdamW::new(
+        &varmap,
+        AdamWConfig { weight_decay: args.weight_decay, ..Default::default() },
+    )?;
+    let mut batcher = Batcher { stream: &train_stream, rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001), batch: args.batch_size, seq_len: args.seq_len };
+    let mut meta = CheckpointMeta {
+        step: 0,
+        rng_state: batcher.rng.state(),
+        tokens_seen: 0,
+        elapsed_s: 0.0,
+        args: args.clone(),
+        config: cfg.clone(),
+        threads: candle_core::utils::get_num_threads(),
+        code_version: code_version(),
+        last_valid_loss: None,
+        final_eval: None,
+    };
+    let mut metrics = read_metrics(out)?;
+    if let Some(ck) = previous {
+        assign_varmap(&varmap, &ck.weights()).context("restoring the checkpoint's weights")?;
+        opt.load_state(&ck.tensors, ck.meta.step as u64).context("restoring the optimizer state")?;
+        batcher.rng = Rng::new(ck.meta.rng_state);
+        meta = CheckpointMeta { args: args.clone(), threads: meta.threads, code_version: meta.code_version, ..ck.meta };
+        // Forget metrics logged after the checkpoint: the resumed run logs those steps again.
+        metrics.retain(|m| m.step() <= meta.step);
+        eprintln!("resuming {} at step {}", out.display(), meta.step);
+    } else {
+        metrics.clear();
+    }
+    let mut log = MetricsLog::create(out, &metrics)?;
+
+    let p = cfg.param_count();
+    eprintln!(
+        "{} {}: {:.2}M parameters ({:.2}M active per token), {} training tokens, {} steps of {} × {}",
+        args.model,
+        args.preset,
+        p.total as f64 / 1e6,
+        p.active_per_token as f64 / 1e6,
+        train_stream.len(),
+        args.steps(),
+        args.batch_size,
+        args.seq_len
+    );
+
+    // ---- the loop
+    let steps = args.steps();
+    let bar = progress_bar(steps, meta.step);
+    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
+    let eval_starts = windows(valid_stream.len(), args.seq_len, Some(args.eval_batches * args.batch_size));
+    let started = Instant::now();
+    let elapsed_before = meta.elapsed_s;
+    let tokens_per_step = (args.batch_size * args.seq_len) as u64;
+    while meta.step < steps {
+        let step = meta.step;
+        let t0 = Instant::now();
+        let (x, y) = batcher.next()?;
+        let lr = lr_at(step, &args);
+        let losses = model.loss(&x, &y)?;
+        let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
+        if !loss.is_finite() {
+            bar.abandon();
+            bail!(
+                "step {}: the loss is {loss}; stopping. The last good checkpoint (step {}) in {} is intact; \
+                 try a lower --lr or a stronger --grad-clip",
+                step + 1,
+                Checkpoint::load(out).map(|c| c.meta.step).unwrap_or(0),
+                out.display()
+            );
+        }
+        let mut grads = losses.total.backward()?;
+        let grad_norm = if args.grad_clip > 0.0 { clip_grad_norm(&mut grads, &varmap, args.grad_clip)? } else { 0.0 };
+        opt.step(&grads, lr)?;
+        drop(grads);
+
+        meta.step += 1;
+        meta.tokens_seen += tokens_per_step;
+        meta.rng_state = batcher.rng.state();
+        meta.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        let tok_per_s = tokens_per_step as f64 / t0.elapsed().as_secs_f64();
+        log.write(&Metric::Train {
+            step: meta.step,
+            tokens: meta.tokens_seen,
+            loss,
+            ce,
+            aux,
+            lr,
+            grad_norm,
+            tok_per_s,
+            elapsed_s: meta.elapsed_s,
+        })?;
+        bar.set_position(meta.step as u64);
+        bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
+
+        if meta.step % args.eval_interval == 0 || meta.step == steps {
+            let v = stream_loss(&model, &valid_stream, args.seq_len, &eval_starts, args.batch_size)?;
+            meta.last_valid_loss = Some(v.mean());
+            log.write(&Metric::Eval { step: meta.step, valid_loss: v.mean(), valid_perplexity: v.perplexity() })?;
+            say(format!("step {}: train loss {ce:.4}, val loss {:.4}", meta.step, v.mean()));
+        }
+        if meta.step % args.checkpoint_interval == 0 && meta.step < steps {
+            save_checkpoint(out, &meta, &varmap, &opt)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    // ---- final evaluation, then the last checkpoint
+    let final_eval = final_eval(&model, &tokenizer, eot, &source, &train_stream, &valid_stream, &args)?;
+    say(format!(
+        "done: {} steps, {} tokens in {:.0} s; valid loss {:.4} (ppl {:.2}, {:.3} bits/byte; unigram {:.4}){}",
+        meta.step,
+        meta.tokens_seen,
+        meta.elapsed_s,
+        final_eval.valid_loss,
+        final_eval.valid_perplexity,
+        final_eval.valid_bits_per_byte,
+        final_eval.unigram_loss,
+        final_eval.world_qa.as_ref().map_or(String::new(), |q| format!(
+            "; world QA {}/{} held-out correct",
+            q.correct, q.total
+        ))
+    ));
+    meta.final_eval = Some(final_eval);
+    save_checkpoint(out, &meta, &varmap, &opt)?;
+    Ok(meta)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn save_checkpoint(out: &Path, meta: &CheckpointMeta, varmap: &candle_nn::VarMap, opt: &AdamW) -> Result<()> {
+    let mut tensors = varmap_tensors(varmap)?;
+    tensors.extend(opt.state_tensors()?);
+    Checkpoint::save(out, meta, &tensors)
+}
+
+/// Whole-split loss, bits per byte, the unigram baseline, and world QA.
+fn final_eval(
+    model: &Model,
+    tok: &tokenizers::Tokenizer,
+    eot: u32,
+    source: &Source,
+    train_stream: &[u32],
+    valid_stream: &[u32],
+    args: &TrainArgs,
+) -> Result<FinalEval> {
+    let starts = windows(valid_stream.len(), args.seq_len, Some(FINAL_EVAL_WINDOWS));
+    let v: LossSum = stream_loss(model, valid_stream, args.seq_len, &starts, args.batch_size)?;
+    // Bytes covered by the scored tokens, pro rata to the share of the stream scored.
+    let covered = v.tokens as f64 / (valid_stream.len() - 1) as f64;
+    let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
+    let world_qa = match (&source.world, args.qa_questions) {
+        (Some(world), n) if n > 0 => {
+            let items = world.qa_heldout();
+            let stride = (items.len() / n).max(1);
+            let sample: Vec<_> = items.into_iter().step_by(stride).take(n).collect();
+            Some(qa_accuracy(model, tok, eot, &sample)?)
+        }
+        _ => None,
+    };
+    Ok(FinalEval {
+        valid_loss: v.mean(),
+        valid_perplexity: v.perplexity(),
+        valid_bits_per_byte: v.bits_per_byte(bytes),
+        valid_tokens: v.tokens,
+        world_qa,
+        unigram_loss: unigram_loss(train_stream, valid_stream, tok.get_vocab_size(true)),
+    })
+}
+
+/// Cross-entropy of the validation tokens under the training split's unigram distribution
+/// (add-½ smoothing): the loss of a model that ignores context. A trained LM must beat it.
+pub fn unigram_loss(train: &[u32], valid: &[u32], vocab: usize) -> f64 {
+    let mut counts = vec![0.5f64; vocab];
+    for &t in train {
+        counts[t as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    let nll: f64 = valid[1..].iter().map(|&t| -(counts[t as usize] / total).ln()).sum();
+    nll / (valid.len() - 1).max(1) as f64
+}
+
+fn check_resumable(saved: &TrainArgs, now: &TrainArgs) -> Result<()> {
+    let (a, b) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, va) in a {
+            if !RESUMABLE_CHANGES.contains(&k.as_str()) && b.get(k) != Some(va) {
+                bail!(
+                    "cannot resume: --{} was {} in the checkpoint and is {} now",
+                    k.replace('_', "-"),
+                    va,
+                    b.get(k).unwrap_or(&serde_json::Value::Null)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(steps: usize, at: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] step {pos}/{len} {msg} (ETA {eta})")
+            .expect("static progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(at as u64);
+    bar
+}
+
+/// `metrics.jsonl`, rewritten once at start (dropping lines past a resumed step), then appended.
+struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn create(dir: &Path, keep: &[Metric]) -> Result<Self> {
+        let path = dir.join(METRICS_FILE);
+        let mut text = String::new();
+        for m in keep {
+            text.push_str(&serde_json::to_string(m)?);
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, m: &Metric) -> Result<()> {
+        let mut line = serde_json::to_string(m)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).context("appending to metrics.jsonl")
+    }
+}

@@ -1,0 +1,223 @@
+//! End-to-end claims about the real `native-trainer` binary: exact resume after SIGKILL, the NaN
+//! guard, `score` against in-process logits, export round trip, and clear errors on bad input.
+
+use candle_core::{Device, Tensor};
+use native_trainer::checkpoint::Checkpoint;
+use native_trainer::eval::target_logprobs;
+use native_trainer::export::load_model_dir;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_native-trainer");
+
+/// A fresh scratch folder per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("itera-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Flags of a small, quick training run of the tiny preset on a small world.
+fn tiny_run(model: &str, steps: usize, out: &Path) -> Vec<String> {
+    let s = |v: &str| v.to_string();
+    vec![
+        s("--threads"), s("1"),
+        s("train"), s("--model"), s(model), s("--preset"), s("tiny"),
+        s("--corpus"), s("world"), s("--world-entities"), s("300"),
+        s("--vocab-size"), s("320"), s("--batch-size"), s("4"), s("--seq-len"), s("64"),
+        s("--steps"), steps.to_string(), s("--warmup-steps"), s("5"),
+        s("--eval-interval"), s("10"), s("--eval-batches"), s("2"),
+        s("--checkpoint-interval"), s("5"), s("--qa-questions"), s("4"),
+        s("--out"), out.display().to_string(),
+    ]
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(BIN).args(args).output().expect("spawning native-trainer")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "native-trainer failed: {}", stderr(o));
+}
+
+/// Every tensor of the checkpoint (weights and optimizer moments) as raw f32 values.
+fn checkpoint_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = Checkpoint::load(dir).unwrap();
+    let mut v: Vec<_> =
+        ck.tensors.iter().map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_run() {
+    let dir = scratch("resume");
+    let (whole, killed) = (dir.join("whole"), dir.join("killed"));
+    let steps = 120;
+    assert_ok(&run(&tiny_run("itera-lite", steps, &whole)));
+
+    // Start the same run, SIGKILL it once it has checkpointed at least twice, mid-flight.
+    let mut child = Command::new(BIN)
+        .args(tiny_run("itera-lite", steps, &killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if Checkpoint::load(&killed).map(|c| c.meta.step >= 10).unwrap_or(false) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(30)); // land somewhere between checkpoints
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let at_kill = Checkpoint::load(&killed).unwrap().meta.step;
+    assert!(at_kill < steps, "killed too late (checkpoint at step {at_kill})");
+
+    let mut resume = tiny_run("itera-lite", steps, &killed);
+    resume.push("--resume".into());
+    let out = run(&resume);
+    assert_ok(&out);
+    assert!(stderr(&out).contains(&format!("resuming {} at step {at_kill}", killed.display())), "{}", stderr(&out));
+
+    let (a, b) = (checkpoint_values(&whole), checkpoint_values(&killed));
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "tensor {na} differs after kill at step {at_kill} + resume");
+    }
+    assert_eq!(Checkpoint::load(&killed).unwrap().meta.step, steps);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_with_a_clear_message_and_the_last_checkpoint_intact() {
+    let dir = scratch("nan");
+    let out = dir.join("run");
+    let mut args = tiny_run("baseline", 50, &out);
+    // An absurd learning rate sends the weights to ±1e30 after the first update: the next loss
+    // overflows to inf/NaN.
+    args.extend(["--lr", "1e30", "--warmup-steps", "0", "--checkpoint-interval", "1"].map(String::from));
+    let o = run(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("the loss is") && err.contains("last good checkpoint"), "{err}");
+    let ck = Checkpoint::load(&out).expect("the last good checkpoint loads");
+    assert!(ck.meta.step >= 1 && ck.meta.step < 50, "checkpoint at step {}", ck.meta.step);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round_trips() {
+    let dir = scratch("score");
+    let (runs, exported) = (dir.join("run"), dir.join("export"));
+    let mut args = tiny_run("itera-lite", 12, &runs);
+    args.extend(["--export".to_string(), exported.display().to_string()]);
+    assert_ok(&run(&args));
+
+    // The export loads (sha256 checked against the manifest) and matches the checkpoint.
+    let m = load_model_dir(&exported).unwrap();
+    let from_run = load_model_dir(&runs).unwrap();
+    let manifest = m.manifest.as_ref().expect("manifest.json");
+    assert_eq!(manifest.files.len(), 3);
+    assert_eq!(manifest.params.total, m.config.param_count().total);
+    assert_eq!(manifest.training.steps, 12);
+    assert!(manifest.eval.as_ref().unwrap().valid_loss.is_finite());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "mamba");
+    assert_eq!(config["architectures"][0], "MambaForCausalLM");
+
+    let text = "Q: Where was Ann born?\nA: in a city — naïve café 🚀\n";
+    let text_file = dir.join("text.txt");
+    std::fs::write(&text_file, text).unwrap();
+    let json = dir.join("score.json");
+    let o = run(&[
+        "score".into(),
+        "--model".into(),
+        exported.display().to_string(),
+        "--text".into(),
+        text_file.display().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    assert_ok(&o);
+    let score: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ids: Vec<u32> = score["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let logprobs: Vec<f64> = score["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(ids.len(), logprobs.len());
+
+    // In process: one full-sequence forward over [EOT, t0 .. t_{n-2}], with both loaded models.
+    let mut input = vec![m.eot];
+    input.extend_from_slice(&ids[..ids.len() - 1]);
+    let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu).unwrap();
+    for model in [&m.model, &from_run.model] {
+        let logits = model.forward(&x).unwrap().logits.squeeze(0).unwrap();
+        let want = target_logprobs(&logits, &ids).unwrap();
+        for (i, (&a, &b)) in logprobs.iter().zip(&want).enumerate() {
+            assert!((a - b as f64).abs() < 1e-4, "token {i}: score {a} vs in-process {b}");
+        }
+    }
+    let nll_mean = score["nll_mean"].as_f64().unwrap();
+    let expect = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+    assert!((nll_mean - expect).abs() < 1e-9);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
+    let dir = scratch("bad");
+    let s = |v: &str| v.to_string();
+
+    // A corpus path that does not exist.
+    let o = run(&[s("train"), s("--preset"), s("tiny"), s("--corpus"), s("/no/such/corpus.txt"), s("--out"), dir.join("x").display().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/corpus.txt"), "{}", stderr(&o));
+
+    // An unknown preset or model.
+    let o = run(&[s("train"), s("--preset"), s("huge"), s("--out"), dir.join("x").display().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown preset `huge`"), "{}", stderr(&o));
+    let o = run(&[s("train"), s("--model"), s("gpt5"), s("--out"), dir.join("x").display().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown model `gpt5`"), "{}", stderr(&o));
+
+    // A corrupt checkpoint: resume fails, naming it, and leaves the file as it was.
+    let run_dir = dir.join("corrupt");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let garbage = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all";
+    std::fs::write(run_dir.join("checkpoint.safetensors"), garbage).unwrap();
+    let mut args = tiny_run("baseline", 5, &run_dir);
+    args.push(s("--resume"));
+    let o = run(&args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("corrupt"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap(), garbage);
+
+    // Without --resume, a folder holding a checkpoint is refused and left alone.
+    let o = run(&tiny_run("baseline", 5, &run_dir));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already holds a checkpoint"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap(), garbage);
+
+    // Model folders that are not there, or are damaged.
+    let o = run(&[s("eval"), s("--model"), s("/no/such/model")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/model"), "{}", stderr(&o));
+    let o = run(&[s("export"), s("--checkpoint"), s("/no/such/run"), s("--out"), dir.join("e").display().to_string()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/run"), "{}", stderr(&o));
+    assert!(!dir.join("e").exists(), "export created its folder despite failing");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
