@@ -22,13 +22,13 @@ pub const OPTIMIZER_PREFIX: &str = "adamw.";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointMeta {
-    pub step: usize,        // optimizer steps completed
-    pub rng_state: u64,     // the data sampler's stream: the data cursor
-    pub tokens_seen: u64,   // training tokens consumed
-    pub elapsed_s: f64,     // training wall time, summed over resumes
-    pub args: TrainArgs,    // the run's arguments (resolved)
-    pub config: Config,     // the model
-    pub threads: usize,     // compute threads of the run that wrote it
+    pub step: usize,      // optimizer steps completed
+    pub rng_state: u64,   // the data sampler's stream: the data cursor
+    pub tokens_seen: u64, // training tokens consumed
+    pub elapsed_s: f64,   // training wall time, summed over resumes
+    pub args: TrainArgs,  // the run's arguments (resolved)
+    pub config: Config,   // the model
+    pub threads: usize,   // compute threads of the run that wrote it
     pub code_version: String,
     pub last_valid_loss: Option<f64>,
     pub final_eval: Option<FinalEval>, // set once the run has finished
@@ -41,8 +41,8 @@ pub struct FinalEval {
     pub valid_perplexity: f64,
     pub valid_bits_per_byte: f64,
     pub valid_tokens: usize,
-    pub world_qa: Option<QaResult>,       // held-out questions (entities whose QA pairs were never trained on)
-    pub unigram_loss: f64,                // entropy of the training unigram distribution on the valid split
+    pub world_qa: Option<QaResult>, // held-out questions (entities whose QA pairs were never trained on)
+    pub unigram_loss: f64,          // entropy of the training unigram distribution on the valid split
 }
 
 pub struct Checkpoint {
@@ -64,13 +64,11 @@ impl Checkpoint {
         let bytes = std::fs::read(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt or not safetensors: {e}", path.display()))?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .with_context(|| format!("{} is not an Itera-Lite checkpoint (no `{META_KEY}` metadata)", path.display()))?;
-        let meta: CheckpointMeta =
-            serde_json::from_str(json).with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
+        let json = header.metadata().as_ref().and_then(|m| m.get(META_KEY)).with_context(|| {
+            format!("{} is not an Itera-Lite checkpoint (no `{META_KEY}` metadata)", path.display())
+        })?;
+        let meta: CheckpointMeta = serde_json::from_str(json)
+            .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
         let tensors = read_safetensors(&bytes, &Device::Cpu)
             .with_context(|| format!("checkpoint {} is corrupt", path.display()))?;
         Ok(Checkpoint { meta, tensors })
@@ -82,6 +80,10 @@ impl Checkpoint {
 
     /// The model weights, without the optimizer state.
     pub fn weights(&self) -> HashMap<String, Tensor> {
-        self.tensors.iter().filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX)).map(|(n, t)| (n.clone(), t.clone())).collect()
+        self.tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
     }
 }

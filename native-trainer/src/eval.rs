@@ -4,7 +4,7 @@
 use crate::world::QaItem;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use itera_model::sample::{SamplingConfig, Sampler};
+use itera_model::sample::{Sampler, SamplingConfig};
 use itera_model::{Config, Model};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -12,8 +12,8 @@ use tokenizers::Tokenizer;
 /// Summed next-token loss over windows of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossSum {
-    pub nll: f64,         // Σ -ln p(token), nats
-    pub tokens: usize,    // predicted tokens
+    pub nll: f64,      // Σ -ln p(token), nats
+    pub tokens: usize, // predicted tokens
 }
 
 impl LossSum {
@@ -75,11 +75,11 @@ pub fn max_context(cfg: &Config) -> usize {
 /// Per-token scores of a text, as written by `score --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Score {
-    pub tokens: Vec<u32>,       // token ids of the text
+    pub tokens: Vec<u32>,         // token ids of the text
     pub token_texts: Vec<String>, // each token decoded on its own
-    pub logprobs: Vec<f32>,     // ln p(token_i | EOT, token_0..i-1)
-    pub nll_mean: f64,          // mean of -logprobs, nats per token
-    pub bits_per_byte: f64,     // Σ -logprobs / ln 2 / UTF-8 bytes of the text
+    pub logprobs: Vec<f32>,       // ln p(token_i | EOT, token_0..i-1)
+    pub nll_mean: f64,            // mean of -logprobs, nats per token
+    pub bits_per_byte: f64,       // Σ -logprobs / ln 2 / UTF-8 bytes of the text
 }
 
 /// Scores every token of `text`, conditioning the first on the end-of-text token (a document
@@ -92,7 +92,11 @@ pub fn score_text(model: &Model, tok: &Tokenizer, eot: u32, text: &str) -> Resul
     }
     let limit = max_context(&model.config());
     if ids.len() + 1 > limit {
-        anyhow::bail!("the text is {} tokens; this model reads at most {} (max_position_embeddings)", ids.len(), limit - 1);
+        anyhow::bail!(
+            "the text is {} tokens; this model reads at most {} (max_position_embeddings)",
+            ids.len(),
+            limit - 1
+        );
     }
     let mut input = Vec::with_capacity(ids.len());
     input.push(eot);

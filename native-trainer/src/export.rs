@@ -109,7 +109,12 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
     let tokenizer = data::load_tokenizer(&tok_path)?;
     let eot = data::eot_id(&tokenizer)?;
     if tokenizer.get_vocab_size(true) != meta.config.vocab_size() {
-        bail!("{} has {} tokens but the model expects {}", tok_path.display(), tokenizer.get_vocab_size(true), meta.config.vocab_size());
+        bail!(
+            "{} has {} tokens but the model expects {}",
+            tok_path.display(),
+            tokenizer.get_vocab_size(true),
+            meta.config.vocab_size()
+        );
     }
     // Build the model from the checkpoint's weights: proves they load before anything is written.
     let weights = ck.weights();
@@ -185,7 +190,8 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
         if dir.join("manifest.json").exists() { Some(read_json(&dir.join("manifest.json"))?) } else { None };
     if let Some(m) = &manifest {
         for f in &m.files {
-            let bytes = std::fs::read(dir.join(&f.name)).with_context(|| format!("reading {}", dir.join(&f.name).display()))?;
+            let bytes =
+                std::fs::read(dir.join(&f.name)).with_context(|| format!("reading {}", dir.join(&f.name).display()))?;
             if sha256_hex(&bytes) != f.sha256 {
                 bail!("{}: sha256 does not match manifest.json (file changed or corrupt)", dir.join(&f.name).display());
             }
@@ -209,7 +215,12 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
         bail!("{} holds neither model.safetensors nor a training checkpoint", dir.display());
     };
     if tokenizer.get_vocab_size(true) != config.vocab_size() {
-        bail!("{}: tokenizer has {} tokens, config.json says {}", dir.display(), tokenizer.get_vocab_size(true), config.vocab_size());
+        bail!(
+            "{}: tokenizer has {} tokens, config.json says {}",
+            dir.display(),
+            tokenizer.get_vocab_size(true),
+            config.vocab_size()
+        );
     }
     Ok(LoadedModel { model, config, tokenizer, eot, manifest })
 }

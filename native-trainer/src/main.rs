@@ -203,12 +203,8 @@ fn run(cli: Cli) -> Result<()> {
 /// The page's models: `demo` presets of both architectures on the default world corpus.
 fn default_job() -> Result<()> {
     for kind in ModelKind::ALL {
-        let args = TrainArgs {
-            model: kind,
-            preset: Preset::Demo,
-            steps: Some(DEFAULT_DEMO_STEPS),
-            ..TrainArgs::defaults()
-        };
+        let args =
+            TrainArgs { model: kind, preset: Preset::Demo, steps: Some(DEFAULT_DEMO_STEPS), ..TrainArgs::defaults() };
         let run_dir = PathBuf::from("runs").join(format!("{kind}-demo"));
         let model_dir = PathBuf::from("models").join(kind.name());
         eprintln!("== {kind} (demo) -> {}", model_dir.display());
@@ -227,7 +223,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     let source = Source::load(&a.corpus, a.world_entities, a.seed, a.valid_fraction)?;
     let stream = data::encode_documents(&m.tokenizer, &source.corpus.valid)?;
     if stream.len() < a.seq_len + 2 {
-        anyhow::bail!("the validation split has {} tokens; --seq-len {} needs at least {}", stream.len(), a.seq_len, a.seq_len + 2);
+        anyhow::bail!(
+            "the validation split has {} tokens; --seq-len {} needs at least {}",
+            stream.len(),
+            a.seq_len,
+            a.seq_len + 2
+        );
     }
     let starts = windows(stream.len(), a.seq_len, None);
     let loss = stream_loss(&m.model, &stream, a.seq_len, &starts, a.batch_size)?;

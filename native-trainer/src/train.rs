@@ -209,8 +209,22 @@ impl Batcher<'_> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Metric {
-    Train { step: usize, tokens: u64, loss: f64, ce: f64, aux: f64, lr: f64, grad_norm: f64, tok_per_s: f64, elapsed_s: f64 },
-    Eval { step: usize, valid_loss: f64, valid_perplexity: f64 },
+    Train {
+        step: usize,
+        tokens: u64,
+        loss: f64,
+        ce: f64,
+        aux: f64,
+        lr: f64,
+        grad_norm: f64,
+        tok_per_s: f64,
+        elapsed_s: f64,
+    },
+    Eval {
+        step: usize,
+        valid_loss: f64,
+        valid_perplexity: f64,
+    },
 }
 
 impl Metric {
@@ -282,7 +296,12 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     let valid_stream = encode_documents(&tokenizer, &source.corpus.valid)?;
     for (name, s) in [("training", &train_stream), ("validation", &valid_stream)] {
         if s.len() < args.seq_len + 2 {
-            bail!("the {name} split has {} tokens; --seq-len {} needs at least {}", s.len(), args.seq_len, args.seq_len + 2);
+            bail!(
+                "the {name} split has {} tokens; --seq-len {} needs at least {}",
+                s.len(),
+                args.seq_len,
+                args.seq_len + 2
+            );
         }
     }
 
@@ -295,11 +314,13 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     }
     write_json_atomic(&out.join("config.json"), &cfg)?;
     let (varmap, model) = Model::init(&cfg, args.seed, &Device::Cpu)?;
-    let mut opt = AdamW::new(
-        &varmap,
-        AdamWConfig { weight_decay: args.weight_decay, ..Default::default() },
-    )?;
-    let mut batcher = Batcher { stream: &train_stream, rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001), batch: args.batch_size, seq_len: args.seq_len };
+    let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
+    let mut batcher = Batcher {
+        stream: &train_stream,
+        rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001),
+        batch: args.batch_size,
+        seq_len: args.seq_len,
+    };
     let mut meta = CheckpointMeta {
         step: 0,
         rng_state: batcher.rng.state(),
@@ -411,10 +432,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         final_eval.valid_perplexity,
         final_eval.valid_bits_per_byte,
         final_eval.unigram_loss,
-        final_eval.world_qa.as_ref().map_or(String::new(), |q| format!(
-            "; world QA {}/{} held-out correct",
-            q.correct, q.total
-        ))
+        final_eval
+            .world_qa
+            .as_ref()
+            .map_or(String::new(), |q| format!("; world QA {}/{} held-out correct", q.correct, q.total))
     ));
     meta.final_eval = Some(final_eval);
     save_checkpoint(out, &meta, &varmap, &opt)?;
@@ -519,7 +540,10 @@ impl MetricsLog {
             text.push('\n');
         }
         write_atomic(&path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self { file })
     }
 

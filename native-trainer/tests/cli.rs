@@ -21,17 +21,52 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Flags of a small, quick training run of the tiny preset on a small world.
 fn tiny_run(model: &str, steps: usize, out: &Path) -> Vec<String> {
+    tiny_run_with(model, steps, out, &[])
+}
+
+/// As [`tiny_run`], with some flags' values replaced.
+fn tiny_run_with(model: &str, steps: usize, out: &Path, replace: &[(&str, &str)]) -> Vec<String> {
     let s = |v: &str| v.to_string();
-    vec![
-        s("--threads"), s("1"),
-        s("train"), s("--model"), s(model), s("--preset"), s("tiny"),
-        s("--corpus"), s("world"), s("--world-entities"), s("300"),
-        s("--vocab-size"), s("320"), s("--batch-size"), s("4"), s("--seq-len"), s("64"),
-        s("--steps"), steps.to_string(), s("--warmup-steps"), s("5"),
-        s("--eval-interval"), s("10"), s("--eval-batches"), s("2"),
-        s("--checkpoint-interval"), s("5"), s("--qa-questions"), s("4"),
-        s("--out"), out.display().to_string(),
-    ]
+    let mut args = vec![
+        s("--threads"),
+        s("1"),
+        s("train"),
+        s("--model"),
+        s(model),
+        s("--preset"),
+        s("tiny"),
+        s("--corpus"),
+        s("world"),
+        s("--world-entities"),
+        s("300"),
+        s("--vocab-size"),
+        s("320"),
+        s("--batch-size"),
+        s("4"),
+        s("--seq-len"),
+        s("64"),
+        s("--steps"),
+        steps.to_string(),
+        s("--warmup-steps"),
+        s("5"),
+        s("--eval-interval"),
+        s("10"),
+        s("--eval-batches"),
+        s("2"),
+        s("--checkpoint-interval"),
+        s("5"),
+        s("--qa-questions"),
+        s("4"),
+        s("--out"),
+        out.display().to_string(),
+    ];
+    for (flag, value) in replace {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+    args
 }
 
 fn run(args: &[String]) -> Output {
@@ -82,6 +117,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     let at_kill = Checkpoint::load(&killed).unwrap().meta.step;
+    println!("killed with the last checkpoint at step {at_kill} of {steps}");
     assert!(at_kill < steps, "killed too late (checkpoint at step {at_kill})");
 
     let mut resume = tiny_run("itera-lite", steps, &killed);
@@ -105,10 +141,14 @@ fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_
 fn a_nan_loss_stops_the_run_with_a_clear_message_and_the_last_checkpoint_intact() {
     let dir = scratch("nan");
     let out = dir.join("run");
-    let mut args = tiny_run("baseline", 50, &out);
     // An absurd learning rate sends the weights to ±1e30 after the first update: the next loss
     // overflows to inf/NaN.
-    args.extend(["--lr", "1e30", "--warmup-steps", "0", "--checkpoint-interval", "1"].map(String::from));
+    let args = tiny_run_with(
+        "baseline",
+        50,
+        &out,
+        &[("--lr", "1e30"), ("--warmup-steps", "0"), ("--checkpoint-interval", "1")],
+    );
     let o = run(&args);
     assert!(!o.status.success());
     let err = stderr(&o);
@@ -171,7 +211,14 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
     }
     let nll_mean = score["nll_mean"].as_f64().unwrap();
     let expect = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
-    assert!((nll_mean - expect).abs() < 1e-9);
+    assert!((nll_mean - expect).abs() < 1e-6, "nll_mean {nll_mean} vs mean of logprobs {expect}");
+
+    // A file that no longer matches the manifest's sha256 is refused.
+    let mut cfg = std::fs::read(exported.join("config.json")).unwrap();
+    cfg.push(b' ');
+    std::fs::write(exported.join("config.json"), cfg).unwrap();
+    let err = load_model_dir(&exported).err().expect("tampered export must not load");
+    assert!(format!("{err:#}").contains("sha256 does not match"), "{err:#}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -181,7 +228,15 @@ fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
     let s = |v: &str| v.to_string();
 
     // A corpus path that does not exist.
-    let o = run(&[s("train"), s("--preset"), s("tiny"), s("--corpus"), s("/no/such/corpus.txt"), s("--out"), dir.join("x").display().to_string()]);
+    let o = run(&[
+        s("train"),
+        s("--preset"),
+        s("tiny"),
+        s("--corpus"),
+        s("/no/such/corpus.txt"),
+        s("--out"),
+        dir.join("x").display().to_string(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/no/such/corpus.txt"), "{}", stderr(&o));
 
