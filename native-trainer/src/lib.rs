@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod files;
+pub mod plot;
 pub mod source;
 pub mod train;
 pub mod world;

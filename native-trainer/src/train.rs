@@ -10,6 +10,7 @@ use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
 use crate::data::{self, encode_documents, eot_id};
 use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
+use crate::plot;
 use crate::source::{CorpusSpec, Source};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -102,6 +103,7 @@ const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoin
 
 const DEFAULT_STEPS: usize = 300;
 const METRICS_FILE: &str = "metrics.jsonl";
+const LOSS_PLOT: &str = "loss.svg";
 const FINAL_EVAL_WINDOWS: usize = 1000;
 
 impl TrainArgs {
@@ -414,6 +416,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             meta.last_valid_loss = Some(v.mean());
             log.write(&Metric::Eval { step: meta.step, valid_loss: v.mean(), valid_perplexity: v.perplexity() })?;
             say(format!("step {}: train loss {ce:.4}, val loss {:.4}", meta.step, v.mean()));
+            let title = format!("{} {} on {} (step {})", args.model, args.preset, source.corpus.name, meta.step);
+            plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, None)?;
         }
         if meta.step % args.checkpoint_interval == 0 && meta.step < steps {
             save_checkpoint(out, &meta, &varmap, &opt)?;
@@ -437,6 +441,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             .as_ref()
             .map_or(String::new(), |q| format!("; world QA {}/{} held-out correct", q.correct, q.total))
     ));
+    let title = format!("{} {} on {}", args.model, args.preset, source.corpus.name);
+    plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, Some(final_eval.unigram_loss))?;
     meta.final_eval = Some(final_eval);
     save_checkpoint(out, &meta, &varmap, &opt)?;
     Ok(meta)
@@ -529,6 +535,7 @@ fn progress_bar(steps: usize, at: usize) -> ProgressBar {
 /// `metrics.jsonl`, rewritten once at start (dropping lines past a resumed step), then appended.
 struct MetricsLog {
     file: std::fs::File,
+    lines: Vec<Metric>, // everything in the file, for the plot
 }
 
 impl MetricsLog {
@@ -544,12 +551,13 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file })
+        Ok(Self { file, lines: keep.to_vec() })
     }
 
     fn write(&mut self, m: &Metric) -> Result<()> {
         let mut line = serde_json::to_string(m)?;
         line.push('\n');
+        self.lines.push(m.clone());
         self.file.write_all(line.as_bytes()).context("appending to metrics.jsonl")
     }
 }
