@@ -216,7 +216,7 @@ fn default_job() -> Result<()> {
 }
 
 /// Steps of the default demo runs: both models train in about 10 minutes on 2 cores.
-const DEFAULT_DEMO_STEPS: usize = 200;
+const DEFAULT_DEMO_STEPS: usize = 160;
 
 fn eval(a: EvalArgs) -> Result<()> {
     let m = load_model_dir(&a.model)?;

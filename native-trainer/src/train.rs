@@ -411,7 +411,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         bar.set_position(meta.step as u64);
         bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
 
-        if meta.step % args.eval_interval == 0 || meta.step == steps {
+        if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
             let v = stream_loss(&model, &valid_stream, args.seq_len, &eval_starts, args.batch_size)?;
             meta.last_valid_loss = Some(v.mean());
             log.write(&Metric::Eval { step: meta.step, valid_loss: v.mean(), valid_perplexity: v.perplexity() })?;
@@ -419,7 +419,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             let title = format!("{} {} on {} (step {})", args.model, args.preset, source.corpus.name, meta.step);
             plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, None)?;
         }
-        if meta.step % args.checkpoint_interval == 0 && meta.step < steps {
+        if meta.step.is_multiple_of(args.checkpoint_interval) && meta.step < steps {
             save_checkpoint(out, &meta, &varmap, &opt)?;
         }
     }

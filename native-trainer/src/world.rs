@@ -418,7 +418,7 @@ const LAST_YEAR: usize = 2005;
 
 fn days_in_month(month: usize, year: usize) -> usize {
     match month {
-        1 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        1 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
         1 => 28,
         3 | 5 | 8 | 10 => 30,
         _ => 31,

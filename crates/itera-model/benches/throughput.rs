@@ -16,8 +16,8 @@ use candle_core::{Device, Result, Tensor, Var};
 use itera_model::init::Rng;
 use itera_model::moe::MoeKernel;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use itera_model::scan::{selective_scan, selective_scan_ref};
-use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, ScanKernel};
+use itera_model::scan::{gated_selective_scan, gated_selective_scan_ref, ScanInputs};
+use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset};
 use std::time::Instant;
 
 const WARMUP: usize = 1;
@@ -115,7 +115,7 @@ fn train_speed(name: &str, cfg: &Config, batch: usize, ctx: usize) -> Result<()>
     Ok(())
 }
 
-type ScanFn = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+type ScanFn = for<'a> fn(ScanInputs<'a>) -> Result<Tensor>;
 
 fn scan_speed(b: usize, l: usize, ed: usize, n: usize) -> Result<()> {
     let mut rng = Rng::new(2);
@@ -124,20 +124,29 @@ fn scan_speed(b: usize, l: usize, ed: usize, n: usize) -> Result<()> {
         let v: Vec<f32> = (0..numel).map(|_| (lo + (hi - lo) * rng.uniform()) as f32).collect();
         Var::from_tensor(&Tensor::from_vec(v, dims, &Device::Cpu)?)
     };
-    let (u, delta, a) = (var(&[b, l, ed], -1.0, 1.0)?, var(&[b, l, ed], 0.01, 0.2)?, var(&[ed, n], -4.0, -0.5)?);
-    let (bm, cm) = (var(&[b, l, n], -1.0, 1.0)?, var(&[b, l, n], -1.0, 1.0)?);
+    let vars = [
+        var(&[b, l, ed], -1.0, 1.0)?, // u
+        var(&[b, l, ed], -3.0, 0.0)?, // dt
+        var(&[ed, n], -4.0, -0.5)?,   // A
+        var(&[b, l, n], -1.0, 1.0)?,  // B
+        var(&[b, l, n], -1.0, 1.0)?,  // C
+        var(&[ed], 0.5, 1.5)?,        // D
+        var(&[ed], -4.0, -2.0)?,      // dt_bias
+        var(&[b, l, ed], -1.0, 1.0)?, // z
+    ];
+    let v: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let inputs = ScanInputs { u: &v[0], dt: &v[1], a: &v[2], b: &v[3], c: &v[4], d: &v[5], dt_bias: &v[6], z: &v[7] };
     let time = |f: ScanFn| -> Result<f64> {
         let mut best = f64::INFINITY;
         for _ in 0..2 {
             let t0 = Instant::now();
-            let y = f(&u, &delta, &a, &bm, &cm)?;
-            y.sum_all()?.backward()?;
+            f(inputs)?.sum_all()?.backward()?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
         Ok(best)
     };
-    let (fast, slow) = (time(selective_scan)?, time(selective_scan_ref)?);
-    println!("| selective scan ED {ed} N {n} | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
+    let (fast, slow) = (time(gated_selective_scan)?, time(gated_selective_scan_ref)?);
+    println!("| gated selective scan ED {ed} N {n} | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
     Ok(())
 }
 
@@ -149,7 +158,7 @@ fn moe_speed(b: usize, l: usize) -> Result<()> {
     let data = Tensor::from_vec(ids, (b, l + 1), &Device::Cpu)?;
     let (x, y) = (data.narrow(1, 0, l)?, data.narrow(1, 1, l)?);
     let mut time = |moe| -> Result<f64> {
-        model.set_kernels(Kernels { scan: ScanKernel::Fused, moe });
+        model.set_kernels(Kernels { moe, ..Kernels::default() });
         let mut best = f64::INFINITY;
         for _ in 0..2 {
             let t0 = Instant::now();

@@ -9,7 +9,7 @@
 //! Dh head dim, I MLP width, V vocab.
 
 use crate::config::BaselineConfig;
-use crate::ops::{linear, rms_norm, softmax_last};
+use crate::ops::{linear, norm, softmax_last, Kernels};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::VarBuilder;
@@ -161,6 +161,7 @@ pub struct Baseline {
     norm: Tensor, // (D)
     rope: Rope,
     cfg: BaselineConfig,
+    kernels: Kernels,
 }
 
 /// Decoding state: one KV cache per layer. It grows by 2 · Hkv · Dh values per layer and token.
@@ -197,11 +198,16 @@ impl Baseline {
             .collect::<Result<Vec<_>>>()?;
         let norm = vbm.get(d, "norm.weight")?;
         let rope = Rope::new(cfg, vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, rope, cfg: cfg.clone() })
+        Ok(Self { embed_tokens, layers, norm, rope, cfg: cfg.clone(), kernels: Kernels::default() })
     }
 
     pub fn config(&self) -> &BaselineConfig {
         &self.cfg
+    }
+
+    /// Fused RMSNorm or its elementary twin (the scan and MoE fields do not apply here).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// Full-sequence forward (training, scoring).
@@ -232,15 +238,15 @@ impl Baseline {
         let (b, l) = tokens.dims2()?;
         let d = self.cfg.hidden_size;
         let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
-        let eps = self.cfg.rms_norm_eps;
+        let (eps, fused) = (self.cfg.rms_norm_eps, self.kernels.fused_ops);
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            let h = rms_norm(&x, &layer.input_layernorm, eps)?;
+            let h = norm(&x, &layer.input_layernorm, eps, fused)?;
             x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache)?)?;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+            let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
+        let x = norm(&x, &self.norm, eps, fused)?;
         linear(&x, &self.embed_tokens) // (B, L, V), head tied to the embedding
     }
 }

@@ -198,10 +198,10 @@ impl BaselineConfig {
             ("num_key_value_heads", self.num_key_value_heads),
             ("max_position_embeddings", self.max_position_embeddings),
         ])?;
-        if self.hidden_size % h != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden_size.is_multiple_of(h) || !self.head_dim().is_multiple_of(2) {
             return Err(format!("hidden_size {} must split into {h} heads of even size", self.hidden_size));
         }
-        if h % self.num_key_value_heads != 0 {
+        if !h.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {h} is not a multiple of num_key_value_heads {}",
                 self.num_key_value_heads

@@ -17,35 +17,13 @@
 //! width, V vocab.
 
 use crate::config::IteraLiteConfig;
-use crate::moe::{MoeKernel, SparseMoe};
-use crate::ops::{causal_depthwise_conv, linear, rms_norm, softplus};
-use crate::scan::{selective_scan, selective_scan_ref, selective_scan_with_state};
+use crate::fused::conv_silu_fused;
+use crate::moe::SparseMoe;
+use crate::ops::{causal_depthwise_conv, linear, norm};
+use crate::ops::{Kernels, ScanKernel};
+use crate::scan::{gated_selective_scan, gated_selective_scan_ref, selective_scan_with_state, ScanInputs};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-
-/// How the selective scan runs on the full-sequence (training) path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ScanKernel {
-    /// The `CustomOp3` with a hand-written backward.
-    #[default]
-    Fused,
-    /// Per-timestep candle ops with autograd (reference twin, slow).
-    Reference,
-}
-
-/// Run-time choice of the fast paths and their reference twins.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Kernels {
-    pub scan: ScanKernel,
-    pub moe: MoeKernel,
-}
-
-impl Kernels {
-    /// Both reference twins.
-    pub fn reference() -> Self {
-        Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Mixer
@@ -94,7 +72,7 @@ impl MambaMixer {
 
     /// x (B, L, D) -> (B, L, D). With `state`, continues from it and updates it (inference);
     /// without, starts from zeros (training).
-    fn forward(&self, x: &Tensor, scan: ScanKernel, state: Option<&mut LayerState>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, kernels: Kernels, state: Option<&mut LayerState>) -> Result<Tensor> {
         let (_, l, _) = x.dims3()?;
         let (ed, n, r, k) = (self.ed, self.n, self.r, self.k);
         // projected_states = self.in_proj(hidden_states); hidden_states, gate = chunk(2)
@@ -106,29 +84,34 @@ impl MambaMixer {
             Some(s) => Tensor::cat(&[&s.conv, &xs], 1)?, // (B, K-1+L, ED)
             None => xs.pad_with_zeros(1, k - 1, 0)?,     // (B, K-1+L, ED)
         };
-        let xc = causal_depthwise_conv(&xp, &self.conv_weight, &self.conv_bias)?.silu()?; // (B, L, ED)
+        let xc = if kernels.fused_ops {
+            conv_silu_fused(&xp, &self.conv_weight, &self.conv_bias)? // (B, L, ED)
+        } else {
+            causal_depthwise_conv(&xp, &self.conv_weight, &self.conv_bias)?.silu()?
+            // (B, L, ED)
+        };
 
         // ssm_parameters = self.x_proj(hidden_states); time_step, B, C = split([R, N, N])
         let x_dbl = linear(&xc, &self.x_proj)?; // (B, L, R + 2N)
         let dt = x_dbl.narrow(2, 0, r)?; // (B, L, R)
         let b = x_dbl.narrow(2, r, n)?; // (B, L, N)
         let c = x_dbl.narrow(2, r + n, n)?; // (B, L, N)
-        let delta = softplus(&linear(&dt, &self.dt_proj_w)?.broadcast_add(&self.dt_proj_b)?)?; // (B, L, ED)
+        let dt = linear(&dt, &self.dt_proj_w)?; // (B, L, ED), before bias and softplus
         let a = self.a_log.exp()?.neg()?; // (ED, N)
 
+        // y = (scan(x, softplus(dt + dt_bias), A, B, C) + D x) * silu(z), fused in one kernel
+        let inputs =
+            ScanInputs { u: &xc, dt: &dt, a: &a, b: &b, c: &c, d: &self.d_skip, dt_bias: &self.dt_proj_b, z: &z };
         let y = match state {
             Some(s) => {
                 s.conv = xp.narrow(1, l, k - 1)?.contiguous()?; // keep the last K-1 inputs
-                selective_scan_with_state(&xc, &delta, &a, &b, &c, &mut s.ssm)?
+                selective_scan_with_state(inputs, &mut s.ssm)?
             }
-            None => match scan {
-                ScanKernel::Fused => selective_scan(&xc, &delta, &a, &b, &c)?,
-                ScanKernel::Reference => selective_scan_ref(&xc, &delta, &a, &b, &c)?,
+            None => match kernels.scan {
+                ScanKernel::Fused => gated_selective_scan(inputs)?,
+                ScanKernel::Reference => gated_selective_scan_ref(inputs)?,
             },
         }; // (B, L, ED)
-           // scan_output = scan_output + hidden_states * self.D;  scan_output * act(gate)
-        let y = (y + xc.broadcast_mul(&self.d_skip)?)?;
-        let y = (y * z.silu()?)?;
         linear(&y, &self.out_proj) // (B, L, D)
     }
 }
@@ -248,15 +231,16 @@ impl IteraLite {
         let mut aux = Tensor::zeros((), DType::F32, x.device())?;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_state = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            x = (&x + block.mixer.forward(&rms_norm(&x, &block.norm, eps)?, self.kernels.scan, layer_state)?)?;
+            let fused = self.kernels.fused_ops;
+            x = (&x + block.mixer.forward(&norm(&x, &block.norm, eps, fused)?, self.kernels, layer_state)?)?;
             if let Some((moe_norm, moe)) = &block.moe {
-                let (y, layer_aux) = moe.forward(&rms_norm(&x, moe_norm, eps)?, self.kernels.moe)?;
+                let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused)?, self.kernels.moe)?;
                 x = (x + y)?;
                 aux = (aux + layer_aux)?;
             }
         }
         let aux = (aux / self.layers.len() as f64)?;
-        let x = rms_norm(&x, &self.norm_f, eps)?;
+        let x = norm(&x, &self.norm_f, eps, self.kernels.fused_ops)?;
         Ok((linear(&x, &self.embeddings)?, aux)) // (B, L, V), head tied to the embedding
     }
 }

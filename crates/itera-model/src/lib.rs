@@ -5,7 +5,8 @@
 //! - [`baseline`]: Llama-style decoder; [`itera_lite`]: Mamba-1 mixer + MoE blocks;
 //! - [`scan`]: the selective scan (fused CustomOp, reference twin, stateful inference);
 //! - [`moe`]: sparse MoE (gathered dispatch, dense reference twin), load-balancing loss;
-//! - [`ops`]: differentiable norms, softplus, causal conv; [`init`]: seeded init;
+//! - [`ops`]: differentiable norms, softplus, causal conv (the reference twins), `Kernels`;
+//! - [`fused`]: fused RMSNorm and conv + SiLU with hand-written backwards; [`init`]: seeded init;
 //! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O;
 //! - [`sample`]: greedy / temperature / top-k / top-p sampling; [`runtime`]: allocator tuning.
 //!
@@ -13,6 +14,7 @@
 
 pub mod baseline;
 pub mod config;
+pub mod fused;
 pub mod init;
 pub mod itera_lite;
 pub mod moe;
@@ -25,8 +27,9 @@ pub mod weights;
 
 pub use baseline::{Baseline, KvState};
 pub use config::{BaselineConfig, Config, IteraLiteConfig, ModelKind, ParamCount, Preset};
-pub use itera_lite::{IteraLite, Kernels, ScanKernel, SsmState};
+pub use itera_lite::{IteraLite, SsmState};
 pub use moe::MoeKernel;
+pub use ops::{Kernels, ScanKernel};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -90,10 +93,11 @@ impl Model {
         }
     }
 
-    /// Chooses fast paths or reference twins (the baseline has none to choose).
+    /// Chooses fast paths or reference twins.
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        if let Model::IteraLite(m) = self {
-            m.set_kernels(kernels)
+        match self {
+            Model::Baseline(m) => m.set_kernels(kernels),
+            Model::IteraLite(m) => m.set_kernels(kernels),
         }
     }
 

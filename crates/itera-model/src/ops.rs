@@ -5,7 +5,49 @@
 //! is wrong for batch > 1. Everything here is built from elementary ops whose backward was checked
 //! by finite differences (../shared/RECIPES.md), so it is safe on the training path.
 
+use crate::moe::MoeKernel;
 use candle_core::{Result, Tensor, D};
+
+/// How the selective scan runs on the full-sequence (training) path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScanKernel {
+    /// The fused `CustomOp3` (softplus, scan, skip, gate) with a hand-written backward.
+    #[default]
+    Fused,
+    /// Candle ops around a per-timestep scan, autograd for the backward (reference twin, slow).
+    Reference,
+}
+
+/// Run-time choice between the fast paths and their reference twins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    pub scan: ScanKernel,
+    pub moe: MoeKernel,
+    /// RMSNorm and conv + SiLU as fused ops (`fused.rs`) rather than elementary candle ops.
+    pub fused_ops: bool,
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Self { scan: ScanKernel::Fused, moe: MoeKernel::Sparse, fused_ops: true }
+    }
+}
+
+impl Kernels {
+    /// Every reference twin.
+    pub fn reference() -> Self {
+        Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense, fused_ops: false }
+    }
+}
+
+/// RMSNorm by the fused op or its elementary twin.
+pub fn norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused {
+        crate::fused::rms_norm_fused(x, w, eps)
+    } else {
+        rms_norm(x, w, eps)
+    }
+}
 
 /// RMSNorm: x / sqrt(mean(x²) + eps) * w.  x (.., D), w (D).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {

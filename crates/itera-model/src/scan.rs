@@ -1,37 +1,104 @@
-//! The selective scan of Mamba-1 ("Mamba", arXiv 2312.00752, §3.2 and Algorithm 2), without the
-//! D skip and the z gate (the mixer adds those):
+//! The selective scan of Mamba-1 ("Mamba", arXiv 2312.00752, §3.2 and Algorithm 2), fused with
+//! what surrounds it in the mixer, as the reference CUDA kernel `selective_scan_fn(u, delta, A,
+//! B, C, D, z, delta_bias, delta_softplus=True)` does (state-spaces/mamba, selective_scan_interface.py):
 //!
 //! ```text
-//! h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t          // Eqn (2a) with zero-order-hold Ā, Euler B̄
-//! y_t = C_t · h_t                                       // Eqn (2b)
+//! Δ_t = softplus(dt_t + dt_bias)                         // (B, L, ED)
+//! h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t             // Eqn (2a), zero-order-hold Ā, Euler B̄
+//! y_t = (C_t · h_t + D ⊙ u_t) ⊙ silu(z_t)                // Eqn (2b), skip, gate
 //! ```
 //!
 //! Shape letters: B batch, L sequence, ED inner channels, N state size.
 //!
-//! Three entry points share one set of plain-Rust loops:
-//! - [`selective_scan`]: the training path, a candle `CustomOp3` with a hand-written backward;
-//! - [`selective_scan_ref`]: its reference twin, the same recurrence as per-timestep candle ops
-//!   (autograd gives its backward); tests hold the two together;
-//! - [`selective_scan_with_state`]: inference (prefill and decode), which starts from and updates a
-//!   caller-owned state `h` of shape (B, ED, N) — constant size, whatever the context length.
+//! Entry points, all over the same plain-Rust loops:
+//! - [`gated_selective_scan`]: training, a candle `CustomOp3` with a hand-written backward;
+//! - [`gated_selective_scan_ref`]: its reference twin, built from candle ops around
+//!   [`selective_scan_ref`] (one op per timestep; autograd gives the backward);
+//! - [`selective_scan_with_state`]: inference (prefill and decode) from a caller-owned state `h`
+//!   (B, ED, N) that it updates — constant size, whatever the context length.
+//!
+//! Fusing the softplus, the skip and the gate into the kernel saves about twenty elementwise
+//! passes over (B, L, ED) tensors per block, forward and backward.
 
+use crate::ops::softplus;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Fast path. Shapes: u, delta (B, L, ED); a (ED, N); b, c (B, L, N). Returns y (B, L, ED).
-pub fn selective_scan(u: &Tensor, delta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    check_shapes(u, delta, a, b, c)?;
-    // The op takes three inputs: pack [u | Δ] and [B | C] along the last dim.
-    let ud = Tensor::cat(&[u, delta], 2)?.contiguous()?; // (B, L, 2ED)
-    let bc = Tensor::cat(&[b, c], 2)?.contiguous()?; // (B, L, 2N)
-    ud.apply_op3(&a.contiguous()?, &bc, SelectiveScan)
+/// The scan's inputs. Shapes: u, dt, z (B, L, ED); a (ED, N) (A itself: negative); b, c
+/// (B, L, N); d, dt_bias (ED).
+#[derive(Clone, Copy)]
+pub struct ScanInputs<'a> {
+    pub u: &'a Tensor,       // input stream x (after conv + SiLU)
+    pub dt: &'a Tensor,      // Δ before bias and softplus: dt_proj(x_proj(u)[..R])
+    pub a: &'a Tensor,       // A = -exp(A_log)
+    pub b: &'a Tensor,       // B_t
+    pub c: &'a Tensor,       // C_t
+    pub d: &'a Tensor,       // skip D
+    pub dt_bias: &'a Tensor, // dt_proj bias
+    pub z: &'a Tensor,       // gate stream
 }
 
-/// Reference twin of [`selective_scan`]: one candle op per timestep, autograd for the backward.
-/// Slow (op-overhead bound) and memory hungry; for tests and `--scan reference` runs.
+impl ScanInputs<'_> {
+    /// (B, L, ED, N), after checking every shape.
+    fn dims(&self) -> Result<(usize, usize, usize, usize)> {
+        let (bsz, l, ed) = self.u.dims3()?;
+        let (ed_a, n) = self.a.dims2()?;
+        let ok = self.dt.dims() == self.u.dims()
+            && self.z.dims() == self.u.dims()
+            && ed_a == ed
+            && self.b.dims() == [bsz, l, n]
+            && self.c.dims() == [bsz, l, n]
+            && self.d.dims() == [ed]
+            && self.dt_bias.dims() == [ed];
+        if !ok {
+            candle_core::bail!(
+                "selective-scan shapes: u {:?}, dt {:?}, A {:?}, B {:?}, C {:?}, D {:?}, dt_bias {:?}, z {:?} \
+                 (want u, dt, z (B, L, ED); A (ED, N); B, C (B, L, N); D, dt_bias (ED))",
+                self.u.dims(),
+                self.dt.dims(),
+                self.a.dims(),
+                self.b.dims(),
+                self.c.dims(),
+                self.d.dims(),
+                self.dt_bias.dims(),
+                self.z.dims()
+            );
+        }
+        Ok((bsz, l, ed, n))
+    }
+
+    /// The kernel's three packed operands: [u | dt | z] (B, L, 3ED), [A | D | dt_bias]
+    /// (ED, N + 2), [B | C] (B, L, 2N).
+    fn pack(&self) -> Result<(Tensor, Tensor, Tensor)> {
+        let udz = Tensor::cat(&[self.u, self.dt, self.z], 2)?.contiguous()?;
+        let params = Tensor::cat(&[self.a, &self.d.unsqueeze(1)?, &self.dt_bias.unsqueeze(1)?], 1)?.contiguous()?;
+        let bc = Tensor::cat(&[self.b, self.c], 2)?.contiguous()?;
+        Ok((udz, params, bc))
+    }
+}
+
+/// Fast path: the fused kernel. Returns y (B, L, ED).
+pub fn gated_selective_scan(x: ScanInputs) -> Result<Tensor> {
+    x.dims()?;
+    let (udz, params, bc) = x.pack()?;
+    udz.apply_op3(&params, &bc, GatedScan)
+}
+
+/// Reference twin of [`gated_selective_scan`]: the same function from candle ops.
+pub fn gated_selective_scan_ref(x: ScanInputs) -> Result<Tensor> {
+    x.dims()?;
+    let delta = softplus(&x.dt.broadcast_add(x.dt_bias)?)?; // (B, L, ED)
+    let y = selective_scan_ref(x.u, &delta, x.a, x.b, x.c)?; // (B, L, ED)
+    let y = (y + x.u.broadcast_mul(x.d)?)?;
+    y * x.z.silu()?
+}
+
+/// The bare recurrence (no softplus, skip or gate) as per-timestep candle ops.
+/// Shapes: u, delta (B, L, ED); a (ED, N); b, c (B, L, N) -> y (B, L, ED).
 pub fn selective_scan_ref(u: &Tensor, delta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    let (bsz, l, ed, n) = check_shapes(u, delta, a, b, c)?;
+    let (bsz, l, ed) = u.dims3()?;
+    let (_, n) = a.dims2()?;
     let delta_a = delta.unsqueeze(3)?.broadcast_mul(&a.reshape((1, 1, ed, n))?)?.exp()?; // (B, L, ED, N)
     let delta_bu = (delta * u)?.unsqueeze(3)?.broadcast_mul(&b.unsqueeze(2)?)?; // (B, L, ED, N)
     let mut h = Tensor::zeros((bsz, ed, n), u.dtype(), u.device())?; // (B, ED, N)
@@ -46,56 +113,26 @@ pub fn selective_scan_ref(u: &Tensor, delta: &Tensor, a: &Tensor, b: &Tensor, c:
     Tensor::stack(&ys, 1) // (B, L, ED)
 }
 
-/// Inference: runs the scan from the state `h` (B, ED, N), f32, and leaves the final state in it.
-/// Shapes as in [`selective_scan`]; L may be 1 (decode) or more (prefill). Records no gradient.
-pub fn selective_scan_with_state(
-    u: &Tensor,
-    delta: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    c: &Tensor,
-    h: &mut [f32],
-) -> Result<Tensor> {
-    let (bsz, l, ed, n) = check_shapes(u, delta, a, b, c)?;
+/// Inference: the fused scan from the state `h` (B, ED, N), f32, leaving the final state in it.
+/// L may be 1 (decode) or more (prefill). Records no gradient.
+pub fn selective_scan_with_state(x: ScanInputs, h: &mut [f32]) -> Result<Tensor> {
+    let (bsz, l, ed, n) = x.dims()?;
     if h.len() != bsz * ed * n {
         candle_core::bail!("selective-scan state holds {} values, expected B*ED*N = {bsz}*{ed}*{n}", h.len());
     }
-    let ud = Tensor::cat(&[u, delta], 2)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let bc = Tensor::cat(&[b, c], 2)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (udz, params, bc) = x.pack()?;
     let dims = Dims { bsz, l, ed, n };
-    let y = dims.forward(&ud, &a, &bc, Some(h));
-    Tensor::from_vec(y, (bsz, l, ed), u.device())?.to_dtype(u.dtype())
-}
-
-fn check_shapes(
-    u: &Tensor,
-    delta: &Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    c: &Tensor,
-) -> Result<(usize, usize, usize, usize)> {
-    let (bsz, l, ed) = u.dims3()?;
-    let (ed_a, n) = a.dims2()?;
-    if delta.dims() != u.dims() || ed_a != ed || b.dims() != [bsz, l, n] || c.dims() != [bsz, l, n] {
-        candle_core::bail!(
-            "selective-scan shapes: u {:?}, delta {:?}, A {:?}, B {:?}, C {:?} (want u, delta (B, L, ED); A (ED, N); B, C (B, L, N))",
-            u.dims(),
-            delta.dims(),
-            a.dims(),
-            b.dims(),
-            c.dims()
-        );
-    }
-    Ok((bsz, l, ed, n))
+    let y = dims.forward(&host_f32(&udz)?, &host_f32(&params)?, &host_f32(&bc)?, Some(h));
+    Tensor::from_vec(y, (bsz, l, ed), x.u.device())?.to_dtype(x.u.dtype())
 }
 
 // ---------------------------------------------------------------------------------------------
 // The kernel. Work is split into tasks of (one batch row, a block of channels): channels are
-// independent in the recurrence, so tasks run in parallel; dB and dC sum over channels, so each
-// task returns its partial sums and they are added afterwards in a fixed order (deterministic).
+// independent in the recurrence, so tasks run in parallel; dB and dC sum over channels, and dA,
+// dD, d(dt_bias) over the batch, so each task returns partial sums that are added afterwards in a
+// fixed order (deterministic at any thread count).
 
-struct SelectiveScan;
+struct GatedScan;
 
 #[derive(Clone, Copy)]
 struct Dims {
@@ -106,7 +143,10 @@ struct Dims {
 }
 
 /// Channels per task: small enough for parallelism at batch 1, large enough to amortise.
-const CHANNEL_BLOCK: usize = 32;
+const CHANNEL_BLOCK: usize = 64;
+
+/// Below this many state updates a scan runs on the calling thread (decode steps are tiny).
+const PAR_MIN: usize = 1 << 14;
 
 /// A task: batch row `bi`, channels `d0..d0 + w`.
 #[derive(Clone, Copy)]
@@ -114,6 +154,146 @@ struct Task {
     bi: usize,
     d0: usize,
     w: usize,
+}
+
+/// What the backward keeps of a task's forward: h_t and exp(Δ_t A) per (t, channel, state),
+/// Δ_t and C_t·h_t per (t, channel).
+struct Trace {
+    hs: Vec<f32>,    // (L, w, N)
+    es: Vec<f32>,    // (L, w, N)
+    delta: Vec<f32>, // (L, w)
+    ys: Vec<f32>,    // (L, w)
+}
+
+/// One task's gradients.
+struct TaskGrads {
+    dudz: Vec<f32>,  // (L, 3, w): rows of du, d(dt), dz for the task's channels
+    da: Vec<f32>,    // (w, N)
+    dd: Vec<f32>,    // (w)
+    dbias: Vec<f32>, // (w)
+    dbc: Vec<f32>,   // (L, 2N), partial over the task's channels
+}
+
+/// The per-state part of the backward for one (timestep, channel), every slice of length N:
+/// accumulates dh, dA, dB, dC and writes the terms of dΔ and dx whose sums the caller takes.
+///
+/// Its own function, not inlined, so that the `&mut` slices arrive as separate parameters, which
+/// rustc marks `noalias`: only then does LLVM vectorise the loop (inlined, it cannot tell the
+/// buffers apart and runs it scalar). Dispatches to an AVX2 build of the same loop when it can.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn state_terms(
+    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+    scalars: (f32, f32, f32),
+    dh: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+    ddelta_terms: &mut [f32],
+    du_terms: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { state_terms_avx2(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms) };
+    }
+    state_terms_generic(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+unsafe fn state_terms_avx2(
+    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+    scalars: (f32, f32, f32),
+    dh: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+    ddelta_terms: &mut [f32],
+    du_terms: &mut [f32],
+) {
+    state_terms_body(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
+}
+
+#[inline(never)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn state_terms_generic(
+    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+    scalars: (f32, f32, f32),
+    dh: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+    ddelta_terms: &mut [f32],
+    du_terms: &mut [f32],
+) {
+    state_terms_body(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn state_terms_body(
+    (hc, hp, ej, a_d, bt, ct): (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+    (gd, delta, x): (f32, f32, f32),
+    dh: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+    ddelta_terms: &mut [f32],
+    du_terms: &mut [f32],
+) {
+    let n = dh.len();
+    let (hc, hp, ej, a_d, bt, ct) = (&hc[..n], &hp[..n], &ej[..n], &a_d[..n], &bt[..n], &ct[..n]);
+    let (da, db, dc, ddelta_terms, du_terms) =
+        (&mut da[..n], &mut db[..n], &mut dc[..n], &mut ddelta_terms[..n], &mut du_terms[..n]);
+    for k in 0..n {
+        // ys = Σ_k C_t[k] h_t[k]
+        dc[k] += gd * hc[k];
+        let dhk = dh[k] + gd * ct[k];
+        // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
+        let de = dhk * hp[k];
+        let ei = ej[k];
+        ddelta_terms[k] = de * ei * a_d[k] + dhk * bt[k] * x;
+        du_terms[k] = dhk * bt[k];
+        da[k] += de * ei * delta;
+        db[k] += dhk * delta * x;
+        dh[k] = dhk * ei;
+    }
+}
+
+/// The task's D and dt_bias, gathered from the packed (ED, N + 2) parameter rows.
+fn task_params(p: &[f32], n: usize, d0: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
+    let row = |j: usize| &p[(d0 + j) * (n + 2)..(d0 + j + 1) * (n + 2)];
+    ((0..w).map(|j| row(j)[n]).collect(), (0..w).map(|j| row(j)[n + 1]).collect())
+}
+
+/// 1 / (1 + e^-x), branch-free (vectorises).
+#[inline(always)]
+fn fast_sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + fast_exp(-x))
+}
+
+/// softplus(x) = relu(x) + ln(1 + e^-|x|), branch-free (vectorises); as `ops::softplus`.
+#[inline(always)]
+fn fast_softplus(x: f32) -> f32 {
+    x.max(0.0) + ln_1p_unit(fast_exp(-x.abs()))
+}
+
+/// ln(1 + y) for y in [0, 1]: 2·atanh(s), s = y / (2 + y) ≤ 1/3, by its odd series to s^13
+/// (truncation error < 1e-8).
+#[inline(always)]
+fn ln_1p_unit(y: f32) -> f32 {
+    let s = y / (2.0 + y);
+    let s2 = s * s;
+    let p = 1.0 / 13.0;
+    let p = p * s2 + 1.0 / 11.0;
+    let p = p * s2 + 1.0 / 9.0;
+    let p = p * s2 + 1.0 / 7.0;
+    let p = p * s2 + 1.0 / 5.0;
+    let p = p * s2 + 1.0 / 3.0;
+    let p = p * s2 + 1.0;
+    2.0 * s * p
 }
 
 impl Dims {
@@ -130,42 +310,31 @@ impl Dims {
         tasks
     }
 
-    /// y (B, L, ED) from ud (B, L, 2ED), a (ED, N), bc (B, L, 2N); h0 = `state` or zeros.
-    fn forward(&self, ud: &[f32], a: &[f32], bc: &[f32], mut state: Option<&mut [f32]>) -> Vec<f32> {
+    /// y (B, L, ED) from udz (B, L, 3ED), params (ED, N+2), bc (B, L, 2N); h0 = `state` or zeros.
+    fn forward(&self, udz: &[f32], p: &[f32], bc: &[f32], state: Option<&mut [f32]>) -> Vec<f32> {
         let Dims { bsz, l, ed, n } = *self;
         let tasks = self.tasks();
+        let parallel = bsz * l * ed * n >= PAR_MIN;
         let work = |task: &Task, h: &mut [f32]| -> Vec<f32> {
             let mut y = vec![0f32; l * task.w]; // (L, w)
-            self.forward_task(task, ud, a, bc, h, &mut y, None);
+            self.forward_task(task, udz, p, bc, h, &mut y, None);
             y
         };
-        // Each task's slice of the state: h is (B, ED, N), a task owns rows bi, d0..d0+w.
-        let outs: Vec<Vec<f32>> = match state.as_deref_mut() {
-            Some(h) => {
+        let outs: Vec<Vec<f32>> = match state {
+            // The state (B, ED, N) in blocks of CHANNEL_BLOCK rows lines up with the tasks.
+            Some(h) if ed % CHANNEL_BLOCK == 0 && parallel => {
                 let mut hs: Vec<&mut [f32]> = h.chunks_mut(CHANNEL_BLOCK * n).collect();
-                // chunks_mut over (B*ED, N) rows lines up with tasks only when ED % block == 0;
-                // otherwise fall back to per-task copies.
-                if ed % CHANNEL_BLOCK == 0 && l * ed * n >= PAR_MIN {
-                    tasks.par_iter().zip(hs.par_iter_mut()).map(|(t, h)| work(t, h)).collect()
-                } else {
-                    drop(hs);
-                    tasks
-                        .iter()
-                        .map(|t| {
-                            let off = (t.bi * ed + t.d0) * n;
-                            work(t, &mut h[off..off + t.w * n])
-                        })
-                        .collect()
-                }
+                tasks.par_iter().zip(hs.par_iter_mut()).map(|(t, h)| work(t, h)).collect()
             }
-            None => {
-                let run = |t: &Task| work(t, &mut vec![0f32; t.w * n]);
-                if bsz * l * ed * n >= PAR_MIN {
-                    tasks.par_iter().map(run).collect()
-                } else {
-                    tasks.iter().map(run).collect()
-                }
-            }
+            Some(h) => tasks
+                .iter()
+                .map(|t| {
+                    let off = (t.bi * ed + t.d0) * n;
+                    work(t, &mut h[off..off + t.w * n])
+                })
+                .collect(),
+            None if parallel => tasks.par_iter().map(|t| work(t, &mut vec![0f32; t.w * n])).collect(),
+            None => tasks.iter().map(|t| work(t, &mut vec![0f32; t.w * n])).collect(),
         };
         let mut y = vec![0f32; bsz * l * ed];
         for (t, yt) in tasks.iter().zip(outs) {
@@ -177,43 +346,42 @@ impl Dims {
         y
     }
 
-    /// Runs one task forward from `h` (w, N), writing y (L, w). With `trace`, also stores h_t for
-    /// every t (L, w, N) and exp(Δ_t A) (L, w, N) for the backward.
+    /// Runs one task forward from `h` (w, N), writing y (L, w); with `trace`, records it.
     #[allow(clippy::too_many_arguments)]
     fn forward_task(
         &self,
         task: &Task,
-        ud: &[f32],
-        a: &[f32],
+        udz: &[f32],
+        p: &[f32],
         bc: &[f32],
         h: &mut [f32],
         y: &mut [f32],
-        trace: Option<(&mut [f32], &mut [f32])>,
+        trace: Option<&mut Trace>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.forward_task_avx2(task, ud, a, bc, h, y, trace) };
+            return unsafe { self.forward_task_avx2(task, udz, p, bc, h, y, trace) };
         }
-        self.forward_task_impl(task, ud, a, bc, h, y, trace)
+        self.forward_task_impl(task, udz, p, bc, h, y, trace)
     }
 
-    /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4). The arithmetic is the
-    /// same (no fused multiply-adds are introduced), so both give bit-identical results.
+    /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4). The arithmetic is
+    /// the same (no fused multiply-adds are introduced), so both give bit-identical results.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn forward_task_avx2(
         &self,
         task: &Task,
-        ud: &[f32],
-        a: &[f32],
+        udz: &[f32],
+        p: &[f32],
         bc: &[f32],
         h: &mut [f32],
         y: &mut [f32],
-        trace: Option<(&mut [f32], &mut [f32])>,
+        trace: Option<&mut Trace>,
     ) {
-        self.forward_task_impl(task, ud, a, bc, h, y, trace)
+        self.forward_task_impl(task, udz, p, bc, h, y, trace)
     }
 
     #[inline(always)]
@@ -221,195 +389,221 @@ impl Dims {
     fn forward_task_impl(
         &self,
         task: &Task,
-        ud: &[f32],
-        a: &[f32],
+        udz: &[f32],
+        p: &[f32],
         bc: &[f32],
         h: &mut [f32],
         y: &mut [f32],
-        mut trace: Option<(&mut [f32], &mut [f32])>,
+        mut trace: Option<&mut Trace>,
     ) {
         let Dims { l, ed, n, .. } = *self;
         let Task { bi, d0, w } = *task;
+        let (dskip, bias) = task_params(p, n, d0, w);
+        let (mut delta, mut gate, mut ys) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
         let mut e = vec![0f32; n];
         for t in 0..l {
-            let row = (bi * l + t) * 2 * ed;
-            let (u, dl) = (&ud[row..row + ed], &ud[row + ed..row + 2 * ed]);
-            let bcr = &bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n];
-            let (bt, ct) = bcr.split_at(n);
+            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
+            let (u, dtr, z) = (&row[d0..d0 + w], &row[ed + d0..ed + d0 + w], &row[2 * ed + d0..2 * ed + d0 + w]);
+            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
+            // Per channel, vectorised over the block: Δ = softplus(dt + bias), gate = silu(z).
             for j in 0..w {
-                let d = d0 + j;
-                let (dt, dtx) = (dl[d], dl[d] * u[d]);
-                let ad = &a[d * n..(d + 1) * n];
+                delta[j] = fast_softplus(dtr[j] + bias[j]);
+                gate[j] = z[j] * fast_sigmoid(z[j]);
+            }
+            for j in 0..w {
+                let ad = &p[(d0 + j) * (n + 2)..(d0 + j) * (n + 2) + n];
+                let dtx = delta[j] * u[j];
                 let hd = &mut h[j * n..(j + 1) * n];
                 // Zipped iterators: no bounds checks inside, so the loops vectorise.
                 for (e, &ak) in e.iter_mut().zip(ad) {
-                    *e = fast_exp(dt * ak);
+                    *e = fast_exp(delta[j] * ak);
                 }
                 for ((h, &e), &b) in hd.iter_mut().zip(&e).zip(bt) {
                     *h = e * *h + dtx * b;
                 }
-                y[t * w + j] = dot(hd, ct);
-                if let Some((hs, es)) = trace.as_mut() {
+                ys[j] = dot(hd, ct);
+                if let Some(tr) = trace.as_deref_mut() {
                     let o = (t * w + j) * n;
-                    hs[o..o + n].copy_from_slice(hd);
-                    es[o..o + n].copy_from_slice(&e);
+                    tr.hs[o..o + n].copy_from_slice(hd);
+                    tr.es[o..o + n].copy_from_slice(&e);
                 }
+            }
+            for j in 0..w {
+                y[t * w + j] = (ys[j] + dskip[j] * u[j]) * gate[j];
+            }
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.delta[t * w..(t + 1) * w].copy_from_slice(&delta);
+                tr.ys[t * w..(t + 1) * w].copy_from_slice(&ys);
             }
         }
     }
 
-    /// Gradients of one task: writes d[u|Δ] for its channels into `dud` (L, 2, w), returns
-    /// (dA (w, N), d[B|C] partial (L, 2N)).
-    fn backward_task(&self, task: &Task, ud: &[f32], a: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
+    fn backward_task(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.backward_task_avx2(task, ud, a, bc, gy) };
+            return unsafe { self.backward_task_avx2(task, udz, p, bc, gy) };
         }
-        self.backward_task_impl(task, ud, a, bc, gy)
+        self.backward_task_impl(task, udz, p, bc, gy)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_task_avx2(&self, task: &Task, ud: &[f32], a: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
-        self.backward_task_impl(task, ud, a, bc, gy)
+    unsafe fn backward_task_avx2(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
+        self.backward_task_impl(task, udz, p, bc, gy)
     }
 
+    /// Gradients of one task, given ∂loss/∂y (B, L, ED).
     #[inline(always)]
-    fn backward_task_impl(&self, task: &Task, ud: &[f32], a: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
+    fn backward_task_impl(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
         let Dims { l, ed, n, .. } = *self;
         let Task { bi, d0, w } = *task;
-        // Recompute the forward, keeping every h_t and exp(Δ_t A).
-        let mut hs = vec![0f32; l * w * n];
-        let mut es = vec![0f32; l * w * n];
+        // Recompute the forward, keeping what the backward reads.
+        let mut tr = Trace {
+            hs: vec![0f32; l * w * n],
+            es: vec![0f32; l * w * n],
+            delta: vec![0f32; l * w],
+            ys: vec![0f32; l * w],
+        };
         let mut y = vec![0f32; l * w];
-        self.forward_task_impl(task, ud, a, bc, &mut vec![0f32; w * n], &mut y, Some((&mut hs, &mut es)));
+        self.forward_task_impl(task, udz, p, bc, &mut vec![0f32; w * n], &mut y, Some(&mut tr));
 
+        let mut g = TaskGrads {
+            dudz: vec![0f32; l * 3 * w],
+            da: vec![0f32; w * n],
+            dd: vec![0f32; w],
+            dbias: vec![0f32; w],
+            dbc: vec![0f32; l * 2 * n],
+        };
         let mut dh = vec![0f32; w * n]; // ∂loss/∂h_t, carried backwards in time
-        let mut da = vec![0f32; w * n];
-        let mut dbc = vec![0f32; l * 2 * n];
-        let mut dud = vec![0f32; l * 2 * w];
         let zeros = vec![0f32; w * n];
-        let (mut ddt_terms, mut dx_terms) = (vec![0f32; n], vec![0f32; n]);
+        let (mut ddelta_terms, mut du_terms) = (vec![0f32; n], vec![0f32; n]);
+        let (dskip, bias) = task_params(p, n, d0, w);
+        let (mut dz_row, mut gd_row, mut sig_dt) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
         for t in (0..l).rev() {
-            let row = (bi * l + t) * 2 * ed;
-            let (u, dl) = (&ud[row..row + ed], &ud[row + ed..row + 2 * ed]);
-            let bcr = &bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n];
-            let (bt, ct) = bcr.split_at(n);
-            let (db, dc) = dbc[t * 2 * n..(t + 1) * 2 * n].split_at_mut(n);
-            let g = &gy[(bi * l + t) * ed..(bi * l + t + 1) * ed];
-            let h_cur = &hs[t * w * n..(t + 1) * w * n];
-            let h_prev = if t == 0 { &zeros[..] } else { &hs[(t - 1) * w * n..t * w * n] };
-            let e_t = &es[t * w * n..(t + 1) * w * n];
+            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
+            let (u, rest) = row.split_at(ed);
+            let (dtr, z) = rest.split_at(ed);
+            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
+            let (db, dc) = g.dbc[t * 2 * n..(t + 1) * 2 * n].split_at_mut(n);
+            let gy_t = &gy[(bi * l + t) * ed..(bi * l + t + 1) * ed];
+            let h_cur = &tr.hs[t * w * n..(t + 1) * w * n];
+            let h_prev = if t == 0 { &zeros[..] } else { &tr.hs[(t - 1) * w * n..t * w * n] };
+            let e_t = &tr.es[t * w * n..(t + 1) * w * n];
+            let (u, dtr, z) = (&u[d0..d0 + w], &dtr[d0..d0 + w], &z[d0..d0 + w]);
+            let (delta, ys) = (&tr.delta[t * w..(t + 1) * w], &tr.ys[t * w..(t + 1) * w]);
+            // Per channel, vectorised over the block: ∂loss/∂z, and gd = ∂loss/∂(ys + D x).
             for j in 0..w {
-                let d = d0 + j;
-                let (dt, x, gd) = (dl[d], u[d], g[d]);
-                let a_d = &a[d * n..(d + 1) * n];
+                // y = (ys + D x) silu(z)
+                let sig_z = fast_sigmoid(z[j]);
+                let gout = gy_t[d0 + j];
+                dz_row[j] = gout * (ys[j] + dskip[j] * u[j]) * sig_z * (1.0 + z[j] * (1.0 - sig_z));
+                gd_row[j] = gout * z[j] * sig_z;
+                sig_dt[j] = fast_sigmoid(dtr[j] + bias[j]); // dΔ/d(dt) of the softplus
+            }
+            for j in 0..w {
+                let a_d = &p[(d0 + j) * (n + 2)..(d0 + j) * (n + 2) + n];
+                let (x, delta, gd) = (u[j], delta[j], gd_row[j]);
+                g.dd[j] += gd * x;
                 let rows = j * n..(j + 1) * n;
                 let (hc, hp, ej) = (&h_cur[rows.clone()], &h_prev[rows.clone()], &e_t[rows.clone()]);
-                let (dh_j, da_j) = (&mut dh[rows.clone()], &mut da[rows]);
+                let (dh_j, da_j) = (&mut dh[rows.clone()], &mut g.da[rows]);
                 // Per-state terms first (no sums carried across k), then the two sums over k.
-                for k in 0..n {
-                    // y_t = Σ_k C_t[k] h_t[k]
-                    dc[k] += gd * hc[k];
-                    let dhk = dh_j[k] + gd * ct[k];
-                    // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
-                    let de = dhk * hp[k];
-                    let ei = ej[k];
-                    ddt_terms[k] = de * ei * a_d[k] + dhk * bt[k] * x;
-                    dx_terms[k] = dhk * bt[k];
-                    da_j[k] += de * ei * dt;
-                    db[k] += dhk * dt * x;
-                    dh_j[k] = dhk * ei;
-                }
-                dud[(t * 2) * w + j] = dt * sum_lanes(&dx_terms);
-                dud[(t * 2 + 1) * w + j] = sum_lanes(&ddt_terms);
+                state_terms(
+                    (hc, hp, ej, a_d, bt, ct),
+                    (gd, delta, x),
+                    dh_j,
+                    da_j,
+                    db,
+                    dc,
+                    &mut ddelta_terms,
+                    &mut du_terms,
+                );
+                let du = gd * dskip[j] + delta * sum_lanes(&du_terms);
+                let ddt = sum_lanes(&ddelta_terms) * sig_dt[j];
+                g.dbias[j] += ddt;
+                g.dudz[(t * 3) * w + j] = du;
+                g.dudz[(t * 3 + 1) * w + j] = ddt;
             }
+            g.dudz[(t * 3 + 2) * w..(t * 3 + 3) * w].copy_from_slice(&dz_row);
         }
-        TaskGrads { dud, da, dbc }
+        g
     }
 }
 
-struct TaskGrads {
-    dud: Vec<f32>, // (L, 2, w): rows of du then dΔ for the task's channels
-    da: Vec<f32>,  // (w, N)
-    dbc: Vec<f32>, // (L, 2N), partial over the task's channels
-}
-
-/// Below this many state updates a scan runs on the calling thread (decode steps are tiny).
-const PAR_MIN: usize = 1 << 14;
-
-impl CustomOp3 for SelectiveScan {
+impl CustomOp3 for GatedScan {
     fn name(&self) -> &'static str {
-        "selective-scan"
+        "gated-selective-scan"
     }
 
     fn cpu_fwd(
         &self,
-        s_ud: &CpuStorage,
-        l_ud: &Layout,
-        s_a: &CpuStorage,
-        l_a: &Layout,
+        s_udz: &CpuStorage,
+        l_udz: &Layout,
+        s_p: &CpuStorage,
+        l_p: &Layout,
         s_bc: &CpuStorage,
         l_bc: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (bsz, l, ed2) = l_ud.shape().dims3()?;
-        let (ed, n) = l_a.shape().dims2()?;
-        if ed2 != 2 * ed || l_bc.shape().dims() != [bsz, l, 2 * n] {
+        let (bsz, l, ed3) = l_udz.shape().dims3()?;
+        let (ed, n2) = l_p.shape().dims2()?;
+        if ed3 != 3 * ed || n2 < 3 || l_bc.shape().dims() != [bsz, l, 2 * (n2 - 2)] {
             candle_core::bail!(
-                "selective-scan: [u|Δ] {:?}, A {:?}, [B|C] {:?} do not agree",
-                l_ud.shape(),
-                l_a.shape(),
+                "gated-selective-scan: [u|dt|z] {:?}, [A|D|bias] {:?}, [B|C] {:?} do not agree",
+                l_udz.shape(),
+                l_p.shape(),
                 l_bc.shape()
             );
         }
-        let dims = Dims { bsz, l, ed, n };
-        let y = dims.forward(f32_slice(s_ud, l_ud)?, f32_slice(s_a, l_a)?, f32_slice(s_bc, l_bc)?, None);
+        let dims = Dims { bsz, l, ed, n: n2 - 2 };
+        let y = dims.forward(f32_slice(s_udz, l_udz)?, f32_slice(s_p, l_p)?, f32_slice(s_bc, l_bc)?, None);
         Ok((CpuStorage::F32(y), Shape::from((bsz, l, ed))))
     }
 
     fn bwd(
         &self,
-        ud_t: &Tensor,
-        a_t: &Tensor,
+        udz_t: &Tensor,
+        p_t: &Tensor,
         bc_t: &Tensor,
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (bsz, l, ed2) = ud_t.dims3()?;
-        let (ed, n) = a_t.dims2()?;
+        let (bsz, l, _) = udz_t.dims3()?;
+        let (ed, n2) = p_t.dims2()?;
+        let n = n2 - 2;
         let dims = Dims { bsz, l, ed, n };
-        debug_assert_eq!(ed2, 2 * ed);
-        let ud = host_f32(ud_t)?;
-        let a = host_f32(a_t)?;
-        let bc = host_f32(bc_t)?;
-        let gy = host_f32(grad_y)?;
+        let (udz, p, bc, gy) = (host_f32(udz_t)?, host_f32(p_t)?, host_f32(bc_t)?, host_f32(grad_y)?);
         let tasks = dims.tasks();
-        let grads: Vec<TaskGrads> = tasks.par_iter().map(|t| dims.backward_task(t, &ud, &a, &bc, &gy)).collect();
+        let grads: Vec<TaskGrads> = tasks.par_iter().map(|t| dims.backward_task(t, &udz, &p, &bc, &gy)).collect();
 
         // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
-        let mut dud = vec![0f32; bsz * l * 2 * ed];
-        let mut da = vec![0f32; ed * n];
+        let mut dudz = vec![0f32; bsz * l * 3 * ed];
+        let mut dp = vec![0f32; ed * n2];
         let mut dbc = vec![0f32; bsz * l * 2 * n];
         for (t, g) in tasks.iter().zip(grads) {
             for s in 0..l {
-                for half in 0..2 {
-                    let src = &g.dud[(s * 2 + half) * t.w..(s * 2 + half + 1) * t.w];
-                    let o = (t.bi * l + s) * 2 * ed + half * ed + t.d0;
-                    dud[o..o + t.w].copy_from_slice(src);
+                for part in 0..3 {
+                    let src = &g.dudz[(s * 3 + part) * t.w..(s * 3 + part + 1) * t.w];
+                    let o = (t.bi * l + s) * 3 * ed + part * ed + t.d0;
+                    dudz[o..o + t.w].copy_from_slice(src);
                 }
             }
-            for (dst, src) in da[t.d0 * n..(t.d0 + t.w) * n].iter_mut().zip(&g.da) {
-                *dst += src;
+            for j in 0..t.w {
+                let row = &mut dp[(t.d0 + j) * n2..(t.d0 + j + 1) * n2];
+                for (dst, src) in row[..n].iter_mut().zip(&g.da[j * n..(j + 1) * n]) {
+                    *dst += src;
+                }
+                row[n] += g.dd[j];
+                row[n + 1] += g.dbias[j];
             }
             for (dst, src) in dbc[t.bi * l * 2 * n..(t.bi + 1) * l * 2 * n].iter_mut().zip(&g.dbc) {
                 *dst += src;
             }
         }
-        let dev = ud_t.device();
+        let dev = udz_t.device();
         Ok((
-            Some(Tensor::from_vec(dud, (bsz, l, 2 * ed), dev)?),
-            Some(Tensor::from_vec(da, (ed, n), dev)?),
+            Some(Tensor::from_vec(dudz, (bsz, l, 3 * ed), dev)?),
+            Some(Tensor::from_vec(dp, (ed, n2), dev)?),
             Some(Tensor::from_vec(dbc, (bsz, l, 2 * n), dev)?),
         ))
     }
@@ -418,11 +612,11 @@ impl CustomOp3 for SelectiveScan {
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
-        other => candle_core::bail!("selective-scan: f32 only, got {:?}", other.dtype()),
+        other => candle_core::bail!("gated-selective-scan: f32 only, got {:?}", other.dtype()),
     };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("selective-scan: input of shape {:?} is not contiguous", l.shape()),
+        None => candle_core::bail!("gated-selective-scan: input of shape {:?} is not contiguous", l.shape()),
     }
 }
 

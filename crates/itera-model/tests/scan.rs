@@ -4,47 +4,62 @@ mod common;
 use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::init::Rng;
-use itera_model::scan::{selective_scan, selective_scan_ref, selective_scan_with_state};
+use itera_model::scan::{gated_selective_scan, gated_selective_scan_ref, selective_scan_with_state, ScanInputs};
 
+/// The eight inputs of the scan, as variables.
 struct Inputs {
-    u: Var,
-    delta: Var,
-    a: Var,
-    b: Var,
-    c: Var,
+    vars: Vec<Var>, // u, dt, a, b, c, d, dt_bias, z
 }
 
-fn inputs(rng: &mut Rng, bsz: usize, l: usize, ed: usize, n: usize) -> Inputs {
-    Inputs {
-        u: Var::from_tensor(&randn(rng, &[bsz, l, ed], 1.0)).unwrap(),
-        delta: Var::from_tensor(&uniform(rng, &[bsz, l, ed], 0.01, 1.0)).unwrap(),
-        a: Var::from_tensor(&uniform(rng, &[ed, n], -2.0, -0.1)).unwrap(),
-        b: Var::from_tensor(&randn(rng, &[bsz, l, n], 1.0)).unwrap(),
-        c: Var::from_tensor(&randn(rng, &[bsz, l, n], 1.0)).unwrap(),
+const NAMES: [&str; 8] = ["u", "dt", "A", "B", "C", "D", "dt_bias", "z"];
+
+impl Inputs {
+    fn new(rng: &mut Rng, bsz: usize, l: usize, ed: usize, n: usize) -> Self {
+        let tensors = [
+            randn(rng, &[bsz, l, ed], 1.0),
+            randn(rng, &[bsz, l, ed], 1.0),     // dt: softplus(dt + bias) ∈ (0, ~3)
+            uniform(rng, &[ed, n], -2.0, -0.1), // A < 0
+            randn(rng, &[bsz, l, n], 1.0),
+            randn(rng, &[bsz, l, n], 1.0),
+            randn(rng, &[ed], 1.0),
+            uniform(rng, &[ed], -3.0, 0.0),
+            randn(rng, &[bsz, l, ed], 1.0),
+        ];
+        Self { vars: tensors.iter().map(|t| Var::from_tensor(t).unwrap()).collect() }
+    }
+
+    fn with(&self, i: usize, t: Tensor) -> Vec<Tensor> {
+        let mut v: Vec<Tensor> = self.vars.iter().map(|v| v.as_tensor().clone()).collect();
+        v[i] = t;
+        v
     }
 }
 
-type ScanFn = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+fn scan_inputs(v: &[Tensor]) -> ScanInputs<'_> {
+    ScanInputs { u: &v[0], dt: &v[1], a: &v[2], b: &v[3], c: &v[4], d: &v[5], dt_bias: &v[6], z: &v[7] }
+}
+
+type ScanFn = for<'a> fn(ScanInputs<'a>) -> Result<Tensor>;
 
 #[test]
 fn fused_scan_matches_reference_output_and_every_input_gradient() -> Result<()> {
     let mut rng = Rng::new(SEED);
     // odd lengths, channel counts that do and do not fill the kernel's 32-channel blocks
     for &(bsz, l, ed, n) in &[(1, 1, 1, 1), (2, 7, 5, 3), (3, 33, 40, 16), (1, 65, 64, 4), (2, 130, 33, 8)] {
-        let x = inputs(&mut rng, bsz, l, ed, n);
+        let x = Inputs::new(&mut rng, bsz, l, ed, n);
         let r = randn(&mut rng, &[bsz, l, ed], 1.0); // random cotangent
+        let tensors: Vec<Tensor> = x.vars.iter().map(|v| v.as_tensor().clone()).collect();
         let run = |f: ScanFn| -> Result<(Tensor, Vec<Tensor>)> {
-            let y = f(&x.u, &x.delta, &x.a, &x.b, &x.c)?;
+            let y = f(scan_inputs(&tensors))?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
-            let g = [&x.u, &x.delta, &x.a, &x.b, &x.c].iter().map(|v| grads.get(v).unwrap().clone()).collect();
-            Ok((y, g))
+            Ok((y, x.vars.iter().map(|v| grads.get(v).unwrap().clone()).collect()))
         };
-        let (y_fast, g_fast) = run(selective_scan)?;
-        let (y_ref, g_ref) = run(selective_scan_ref)?;
+        let (y_fast, g_fast) = run(gated_selective_scan)?;
+        let (y_ref, g_ref) = run(gated_selective_scan_ref)?;
         let dy = max_diff(&y_fast, &y_ref)?;
         println!("B={bsz} L={l} ED={ed} N={n}: max |y - y_ref| = {dy:e}");
         assert!(dy <= 1e-4 * (1.0 + max_abs(&y_ref)), "output differs by {dy}");
-        for (name, (gf, gr)) in ["u", "delta", "A", "B", "C"].iter().zip(g_fast.iter().zip(&g_ref)) {
+        for (name, (gf, gr)) in NAMES.iter().zip(g_fast.iter().zip(&g_ref)) {
             let d = max_diff(gf, gr)?;
             let scale = max_abs(gr);
             println!("  grad {name}: max diff {d:e} (max |grad| {scale:.3})");
@@ -57,30 +72,26 @@ fn fused_scan_matches_reference_output_and_every_input_gradient() -> Result<()> 
 #[test]
 fn fused_scan_gradients_match_finite_differences() -> Result<()> {
     let mut rng = Rng::new(SEED + 1);
-    let x = inputs(&mut rng, 1, 4, 2, 3);
+    let x = Inputs::new(&mut rng, 1, 4, 2, 3);
     let r = randn(&mut rng, &[1, 4, 2], 1.0);
-    let loss = |u: &Tensor, d: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor| -> Result<f64> {
-        Ok((selective_scan(u, d, a, b, c)? * &r)?.sum_all()?.to_scalar::<f32>()? as f64)
+    let loss = |v: &[Tensor]| -> Result<f64> {
+        Ok((gated_selective_scan(scan_inputs(v))? * &r)?.sum_all()?.to_scalar::<f32>()? as f64)
     };
-    let y = selective_scan(&x.u, &x.delta, &x.a, &x.b, &x.c)?;
-    let grads = (y * &r)?.sum_all()?.backward()?;
+    let tensors: Vec<Tensor> = x.vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = (gated_selective_scan(scan_inputs(&tensors))? * &r)?.sum_all()?.backward()?;
     let eps = 1e-2f32;
-    let vars = [&x.u, &x.delta, &x.a, &x.b, &x.c];
-    for (which, var) in vars.iter().enumerate() {
+    for (which, var) in x.vars.iter().enumerate() {
         let g = grads.get(var).unwrap().flatten_all()?.to_vec1::<f32>()?;
         let base = var.flatten_all()?.to_vec1::<f32>()?;
         for i in 0..base.len() {
             let probe = |delta: f32| -> Result<f64> {
                 let mut v = base.clone();
                 v[i] += delta;
-                let moved = Tensor::from_vec(v, var.shape(), var.device())?;
-                let mut args: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-                args[which] = moved;
-                loss(&args[0], &args[1], &args[2], &args[3], &args[4])
+                loss(&x.with(which, Tensor::from_vec(v, var.shape(), var.device())?))
             };
             let fd = (probe(eps)? - probe(-eps)?) / (2.0 * eps as f64);
             let err = (fd - g[i] as f64).abs();
-            assert!(err < 2e-3 * (1.0 + fd.abs()), "input {which} element {i}: analytic {} vs numeric {fd}", g[i]);
+            assert!(err < 2e-3 * (1.0 + fd.abs()), "{} element {i}: analytic {} vs numeric {fd}", NAMES[which], g[i]);
         }
     }
     Ok(())
@@ -92,14 +103,17 @@ fn stateful_scan_in_chunks_continues_exactly_where_the_full_scan_is() -> Result<
     // ED = 70 takes the serial path; ED = 64 with a 20-token prefill the parallel one.
     for &(bsz, ed, n, prefill) in &[(2, 70, 16, 5), (2, 64, 16, 20)] {
         let l = prefill + 6;
-        let x = inputs(&mut rng, bsz, l, ed, n);
-        let full = selective_scan(&x.u, &x.delta, &x.a, &x.b, &x.c)?;
+        let x = Inputs::new(&mut rng, bsz, l, ed, n);
+        let all: Vec<Tensor> = x.vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let full = gated_selective_scan(scan_inputs(&all))?;
         let mut h = vec![0f32; bsz * ed * n];
         let mut pieces = Vec::new();
         let mut t = 0;
-        for len in std::iter::once(prefill).chain(std::iter::repeat(1).take(6)) {
-            let s = |v: &Var| v.narrow(1, t, len).unwrap();
-            pieces.push(selective_scan_with_state(&s(&x.u), &s(&x.delta), &x.a, &s(&x.b), &s(&x.c), &mut h)?);
+        for len in std::iter::once(prefill).chain(std::iter::repeat_n(1, 6)) {
+            // time-major inputs are cut to [t, t + len); A, D and dt_bias stay whole
+            let part: Vec<Tensor> =
+                all.iter().map(|v| if v.rank() == 3 { v.narrow(1, t, len).unwrap() } else { v.clone() }).collect();
+            pieces.push(selective_scan_with_state(scan_inputs(&part), &mut h)?);
             t += len;
         }
         let stepped = Tensor::cat(&pieces, 1)?;
@@ -107,5 +121,15 @@ fn stateful_scan_in_chunks_continues_exactly_where_the_full_scan_is() -> Result<
         println!("ED={ed} prefill {prefill}: max |full - chunked| = {d:e}");
         assert!(d < 1e-5, "chunked scan differs by {d}");
     }
+    Ok(())
+}
+
+#[test]
+fn mismatched_shapes_are_an_error_naming_every_input() -> Result<()> {
+    let mut rng = Rng::new(SEED + 3);
+    let x = Inputs::new(&mut rng, 1, 4, 6, 3);
+    let bad = x.with(3, randn(&mut rng, &[1, 5, 3], 1.0)); // B with the wrong length
+    let err = gated_selective_scan(scan_inputs(&bad)).err().unwrap().to_string();
+    assert!(err.contains("selective-scan shapes") && err.contains("B [1, 5, 3]"), "{err}");
     Ok(())
 }

@@ -1,0 +1,241 @@
+//! Fused CPU kernels with hand-written backwards for the two hot elementwise blocks outside the
+//! scan: RMSNorm, and Mamba's causal depthwise conv + bias + SiLU. Their reference twins are the
+//! elementary-op versions in `ops.rs` (`rms_norm`, `causal_depthwise_conv` + `silu`); tests hold
+//! each pair together, and `Kernels::fused_ops` picks one at run time.
+//!
+//! Why: built from candle ops, each of these is 5-10 passes over an activation forward and more
+//! backward, and the gradients of their broadcast weights go through candle's strided
+//! `sum_keepdim` over the batch and time dims, which runs scalar (≈ 9% of an Itera-Lite training
+//! step by itself). Here each is one pass forward, one backward, with per-chunk partial sums for
+//! the weight gradients added in a fixed order (deterministic at any thread count).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per parallel chunk.
+const ROWS_PER_TASK: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// RMSNorm, fused: x / sqrt(mean(x²) + eps) * w.  x (.., D), w (D).
+pub fn rms_norm_fused(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [d] {
+        candle_core::bail!("rms-norm: input {:?} and weight {:?} disagree", x.dims(), w.dims());
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-fused"
+    }
+
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?);
+        let d = w.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(y, x)| {
+            for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let inv = inv_rms(xr, self.eps);
+                for ((y, &x), &w) in yr.iter_mut().zip(xr).zip(w) {
+                    *y = x * inv * w;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), lx.shape().clone()))
+    }
+
+    fn bwd(&self, x_t: &Tensor, w_t: &Tensor, _y: &Tensor, gy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, gy) = (host_f32(x_t)?, host_f32(w_t)?, host_f32(gy_t)?);
+        let d = w.len();
+        let mut gx = vec![0f32; x.len()];
+        // dx = inv (gy w) - x inv³ / D Σ_j (gy w x)_j;   dw = Σ_rows gy x inv
+        let partial_dw: Vec<Vec<f32>> = gx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK).zip(gy.par_chunks(d * ROWS_PER_TASK)))
+            .map(|(gx, (x, gy))| {
+                let mut dw = vec![0f32; d];
+                for ((gxr, xr), gyr) in gx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(gy.chunks_exact(d)) {
+                    let inv = inv_rms(xr, self.eps);
+                    let mut dot = 0f32;
+                    for ((&g, &x), &w) in gyr.iter().zip(xr).zip(&w) {
+                        dot += g * w * x;
+                    }
+                    let k = inv * inv * inv * dot / d as f32;
+                    for (((gx, &g), &x), (&w, dw)) in gxr.iter_mut().zip(gyr).zip(xr).zip(w.iter().zip(dw.iter_mut())) {
+                        *gx = inv * g * w - x * k;
+                        *dw += g * x * inv;
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        for p in partial_dw {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let dev = x_t.device();
+        Ok((Some(Tensor::from_vec(gx, x_t.shape(), dev)?), Some(Tensor::from_vec(dw, d, dev)?)))
+    }
+}
+
+#[inline]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] += x[c * 8 + i] * x[c * 8 + i];
+        }
+    }
+    let mut ss = acc.iter().sum::<f32>();
+    for v in &x[chunks * 8..] {
+        ss += v * v;
+    }
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal depthwise conv + bias + SiLU
+
+/// silu(causal depthwise conv + bias), fused. `xp` (B, K-1+L, C) holds K-1 rows of history in
+/// front; `w` (C, K), `bias` (C); returns (B, L, C). Same as `silu(ops::causal_depthwise_conv(..))`.
+pub fn conv_silu_fused(xp: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (_, lp, c) = xp.dims3()?;
+    let (cw, k) = w.dims2()?;
+    if cw != c || bias.dims() != [c] || lp + 1 < k {
+        candle_core::bail!("conv-silu: input {:?}, weight {:?}, bias {:?} disagree", xp.dims(), w.dims(), bias.dims());
+    }
+    xp.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, ConvSilu)
+}
+
+struct ConvSilu;
+
+impl ConvSilu {
+    /// Pre-activation of one output row: bias + Σ_k w[:, k] ⊙ xp[t + k].  xb (K-1+L, C).
+    #[inline]
+    fn preact(xb: &[f32], w: &[f32], bias: &[f32], t: usize, c: usize, k: usize, out: &mut [f32]) {
+        out.copy_from_slice(bias);
+        for tap in 0..k {
+            let xr = &xb[(t + tap) * c..(t + tap + 1) * c];
+            for ((o, &x), ch) in out.iter_mut().zip(xr).zip(0..c) {
+                *o += w[ch * k + tap] * x;
+            }
+        }
+    }
+}
+
+impl CustomOp3 for ConvSilu {
+    fn name(&self) -> &'static str {
+        "conv-silu-fused"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bsz, lp, c) = lx.shape().dims3()?;
+        let (_, k) = lw.shape().dims2()?;
+        let l = lp + 1 - k;
+        let (x, w, bias) =
+            (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?, f32_slice(sb, lb, self.name())?);
+        let mut y = vec![0f32; bsz * l * c];
+        y.par_chunks_mut(l * c).enumerate().for_each(|(b, yb)| {
+            let xb = &x[b * lp * c..(b + 1) * lp * c];
+            for t in 0..l {
+                let yr = &mut yb[t * c..(t + 1) * c];
+                Self::preact(xb, w, bias, t, c, k, yr);
+                for v in yr.iter_mut() {
+                    *v = *v / (1.0 + (-*v).exp()); // silu, as candle's
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((bsz, l, c))))
+    }
+
+    fn bwd(
+        &self,
+        x_t: &Tensor,
+        w_t: &Tensor,
+        b_t: &Tensor,
+        _y: &Tensor,
+        gy_t: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (bsz, lp, c) = x_t.dims3()?;
+        let (_, k) = w_t.dims2()?;
+        let l = lp + 1 - k;
+        let (x, w, bias, gy) = (host_f32(x_t)?, host_f32(w_t)?, host_f32(b_t)?, host_f32(gy_t)?);
+        let mut gx = vec![0f32; x.len()];
+        // One task per batch row: its dx rows are its own; dw, dbias are partial sums.
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = gx
+            .par_chunks_mut(lp * c)
+            .enumerate()
+            .map(|(b, gxb)| {
+                let xb = &x[b * lp * c..(b + 1) * lp * c];
+                let (mut dw, mut db) = (vec![0f32; c * k], vec![0f32; c]);
+                let mut pre = vec![0f32; c];
+                for t in 0..l {
+                    Self::preact(xb, &w, &bias, t, c, k, &mut pre);
+                    // dpre = gy · silu'(pre),  silu'(v) = σ(v) (1 + v (1 - σ(v)))
+                    let g = &gy[(b * l + t) * c..(b * l + t + 1) * c];
+                    for (p, &g) in pre.iter_mut().zip(g) {
+                        let s = 1.0 / (1.0 + (-*p).exp());
+                        *p = g * s * (1.0 + *p * (1.0 - s));
+                    }
+                    for (d, &p) in db.iter_mut().zip(&pre) {
+                        *d += p;
+                    }
+                    for tap in 0..k {
+                        let xr = &xb[(t + tap) * c..(t + tap + 1) * c];
+                        let gxr = &mut gxb[(t + tap) * c..(t + tap + 1) * c];
+                        for ch in 0..c {
+                            gxr[ch] += pre[ch] * w[ch * k + tap];
+                            dw[ch * k + tap] += pre[ch] * xr[ch];
+                        }
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; c * k], vec![0f32; c]);
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x_t.device();
+        Ok((
+            Some(Tensor::from_vec(gx, (bsz, lp, c), dev)?),
+            Some(Tensor::from_vec(dw, (c, k), dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v,
+        other => candle_core::bail!("{op}: f32 only, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&v[start..end]),
+        None => candle_core::bail!("{op}: input of shape {:?} is not contiguous", l.shape()),
+    }
+}
+
+fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}

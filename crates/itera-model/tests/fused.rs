@@ -1,0 +1,72 @@
+//! Fused RMSNorm and conv + SiLU against their elementary-op twins: outputs and every gradient.
+
+mod common;
+use candle_core::{Result, Tensor, Var};
+use common::*;
+use itera_model::fused::{conv_silu_fused, rms_norm_fused};
+use itera_model::init::Rng;
+use itera_model::ops::{causal_depthwise_conv, rms_norm};
+
+/// Output and the gradients of `vars` of `f`, under a random cotangent.
+fn run(f: impl Fn() -> Result<Tensor>, vars: &[&Var], rng: &mut Rng) -> Result<(Tensor, Vec<Tensor>)> {
+    let y = f()?;
+    let r = randn(rng, y.dims(), 1.0);
+    let grads = (&y * &r)?.sum_all()?.backward()?;
+    Ok((y, vars.iter().map(|v| grads.get(v).unwrap().clone()).collect()))
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    let d = max_diff(a, b)?;
+    let scale = max_abs(b);
+    println!("{what}: max diff {d:e} (scale {scale:.3})");
+    assert!(d <= 1e-5 * (1.0 + scale), "{what} differs by {d}");
+    Ok(())
+}
+
+#[test]
+fn fused_rms_norm_matches_the_elementary_twin_in_output_and_gradients() -> Result<()> {
+    let mut rng = Rng::new(SEED);
+    // rows that do and do not fill the kernel's 64-row chunks; widths that are not multiples of 8
+    for dims in [vec![1, 1, 1], vec![2, 7, 5], vec![3, 50, 96], vec![130, 33], vec![2, 65, 256]] {
+        let d = *dims.last().unwrap();
+        let x = Var::from_tensor(&randn(&mut rng, &dims, 2.0))?;
+        let w = Var::from_tensor(&uniform(&mut rng, &[d], 0.5, 1.5))?;
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| rms_norm_fused(&x, &w, 1e-5), &[&x, &w], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| rms_norm(&x, &w, 1e-5), &[&x, &w], &mut Rng::new(seed))?;
+        assert_close(&format!("{dims:?} output"), &yf, &yr)?;
+        assert_close(&format!("{dims:?} grad x"), &gf[0], &gr[0])?;
+        assert_close(&format!("{dims:?} grad w"), &gf[1], &gr[1])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_conv_silu_matches_the_elementary_twin_in_output_and_gradients() -> Result<()> {
+    let mut rng = Rng::new(SEED + 1);
+    for &(b, l, c, k) in &[(1, 1, 1, 1), (2, 7, 5, 4), (3, 33, 40, 4), (1, 2, 9, 4), (2, 20, 64, 3)] {
+        let xp = Var::from_tensor(&randn(&mut rng, &[b, k - 1 + l, c], 1.0))?;
+        let w = Var::from_tensor(&randn(&mut rng, &[c, k], 0.5))?;
+        let bias = Var::from_tensor(&randn(&mut rng, &[c], 0.5))?;
+        let seed = rng.next_u64();
+        let vars = [&xp, &w, &bias];
+        let (yf, gf) = run(|| conv_silu_fused(&xp, &w, &bias), &vars, &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| causal_depthwise_conv(&xp, &w, &bias)?.silu(), &vars, &mut Rng::new(seed))?;
+        let what = format!("B={b} L={l} C={c} K={k}");
+        assert_close(&format!("{what} output"), &yf, &yr)?;
+        for (name, (a, r)) in ["xp", "w", "bias"].iter().zip(gf.iter().zip(&gr)) {
+            assert_close(&format!("{what} grad {name}"), a, r)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_ops_reject_mismatched_shapes_by_name() {
+    let mut rng = Rng::new(SEED + 2);
+    let x = randn(&mut rng, &[2, 3, 8], 1.0);
+    let err = rms_norm_fused(&x, &randn(&mut rng, &[7], 1.0), 1e-5).unwrap_err().to_string();
+    assert!(err.contains("rms-norm") && err.contains("[7]"), "{err}");
+    let err = conv_silu_fused(&x, &randn(&mut rng, &[5, 4], 1.0), &randn(&mut rng, &[8], 1.0)).unwrap_err().to_string();
+    assert!(err.contains("conv-silu") && err.contains("[5, 4]"), "{err}");
+}
