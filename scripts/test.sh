@@ -3,23 +3,39 @@
 # CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/tools.sh
 
-step() { printf '\n=== %s\n' "$*"; }
-
-step "toolchain"
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  rustup target add wasm32-unknown-unknown
-fi
+step "tools"
+ensure_wasm_target
+ensure_wasm_bindgen
+ensure_chromium
+ensure_node_tools
+ensure_trunk
 cargo --version
 
 step "format"
 cargo fmt --all --check
 
+step "tiny test models (train + export with the real CLI; the native outputs wasm must match)"
+cargo build -p native-trainer
+models=target/test-models
+rm -rf "$models"
+for m in baseline itera-lite; do
+  target/debug/native-trainer --threads 2 train --model "$m" --preset tiny --world-entities 300 --vocab-size 320 \
+    --batch-size 8 --seq-len 64 --steps 150 --lr 5e-3 --qa-questions 6 --out "$models/runs/$m" --export "$models/$m"
+done
+cargo run -q -p itera-web --example golden -- "$models"
+
 step "native tests (debug build, dependencies optimised)"
 # --tests: unit and integration tests only, so no doc-test "0 passed" line closes the log.
 cargo test --workspace --tests
 
-step "itera-model builds for wasm32-unknown-unknown"
+step "wasm: itera-model builds for wasm32; the worker's engine matches native in headless Chromium"
 cargo build -p itera-model --target wasm32-unknown-unknown
+CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-web --target wasm32-unknown-unknown --tests
+
+step "page: trunk build with the tiny models, then end to end in headless Chromium"
+TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist
+node tests/e2e/page.mjs target/e2e-dist
 
 step "all tests passed"

@@ -177,6 +177,12 @@ impl KvState {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of keys and values held (the tokens seen, not the spare capacity).
+    pub fn bytes(&self) -> usize {
+        let held = |t: Option<Tensor>| t.map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+        self.caches.iter().map(|c| held(c.k().ok().flatten()) + held(c.v().ok().flatten())).sum()
+    }
 }
 
 impl Baseline {

@@ -148,6 +148,14 @@ impl SsmState {
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
+
+    /// Bytes of conv windows and SSM states: the same after 1 token or 100,000.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.conv.elem_count() * l.conv.dtype().size_in_bytes() + l.ssm.len() * std::mem::size_of::<f32>())
+            .sum()
+    }
 }
 
 impl IteraLite {

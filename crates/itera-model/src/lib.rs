@@ -155,4 +155,12 @@ impl State {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of decoding state held now.
+    pub fn bytes(&self) -> usize {
+        match self {
+            State::Kv(s) => s.bytes(),
+            State::Ssm(s) => s.bytes(),
+        }
+    }
 }

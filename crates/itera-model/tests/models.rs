@@ -62,6 +62,8 @@ fn full_sequence_logits_equal_step_by_step_decode_logits() -> Result<()> {
                 pieces.push(model.forward_with_state(&toks.narrow(1, t, 1)?, &mut state)?);
             }
             assert_eq!(state.len(), 13);
+            // The state holds what the analytic model says it does, per sequence.
+            assert_eq!(state.bytes(), 2 * cfg.state_bytes(13), "{name}: state bytes");
             let stepped = Tensor::cat(&pieces, 1)?;
             let d = max_diff(&full, &stepped)?;
             println!("{name}, prefill {prefill}: max |full - decode| = {d:e}");

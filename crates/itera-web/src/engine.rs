@@ -1,0 +1,191 @@
+//! One model, ready to generate: weights, config and tokenizer from an export folder's bytes,
+//! plus the caller-owned decoding state. No browser API here, so the same code runs natively
+//! (tests compute the expected outputs with it) and in the worker.
+
+use candle_core::{Device, Tensor};
+use itera_model::sample::{argmax, Sampler, SamplingConfig};
+use itera_model::{Config, Model, State};
+use tokenizers::Tokenizer;
+
+pub const EOT: &str = "<|endoftext|>";
+
+/// Errors cross the worker boundary as text.
+pub type Result<T> = std::result::Result<T, String>;
+
+fn err<E: std::fmt::Display>(context: &str) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{context}: {e}")
+}
+
+pub struct Engine {
+    model: Model,
+    config: Config,
+    tokenizer: Tokenizer,
+    eot: u32,
+    state: Option<State>,
+}
+
+impl Engine {
+    /// Builds the model from `config.json`, `tokenizer.json` and `model.safetensors` bytes.
+    pub fn load(config_json: &[u8], tokenizer_json: &[u8], weights: &[u8]) -> Result<Engine> {
+        let config: Config = serde_json::from_slice(config_json).map_err(err("config.json"))?;
+        config.validate().map_err(err("config.json"))?;
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(err("tokenizer.json"))?;
+        let eot = tokenizer.token_to_id(EOT).ok_or_else(|| format!("tokenizer.json has no {EOT} token"))?;
+        if tokenizer.get_vocab_size(true) != config.vocab_size() {
+            return Err(format!(
+                "tokenizer.json has {} tokens, config.json says {}",
+                tokenizer.get_vocab_size(true),
+                config.vocab_size()
+            ));
+        }
+        let model = Model::from_safetensors(&config, weights, &Device::Cpu).map_err(err("model.safetensors"))?;
+        Ok(Engine { model, config, tokenizer, eot, state: None })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn eot(&self) -> u32 {
+        self.eot
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, false).map_err(err("encode"))?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, false).map_err(err("decode"))
+    }
+
+    /// Longest context the model accepts (the baseline's RoPE tables end there).
+    pub fn max_context(&self) -> usize {
+        match &self.config {
+            Config::Baseline(c) => c.max_position_embeddings,
+            Config::IteraLite(_) => usize::MAX,
+        }
+    }
+
+    /// Starts a new sequence: `<|endoftext|>` then `ids`, in one prefill. Returns the logits
+    /// (V) for the next token.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut input = Vec::with_capacity(ids.len() + 1);
+        input.push(self.eot);
+        input.extend_from_slice(ids);
+        if input.len() >= self.max_context() {
+            return Err(format!(
+                "the prompt is {} tokens; this model reads at most {}",
+                input.len(),
+                self.max_context()
+            ));
+        }
+        self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+        self.feed(&input)
+    }
+
+    /// Appends tokens to the current sequence; returns the logits (V) after the last one.
+    pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let max = self.max_context();
+        let state = self.state.as_mut().ok_or("feed before prefill")?;
+        if state.len() + ids.len() > max {
+            return Err(format!("context limit of {} tokens reached", self.max_context()));
+        }
+        let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).map_err(err("input"))?;
+        let logits = self.model.forward_with_state(&x, state).map_err(err("forward"))?; // (1, L, V)
+        let last = logits.get(0).and_then(|l| l.get(ids.len() - 1)).map_err(err("logits"))?;
+        last.to_vec1::<f32>().map_err(err("logits"))
+    }
+
+    /// Tokens in the current sequence (including the leading `<|endoftext|>`).
+    pub fn context_len(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Bytes of decoding state held now: the KV cache grows, the SSM state does not.
+    pub fn state_bytes(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.bytes())
+    }
+
+    /// Full-sequence logits (L, V) of `[<|endoftext|>] + ids`, without touching the state: the
+    /// reference that wasm is compared with natively.
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut input = vec![self.eot];
+        input.extend_from_slice(ids);
+        let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu).map_err(err("input"))?;
+        let out = self.model.forward(&x).map_err(err("forward"))?;
+        out.logits.squeeze(0).and_then(|l| l.to_vec2::<f32>()).map_err(err("logits"))
+    }
+
+    /// Greedy continuation of `prompt` for up to `n` tokens (stops at `<|endoftext|>`).
+    pub fn greedy(&mut self, prompt: &str, n: usize) -> Result<Vec<u32>> {
+        let ids = self.encode(prompt)?;
+        let mut logits = self.prefill(&ids)?;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = argmax(&logits);
+            if next == self.eot {
+                break;
+            }
+            out.push(next);
+            logits = self.feed(&[next])?;
+        }
+        Ok(out)
+    }
+
+    pub fn sampler(cfg: SamplingConfig) -> Result<Sampler> {
+        cfg.validate()?;
+        Ok(Sampler::new(cfg))
+    }
+}
+
+/// Streams text out of a growing list of token ids: byte-level tokens may end inside a UTF-8
+/// character, so only the text up to the last complete character is released.
+#[derive(Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize, // bytes of decoded text already released
+}
+
+impl TextStream {
+    /// Adds a token; returns the newly completed text (possibly empty).
+    pub fn push(&mut self, engine: &Engine, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = engine.decode(&self.ids)?;
+        let stable = text.trim_end_matches('\u{FFFD}');
+        if stable.len() > self.emitted && stable.is_char_boundary(self.emitted) {
+            let new = stable[self.emitted..].to_string();
+            self.emitted = stable.len();
+            Ok(new)
+        } else {
+            Ok(String::new())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Energy: an estimate, never a measurement (a page cannot read power counters).
+
+/// Energy per operation at 45 nm, M. Horowitz, "Computing's energy problem (and what we can do
+/// about it)", ISSCC 2014, Fig. 1.1.9: 32-bit float add 0.9 pJ, multiply 3.7 pJ; a 32-bit DRAM
+/// read 640 pJ.
+pub const PJ_PER_FLOP: f64 = (0.9 + 3.7) / 2.0; // a multiply-add is 2 FLOPs
+pub const PJ_PER_DRAM_BYTE: f64 = 640.0 / 4.0;
+
+/// Estimated energy of decoding one token, in millijoules: every FLOP of the analytic count, plus
+/// reading every active weight and the whole decoding state from DRAM once (small models decode
+/// memory-bound: weights do not stay in cache between tokens).
+pub fn energy_mj_per_token(config: &Config, context: usize) -> f64 {
+    let flops = config.decode_flops_per_token(context.max(1));
+    let bytes = (config.param_count().active_per_token * 4 + config.state_bytes(context)) as f64;
+    (flops * PJ_PER_FLOP + bytes * PJ_PER_DRAM_BYTE) * 1e-9
+}
+
+/// The estimate's formula, as the page shows it.
+pub fn energy_formula() -> String {
+    format!(
+        "E/token ≈ FLOPs × {PJ_PER_FLOP} pJ + bytes × {PJ_PER_DRAM_BYTE} pJ, FLOPs = the analytic count at the current \
+         context, bytes = active weights (4 B each) + decoding state read once from DRAM; per-operation energies from \
+         Horowitz, ISSCC 2014, 45 nm (fp32 add 0.9 pJ + multiply 3.7 pJ per multiply-add of 2 FLOPs; 640 pJ per \
+         32-bit DRAM read)"
+    )
+}

@@ -1,0 +1,13 @@
+//! Itera-Lite in the browser. The page (index.html + web/app.js) runs one Web Worker per model;
+//! each worker is this crate compiled to wasm32 (`src/bin/worker.rs`), using `itera-model` as it
+//! is — the same model code the trainer runs natively.
+//!
+//! - [`engine`]: a loaded model + tokenizer + decoding state; no browser APIs, so it also runs
+//!   natively (the wasm tests compare against it);
+//! - [`protocol`]: the JSON messages between page and worker;
+//! - `worker` (wasm32 only): fetch + sha256 check + Cache API, generation, latency benchmark.
+
+pub mod engine;
+pub mod protocol;
+#[cfg(target_arch = "wasm32")]
+pub mod worker;

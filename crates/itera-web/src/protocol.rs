@@ -1,0 +1,105 @@
+//! Messages between the page and a model worker, as JSON strings through `postMessage`.
+//! One worker per model; the page talks to both with the same messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Page → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Fetch the model folder at `base` (manifest first), check every file's sha256, load it.
+    Load { base: String },
+    /// Continue `prompt`; one `Token` message per generated token.
+    Generate {
+        prompt: String,
+        max_tokens: usize,
+        temperature: f64,
+        top_k: usize,
+        top_p: f64,
+        seed: u64,
+        /// Stop at the first newline (World QA answers are one line).
+        #[serde(default)]
+        stop_at_newline: bool,
+    },
+    /// Stop the generation or benchmark in progress after the current token.
+    Abort,
+    /// Decode latency at each context length: prefill to it, then time `steps` single tokens.
+    Bench { contexts: Vec<usize>, steps: usize },
+}
+
+/// Worker status, as the page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Loading,
+    Ready,
+    Generating,
+    Benchmarking,
+    Done,
+    Aborted,
+    Error,
+}
+
+/// Worker → page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The worker's wasm is up; messages sent before this one are lost.
+    Ready {
+        backend: String,
+        energy_formula: String,
+    },
+    Status {
+        status: Status,
+        detail: String,
+    },
+    /// Download progress of one file (`total` 0 when unknown).
+    Progress {
+        file: String,
+        loaded: u64,
+        total: u64,
+    },
+    /// The model is loaded.
+    Loaded {
+        manifest: serde_json::Value,
+        bytes: u64,                                   // bytes of the model's files
+        downloaded: u64, // bytes fetched from the network this time (0: all from the cache)
+        load_ms: f64,    // fetch + check + build
+        state_bytes_per_context: Vec<(usize, usize)>, // (context, bytes) from the analytic model
+    },
+    /// The prompt was read.
+    Prefill {
+        tokens: usize,
+        ms: f64,
+    },
+    /// One generated token.
+    Token {
+        id: u32,
+        text: String,       // newly completed text (may be empty mid-character)
+        ms: f64,            // time to produce this token
+        context: usize,     // tokens in the sequence after it
+        state_bytes: usize, // decoding state held now
+        energy_mj: f64,     // estimated energy of this token (see `engine::energy_mj_per_token`)
+    },
+    Done {
+        tokens: usize,
+        ms: f64,
+        reason: String,
+    },
+    /// One point of the latency-vs-context benchmark.
+    BenchPoint {
+        context: usize,
+        median_ms: f64,
+        p95_ms: f64,
+        state_bytes: usize,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl FromWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"type":"error","message":"serialise: {e}"}}"#))
+    }
+}

@@ -1,0 +1,359 @@
+//! The model worker (wasm32 only). All model work happens here, off the page's main thread:
+//! fetch a model folder (manifest first) with progress, check every file's sha256 against the
+//! manifest, keep the files in the Cache API so that a reload reads them locally, then generate
+//! token by token (one message each) and measure decode latency against context length.
+//!
+//! Jobs run as futures on the worker's event loop; after every token a job yields a macrotask
+//! (a `MessageChannel` round trip, which setTimeout's 4 ms clamping would not allow), so that an
+//! `abort` message gets through mid-generation.
+
+use crate::engine::{energy_mj_per_token, Engine, TextStream};
+use crate::protocol::{FromWorker, Status, ToWorker};
+use itera_model::sample::SamplingConfig;
+use js_sys::{Promise, Reflect, Uint8Array};
+use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+use web_sys::{Cache, DedicatedWorkerGlobalScope, MessageChannel, MessageEvent, ReadableStreamDefaultReader, Response};
+
+/// Cache API bucket for model files. Entries are keyed by URL and re-checked against the
+/// manifest's sha256 on every load, so a changed model is fetched again.
+const CACHE_NAME: &str = "itera-lite-models-v1";
+
+/// Send a progress message at most every this many bytes.
+const PROGRESS_STEP: usize = 256 * 1024;
+
+#[derive(Default)]
+struct WorkerState {
+    engine: RefCell<Option<Engine>>,
+    busy: Cell<bool>,
+    abort: Cell<bool>,
+}
+
+thread_local! {
+    static STATE: Rc<WorkerState> = Rc::new(WorkerState::default());
+}
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+fn post(msg: FromWorker) {
+    let _ = scope().post_message(&JsValue::from_str(&msg.to_json()));
+}
+
+fn status(status: Status, detail: impl Into<String>) {
+    post(FromWorker::Status { status, detail: detail.into() });
+}
+
+fn now() -> f64 {
+    scope().performance().map(|p| p.now()).unwrap_or(0.0)
+}
+
+fn js_err(context: &str) -> impl Fn(JsValue) -> String + '_ {
+    move |e| format!("{context}: {}", e.as_string().unwrap_or_else(|| format!("{e:?}")))
+}
+
+/// Which backend runs the model, as the page's badge shows it.
+pub fn backend() -> String {
+    if cfg!(target_feature = "simd128") { "CPU (wasm SIMD128)" } else { "CPU (wasm)" }.to_string()
+}
+
+/// Entry point: install the message handler, then say `ready`.
+pub fn start() {
+    console_error_panic_hook::set_once();
+    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(|ev: MessageEvent| {
+        let Some(text) = ev.data().as_string() else {
+            post(FromWorker::Error { message: "expected a JSON string message".into() });
+            return;
+        };
+        match serde_json::from_str::<ToWorker>(&text) {
+            Ok(ToWorker::Abort) => STATE.with(|s| s.abort.set(true)),
+            Ok(msg) => spawn_local(run_job(msg)),
+            Err(e) => post(FromWorker::Error { message: format!("bad message {text:?}: {e}") }),
+        }
+    });
+    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    onmessage.forget(); // lives as long as the worker
+    post(FromWorker::Ready { backend: backend(), energy_formula: crate::engine::energy_formula() });
+}
+
+async fn run_job(msg: ToWorker) {
+    let state = STATE.with(|s| s.clone());
+    if state.busy.replace(true) {
+        post(FromWorker::Error { message: "the worker is busy: stop the current job first".into() });
+        return;
+    }
+    state.abort.set(false);
+    let result = match msg {
+        ToWorker::Load { base } => load(&state, &base).await,
+        ToWorker::Generate { prompt, max_tokens, temperature, top_k, top_p, seed, stop_at_newline } => {
+            let sampling = SamplingConfig { temperature, top_k, top_p, seed };
+            generate(&state, &prompt, max_tokens, sampling, stop_at_newline).await
+        }
+        ToWorker::Bench { contexts, steps } => bench(&state, &contexts, steps).await,
+        ToWorker::Abort => Ok(()),
+    };
+    state.busy.set(false);
+    if let Err(message) = result {
+        status(Status::Error, message.clone());
+        post(FromWorker::Error { message });
+    }
+}
+
+/// Lets queued messages (an abort) run before the next token.
+async fn yield_now() {
+    let Ok(channel) = MessageChannel::new() else { return };
+    let port = channel.port1();
+    let promise = Promise::new(&mut |resolve, _| port.set_onmessage(Some(resolve.unchecked_ref())));
+    let _ = channel.port2().post_message(&JsValue::NULL);
+    let _ = JsFuture::from(promise).await;
+    port.set_onmessage(None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn fetch_response(url: &str) -> Result<Response, String> {
+    let resp = JsFuture::from(scope().fetch_with_str(url)).await.map_err(js_err(url))?;
+    let resp: Response = resp.dyn_into().map_err(js_err(url))?;
+    if !resp.ok() {
+        return Err(format!("{url}: HTTP {} {}", resp.status(), resp.status_text()));
+    }
+    Ok(resp)
+}
+
+/// The whole body of `url`, reporting progress for `file` as it arrives.
+async fn fetch_bytes(url: &str, file: &str, expected: u64) -> Result<Vec<u8>, String> {
+    let resp = fetch_response(url).await?;
+    let total =
+        resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok()).unwrap_or(expected);
+    let body = resp.body().ok_or_else(|| format!("{url}: empty response"))?;
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut out = Vec::with_capacity(total as usize);
+    let mut reported = 0;
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(js_err(url))?;
+        if Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
+            break;
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into()).map_err(js_err(url))?.unchecked_into();
+        out.extend_from_slice(&value.to_vec());
+        if out.len() - reported >= PROGRESS_STEP {
+            reported = out.len();
+            post(FromWorker::Progress { file: file.into(), loaded: out.len() as u64, total });
+        }
+    }
+    post(FromWorker::Progress { file: file.into(), loaded: out.len() as u64, total: out.len() as u64 });
+    Ok(out)
+}
+
+async fn open_cache() -> Option<Cache> {
+    // The Cache API exists only in secure contexts (https, localhost); without it, no caching.
+    let caches = scope().caches().ok()?;
+    JsFuture::from(caches.open(CACHE_NAME)).await.ok()?.dyn_into().ok()
+}
+
+/// The cached bytes of `url`, if present and matching `sha256`.
+async fn cache_get(cache: &Cache, url: &str, sha256: &str) -> Option<Vec<u8>> {
+    let hit = JsFuture::from(cache.match_with_str(url)).await.ok()?;
+    let resp: Response = hit.dyn_into().ok()?;
+    let buf = JsFuture::from(resp.array_buffer().ok()?).await.ok()?;
+    let bytes = Uint8Array::new(&buf).to_vec();
+    (sha256_hex(&bytes) == sha256).then_some(bytes)
+}
+
+async fn cache_put(cache: &Cache, url: &str, bytes: &[u8]) {
+    let array = Uint8Array::from(bytes);
+    if let Ok(resp) = Response::new_with_opt_buffer_source(Some(&array)) {
+        if let Err(e) = JsFuture::from(cache.put_with_str(url, &resp)).await {
+            web_sys::console::warn_1(&format!("could not cache {url}: {e:?}").into());
+        }
+    }
+}
+
+async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
+    let t0 = now();
+    let base = if base.ends_with('/') { base.to_string() } else { format!("{base}/") };
+    status(Status::Loading, format!("reading {base}manifest.json"));
+    let manifest_bytes = fetch_bytes(&format!("{base}manifest.json"), "manifest.json", 0).await?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{base}manifest.json: {e}"))?;
+    let files = manifest["files"].as_array().ok_or_else(|| format!("{base}manifest.json lists no files"))?;
+    let cache = open_cache().await;
+    let (mut blobs, mut total, mut downloaded) = (HashMap::new(), 0u64, 0u64);
+    for f in files {
+        let (Some(name), Some(sha)) = (f["name"].as_str(), f["sha256"].as_str()) else {
+            return Err(format!("{base}manifest.json: a file entry lacks name or sha256"));
+        };
+        let url = format!("{base}{name}");
+        let expected = f["bytes"].as_u64().unwrap_or(0);
+        let cached = match &cache {
+            Some(c) => cache_get(c, &url, sha).await,
+            None => None,
+        };
+        let bytes = match cached {
+            Some(bytes) => {
+                post(FromWorker::Progress { file: name.into(), loaded: bytes.len() as u64, total: bytes.len() as u64 });
+                bytes
+            }
+            None => {
+                status(Status::Loading, format!("downloading {name}"));
+                let bytes = fetch_bytes(&url, name, expected).await?;
+                let got = sha256_hex(&bytes);
+                if got != sha {
+                    return Err(format!(
+                        "{url}: sha256 {got} does not match manifest.json ({sha}); refusing to run a model whose files \
+                         differ from what its manifest describes"
+                    ));
+                }
+                downloaded += bytes.len() as u64;
+                if let Some(c) = &cache {
+                    cache_put(c, &url, &bytes).await;
+                }
+                bytes
+            }
+        };
+        total += bytes.len() as u64;
+        blobs.insert(name.to_string(), bytes);
+    }
+    let get = |name: &str| blobs.get(name).ok_or_else(|| format!("{base}manifest.json does not list {name}"));
+    status(Status::Loading, "building the model");
+    yield_now().await;
+    let engine = Engine::load(get("config.json")?, get("tokenizer.json")?, get("model.safetensors")?)?;
+    let cfg = engine.config().clone();
+    *state.engine.borrow_mut() = Some(engine);
+    let contexts = [64usize, 256, 1024, 4096];
+    post(FromWorker::Loaded {
+        manifest,
+        bytes: total,
+        downloaded,
+        load_ms: now() - t0,
+        state_bytes_per_context: contexts.iter().map(|&c| (c, cfg.state_bytes(c))).collect(),
+    });
+    status(Status::Ready, "");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation and the latency benchmark
+
+async fn generate(
+    state: &WorkerState,
+    prompt: &str,
+    max_tokens: usize,
+    sampling: SamplingConfig,
+    stop_at_newline: bool,
+) -> Result<(), String> {
+    // Only this job touches the engine until it ends (the busy flag keeps others out).
+    let mut slot = state.engine.borrow_mut();
+    let engine = slot.as_mut().ok_or("no model is loaded")?;
+    let mut sampler = Engine::sampler(sampling)?;
+    status(Status::Generating, "");
+    let t0 = now();
+    let ids = engine.encode(prompt)?;
+    let mut logits = engine.prefill(&ids)?;
+    post(FromWorker::Prefill { tokens: ids.len() + 1, ms: now() - t0 });
+    let mut text = TextStream::default();
+    let (mut n, mut reason) = (0usize, "max_tokens");
+    while n < max_tokens {
+        yield_now().await;
+        if state.abort.get() {
+            reason = "aborted";
+            break;
+        }
+        let t = now();
+        let next = itera_model::sample::Sampler::sample(&mut sampler, &logits);
+        if next == engine.eot() {
+            reason = "end_of_text";
+            break;
+        }
+        let piece = text.push(engine, next)?;
+        n += 1;
+        let at_limit = engine.context_len() + 1 > engine.max_context();
+        if !at_limit {
+            logits = engine.feed(&[next])?;
+        }
+        let context = engine.context_len();
+        post(FromWorker::Token {
+            id: next,
+            ms: now() - t,
+            context,
+            state_bytes: engine.state_bytes(),
+            energy_mj: energy_mj_per_token(engine.config(), context),
+            text: piece.clone(),
+        });
+        if stop_at_newline && piece.contains('\n') {
+            reason = "newline";
+            break;
+        }
+        if at_limit {
+            reason = "context_limit";
+            break;
+        }
+    }
+    post(FromWorker::Done { tokens: n, ms: now() - t0, reason: reason.into() });
+    status(if reason == "aborted" { Status::Aborted } else { Status::Done }, reason);
+    Ok(())
+}
+
+/// For each context length c: prefill c - steps tokens (in chunks, yielding between them), then
+/// time `steps` single-token decodes at positions c - steps .. c. Median and p95 per point.
+async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<(), String> {
+    let mut slot = state.engine.borrow_mut();
+    let engine = slot.as_mut().ok_or("no model is loaded")?;
+    let steps = steps.max(2);
+    let vocab = engine.config().vocab_size() as u32;
+    status(Status::Benchmarking, "");
+    for &c in contexts {
+        if c > engine.max_context() || c <= steps + 1 {
+            post(FromWorker::Error { message: format!("context {c} is outside this model's range; skipped") });
+            continue;
+        }
+        // A fixed token pattern (the content does not change the cost).
+        let filler: Vec<u32> = (0..(c - steps - 1) as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
+        let mut chunks = filler.chunks(256);
+        engine.prefill(chunks.next().unwrap_or(&[]))?;
+        for chunk in chunks {
+            yield_now().await;
+            if state.abort.get() {
+                break;
+            }
+            engine.feed(chunk)?;
+        }
+        let mut times = Vec::with_capacity(steps);
+        for i in 0..steps {
+            yield_now().await;
+            if state.abort.get() {
+                break;
+            }
+            let t = now();
+            engine.feed(&[1 + (i as u32 * 31) % (vocab - 1)])?;
+            times.push(now() - t);
+        }
+        if state.abort.get() {
+            post(FromWorker::Done { tokens: 0, ms: 0.0, reason: "aborted".into() });
+            status(Status::Aborted, "");
+            return Ok(());
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        post(FromWorker::BenchPoint {
+            context: c,
+            median_ms: pick(0.5),
+            p95_ms: pick(0.95),
+            state_bytes: engine.state_bytes(),
+        });
+    }
+    post(FromWorker::Done { tokens: 0, ms: 0.0, reason: "bench".into() });
+    status(Status::Done, "bench");
+    Ok(())
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env sh
+# trunk post-build hook: copies the exported models into the page's staging folder.
+# Source: $ITERA_MODELS (default: models/). Each model folder must hold a manifest.json.
+set -eu
+dest="$1/models"
+src="${ITERA_MODELS:-models}"
+for m in baseline itera-lite; do
+  if [ ! -f "$src/$m/manifest.json" ]; then
+    echo "error: $src/$m/manifest.json is missing; train the default models first (cargo run --release -p native-trainer)" >&2
+    exit 1
+  fi
+  mkdir -p "$dest/$m"
+  for f in $(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' "$src/$m/manifest.json") manifest.json; do
+    if [ -f "$src/$m/$f" ]; then cp "$src/$m/$f" "$dest/$m/$f"; fi
+  done
+done

@@ -1,0 +1,360 @@
+// The page: two model workers (crates/itera-web, wasm), one per model, driven side by side.
+// No model code runs here; this file only sends messages and draws what comes back.
+
+const MODELS = [
+  { key: "baseline", title: "Transformer baseline", base: "models/baseline/" },
+  { key: "itera-lite", title: "Itera-Lite (SSM + sparse MoE)", base: "models/itera-lite/" },
+];
+const BENCH_CONTEXTS = [64, 256, 1024, 4096];
+const BENCH_STEPS = 8;
+const COLORS = { "baseline": "#c2410c", "itera-lite": "#1d4ed8" };
+
+const $ = (id) => document.getElementById(id);
+const fmtBytes = (b) => b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b} B`;
+const fmtCount = (n) => n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} k` : `${n}`;
+const fmtMs = (ms) => ms == null || !isFinite(ms) ? "–" : ms < 10 ? `${ms.toFixed(2)} ms` : `${ms.toFixed(1)} ms`;
+const quantile = (xs, q) => {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.round((s.length - 1) * q)];
+};
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+
+// ---------------------------------------------------------------------------------------------
+// One card per model
+
+class ModelView {
+  constructor(spec) {
+    this.spec = spec;
+    this.manifest = null;
+    this.busy = false;
+    this.ready = false;
+    this.listeners = [];
+    this.bench = [];
+    this.resetRun();
+    const card = document.createElement("div");
+    card.className = `card ${spec.key}`;
+    card.dataset.model = spec.key;
+    card.innerHTML = `
+      <h3>${esc(spec.title)}</h3>
+      <div class="status" data-role="status">starting worker…</div>
+      <div class="progress"><div data-role="bar"></div></div>
+      <div class="output" data-role="output" aria-live="polite"></div>
+      <table class="metrics"><tbody data-role="metrics"></tbody></table>`;
+    $("models").appendChild(card);
+    this.card = card;
+    this.el = (role) => card.querySelector(`[data-role=${role}]`);
+    this.files = {};
+    this.worker = new Worker("./worker_loader.js");
+    this.worker.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
+    this.worker.onerror = (ev) => this.fail(`worker failed to start: ${ev.message || "unknown error"}`);
+    this.renderMetrics();
+  }
+
+  resetRun() {
+    this.times = [];
+    this.energy = [];
+    this.prefillMs = null;
+    this.stateBytes = 0;
+    this.context = 0;
+    this.generated = 0;
+  }
+
+  send(msg) { this.worker.postMessage(JSON.stringify(msg)); }
+
+  // Resolves with the next message of one of `types` (and rejects on an error message).
+  next(types) {
+    return new Promise((resolve, reject) => this.listeners.push({ types, resolve, reject }));
+  }
+
+  // `key` is the machine-readable status (loading, ready, generating, done, aborted, error).
+  setStatus(key, detail = "") {
+    const s = this.el("status");
+    s.textContent = detail ? `${key}: ${detail}` : key;
+    s.classList.toggle("error", key === "error");
+    this.card.dataset.status = key;
+  }
+
+  fail(message) {
+    this.ready = false;
+    this.busy = false;
+    this.setStatus("error", message);
+    console.warn(`${this.spec.key}: ${message}`);
+    for (const l of this.listeners.splice(0)) l.reject(new Error(message));
+    updateButtons();
+  }
+
+  onMessage(m) {
+    switch (m.type) {
+      case "ready":
+        $("backend").textContent = `backend: ${m.backend}`;
+        $("energy-formula").textContent = m.energy_formula;
+        this.setStatus("loading");
+        this.send({ type: "load", base: this.spec.base });
+        break;
+      case "status":
+        if (m.status === "error") break; // the error message follows
+        this.setStatus(m.status, m.detail);
+        break;
+      case "progress": {
+        this.files[m.file] = m;
+        const loaded = Object.values(this.files).reduce((a, f) => a + f.loaded, 0);
+        const total = Object.values(this.files).reduce((a, f) => a + Math.max(f.total, f.loaded), 0);
+        this.el("bar").style.width = `${total ? (100 * loaded) / total : 0}%`;
+        this.downloadLabel = `${fmtBytes(loaded)}`;
+        break;
+      }
+      case "loaded":
+        this.manifest = m.manifest;
+        this.loaded = m;
+        this.ready = true;
+        this.el("bar").style.width = "100%";
+        this.setStatus("ready");
+        drawSizes();
+        addQaExamples(m.manifest);
+        updateButtons();
+        break;
+      case "prefill":
+        this.prefillMs = m.ms;
+        this.context = m.tokens;
+        break;
+      case "token":
+        this.times.push(m.ms);
+        this.energy.push(m.energy_mj);
+        this.stateBytes = m.state_bytes;
+        this.context = m.context;
+        this.generated += 1;
+        if (this.onToken) this.onToken(m);
+        break;
+      case "bench_point":
+        this.bench.push(m);
+        drawLatency();
+        break;
+      case "error":
+        this.fail(m.message);
+        return;
+    }
+    this.renderMetrics();
+    for (let i = 0; i < this.listeners.length; i++) {
+      if (this.listeners[i].types.includes(m.type)) {
+        this.listeners.splice(i, 1)[0].resolve(m);
+        break;
+      }
+    }
+  }
+
+  renderMetrics() {
+    const p = this.manifest?.params;
+    const fileBytes = this.manifest ? this.manifest.files.reduce((a, f) => a + f.bytes, 0) : null;
+    const mean = this.times.length ? this.times.reduce((a, b) => a + b, 0) / this.times.length : null;
+    const energy = this.energy.length ? this.energy[this.energy.length - 1] : null;
+    const rows = [
+      ["parameters (total / active per token)", p ? `${fmtCount(p.total)} / ${fmtCount(p.active_per_token)}` : "–"],
+      ["download (this visit / files)", this.loaded ? `${fmtBytes(this.loaded.downloaded)} / ${fmtBytes(fileBytes)}` : (this.downloadLabel || "–")],
+      ["load time", this.loaded ? fmtMs(this.loaded.load_ms) : "–"],
+      ["prefill", this.prefillMs == null ? "–" : `${fmtMs(this.prefillMs)} (${this.context - this.generated} tokens)`],
+      ["latency per token p50 / p95", this.times.length ? `${fmtMs(quantile(this.times, 0.5))} / ${fmtMs(quantile(this.times, 0.95))}` : "–"],
+      ["tokens / s", mean ? (1000 / mean).toFixed(1) : "–"],
+      ["state memory at context", this.context ? `${fmtBytes(this.stateBytes)} at ${this.context} tokens` : "–"],
+      ["energy per token (estimate)", energy == null ? "–" : `${(energy * 1000).toFixed(1)} µJ`],
+    ];
+    this.el("metrics").innerHTML = rows
+      .map(([k, v], i) => `<tr data-metric="${i}"><td>${esc(k)}</td><td>${esc(v)}</td></tr>`)
+      .join("");
+  }
+}
+
+const views = MODELS.map((m) => new ModelView(m));
+const anyBusy = () => views.some((v) => v.busy);
+
+function updateButtons() {
+  const allReady = views.every((v) => v.ready);
+  $("generate").disabled = !allReady || anyBusy();
+  $("bench").disabled = !allReady || anyBusy();
+  $("qa-ask").disabled = !allReady || anyBusy();
+  $("stop").disabled = !anyBusy();
+}
+
+function settings() {
+  const num = (id, lo, hi, int) => {
+    let v = Number($(id).value);
+    if (!isFinite(v)) v = lo;
+    v = Math.min(hi, Math.max(lo, v));
+    return int ? Math.round(v) : v;
+  };
+  return {
+    max_tokens: num("max-tokens", 1, 2000, true),
+    temperature: num("temperature", 0, 5, false),
+    top_k: num("top-k", 0, 5000, true),
+    top_p: num("top-p", 0.01, 1, false),
+    seed: num("seed", 0, Number.MAX_SAFE_INTEGER, true),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generate, side by side
+
+async function runBoth(prompt, s, onEach) {
+  await Promise.all(views.map(async (v) => {
+    v.busy = true;
+    v.resetRun();
+    updateButtons();
+    const done = v.next(["done"]);
+    v.onToken = (m) => onEach(v, m);
+    v.send({ type: "generate", prompt, ...s });
+    try {
+      await done;
+    } finally {
+      v.busy = false;
+      v.onToken = null;
+      v.renderMetrics();
+      updateButtons();
+    }
+  }));
+}
+
+$("generate").addEventListener("click", async () => {
+  const prompt = $("prompt").value;
+  for (const v of views) {
+    v.el("output").innerHTML = `<span class="prompt">${esc(prompt)}</span>`;
+  }
+  try {
+    await runBoth(prompt, { ...settings(), stop_at_newline: false }, (v, m) => {
+      const out = v.el("output");
+      out.appendChild(document.createTextNode(m.text));
+      out.scrollTop = out.scrollHeight;
+    });
+  } catch (e) {
+    console.warn(e.message);
+  }
+});
+
+$("stop").addEventListener("click", () => views.forEach((v) => v.busy && v.send({ type: "abort" })));
+
+// ---------------------------------------------------------------------------------------------
+// Latency vs context: one model at a time, so they do not share the CPU while measured.
+
+$("bench").addEventListener("click", async () => {
+  for (const v of views) v.bench = [];
+  drawLatency();
+  for (const v of views) {
+    v.busy = true;
+    updateButtons();
+    try {
+      const done = v.next(["done"]);
+      v.send({ type: "bench", contexts: BENCH_CONTEXTS, steps: BENCH_STEPS });
+      await done;
+    } catch (e) {
+      console.warn(e.message);
+    } finally {
+      v.busy = false;
+      updateButtons();
+    }
+  }
+});
+
+function svgEl(w, h, body) {
+  return `<svg viewBox="0 0 ${w} ${h}" role="img" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif">${body}</svg>`;
+}
+
+function drawLatency() {
+  const pts = views.flatMap((v) => v.bench.map((b) => ({ ...b, key: v.spec.key })));
+  if (!pts.length) return;
+  const W = 460, H = 260, L = 52, R = 12, T = 12, B = 36;
+  const xs = BENCH_CONTEXTS.map(Math.log2);
+  const x = (c) => L + ((Math.log2(c) - xs[0]) / (xs[xs.length - 1] - xs[0])) * (W - L - R);
+  const ymax = Math.max(...pts.map((p) => p.p95_ms)) * 1.1 || 1;
+  const y = (ms) => H - B - (ms / ymax) * (H - T - B);
+  let body = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>`;
+  for (const c of BENCH_CONTEXTS) body += `<text x="${x(c)}" y="${H - B + 14}" text-anchor="middle">${c}</text>`;
+  body += `<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">context (tokens, log scale)</text>`;
+  for (let i = 0; i <= 4; i++) {
+    const v = (ymax * i) / 4;
+    body += `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(v < 10 ? 1 : 0)}</text>`;
+  }
+  body += `<text transform="translate(12 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">ms / token</text>`;
+  views.forEach((v, i) => {
+    const ps = v.bench;
+    if (!ps.length) return;
+    const col = COLORS[v.spec.key];
+    body += `<polyline fill="none" stroke="${col}" stroke-width="2" points="${ps.map((p) => `${x(p.context)},${y(p.median_ms)}`).join(" ")}"/>`;
+    for (const p of ps) {
+      body += `<line x1="${x(p.context)}" x2="${x(p.context)}" y1="${y(p.median_ms)}" y2="${y(p.p95_ms)}" stroke="${col}" opacity=".5"/>`;
+      body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(v.spec.title)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
+    }
+    body += `<text x="${L + 8}" y="${T + 12 + 14 * i}" fill="${col}">${esc(v.spec.title)}</text>`;
+  });
+  $("latency-chart").innerHTML = svgEl(W, H, body);
+}
+
+function drawSizes() {
+  const ready = views.filter((v) => v.manifest);
+  if (!ready.length) return;
+  const W = 460, H = 200, L = 150, R = 70, rowH = 22;
+  const rows = [];
+  for (const v of ready) {
+    const m = v.manifest;
+    rows.push({ label: `${v.spec.key}: params`, value: m.params.total, text: fmtCount(m.params.total), key: v.spec.key, group: "p" });
+    rows.push({ label: `${v.spec.key}: active/token`, value: m.params.active_per_token, text: fmtCount(m.params.active_per_token), key: v.spec.key, group: "p" });
+    const bytes = m.files.reduce((a, f) => a + f.bytes, 0);
+    rows.push({ label: `${v.spec.key}: download`, value: bytes, text: fmtBytes(bytes), key: v.spec.key, group: "b" });
+  }
+  const max = { p: Math.max(...rows.filter((r) => r.group === "p").map((r) => r.value)), b: Math.max(...rows.filter((r) => r.group === "b").map((r) => r.value)) };
+  let body = "";
+  rows.forEach((r, i) => {
+    const yy = 10 + i * rowH;
+    const w = ((W - L - R) * r.value) / (max[r.group] || 1);
+    body += `<text x="${L - 6}" y="${yy + 12}" text-anchor="end">${esc(r.label)}</text>`;
+    body += `<rect x="${L}" y="${yy}" width="${w}" height="${rowH - 6}" fill="${COLORS[r.key]}" opacity="${r.group === "b" ? 0.55 : 0.9}"/>`;
+    body += `<text x="${L + w + 4}" y="${yy + 12}">${esc(r.text)}</text>`;
+  });
+  $("size-chart").innerHTML = svgEl(W, Math.max(H, 20 + rows.length * rowH), body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// World QA: greedy answer to "Q: <question>\nA:", one line, from both models
+
+function addQaExamples(manifest) {
+  const box = $("qa-examples");
+  for (const ex of manifest?.eval?.world_qa?.examples || []) {
+    if ([...box.children].some((b) => b.dataset.question === ex.question)) continue;
+    const b = document.createElement("button");
+    b.textContent = ex.question;
+    b.dataset.question = ex.question;
+    b.dataset.expected = ex.expected;
+    b.addEventListener("click", () => {
+      $("qa-question").value = ex.question;
+      $("qa-question").dataset.expected = ex.expected;
+    });
+    box.appendChild(b);
+  }
+}
+
+$("qa-question").addEventListener("input", () => delete $("qa-question").dataset.expected);
+
+$("qa-ask").addEventListener("click", async () => {
+  const q = $("qa-question").value.trim();
+  if (!q) return;
+  const expected = $("qa-question").dataset.expected;
+  const answers = Object.fromEntries(views.map((v) => [v.spec.key, ""]));
+  const render = () => {
+    $("qa-answers").innerHTML = `<table><tr><th>model</th><th>answer</th>${expected ? "<th></th>" : ""}</tr>${views
+      .map((v) => {
+        const a = answers[v.spec.key].split("\n")[0].trim();
+        const mark = expected ? `<td class="${a === expected ? "right" : "wrong"}">${a === expected ? "✓" : `✗ (${esc(expected)})`}</td>` : "";
+        return `<tr><td>${esc(v.spec.title)}</td><td data-answer="${v.spec.key}">${esc(a)}</td>${mark}</tr>`;
+      })
+      .join("")}</table>`;
+  };
+  render();
+  try {
+    await runBoth(`Q: ${q}\nA:`, { max_tokens: 24, temperature: 0, top_k: 0, top_p: 1, seed: 0, stop_at_newline: true }, (v, m) => {
+      answers[v.spec.key] += m.text;
+      render();
+    });
+  } catch (e) {
+    console.warn(e.message);
+  }
+});
+
+updateButtons();
