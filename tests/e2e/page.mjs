@@ -22,12 +22,13 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
   ".wasm": "application/wasm", ".json": "application/json", ".svg": "image/svg+xml" };
 
-function serve(root, rewrite = {}) {
+function serve(dir, rewrite = {}) {
+  const root = path.resolve(dir);
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://x");
     const rel = decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname);
     const file = path.join(root, path.normalize(rel));
-    if (!file.startsWith(path.resolve(root)) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(404).end("not found");
       return;
     }
@@ -50,6 +51,7 @@ async function openPage(browser, origin) {
   const page = await context.newPage();
   const problems = { console: [], foreign: [] };
   page.on("console", (m) => m.type() === "error" && problems.console.push(m.text()));
+  if (process.env.E2E_VERBOSE) page.on("console", (m) => console.log(`  [console.${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => problems.console.push(String(e)));
   page.on("request", (r) => !r.url().startsWith(origin) && !r.url().startsWith("data:") && !r.url().startsWith("blob:") && problems.foreign.push(r.url()));
   await page.goto(origin + "/");
@@ -63,7 +65,11 @@ async function happyPath(browser) {
   const origin = `http://127.0.0.1:${server.address().port}`;
   const { context, page, problems } = await openPage(browser, origin);
   try {
-    await page.waitForFunction(() => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready"), null, { timeout: 180_000 });
+    const bothReady = () => {
+      const cards = [...document.querySelectorAll(".card")];
+      return cards.length === 2 && cards.every((c) => c.dataset.status === "ready");
+    };
+    await page.waitForFunction(bothReady, null, { timeout: 180_000 });
     check(true, "both models load");
     check((await page.textContent("#backend")).includes("CPU"), "the backend badge names the CPU backend");
 
@@ -87,6 +93,8 @@ async function happyPath(browser) {
     }
     check((await page.textContent("#energy-formula")).includes("Horowitz"), "the energy formula and its source are shown");
     check((await page.$$("#size-chart rect")).length === 6, "the size chart has both models' bars");
+    await page.waitForFunction(() => document.querySelectorAll("#state-chart polyline").length === 2, null, { timeout: 30_000 });
+    check(true, "the analytic state-memory chart (main-thread wasm) has both models' curves");
 
     await page.click("#bench");
     await page.waitForFunction(() => document.querySelectorAll("#latency-chart circle").length === 8, null, { timeout: 300_000 });
@@ -102,7 +110,7 @@ async function happyPath(browser) {
     }
 
     await page.reload();
-    await page.waitForFunction(() => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready"), null, { timeout: 120_000 });
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
     for (const model of ["baseline", "itera-lite"]) {
       check((await metric(page, model, 1)).startsWith("0 B /"), `${model}: a reload reads the model from the Cache API (${await metric(page, model, 1)})`);
     }

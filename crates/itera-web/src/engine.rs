@@ -183,7 +183,7 @@ pub fn energy_mj_per_token(config: &Config, context: usize) -> f64 {
 /// The estimate's formula, as the page shows it.
 pub fn energy_formula() -> String {
     format!(
-        "E/token ≈ FLOPs × {PJ_PER_FLOP} pJ + bytes × {PJ_PER_DRAM_BYTE} pJ, FLOPs = the analytic count at the current \
+        "E/token ≈ FLOPs × {PJ_PER_FLOP:.1} pJ + bytes × {PJ_PER_DRAM_BYTE:.0} pJ, FLOPs = the analytic count at the current \
          context, bytes = active weights (4 B each) + decoding state read once from DRAM; per-operation energies from \
          Horowitz, ISSCC 2014, 45 nm (fp32 add 0.9 pJ + multiply 3.7 pJ per multiply-add of 2 FLOPs; 640 pJ per \
          32-bit DRAM read)"

@@ -5,8 +5,10 @@
 //! - [`engine`]: a loaded model + tokenizer + decoding state; no browser APIs, so it also runs
 //!   natively (the wasm tests compare against it);
 //! - [`protocol`]: the JSON messages between page and worker;
+//! - [`analytic`]: the config's cost model for the page's charts (main thread, `src/bin/app.rs`);
 //! - `worker` (wasm32 only): fetch + sha256 check + Cache API, generation, latency benchmark.
 
+pub mod analytic;
 pub mod engine;
 pub mod protocol;
 #[cfg(target_arch = "wasm32")]

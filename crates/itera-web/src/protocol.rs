@@ -62,10 +62,9 @@ pub enum FromWorker {
     /// The model is loaded.
     Loaded {
         manifest: serde_json::Value,
-        bytes: u64,                                   // bytes of the model's files
+        bytes: u64,      // bytes of the model's files
         downloaded: u64, // bytes fetched from the network this time (0: all from the cache)
         load_ms: f64,    // fetch + check + build
-        state_bytes_per_context: Vec<(usize, usize)>, // (context, bytes) from the analytic model
     },
     /// The prompt was read.
     Prefill {

@@ -229,16 +229,8 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
     status(Status::Loading, "building the model");
     yield_now().await;
     let engine = Engine::load(get("config.json")?, get("tokenizer.json")?, get("model.safetensors")?)?;
-    let cfg = engine.config().clone();
     *state.engine.borrow_mut() = Some(engine);
-    let contexts = [64usize, 256, 1024, 4096];
-    post(FromWorker::Loaded {
-        manifest,
-        bytes: total,
-        downloaded,
-        load_ms: now() - t0,
-        state_bytes_per_context: contexts.iter().map(|&c| (c, cfg.state_bytes(c))).collect(),
-    });
+    post(FromWorker::Loaded { manifest, bytes: total, downloaded, load_ms: now() - t0 });
     status(Status::Ready, "");
     Ok(())
 }

@@ -111,6 +111,7 @@ class ModelView {
         this.el("bar").style.width = "100%";
         this.setStatus("ready");
         drawSizes();
+        stateChart = stateChart.then(drawState).catch((e) => console.warn(`state chart: ${e.message}`));
         addQaExamples(m.manifest);
         updateButtons();
         break;
@@ -309,6 +310,42 @@ function drawSizes() {
     body += `<text x="${L + w + 4}" y="${yy + 12}">${esc(r.text)}</text>`;
   });
   $("size-chart").innerHTML = svgEl(W, Math.max(H, 20 + rows.length * rowH), body);
+}
+
+// Decoding-state bytes against context, from itera-model's own formulas: the page's main-thread
+// wasm (src/bin/app.rs) exposes them as wasmBindings.analytic; the config is a small JSON file.
+const STATE_CONTEXTS = [16, 64, 256, 1024, 4096, 16384];
+const analytic = {};
+let stateChart = Promise.resolve(); // draws one after another
+
+async function wasmBindings() {
+  if (window.wasmBindings) return window.wasmBindings;
+  await new Promise((resolve) => window.addEventListener("TrunkApplicationStarted", resolve, { once: true }));
+  return window.wasmBindings;
+}
+
+async function drawState() {
+  for (const v of views.filter((v) => v.manifest && !analytic[v.spec.key])) {
+    const config = await (await fetch(`${v.spec.base}config.json`)).text();
+    analytic[v.spec.key] = JSON.parse((await wasmBindings()).analytic(config, STATE_CONTEXTS));
+  }
+  const keys = Object.keys(analytic);
+  if (!keys.length) return;
+  const W = 460, H = 240, L = 62, R = 12, T = 12, B = 36;
+  const all = keys.flatMap((k) => analytic[k].points.map((p) => p.state_bytes));
+  const [lo, hi] = [Math.log10(Math.min(...all)), Math.log10(Math.max(...all))];
+  const x = (c) => L + (Math.log2(c / STATE_CONTEXTS[0]) / Math.log2(STATE_CONTEXTS.at(-1) / STATE_CONTEXTS[0])) * (W - L - R);
+  const y = (b) => H - B - ((Math.log10(b) - lo) / Math.max(hi - lo, 1e-9)) * (H - T - B);
+  let body = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>`;
+  for (const c of STATE_CONTEXTS) body += `<text x="${x(c)}" y="${H - B + 14}" text-anchor="middle">${c}</text>`;
+  body += `<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">context (tokens, log scale)</text>`;
+  for (let e = Math.ceil(lo); e <= Math.floor(hi); e++) body += `<text x="${L - 6}" y="${y(10 ** e) + 4}" text-anchor="end">${fmtBytes(10 ** e)}</text>`;
+  keys.forEach((k, i) => {
+    const pts = analytic[k].points;
+    body += `<polyline fill="none" stroke="${COLORS[k]}" stroke-width="2" points="${pts.map((p) => `${x(p.context)},${y(p.state_bytes)}`).join(" ")}"/>`;
+    body += `<text x="${L + 8}" y="${T + 12 + 14 * i}" fill="${COLORS[k]}">${esc(k)}: ${fmtBytes(pts.at(-1).state_bytes)} at ${STATE_CONTEXTS.at(-1)}</text>`;
+  });
+  $("state-chart").innerHTML = svgEl(W, H, body);
 }
 
 // ---------------------------------------------------------------------------------------------
