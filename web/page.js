@@ -10,7 +10,7 @@ const BENCH_STEPS = 8;
 const COLORS = { "baseline": "#c2410c", "itera-lite": "#1d4ed8" };
 
 const $ = (id) => document.getElementById(id);
-const fmtBytes = (b) => b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` : b >= 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${b} B`;
+const fmtBytes = (b) => b >= 1 << 20 ? `${+(b / (1 << 20)).toFixed(2)} MiB` : b >= 1024 ? `${+(b / 1024).toFixed(1)} KiB` : `${b} B`;
 const fmtCount = (n) => n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} k` : `${n}`;
 const fmtMs = (ms) => ms == null || !isFinite(ms) ? "–" : ms < 10 ? `${ms.toFixed(2)} ms` : `${ms.toFixed(1)} ms`;
 const quantile = (xs, q) => {
@@ -339,7 +339,10 @@ async function drawState() {
   let body = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>`;
   for (const c of STATE_CONTEXTS) body += `<text x="${x(c)}" y="${H - B + 14}" text-anchor="middle">${c}</text>`;
   body += `<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">context (tokens, log scale)</text>`;
-  for (let e = Math.ceil(lo); e <= Math.floor(hi); e++) body += `<text x="${L - 6}" y="${y(10 ** e) + 4}" text-anchor="end">${fmtBytes(10 ** e)}</text>`;
+  // ticks at powers of 16 bytes: 1 KiB, 16 KiB, 256 KiB, 4 MiB, ...
+  for (let e = Math.ceil(lo / Math.log10(16)); 16 ** e <= 10 ** hi; e++) {
+    if (16 ** e >= 10 ** lo) body += `<text x="${L - 6}" y="${y(16 ** e) + 4}" text-anchor="end">${fmtBytes(16 ** e)}</text>`;
+  }
   keys.forEach((k, i) => {
     const pts = analytic[k].points;
     body += `<polyline fill="none" stroke="${COLORS[k]}" stroke-width="2" points="${pts.map((p) => `${x(p.context)},${y(p.state_bytes)}`).join(" ")}"/>`;

@@ -96,6 +96,18 @@ async function happyPath(browser) {
     await page.waitForFunction(() => document.querySelectorAll("#state-chart polyline").length === 2, null, { timeout: 30_000 });
     check(true, "the analytic state-memory chart (main-thread wasm) has both models' curves");
 
+    // Stop: a long generation is aborted by the button, in both workers. (Greedy: the tiny test
+    // models repeat one token and never reach end-of-text on this prompt.)
+    await page.fill("#max-tokens", "2000");
+    await page.fill("#temperature", "0");
+    // Both clicks in one task: the tiny models write 2000 tokens in well under a second.
+    await page.evaluate(() => {
+      document.querySelector("#generate").click();
+      document.querySelector("#stop").click();
+    });
+    await page.waitForFunction(() => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "aborted"), null, { timeout: 30_000 });
+    check(await page.isEnabled("#generate"), "Stop aborts both generations and the page is ready again");
+
     await page.click("#bench");
     await page.waitForFunction(() => document.querySelectorAll("#latency-chart circle").length === 8, null, { timeout: 300_000 });
     check(true, "latency vs context: 4 points for each model");

@@ -73,7 +73,12 @@ pub fn start() {
         };
         match serde_json::from_str::<ToWorker>(&text) {
             Ok(ToWorker::Abort) => STATE.with(|s| s.abort.set(true)),
-            Ok(msg) => spawn_local(run_job(msg)),
+            Ok(msg) => {
+                // Cleared here, in message order, so that an abort sent right after this job
+                // is not lost even if it arrives before the job's first step.
+                STATE.with(|s| s.abort.set(false));
+                spawn_local(run_job(msg))
+            }
             Err(e) => post(FromWorker::Error { message: format!("bad message {text:?}: {e}") }),
         }
     });
@@ -88,7 +93,6 @@ async fn run_job(msg: ToWorker) {
         post(FromWorker::Error { message: "the worker is busy: stop the current job first".into() });
         return;
     }
-    state.abort.set(false);
     let result = match msg {
         ToWorker::Load { base } => load(&state, &base).await,
         ToWorker::Generate { prompt, max_tokens, temperature, top_k, top_p, seed, stop_at_newline } => {
