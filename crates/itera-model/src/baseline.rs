@@ -95,6 +95,11 @@ impl Attention {
         };
         let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
         let s = k.dim(2)?;
+        // rope on q and k (3 per element); q·k and att·v (2 per multiply-add); scale, mask, softmax (5 per score)
+        let n_scores = (b * h * l * s) as f64;
+        crate::flops::add(
+            3.0 * (q.elem_count() + b * hkv * l * dh) as f64 + 2.0 * 2.0 * n_scores * dh as f64 + 5.0 * n_scores,
+        );
         let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, L, S)
         let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, x.device())?)? } else { scores };
         let att = softmax_last(&scores)?;
@@ -139,6 +144,7 @@ impl SwiGlu {
     /// SwiGLU: down(silu(gate x) * up x).  x (.., D) -> (.., D)
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (linear(x, &self.gate_proj)?.silu()? * linear(x, &self.up_proj)?)?; // (.., I)
+        crate::flops::add(5.0 * h.elem_count() as f64); // silu · mul
         linear(&h, &self.down_proj)
     }
 }
@@ -249,6 +255,7 @@ impl Baseline {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let h = norm(&x, &layer.input_layernorm, eps, fused)?;
             x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache)?)?;
+            crate::flops::add(2.0 * x.elem_count() as f64); // the two residual adds
             let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }

@@ -225,7 +225,8 @@ impl CustomOp3 for ConvSilu {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU storage; errors name the op.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let v = match s {
         CpuStorage::F32(v) => v,
         other => candle_core::bail!("{op}: f32 only, got {:?}", other.dtype()),
@@ -236,6 +237,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
-fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+/// A tensor's values as a flat f32 vector (copied to the host).
+pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }

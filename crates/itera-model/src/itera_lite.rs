@@ -99,6 +99,10 @@ impl MambaMixer {
         let dt = linear(&dt, &self.dt_proj_w)?; // (B, L, ED), before bias and softplus
         let a = self.a_log.exp()?.neg()?; // (ED, N)
 
+        // conv taps + bias + SiLU; dt bias + softplus; scan (Δ·x, then per state exp(Δ·A),
+        // h = e·h + (Δx)·B, y += C·h); D skip; SiLU(z) gate
+        let elems = xc.elem_count() as f64;
+        crate::flops::add(elems * ((2 * k + 1 + 4) as f64 + 4.0 + 1.0 + 7.0 * n as f64 + 2.0 + 5.0));
         // y = (scan(x, softplus(dt + dt_bias), A, B, C) + D x) * silu(z), fused in one kernel
         let inputs =
             ScanInputs { u: &xc, dt: &dt, a: &a, b: &b, c: &c, d: &self.d_skip, dt_bias: &self.dt_proj_b, z: &z };
@@ -241,9 +245,11 @@ impl IteraLite {
             let layer_state = state.as_deref_mut().map(|s| &mut s.layers[i]);
             let fused = self.kernels.fused_ops;
             x = (&x + block.mixer.forward(&norm(&x, &block.norm, eps, fused)?, self.kernels, layer_state)?)?;
+            crate::flops::add(x.elem_count() as f64); // residual add
             if let Some((moe_norm, moe)) = &block.moe {
                 let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused)?, self.kernels.moe)?;
                 x = (x + y)?;
+                crate::flops::add(x.elem_count() as f64); // residual add
                 aux = (aux + layer_aux)?;
             }
         }

@@ -79,7 +79,8 @@ impl SparseMoe {
         let e = self.experts.len();
         let k = self.top_k;
         let probs = softmax_last(&linear(x, &self.router)?)?.contiguous()?; // (T, E)
-                                                                            // routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        crate::flops::add(5.0 * probs.elem_count() as f64);
+        // routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
         let top = probs.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // (T, K) u32
         let gates = probs.gather(&top, 1)?; // (T, K)
         let gates = gates.broadcast_div(&gates.sum_keepdim(1)?)?; // renormalise over the chosen k
@@ -120,6 +121,7 @@ impl SparseMoe {
             let xe = x.index_select(&ids, 0)?; // (n, D)
             let g = gates.index_select(&Tensor::from_slice(&slots[j], n, dev)?, 0)?.unsqueeze(1)?; // (n, 1)
             outs.push(expert.forward(&xe)?.broadcast_mul(&g)?); // (n, D)
+            crate::flops::add(2.0 * (n * d) as f64); // gate scaling, then the add into the output
             dest.extend_from_slice(&tokens[j]);
         }
         let dest = Tensor::from_vec(dest, t * k, dev)?;

@@ -42,6 +42,7 @@ impl Kernels {
 
 /// RMSNorm by the fused op or its elementary twin.
 pub fn norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    crate::flops::add(4.0 * x.elem_count() as f64); // square, sum, scale, weight
     if fused {
         crate::fused::rms_norm_fused(x, w, eps)
     } else {
@@ -104,6 +105,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_core::bail!("linear: input {:?} does not match weight {:?}", dims, w.dims());
     }
     let rows: usize = dims[..dims.len() - 1].iter().product();
+    crate::flops::add(2.0 * (rows * k * m) as f64);
     let mut out_dims = dims[..dims.len() - 1].to_vec();
     out_dims.push(m);
     x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)

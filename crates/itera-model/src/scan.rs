@@ -20,9 +20,9 @@
 //! Fusing the softplus, the skip and the gate into the kernel saves about twenty elementwise
 //! passes over (B, L, ED) tensors per block, forward and backward.
 
+use crate::fused::{f32_slice, host_f32};
 use crate::ops::softplus;
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The scan's inputs. Shapes: u, dt, z (B, L, ED); a (ED, N) (A itself: negative); b, c
@@ -556,7 +556,8 @@ impl CustomOp3 for GatedScan {
             );
         }
         let dims = Dims { bsz, l, ed, n: n2 - 2 };
-        let y = dims.forward(f32_slice(s_udz, l_udz)?, f32_slice(s_p, l_p)?, f32_slice(s_bc, l_bc)?, None);
+        let op = self.name();
+        let y = dims.forward(f32_slice(s_udz, l_udz, op)?, f32_slice(s_p, l_p, op)?, f32_slice(s_bc, l_bc, op)?, None);
         Ok((CpuStorage::F32(y), Shape::from((bsz, l, ed))))
     }
 
@@ -607,21 +608,6 @@ impl CustomOp3 for GatedScan {
             Some(Tensor::from_vec(dbc, (bsz, l, 2 * n), dev)?),
         ))
     }
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        other => candle_core::bail!("gated-selective-scan: f32 only, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("gated-selective-scan: input of shape {:?} is not contiguous", l.shape()),
-    }
-}
-
-fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -225,3 +225,37 @@ fn parameter_count_matches_the_variables_the_model_creates() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn flops_counted_while_running_agree_with_the_analytic_formulas() -> Result<()> {
+    use itera_model::flops::Counting;
+    let mut rng = Rng::new(SEED + 6);
+    let configs = all_tiny().into_iter().chain([
+        ("baseline demo", Config::preset(ModelKind::Baseline, Preset::Demo, 512)),
+        ("itera-lite demo", Config::preset(ModelKind::IteraLite, Preset::Demo, 512)),
+    ]);
+    for (name, cfg) in configs {
+        let (_, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        // Decode: one token that sees `context` positions.
+        for context in [1usize, 17, 64] {
+            let mut state = model.new_state(1)?;
+            if context > 1 {
+                model.forward_with_state(&tokens(&mut rng, 1, context - 1, cfg.vocab_size()), &mut state)?;
+            }
+            let counter = Counting::start();
+            model.forward_with_state(&tokens(&mut rng, 1, 1, cfg.vocab_size()), &mut state)?;
+            let (counted, analytic) = (counter.total(), cfg.decode_flops_per_token(context));
+            println!("{name} decode at {context}: counted {counted:.0}, analytic {analytic:.0}");
+            assert!((counted / analytic - 1.0).abs() < 0.01, "{name}: counted {counted} vs analytic {analytic}");
+        }
+        // Training forward: every token of a (B, L) batch pays for L keys.
+        let (b, l) = (2, 24);
+        let counter = Counting::start();
+        model.forward(&tokens(&mut rng, b, l, cfg.vocab_size()))?;
+        let counted = counter.total() / (b * l) as f64;
+        let analytic = cfg.train_flops_per_token(l) / 3.0;
+        println!("{name} forward at L={l}: counted {counted:.0}/token, analytic {analytic:.0}/token");
+        assert!((counted / analytic - 1.0).abs() < 0.01, "{name}: counted {counted} vs analytic {analytic}");
+    }
+    Ok(())
+}
