@@ -1,12 +1,14 @@
 //! The trainer's library: data (the generated world corpus, text corpora, the BPE tokenizer),
 //! the training loop with exact-resume checkpoints, evaluation, and export. `main.rs` is the CLI.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod export;
 pub mod files;
 pub mod plot;
+pub mod report;
 pub mod source;
 pub mod train;
 pub mod world;

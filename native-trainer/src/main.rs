@@ -85,6 +85,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure exported models on this machine; write results.json, efficiency_report.md, plots
+    Bench(native_trainer::bench::BenchArgs),
+    /// (internal) one model's speed and memory at one thread count, as JSON
+    #[command(hide = true)]
+    BenchChild(native_trainer::bench::ChildArgs),
     /// Export a training run as a Hugging Face folder with a manifest
     Export {
         /// Training run folder (holds checkpoint.safetensors and tokenizer.json)
@@ -192,6 +197,13 @@ fn run(cli: Cli) -> Result<()> {
             writeln!(out)?;
             Ok(())
         }
+        Some(Command::Bench(a)) => {
+            let results = native_trainer::bench::run(&a)?;
+            native_trainer::report::write_report(&results, &a.out)?;
+            eprintln!("report written to {}", a.out.join("efficiency_report.md").display());
+            Ok(())
+        }
+        Some(Command::BenchChild(a)) => native_trainer::bench::child(&a),
         Some(Command::Export { checkpoint, out }) => {
             let m = export(&checkpoint, &out)?;
             eprintln!("exported {} ({} parameters) to {}", m.name, m.params.total, out.display());

@@ -1,9 +1,23 @@
-//! The loss curves of a run as an SVG (plotters' SVG backend: text stays text, no font files).
+//! The loss curves of a run as an SVG, and the font every plot measures and draws text with.
 
 use crate::train::Metric;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use plotters::style::register_font;
 use std::path::Path;
+
+/// Registers DejaVu Sans (embedded by the `dejavu` crate; no system fonts, nothing fetched) as
+/// plotters' sans-serif: text is measured with it for SVG and rasterised with it for PNG.
+pub fn register_fonts() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok =
+        *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("plot: could not register the embedded DejaVu Sans font"))
+    }
+}
 
 /// Draws training cross-entropy and validation loss against training tokens into `path`,
 /// with the unigram loss as a dashed reference line when known.
@@ -32,6 +46,7 @@ pub fn loss_curves_svg(path: &Path, title: &str, metrics: &[Metric], unigram: Op
     let (y_min, y_max) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let pad = 0.05 * (y_max - y_min).max(1e-3);
 
+    register_fonts()?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();

@@ -253,7 +253,8 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>> {
         .collect()
 }
 
-fn code_version() -> String {
+/// This build's version: crate version + git commit.
+pub fn code_version() -> String {
     format!("{}+{}", env!("CARGO_PKG_VERSION"), env!("ITERA_GIT_VERSION"))
 }
 

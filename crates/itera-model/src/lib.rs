@@ -14,6 +14,7 @@
 
 pub mod baseline;
 pub mod config;
+pub mod energy;
 pub mod flops;
 pub mod fused;
 pub mod init;

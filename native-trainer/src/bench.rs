@@ -1,0 +1,465 @@
+//! The benchmark harness: measures exported models on this machine and writes
+//! `results.json`, `efficiency_report.md` and plots (see `report.rs`).
+//!
+//! Speed and memory are measured in child processes (`native-trainer bench-child`), one per
+//! model and thread count: rayon reads its thread count once per process, and a child's peak RSS
+//! is its own. Everything else (sizes, FLOPs, state, quality) is measured in this process.
+
+use crate::checkpoint::FinalEval;
+use crate::data::{self, Corpus};
+use crate::eval::{stream_loss, windows};
+use crate::export::{load_model_dir, Manifest};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use itera_model::flops::Counting;
+use itera_model::init::Rng;
+use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::weights::write_safetensors;
+use itera_model::{Config, Model, ParamCount};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `bench`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Exported model folders to measure (each holds manifest.json)
+    #[arg(long, num_args = 1.., required = true)]
+    pub models: Vec<PathBuf>,
+    /// Report folder: results.json, efficiency_report.md, plots
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+    /// Contexts at which decode latency, FLOPs and state are measured
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024,4096")]
+    pub contexts: Vec<usize>,
+    /// Timed decode steps per context (after the warm-up steps)
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+    /// Untimed decode steps before the timed ones
+    #[arg(long, default_value_t = 4)]
+    pub warmup: usize,
+    /// Thread counts to measure speed at
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Held-out text to measure loss / perplexity / bits per byte on: NAME=PATH (repeatable)
+    #[arg(long = "eval", value_parser = parse_named_path)]
+    pub evals: Vec<(String, PathBuf)>,
+    /// Tokens per evaluation window
+    #[arg(long, default_value_t = 256)]
+    pub eval_seq_len: usize,
+    /// At most this many windows per held-out text (0: all)
+    #[arg(long, default_value_t = 200)]
+    pub eval_windows: usize,
+    /// Batch × sequence length of the measured training step (peak RSS, tokens/s)
+    #[arg(long, value_delimiter = 'x', default_value = "16x256")]
+    pub train_shape: Vec<usize>,
+}
+
+fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+        _ => Err(format!("expected NAME=PATH, got `{s}`")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is measured
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub models: Vec<ModelResults>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub os: String,
+    pub energy_counter: Option<String>, // e.g. "RAPL package 0"; None: energy is estimated
+    pub code_version: String,
+    pub date_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub contexts: Vec<usize>,
+    pub steps: usize,
+    pub warmup: usize,
+    pub threads: Vec<usize>,
+    pub precision: String,
+    pub eval_seq_len: usize,
+    pub train_shape: (usize, usize),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelResults {
+    pub name: String,
+    pub architecture: String,
+    pub folder: String,
+    pub params: ParamCount,
+    pub bytes_f32: u64,       // model.safetensors as exported (f32)
+    pub bytes_f16: u64,       // the same weights serialised as f16
+    pub bytes_all_files: u64, // every file of the export (weights, config, tokenizer)
+    pub training: Option<crate::export::Training>,
+    pub train_eval: Option<FinalEval>,
+    pub per_context: Vec<ContextPoint>,
+    pub speed: Vec<Speed>,
+    pub quality: Vec<Quality>,
+}
+
+/// Figures at one context length.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextPoint {
+    pub context: usize,
+    pub flops_analytic: f64, // config.rs formula, per decoded token
+    pub flops_counted: f64,  // instrumented ops of one real decode step
+    pub state_bytes_analytic: usize,
+    pub state_bytes_measured: usize, // bytes the decoding state really holds there
+    pub energy_mj_estimate: f64,     // itera_model::energy (FLOPs and bytes, Horowitz 2014)
+}
+
+/// Speed and memory at one thread count (from a child process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Speed {
+    pub threads: usize,
+    pub prefill_tokens: usize,
+    pub prefill_tok_per_s: f64,
+    pub decode: Vec<DecodePoint>,
+    pub inference_peak_rss_bytes: u64,
+    pub train_tok_per_s: f64,
+    pub train_peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodePoint {
+    pub context: usize,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    pub samples: usize,
+    /// Measured energy per token (mJ) when the machine has a counter; see `Machine::energy_counter`.
+    pub energy_mj_measured: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quality {
+    pub corpus: String,
+    pub path: String,
+    pub tokens: usize,
+    pub loss: f64,
+    pub perplexity: f64,
+    pub bits_per_byte: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: static figures, quality, and one child per thread count
+
+pub fn run(args: &BenchArgs) -> Result<Results> {
+    if args.contexts.is_empty() || args.threads.is_empty() || args.steps < 2 {
+        bail!("bench needs at least one context, one thread count and 2 timed steps");
+    }
+    if args.train_shape.len() != 2 || args.train_shape.contains(&0) {
+        bail!("--train-shape must look like 16x256, got {:?}", args.train_shape);
+    }
+    let mut models = Vec::new();
+    for dir in &args.models {
+        eprintln!("measuring {}", dir.display());
+        models.push(measure_model(dir, args).with_context(|| format!("benchmarking {}", dir.display()))?);
+    }
+    Ok(Results {
+        machine: machine(),
+        settings: Settings {
+            contexts: args.contexts.clone(),
+            steps: args.steps,
+            warmup: args.warmup,
+            threads: args.threads.clone(),
+            precision: "f32".into(),
+            eval_seq_len: args.eval_seq_len,
+            train_shape: (args.train_shape[0], args.train_shape[1]),
+        },
+        models,
+    })
+}
+
+fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
+    let loaded = load_model_dir(dir)?;
+    let manifest: Option<Manifest> = loaded.manifest.clone();
+    let cfg = loaded.config.clone();
+    let weights_path = dir.join("model.safetensors");
+    let bytes_f32 = std::fs::metadata(&weights_path).with_context(|| weights_path.display().to_string())?.len();
+    let bytes_f16 = f16_bytes(&weights_path)?;
+    let bytes_all_files = manifest.as_ref().map_or(bytes_f32, |m| m.files.iter().map(|f| f.bytes).sum());
+
+    let mut per_context = Vec::new();
+    for &c in args.contexts.iter().filter(|&&c| c <= crate::eval::max_context(&cfg)) {
+        let (flops_counted, state_bytes_measured) = counted_decode_step(&loaded.model, &cfg, c)?;
+        per_context.push(ContextPoint {
+            context: c,
+            flops_analytic: cfg.decode_flops_per_token(c),
+            flops_counted,
+            state_bytes_analytic: cfg.state_bytes(c),
+            state_bytes_measured,
+            energy_mj_estimate: itera_model::energy::energy_mj_per_token(&cfg, c),
+        });
+    }
+
+    let mut quality = Vec::new();
+    for (name, path) in &args.evals {
+        quality.push(held_out_quality(&loaded.model, &loaded.tokenizer, name, path, args)?);
+    }
+
+    let mut speed = Vec::new();
+    for &t in &args.threads {
+        eprintln!("  speed at {t} thread(s)");
+        speed.push(child_speed(dir, t, args)?);
+    }
+    Ok(ModelResults {
+        name: manifest.as_ref().map_or_else(|| dir.display().to_string(), |m| m.name.clone()),
+        architecture: cfg.kind().to_string(),
+        folder: dir.display().to_string(),
+        params: cfg.param_count(),
+        bytes_f32,
+        bytes_f16,
+        bytes_all_files,
+        training: manifest.as_ref().map(|m| m.training.clone()),
+        train_eval: manifest.and_then(|m| m.eval),
+        per_context,
+        speed,
+        quality,
+    })
+}
+
+/// Bytes of the weights serialised as f16 safetensors.
+fn f16_bytes(path: &Path) -> Result<u64> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors = itera_model::weights::read_safetensors(&bytes, &Device::Cpu)?;
+    let half: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F16)?))).collect::<Result<_>>()?;
+    Ok(write_safetensors(&half)?.len() as u64)
+}
+
+/// FLOPs counted over one decode step at `context` (the token sees `context` positions), and
+/// the state bytes held after it.
+fn counted_decode_step(model: &Model, cfg: &Config, context: usize) -> Result<(f64, usize)> {
+    let mut state = model.new_state(1)?;
+    let filler = filler_tokens(context - 1, cfg.vocab_size());
+    for chunk in filler.chunks(512) {
+        model.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, &mut state)?;
+    }
+    let counter = Counting::start();
+    model.forward_with_state(&Tensor::from_slice(&[1u32], (1, 1), &Device::Cpu)?, &mut state)?;
+    Ok((counter.total(), state.bytes()))
+}
+
+/// A fixed token pattern (content does not change the cost of a forward).
+fn filler_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| 1 + (i.wrapping_mul(7919)) % (vocab as u32 - 1)).collect()
+}
+
+fn held_out_quality(
+    model: &Model,
+    tok: &tokenizers::Tokenizer,
+    name: &str,
+    path: &Path,
+    args: &BenchArgs,
+) -> Result<Quality> {
+    // Every document of the file is evaluated (the split only decides the order).
+    let corpus = Corpus::from_path(path, 0.05)?;
+    let docs: Vec<String> = corpus.train.iter().chain(&corpus.valid).cloned().collect();
+    let stream = data::encode_documents(tok, &docs)?;
+    if stream.len() < args.eval_seq_len + 2 {
+        bail!("{}: {} tokens, too short for --eval-seq-len {}", path.display(), stream.len(), args.eval_seq_len);
+    }
+    let max = (args.eval_windows > 0).then_some(args.eval_windows);
+    let starts = windows(stream.len(), args.eval_seq_len, max);
+    let loss = stream_loss(model, &stream, args.eval_seq_len, &starts, 16)?;
+    let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let covered = loss.tokens as f64 / (stream.len() - 1) as f64;
+    Ok(Quality {
+        corpus: name.to_string(),
+        path: path.display().to_string(),
+        tokens: loss.tokens,
+        loss: loss.mean(),
+        perplexity: loss.perplexity(),
+        bits_per_byte: loss.bits_per_byte((bytes as f64 * covered).round() as usize),
+    })
+}
+
+fn child_speed(dir: &Path, threads: usize, args: &BenchArgs) -> Result<Speed> {
+    let exe = std::env::current_exe().context("finding the native-trainer binary")?;
+    let contexts: Vec<String> = args.contexts.iter().map(|c| c.to_string()).collect();
+    let out = std::process::Command::new(exe)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .args(["bench-child", "--model"])
+        .arg(dir)
+        .args(["--contexts", &contexts.join(","), "--steps", &args.steps.to_string(), "--warmup"])
+        .arg(args.warmup.to_string())
+        .args(["--train-shape", &format!("{}x{}", args.train_shape[0], args.train_shape[1])])
+        .output()
+        .context("starting the benchmark child process")?;
+    if !out.status.success() {
+        bail!("benchmark child ({threads} threads) failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut speed: Speed = serde_json::from_slice(&out.stdout).context("reading the benchmark child's output")?;
+    speed.threads = threads;
+    Ok(speed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child: one model, one thread count
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChildArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, value_delimiter = ',')]
+    pub contexts: Vec<usize>,
+    #[arg(long)]
+    pub steps: usize,
+    #[arg(long)]
+    pub warmup: usize,
+    #[arg(long, value_delimiter = 'x')]
+    pub train_shape: Vec<usize>,
+}
+
+/// Measures prefill and decode speed, then one training step; prints `Speed` as JSON.
+pub fn child(a: &ChildArgs) -> Result<()> {
+    let loaded = load_model_dir(&a.model)?;
+    let (model, cfg) = (&loaded.model, &loaded.config);
+    let vocab = cfg.vocab_size();
+    let limit = crate::eval::max_context(cfg);
+
+    // Prefill: a warm-up, then 1024 tokens (or what the model can take) from an empty state.
+    let prefill_tokens = 1024.min(limit - 1);
+    let tokens = filler_tokens(prefill_tokens, vocab);
+    let mut state = model.new_state(1)?;
+    model.forward_with_state(
+        &Tensor::from_slice(&tokens[..64.min(prefill_tokens)], (1, 64.min(prefill_tokens)), &Device::Cpu)?,
+        &mut state,
+    )?;
+    let mut state = model.new_state(1)?;
+    let t = Instant::now();
+    model.forward_with_state(&Tensor::from_slice(&tokens, (1, prefill_tokens), &Device::Cpu)?, &mut state)?;
+    let prefill_tok_per_s = prefill_tokens as f64 / t.elapsed().as_secs_f64();
+
+    let energy = crate::bench::EnergyCounter::open();
+    let mut decode = Vec::new();
+    for &c in &a.contexts {
+        let lead = a.steps + a.warmup;
+        if c > limit || c <= lead {
+            continue;
+        }
+        let mut state = model.new_state(1)?;
+        for chunk in filler_tokens(c - lead, vocab).chunks(512) {
+            model.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, &mut state)?;
+        }
+        let step = |state: &mut itera_model::State, i: usize| -> Result<()> {
+            let id = 1 + (i as u32 * 31) % (vocab as u32 - 1);
+            model.forward_with_state(&Tensor::from_slice(&[id], (1, 1), &Device::Cpu)?, state)?;
+            Ok(())
+        };
+        for i in 0..a.warmup {
+            step(&mut state, i)?;
+        }
+        let e0 = energy.as_ref().map(|e| e.read_uj());
+        let mut times = Vec::with_capacity(a.steps);
+        for i in 0..a.steps {
+            let t = Instant::now();
+            step(&mut state, i)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let energy_mj_measured = match (&energy, e0) {
+            (Some(e), Some(Ok(start))) => {
+                e.read_uj().ok().map(|end| (end.wrapping_sub(start)) as f64 / 1e3 / a.steps as f64)
+            }
+            _ => None,
+        };
+        times.sort_by(|x, y| x.total_cmp(y));
+        let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+        decode.push(DecodePoint {
+            context: c,
+            median_ms: q(0.5),
+            p95_ms: q(0.95),
+            samples: times.len(),
+            energy_mj_measured,
+        });
+    }
+    let inference_peak_rss_bytes = peak_rss_bytes();
+
+    // One training step (after a warm-up step) at the given shape, from a fresh init.
+    let (batch, seq) = (a.train_shape[0], a.train_shape[1].min(limit - 1));
+    let (varmap, train_model) = Model::init(cfg, 0, &Device::Cpu)?;
+    let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
+    let mut rng = Rng::new(1);
+    let mut train_tok_per_s = 0.0;
+    for step in 0..2 {
+        let ids: Vec<u32> = (0..batch * (seq + 1)).map(|_| rng.below(vocab) as u32).collect();
+        let data = Tensor::from_vec(ids, (batch, seq + 1), &Device::Cpu)?;
+        let t = Instant::now();
+        let loss = train_model.loss(&data.narrow(1, 0, seq)?, &data.narrow(1, 1, seq)?)?.total;
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &varmap, 1.0)?;
+        opt.step(&grads, 1e-3)?;
+        if step == 1 {
+            train_tok_per_s = (batch * seq) as f64 / t.elapsed().as_secs_f64();
+        }
+    }
+    let speed = Speed {
+        threads: candle_core::utils::get_num_threads(),
+        prefill_tokens,
+        prefill_tok_per_s,
+        decode,
+        inference_peak_rss_bytes,
+        train_tok_per_s,
+        train_peak_rss_bytes: peak_rss_bytes(),
+    };
+    println!("{}", serde_json::to_string(&speed)?);
+    Ok(())
+}
+
+/// Peak resident set of this process (VmHWM), in bytes; 0 where /proc is not there.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The CPU package energy counter of Linux powercap (Intel/AMD RAPL), when readable.
+pub struct EnergyCounter {
+    path: PathBuf,
+    pub label: String,
+}
+
+impl EnergyCounter {
+    pub fn open() -> Option<Self> {
+        let dir = Path::new("/sys/class/powercap/intel-rapl:0");
+        let path = dir.join("energy_uj");
+        std::fs::read_to_string(&path).ok()?.trim().parse::<u64>().ok()?;
+        let name = std::fs::read_to_string(dir.join("name")).unwrap_or_else(|_| "package-0".into());
+        Some(Self { path, label: format!("RAPL {}", name.trim()) })
+    }
+
+    pub fn read_uj(&self) -> Result<u64> {
+        Ok(std::fs::read_to_string(&self.path)?.trim().parse()?)
+    }
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map_or_else(|| std::env::consts::ARCH.to_string(), |s| s.trim().to_string());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        os: std::env::consts::OS.to_string(),
+        energy_counter: EnergyCounter::open().map(|e| e.label),
+        code_version: crate::train::code_version(),
+        date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    }
+}

@@ -1,0 +1,136 @@
+//! The benchmark harness end to end on two tiny exported models, with small counts: every field
+//! of results.json is there and plausible, the counted FLOPs agree with the formula, the report
+//! and its plots (SVG and PNG) are written. No timing assertions.
+
+use native_trainer::bench::Results;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_native-trainer");
+
+fn run(args: &[&str]) {
+    let out = Command::new(BIN).args(args).output().expect("spawning native-trainer");
+    assert!(out.status.success(), "native-trainer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn export_tiny(model: &str, dir: &Path) -> PathBuf {
+    let (run_dir, export) = (dir.join(format!("run-{model}")), dir.join(model));
+    run(&[
+        "--threads",
+        "1",
+        "train",
+        "--model",
+        model,
+        "--preset",
+        "tiny",
+        "--world-entities",
+        "200",
+        "--vocab-size",
+        "300",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "6",
+        "--qa-questions",
+        "2",
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    export
+}
+
+#[test]
+fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
+    let dir = std::env::temp_dir().join(format!("itera-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (b, i) = (export_tiny("baseline", &dir), export_tiny("itera-lite", &dir));
+    let report = dir.join("report");
+    let alice = native_trainer::source::shared_data_dir().join("alice29.txt");
+    assert!(alice.exists(), "{} is missing (ITERA_DATA_DIR overrides the data folder)", alice.display());
+    run(&[
+        "bench",
+        "--models",
+        b.to_str().unwrap(),
+        i.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+        "--contexts",
+        "16,64",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--train-shape",
+        "2x32",
+        "--eval",
+        &format!("alice={}", alice.display()),
+        "--eval-windows",
+        "4",
+        "--eval-seq-len",
+        "32",
+    ]);
+
+    // Typed parse: a missing field is an error here.
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(report.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.models.len(), 2);
+    assert!(results.machine.cores >= 1 && !results.machine.cpu.is_empty());
+    for m in &results.models {
+        assert!(m.params.total >= m.params.active_per_token && m.params.active_per_token > 0, "{}", m.name);
+        assert!(m.bytes_f16 < m.bytes_f32 && m.bytes_f32 < m.bytes_all_files, "{}: byte counts", m.name);
+        assert_eq!(m.per_context.len(), 2);
+        for p in &m.per_context {
+            assert!(
+                (p.flops_counted / p.flops_analytic - 1.0).abs() < 0.01,
+                "{} at {}: FLOPs {} vs {}",
+                m.name,
+                p.context,
+                p.flops_counted,
+                p.flops_analytic
+            );
+            assert_eq!(p.state_bytes_measured, p.state_bytes_analytic, "{} at {}: state bytes", m.name, p.context);
+            assert!(p.energy_mj_estimate > 0.0);
+        }
+        let s = &m.speed[0];
+        assert_eq!(s.threads, 1);
+        assert!(s.prefill_tok_per_s > 0.0 && s.train_tok_per_s > 0.0, "{}: speeds", m.name);
+        assert!(s.inference_peak_rss_bytes > 0 && s.train_peak_rss_bytes > 0, "{}: RSS", m.name);
+        assert_eq!(s.decode.len(), 2);
+        assert!(s.decode.iter().all(|d| d.median_ms > 0.0 && d.p95_ms >= d.median_ms && d.samples == 3));
+        let q = &m.quality[0];
+        assert_eq!(q.corpus, "alice");
+        assert!(q.loss.is_finite() && q.perplexity > 1.0 && q.bits_per_byte > 0.0 && q.tokens > 0);
+        assert!(m.training.is_some() && m.train_eval.is_some(), "{}: manifest figures", m.name);
+    }
+    // The SSM state does not grow with the context; the KV cache does.
+    let state = |m: usize, c: usize| results.models[m].per_context[c].state_bytes_measured;
+    assert!(state(0, 1) > state(0, 0));
+    assert_eq!(state(1, 1), state(1, 0));
+
+    let md = std::fs::read_to_string(report.join("efficiency_report.md")).unwrap();
+    for section in [
+        "## Models",
+        "## The seed's claims, measured",
+        "## Regime",
+        "analytic formula vs count",
+        "100-300×",
+        "50-200×",
+        "2-10×",
+        "< 20%",
+    ] {
+        assert!(md.contains(section), "efficiency_report.md lacks {section:?}");
+    }
+    for plot in ["latency_vs_context", "quality_vs_bytes", "energy_vs_params"] {
+        let svg = std::fs::read_to_string(report.join(format!("{plot}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg"), "{plot}.svg");
+        let png = std::fs::read(report.join(format!("{plot}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{plot}.png");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Regenerates report/ (efficiency_report.md, results.json, plots): trains whatever models are
+# missing, then runs the benchmark harness on this machine. Every number in the report comes from
+# this run. ITERA_DATA_DIR overrides the public corpora folder (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${ITERA_DATA_DIR:-../shared/data}"
+cargo build --release -p native-trainer
+bin=target/release/native-trainer
+
+# The page's models (generated world corpus: speed, state, world QA).
+if [ ! -f models/baseline/manifest.json ] || [ ! -f models/itera-lite/manifest.json ]; then
+  "$bin"
+fi
+# A pair trained on real text, for held-out quality: TinyStories V2 train (head) only; the
+# held-out texts below are never trained on.
+for m in baseline itera-lite; do
+  if [ ! -f "models/tinystories/$m/manifest.json" ]; then
+    "$bin" train --model "$m" --preset demo --corpus "$data/tinystories_v2_train_head.txt" --steps 160 \
+      --out "runs/tinystories-$m" --resume --export "models/tinystories/$m"
+  fi
+done
+
+# The first baseline and the first Itera-Lite listed are the pair the claims compare.
+"$bin" bench --out report \
+  --models models/tinystories/baseline models/tinystories/itera-lite models/baseline models/itera-lite \
+  --eval "tinystories=$data/tinystories_v1_valid_head.txt" \
+  --eval "wikitext2=$data/wikitext-2-raw_wiki.valid.raw" \
+  --eval "enwik6=$data/enwik6" \
+  --eval "alice29=$data/alice29.txt"
+echo "report: report/efficiency_report.md"
