@@ -215,7 +215,11 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         speed.push(child_speed(dir, t, args)?);
     }
     Ok(ModelResults {
-        name: manifest.as_ref().map_or_else(|| dir.display().to_string(), |m| m.name.clone()),
+        // "baseline-demo [world]": the same preset trained on several corpora stays distinguishable.
+        name: manifest.as_ref().map_or_else(
+            || dir.display().to_string(),
+            |m| format!("{} [{}]", m.name, short_corpus(&m.training.corpus)),
+        ),
         architecture: cfg.kind().to_string(),
         folder: dir.display().to_string(),
         params: cfg.param_count(),
@@ -228,6 +232,15 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         speed,
         quality,
     })
+}
+
+/// "world (entities 10000, seed 0)" -> "world"; "../data/tinystories.txt" -> "tinystories".
+fn short_corpus(corpus: &str) -> String {
+    let c = corpus.split(" (").next().unwrap_or_default();
+    match Path::new(c).file_stem() {
+        Some(stem) if c.contains(std::path::MAIN_SEPARATOR) => stem.to_string_lossy().into_owned(),
+        _ => c.to_string(),
+    }
 }
 
 /// Bytes of the weights serialised as f16 safetensors.

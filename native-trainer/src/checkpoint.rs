@@ -43,6 +43,8 @@ pub struct FinalEval {
     pub valid_tokens: usize,
     pub world_qa: Option<QaResult>, // held-out questions (entities whose QA pairs were never trained on)
     pub unigram_loss: f64,          // entropy of the training unigram distribution on the valid split
+    #[serde(default)]
+    pub tasks: Vec<crate::tasks::TaskResult>, // held-out instances of the targeted tasks trained on
 }
 
 pub struct Checkpoint {

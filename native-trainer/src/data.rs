@@ -256,6 +256,20 @@ fn byte_cut(doc: &str, fraction: f64) -> Option<usize> {
 /// is deterministic: the same documents and size give a byte-identical `tokenizer.json`. A corpus
 /// too small to supply `vocab_size - 257` merges is an error that says how far BPE got.
 pub fn train_tokenizer(docs: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    let tok = train_tokenizer_up_to(docs, vocab_size)?;
+    let got = tok.get_vocab_size(true);
+    if got != vocab_size {
+        bail!(
+            "BPE ran out of pairs to merge at {got} tokens, short of the {vocab_size} asked for: \
+             the corpus is too small; ask for at most {got}"
+        );
+    }
+    Ok(tok)
+}
+
+/// Like [`train_tokenizer`], but a corpus with a closed vocabulary (the generated tasks) may stop
+/// short of `vocab_size`: BPE merges until no pair is left, so every word is one token.
+pub fn train_tokenizer_up_to(docs: &[String], vocab_size: usize) -> Result<Tokenizer> {
     if !VOCAB_RANGE.contains(&vocab_size) {
         bail!(
             "vocab_size must be in {}..={} (256 bytes + {EOT} + merges), got {vocab_size}",
@@ -281,13 +295,6 @@ pub fn train_tokenizer(docs: &[String], vocab_size: usize) -> Result<Tokenizer> 
         .into();
     let pieces = docs.iter().flat_map(|d| d.split(EOT)).filter(|p| !p.is_empty());
     tok.train(&mut trainer, pieces).map_err(|e| anyhow!("BPE training failed: {e}"))?;
-    let got = tok.get_vocab_size(true);
-    if got != vocab_size {
-        bail!(
-            "BPE ran out of pairs to merge at {got} tokens, short of the {vocab_size} asked for: \
-             the corpus is too small; ask for at most {got}"
-        );
-    }
     check_eot(&tok)?;
     Ok(tok)
 }

@@ -151,6 +151,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
         training: Training {
             corpus: match &a.corpus {
                 crate::source::CorpusSpec::World => format!("world (entities {}, seed {})", a.world_entities, a.seed),
+                t @ crate::source::CorpusSpec::Tasks(_) => format!("{t} (seed {})", a.seed),
                 p => p.to_string(),
             },
             preset: a.preset.to_string(),

@@ -1,4 +1,4 @@
-//! The trainer's library: data (the generated world corpus, text corpora, the BPE tokenizer),
+//! The trainer's library: data (the generated world corpus and targeted tasks, text corpora, the BPE tokenizer),
 //! the training loop with exact-resume checkpoints, evaluation, and export. `main.rs` is the CLI.
 
 pub mod bench;
@@ -10,5 +10,6 @@ pub mod files;
 pub mod plot;
 pub mod report;
 pub mod source;
+pub mod tasks;
 pub mod train;
 pub mod world;

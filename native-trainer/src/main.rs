@@ -8,6 +8,7 @@ use itera_model::{ModelKind, Preset};
 use native_trainer::eval::{qa_accuracy, score_text, stream_loss, windows};
 use native_trainer::export::{export, load_model_dir};
 use native_trainer::source::{CorpusSpec, Source};
+use native_trainer::tasks::task_accuracy;
 use native_trainer::train::{train, TrainArgs};
 use native_trainer::{data, files};
 use std::io::Write;
@@ -106,13 +107,13 @@ struct EvalArgs {
     /// Model folder (an export, or a training run folder)
     #[arg(long)]
     model: PathBuf,
-    /// `world` or a .txt file / folder of .txt files
+    /// `world`, `tasks` (or `mqar`, `induction`, `selective-copy`, a comma list), or a .txt file / folder of .txt files
     #[arg(long, default_value = "world")]
     corpus: CorpusSpec,
     /// Entities of the generated world (must match training)
     #[arg(long, default_value_t = 10_000)]
     world_entities: usize,
-    /// Seed of the generated world (must match training)
+    /// Seed of the generated world or tasks (must match training)
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Share of a text corpus's documents that form the validation split (must match training)
@@ -124,7 +125,7 @@ struct EvalArgs {
     /// Windows per forward pass
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Held-out world questions to answer (`--corpus world`; 0 skips)
+    /// Held-out world questions to answer (`--corpus world`), or instances per task (task corpora); 0 skips
     #[arg(long, default_value_t = 200)]
     qa_questions: usize,
     /// Also write the figures as JSON here
@@ -273,6 +274,21 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         report["world_qa"] = serde_json::to_value(&qa)?;
         report["world_qa_accuracy"] = qa.accuracy().into();
+    }
+    if a.qa_questions > 0 && !source.tasks.is_empty() {
+        let results = task_accuracy(&m.model, &m.tokenizer, m.eot, &source.task_eval_instances(a.qa_questions))?;
+        for t in &results {
+            println!(
+                "{} (held-out): {}/{} answers right ({:.1}%), {}/{} instances all right",
+                t.task,
+                t.answers_correct,
+                t.answers,
+                100.0 * t.accuracy(),
+                t.instances_correct,
+                t.instances
+            );
+        }
+        report["tasks"] = serde_json::to_value(&results)?;
     }
     if let Some(path) = a.json {
         files::write_json_atomic(&path, &report)?;

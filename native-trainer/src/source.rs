@@ -1,6 +1,9 @@
-//! Where training text comes from: the generated world (`world`) or a file / folder (`PATH`).
+//! Where training text comes from: the generated world (`world`), the generated targeted tasks
+//! (`mqar`, `induction`, `selective-copy`, a comma list of them, or `tasks` for all three), or a
+//! file / folder (`PATH`; write `./tasks` for a file that is called like a task).
 
 use crate::data::Corpus;
+use crate::tasks::{self, Instance, TaskKind};
 use crate::world::{World, WorldConfig};
 use anyhow::{Context, Result};
 use std::fmt;
@@ -12,6 +15,8 @@ use std::str::FromStr;
 pub enum CorpusSpec {
     /// The project's generated synthetic world (see `world.rs`).
     World,
+    /// The project's generated targeted tasks (see `tasks.rs`), in this order, taking turns.
+    Tasks(Vec<TaskKind>),
     /// A text file, or a folder of .txt files.
     Path(PathBuf),
 }
@@ -22,6 +27,14 @@ impl FromStr for CorpusSpec {
         match s {
             "" => Err("empty corpus (expected `world` or a path)".into()),
             "world" => Ok(CorpusSpec::World),
+            "tasks" => Ok(CorpusSpec::Tasks(TaskKind::ALL.to_vec())),
+            s if s.split(',').next().is_some_and(|k| k.parse::<TaskKind>().is_ok()) => {
+                let kinds = s.split(',').map(str::parse).collect::<Result<Vec<TaskKind>, String>>()?;
+                if kinds.iter().any(|k| kinds.iter().filter(|x| *x == k).count() > 1) {
+                    return Err(format!("task listed twice in `{s}`"));
+                }
+                Ok(CorpusSpec::Tasks(kinds))
+            }
             path => Ok(CorpusSpec::Path(PathBuf::from(path))),
         }
     }
@@ -31,15 +44,19 @@ impl fmt::Display for CorpusSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CorpusSpec::World => f.write_str("world"),
+            CorpusSpec::Tasks(k) if k.as_slice() == TaskKind::ALL => f.write_str("tasks"),
+            CorpusSpec::Tasks(k) => f.write_str(&k.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")),
             CorpusSpec::Path(p) => write!(f, "{}", p.display()),
         }
     }
 }
 
-/// A loaded corpus, with the world it came from when it is the generated one.
+/// A loaded corpus, with the world or the tasks it came from when it is a generated one.
 pub struct Source {
     pub corpus: Corpus,
     pub world: Option<World>,
+    pub tasks: Vec<TaskKind>,
+    seed: u64,
 }
 
 /// Share of the world's entities re-rendered as validation biographies.
@@ -59,10 +76,26 @@ impl Source {
                     train: world.train_documents(),
                     valid: world.valid_documents(n_valid),
                 };
-                Ok(Source { corpus, world: Some(world) })
+                Ok(Source { corpus, world: Some(world), tasks: Vec::new(), seed })
             }
-            CorpusSpec::Path(p) => Ok(Source { corpus: Corpus::from_path(p, valid_fraction)?, world: None }),
+            CorpusSpec::Tasks(kinds) => {
+                let texts = |n, salt| tasks::generate(kinds, n, seed ^ salt).iter().map(Instance::text).collect();
+                let corpus = Corpus {
+                    name: format!("{} (seed {seed})", spec),
+                    train: texts(tasks::TRAIN_INSTANCES, tasks::TRAIN_SALT),
+                    valid: texts(tasks::VALID_INSTANCES, tasks::VALID_SALT),
+                };
+                Ok(Source { corpus, world: None, tasks: kinds.clone(), seed })
+            }
+            CorpusSpec::Path(p) => {
+                Ok(Source { corpus: Corpus::from_path(p, valid_fraction)?, world: None, tasks: Vec::new(), seed })
+            }
         }
+    }
+
+    /// Held-out task instances, `per_task` of each task (an instance stream of its own).
+    pub fn task_eval_instances(&self, per_task: usize) -> Vec<Instance> {
+        tasks::generate(&self.tasks, per_task * self.tasks.len(), self.seed ^ tasks::EVAL_SALT)
     }
 }
 
@@ -85,5 +118,33 @@ impl<'de> serde::Deserialize<'de> for CorpusSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_spec_parses_and_prints_back() {
+        for s in ["world", "tasks", "mqar", "induction,selective-copy", "data/x.txt", "./tasks"] {
+            let spec: CorpusSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+        assert_eq!("mqar,induction,selective-copy".parse::<CorpusSpec>().unwrap().to_string(), "tasks");
+        assert!(matches!("./tasks".parse::<CorpusSpec>().unwrap(), CorpusSpec::Path(_)));
+        assert!("mqar,mqar".parse::<CorpusSpec>().unwrap_err().contains("twice"));
+        assert!("mqar,copy".parse::<CorpusSpec>().unwrap_err().contains("unknown task `copy`"));
+    }
+
+    #[test]
+    fn task_splits_come_from_separate_streams() {
+        let src = Source::load(&"tasks".parse().unwrap(), 0, 5, 0.05).unwrap();
+        assert_eq!(src.corpus.valid.len(), tasks::VALID_INSTANCES);
+        let train: std::collections::HashSet<&String> = src.corpus.train.iter().collect();
+        let eval = src.task_eval_instances(100);
+        assert_eq!(eval.len(), 300);
+        assert!(eval.iter().all(|i| !train.contains(&i.text())), "an evaluation instance was trained on");
+        assert!(src.corpus.valid.iter().all(|d| !train.contains(d)));
     }
 }

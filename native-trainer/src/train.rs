@@ -12,6 +12,7 @@ use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
 use crate::plot;
 use crate::source::{CorpusSpec, Source};
+use crate::tasks::task_accuracy;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,7 +34,8 @@ pub struct TrainArgs {
     /// Size preset: `tiny` (tests), `demo` (the page's models), `seed` (10-50M parameters)
     #[arg(long, default_value = "demo")]
     pub preset: Preset,
-    /// Training text: `world` (the generated corpus) or a .txt file / folder of .txt files
+    /// Training text: `world` (the generated corpus), `tasks` (generated MQAR, induction and selective copying; or
+    /// one of `mqar`, `induction`, `selective-copy`, or a comma list), or a .txt file / folder of .txt files
     #[arg(long, default_value = "world")]
     pub corpus: CorpusSpec,
     /// Entities in the generated world (`--corpus world`), 1 to 100000
@@ -75,9 +77,10 @@ pub struct TrainArgs {
     /// Experts per Itera-Lite block (0 switches MoE off: plain Mamba blocks) [default: the preset's]
     #[arg(long)]
     pub experts: Option<usize>,
-    /// Vocabulary size of the BPE tokenizer trained on the corpus
-    #[arg(long, default_value_t = 2048)]
-    pub vocab_size: usize,
+    /// Vocabulary size of the BPE tokenizer trained on the corpus [default: 2048; task corpora: every merge
+    /// there is (a few hundred tokens), so each task word is one token]
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
     /// Use this tokenizer.json instead of training one
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -93,7 +96,7 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and always at the end)
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
-    /// Held-out world questions answered at the end (`--corpus world`; 0 skips)
+    /// Held-out questions answered at the end: world questions (`--corpus world`), instances per task (task corpora); 0 skips
     #[arg(long, default_value_t = 200)]
     pub qa_questions: usize,
 }
@@ -102,6 +105,7 @@ pub struct TrainArgs {
 const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoint_interval", "qa_questions"];
 
 const DEFAULT_STEPS: usize = 300;
+const DEFAULT_VOCAB_SIZE: usize = 2048;
 const METRICS_FILE: &str = "metrics.jsonl";
 const LOSS_PLOT: &str = "loss.svg";
 const FINAL_EVAL_WINDOWS: usize = 1000;
@@ -134,6 +138,9 @@ impl TrainArgs {
             bail!("--steps must be > 0");
         }
         a.min_lr = Some(a.min_lr.unwrap_or(a.lr / 10.0));
+        if !matches!(a.corpus, CorpusSpec::Tasks(_)) {
+            a.vocab_size = Some(a.vocab_size.unwrap_or(DEFAULT_VOCAB_SIZE));
+        }
         if !(a.lr > 0.0 && a.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", a.lr);
         }
@@ -290,8 +297,12 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     } else if let Some(p) = &args.tokenizer {
         data::load_tokenizer(p)?
     } else {
-        eprintln!("training a {}-token byte-level BPE tokenizer on {}", args.vocab_size, source.corpus.name);
-        data::train_tokenizer(&source.corpus.train, args.vocab_size)?
+        let tok = match args.vocab_size {
+            Some(v) => data::train_tokenizer(&source.corpus.train, v)?,
+            None => data::train_tokenizer_up_to(&source.corpus.train, DEFAULT_VOCAB_SIZE)?,
+        };
+        eprintln!("trained a {}-token byte-level BPE tokenizer on {}", tok.get_vocab_size(true), source.corpus.name);
+        tok
     };
     data::save_tokenizer(&tokenizer, &tok_path)?;
     let eot = eot_id(&tokenizer)?;
@@ -441,6 +452,11 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             .world_qa
             .as_ref()
             .map_or(String::new(), |q| format!("; world QA {}/{} held-out correct", q.correct, q.total))
+            + &final_eval
+                .tasks
+                .iter()
+                .map(|t| format!("; {} {}/{} answers right", t.task, t.answers_correct, t.answers))
+                .collect::<String>()
     ));
     let title = format!("{} {} on {}", args.model, args.preset, source.corpus.name);
     plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, Some(final_eval.unigram_loss))?;
@@ -483,6 +499,10 @@ fn final_eval(
         }
         _ => None,
     };
+    let tasks = match args.qa_questions {
+        0 => Vec::new(),
+        n => task_accuracy(model, tok, eot, &source.task_eval_instances(n))?,
+    };
     Ok(FinalEval {
         valid_loss: v.mean(),
         valid_perplexity: v.perplexity(),
@@ -490,6 +510,7 @@ fn final_eval(
         valid_tokens: v.tokens,
         world_qa,
         unigram_loss: unigram_loss(train_stream, valid_stream, tok.get_vocab_size(true)),
+        tasks,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The benchmark harness end to end on two tiny exported models, with small counts: every field
+//! The benchmark harness end to end on three pairs of tiny exported models (trained on the world,
+//! the tasks and a play), with small counts: every field
 //! of results.json is there and plausible, the counted FLOPs agree with the formula, the report
 //! and its plots (SVG and PNG) are written. No timing assertions.
 
@@ -13,33 +14,31 @@ fn run(args: &[&str]) {
     assert!(out.status.success(), "native-trainer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn export_tiny(model: &str, dir: &Path) -> PathBuf {
-    let (run_dir, export) = (dir.join(format!("run-{model}")), dir.join(model));
+/// Trains and exports a tiny model on `corpus` (`world`, `tasks` or a path), named `label`.
+fn export_tiny(model: &str, corpus: &str, label: &str, dir: &Path) -> PathBuf {
+    let (run_dir, export) = (dir.join(format!("run-{model}-{label}")), dir.join(format!("{model}-{label}")));
+    let vocab: &[&str] = if corpus == "tasks" { &[] } else { &["--vocab-size", "300"] };
     run(&[
-        "--threads",
-        "1",
-        "train",
-        "--model",
-        model,
-        "--preset",
-        "tiny",
-        "--world-entities",
-        "200",
-        "--vocab-size",
-        "300",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "32",
-        "--steps",
-        "6",
-        "--qa-questions",
-        "2",
-        "--out",
-        run_dir.to_str().unwrap(),
-        "--export",
-        export.to_str().unwrap(),
-    ]);
+        &["--threads", "1", "train", "--model", model, "--preset", "tiny", "--corpus", corpus][..],
+        vocab,
+        &[
+            "--world-entities",
+            "200",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--steps",
+            "6",
+            "--qa-questions",
+            "2",
+            "--out",
+            run_dir.to_str().unwrap(),
+            "--export",
+            export.to_str().unwrap(),
+        ],
+    ]
+    .concat());
     export
 }
 
@@ -47,15 +46,44 @@ fn export_tiny(model: &str, dir: &Path) -> PathBuf {
 fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     let dir = std::env::temp_dir().join(format!("itera-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (b, i) = (export_tiny("baseline", &dir), export_tiny("itera-lite", &dir));
+    let data = native_trainer::source::shared_data_dir();
+    let (alice, play) = (data.join("alice29.txt"), data.join("asyoulik.txt"));
+    for f in [&alice, &play] {
+        assert!(f.exists(), "{} is missing (ITERA_DATA_DIR overrides the data folder)", f.display());
+    }
+    let (b, i) = (export_tiny("baseline", "world", "world", &dir), export_tiny("itera-lite", "world", "world", &dir));
+    let (tb, ti) = (export_tiny("baseline", "tasks", "tasks", &dir), export_tiny("itera-lite", "tasks", "tasks", &dir));
+    let play = play.to_str().unwrap();
+    let (pb, pi) = (export_tiny("baseline", play, "play", &dir), export_tiny("itera-lite", play, "play", &dir));
+    // `eval` scores a task model on held-out instances, as training did at its end.
+    let eval_json = dir.join("eval-tasks.json");
+    run(&[
+        "eval",
+        "--model",
+        tb.to_str().unwrap(),
+        "--corpus",
+        "tasks",
+        "--qa-questions",
+        "3",
+        "--seq-len",
+        "32",
+        "--json",
+        eval_json.to_str().unwrap(),
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
+    let tasks = eval["tasks"].as_array().expect("eval --json has per-task results");
+    assert_eq!(tasks.len(), 3);
+    assert!(tasks.iter().all(|t| t["instances"] == 3), "{tasks:?}");
     let report = dir.join("report");
-    let alice = native_trainer::source::shared_data_dir().join("alice29.txt");
-    assert!(alice.exists(), "{} is missing (ITERA_DATA_DIR overrides the data folder)", alice.display());
     run(&[
         "bench",
         "--models",
         b.to_str().unwrap(),
         i.to_str().unwrap(),
+        tb.to_str().unwrap(),
+        ti.to_str().unwrap(),
+        pb.to_str().unwrap(),
+        pi.to_str().unwrap(),
         "--out",
         report.to_str().unwrap(),
         "--contexts",
@@ -79,7 +107,16 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     // Typed parse: a missing field is an error here.
     let results: Results =
         serde_json::from_str(&std::fs::read_to_string(report.join("results.json")).unwrap()).unwrap();
-    assert_eq!(results.models.len(), 2);
+    assert_eq!(results.models.len(), 6);
+    assert_eq!(results.models[0].name, "baseline-tiny [world]");
+    assert_eq!(results.models[3].name, "itera-lite-tiny [tasks]");
+    assert_eq!(results.models[4].name, "baseline-tiny [asyoulik]");
+    for m in &results.models[2..4] {
+        let tasks = &m.train_eval.as_ref().unwrap().tasks;
+        let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(names, ["mqar", "induction", "selective-copy"], "{}", m.name);
+        assert!(tasks.iter().all(|t| t.instances == 2 && t.answers >= 2 && t.answers_correct <= t.answers));
+    }
     assert!(results.machine.cores >= 1 && !results.machine.cpu.is_empty());
     for m in &results.models {
         assert!(m.params.total >= m.params.active_per_token && m.params.active_per_token > 0, "{}", m.name);
@@ -118,6 +155,16 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         "## Models",
         "## The seed's claims, measured",
         "## Regime",
+        "## Quality, pair by pair",
+        "### baseline-tiny [world] vs itera-lite-tiny [world]",
+        "### baseline-tiny [tasks] vs itera-lite-tiny [tasks]",
+        "| mqar: answers right (held-out) |",
+        "| selective-copy: answers right (held-out) |",
+        "| world QA: answers right (held-out) |",
+        "### baseline-tiny [asyoulik] vs itera-lite-tiny [asyoulik]",
+        "| alice (held-out): loss / bits per byte |",
+        "| under 20% quality loss on induction (exact match,",
+        "| under 20% quality loss on alice (itera-lite-tiny [asyoulik] vs baseline-tiny [asyoulik],",
         "analytic formula vs count",
         "100-300×",
         "50-200×",
