@@ -20,6 +20,13 @@ for m in baseline itera-lite; do
       --out "runs/tinystories-$m" --resume --export "models/tinystories/$m"
   fi
 done
+# The same at the `tiny` preset: a second size on the quality-vs-bytes plot.
+for m in baseline itera-lite; do
+  if [ ! -f "models/tinystories-tiny/$m/manifest.json" ]; then
+    "$bin" train --model "$m" --preset tiny --corpus "$data/tinystories_v2_train_head.txt" --steps 1000 \
+      --out "runs/tinystories-tiny-$m" --resume --export "models/tinystories-tiny/$m"
+  fi
+done
 # A pair trained on the generated targeted tasks (MQAR, induction, selective copying). The `tiny`
 # preset (40-60K parameters) trains at ~40K tokens/s, so it can take the ~12K steps these tasks need
 # before the models start to use their context (the `demo` pair stayed at chance for 1.2M tokens).
@@ -35,7 +42,7 @@ done
 # page's models) is the one whose size, speed and energy the claims compare.
 "$bin" bench --out report \
   --models models/baseline models/itera-lite models/tinystories/baseline models/tinystories/itera-lite \
-  models/tasks/baseline models/tasks/itera-lite \
+  models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite \
   --eval "tinystories=$data/tinystories_v1_valid_head.txt" \
   --eval "wikitext2=$data/wikitext-2-raw_wiki.valid.raw" \
   --eval "enwik6=$data/enwik6" \

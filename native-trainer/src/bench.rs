@@ -24,8 +24,11 @@ use std::time::Instant;
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Exported model folders to measure (each holds manifest.json)
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "render_only")]
     pub models: Vec<PathBuf>,
+    /// Measure nothing: rewrite the report and plots from OUT/results.json
+    #[arg(long)]
+    pub render_only: bool,
     /// Report folder: results.json, efficiency_report.md, plots
     #[arg(long, default_value = "report")]
     pub out: PathBuf,

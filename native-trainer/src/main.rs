@@ -199,7 +199,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Bench(a)) => {
-            let results = native_trainer::bench::run(&a)?;
+            let results = if a.render_only {
+                // The same figures, drawn again (after a change to the report's layout).
+                files::read_json(&a.out.join("results.json"))?
+            } else {
+                native_trainer::bench::run(&a)?
+            };
             native_trainer::report::write_report(&results, &a.out)?;
             eprintln!("report written to {}", a.out.join("efficiency_report.md").display());
             Ok(())

@@ -53,6 +53,22 @@ fn pairs(r: &Results) -> Vec<(&ModelResults, &ModelResults)> {
     out
 }
 
+/// The first model of each architecture and preset, labelled `architecture-preset`: speed and
+/// energy do not depend on what a model was trained on, so the plots show each shape once.
+fn distinct_shapes(r: &Results) -> Vec<(String, &ModelResults)> {
+    let mut out: Vec<(String, &ModelResults)> = Vec::new();
+    for m in &r.models {
+        let label = match &m.training {
+            Some(t) => format!("{}-{}", m.architecture, t.preset),
+            None => m.name.clone(),
+        };
+        if !out.iter().any(|(l, _)| *l == label) {
+            out.push((label, m));
+        }
+    }
+    out
+}
+
 /// A model trained on a generated corpus (the world, the tasks): judged on its targeted tasks,
 /// not on real held-out text.
 fn generated_corpus(m: &ModelResults) -> bool {
@@ -450,17 +466,27 @@ macro_rules! render {
 use render;
 
 fn latency_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
+    // One curve per model shape, at the largest thread count measured (the table has the rest).
+    let threads = *r.settings.threads.iter().max().unwrap_or(&1);
+    let series: Vec<(String, Vec<(f64, f64)>)> = distinct_shapes(r)
+        .into_iter()
+        .filter_map(|(label, m)| {
+            let s = m.speed.iter().find(|s| s.threads == threads)?;
+            Some((label, s.decode.iter().map(|d| (d.context as f64, d.median_ms)).collect()))
+        })
+        .collect();
     {
         root.fill(&WHITE).map_err(e)?;
-        let all: Vec<f64> =
-            r.models.iter().flat_map(|m| m.speed.iter().flat_map(|s| s.decode.iter().map(|d| d.median_ms))).collect();
-        let ymax = all.iter().cloned().fold(0.1, f64::max) * 1.15;
+        let ymax = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).fold(0.1, f64::max) * 1.15;
         let (cmin, cmax) = (
             *r.settings.contexts.iter().min().unwrap_or(&1) as f64,
             *r.settings.contexts.iter().max().unwrap_or(&2) as f64,
         );
         let mut chart = ChartBuilder::on(&root)
-            .caption("Decode latency vs context (median ms per token)", ("sans-serif", 18))
+            .caption(
+                format!("Decode latency vs context ({threads} thread{}, median ms per token)", plural(threads)),
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
@@ -470,76 +496,88 @@ fn latency_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
             .configure_mesh()
             .x_desc("context (tokens, log scale)")
             .y_desc("ms / token")
+            .x_labels(6)
             .x_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(e)?;
-        let mut k = 0;
-        for m in &r.models {
-            for s in &m.speed {
-                let color = PALETTE[k % PALETTE.len()];
-                k += 1;
-                let pts: Vec<(f64, f64)> = s.decode.iter().map(|d| (d.context as f64, d.median_ms)).collect();
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                    .map_err(e)?
-                    .label(format!("{} ({} thread{})", m.name, s.threads, if s.threads == 1 { "" } else { "s" }))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
-            }
+        for (k, (label, pts)) in series.into_iter().enumerate() {
+            let color = PALETTE[k % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(e)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
         root.present().map_err(e)?;
     }
     Ok(())
 }
 
-/// Loss on each held-out text against model bytes; the Pareto frontier (smaller and better) drawn.
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Bits per byte on each held-out text against model bytes, for the models trained on real text
+/// (a model trained on a generated corpus has never seen such text); the Pareto frontier (smaller
+/// and better) drawn per text.
 fn quality_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
+    let models: Vec<&ModelResults> =
+        r.models.iter().filter(|m| !generated_corpus(m) && !m.quality.is_empty()).collect();
     {
         root.fill(&WHITE).map_err(e)?;
-        let corpora: Vec<String> = {
-            let mut v: Vec<String> = r.models.iter().flat_map(|m| m.quality.iter().map(|q| q.corpus.clone())).collect();
-            v.dedup();
-            v.sort();
-            v.dedup();
-            v
-        };
+        let mut corpora: Vec<String> = models.iter().flat_map(|m| m.quality.iter().map(|q| q.corpus.clone())).collect();
+        corpora.sort();
+        corpora.dedup();
         let pts: Vec<(f64, f64)> =
-            r.models.iter().flat_map(|m| m.quality.iter().map(move |q| (m.bytes_f32 as f64, q.loss))).collect();
+            models.iter().flat_map(|m| m.quality.iter().map(move |q| (m.bytes_f32 as f64, q.bits_per_byte))).collect();
         let (xmin, xmax) = pts.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
-        let (ymin, ymax) = pts.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        let ymax = pts.iter().fold(0.0f64, |hi, p| hi.max(p.1));
         let caption = if pts.is_empty() {
-            "Quality vs bytes (no held-out text given: pass --eval NAME=PATH)"
+            "Quality vs bytes (no model trained on real text, or no --eval NAME=PATH given)"
         } else {
-            "Held-out loss vs model bytes (lower left is better)"
+            "Held-out bits per byte vs model bytes (lower left is better)"
         };
-        let (xmin, xmax) = if pts.is_empty() { (1.0, 10.0) } else { (xmin * 0.7, xmax * 1.4) };
-        let (ymin, ymax) = if pts.is_empty() { (0.0, 1.0) } else { (ymin - 0.1, ymax + 0.1) };
+        let (xmin, xmax) = if pts.is_empty() { (1.0, 10.0) } else { (xmin * 0.5, xmax * 2.0) };
+        let ymax = if pts.is_empty() { 1.0 } else { ymax * 1.15 };
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+            .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..ymax)
             .map_err(e)?;
         chart
             .configure_mesh()
-            .x_desc("model.safetensors bytes (f32)")
-            .y_desc("loss (nats / token)")
-            .x_label_formatter(&|v| format!("{:.1} MiB", v / 1048576.0))
+            .x_desc("model.safetensors bytes (f32, log scale)")
+            .y_desc("bits per byte")
+            .x_labels(6)
+            .x_label_formatter(&|v| format!("{:.2} MiB", v / 1048576.0))
             .draw()
             .map_err(e)?;
         for (k, corpus) in corpora.iter().enumerate() {
             let color = PALETTE[k % PALETTE.len()];
-            let mut cp: Vec<(f64, f64, String)> = r
-                .models
+            let mut cp: Vec<(f64, f64, String)> = models
                 .iter()
                 .filter_map(|m| {
-                    m.quality.iter().find(|q| &q.corpus == corpus).map(|q| (m.bytes_f32 as f64, q.loss, m.name.clone()))
+                    let q = m.quality.iter().find(|q| &q.corpus == corpus)?;
+                    let preset = m.training.as_ref().map_or("?", |t| t.preset.as_str());
+                    Some((m.bytes_f32 as f64, q.bits_per_byte, format!("{}-{preset}", m.architecture)))
                 })
                 .collect();
             cp.sort_by(|a, b| a.0.total_cmp(&b.0));
-            // Pareto frontier: walking up in size, keep points that lower the best loss so far.
+            // Pareto frontier: walking up in size, keep points that lower the best so far.
             let mut frontier = Vec::new();
             let mut best = f64::INFINITY;
             for p in &cp {
@@ -551,30 +589,39 @@ fn quality_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
             chart
                 .draw_series(LineSeries::new(frontier, color.stroke_width(1)))
                 .map_err(e)?
-                .label(corpus.clone())
+                .label(format!("{corpus} (frontier)"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            // Names once, beside the lowest text's points, so they do not pile up.
+            let named = k == 0;
             chart
-                .draw_series(cp.iter().map(|p| {
+                .draw_series(cp.iter().enumerate().map(|(j, p)| {
+                    let offset = if j % 2 == 0 { (-30, 8) } else { (6, -14) };
                     EmptyElement::at((p.0, p.1))
                         + Circle::new((0, 0), 4, color.filled())
-                        + Text::new(p.2.clone(), (6, -6), ("sans-serif", 11))
+                        + Text::new(if named { p.2.clone() } else { String::new() }, offset, ("sans-serif", 11))
                 }))
                 .map_err(e)?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
         root.present().map_err(e)?;
     }
     Ok(())
 }
 
-/// Energy per token (at the longest context measured) against active parameters.
+/// Energy per token (at the longest context measured) against active parameters, one point per
+/// model shape.
 fn energy_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
     let cmax = *r.settings.contexts.iter().max().unwrap_or(&0);
-    let pts: Vec<(f64, f64, String, &'static str)> = r
-        .models
-        .iter()
-        .filter_map(|m| {
-            energy_mj(m, cmax).map(|(en, kind)| (m.params.active_per_token as f64, en, m.name.clone(), kind))
+    let pts: Vec<(f64, f64, String, &'static str)> = distinct_shapes(r)
+        .into_iter()
+        .filter_map(|(label, m)| {
+            energy_mj(m, cmax).map(|(en, kind)| (m.params.active_per_token as f64, en, label, kind))
         })
         .collect();
     {
@@ -589,7 +636,14 @@ fn energy_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) ->
             .y_label_area_size(56)
             .build_cartesian_2d((xmin.min(1e6) * 0.5..xmax.max(2.0) * 2.0).log_scale(), 0.0..ymax)
             .map_err(e)?;
-        chart.configure_mesh().x_desc("active parameters per token").y_desc("mJ / token").draw().map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("active parameters per token (log scale)")
+            .y_desc("mJ / token")
+            .x_labels(6)
+            .x_label_formatter(&|v| format!("{:.2} M", v / 1e6))
+            .draw()
+            .map_err(e)?;
         chart
             .draw_series(pts.iter().enumerate().map(|(k, p)| {
                 let color = PALETTE[k % PALETTE.len()];

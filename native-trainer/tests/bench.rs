@@ -173,6 +173,10 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     ] {
         assert!(md.contains(section), "efficiency_report.md lacks {section:?}");
     }
+    // The report is a function of results.json alone: redrawing it gives the same text.
+    std::fs::remove_file(report.join("efficiency_report.md")).unwrap();
+    run(&["bench", "--render-only", "--out", report.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(report.join("efficiency_report.md")).unwrap(), md);
     for plot in ["latency_vs_context", "quality_vs_bytes", "energy_vs_params"] {
         let svg = std::fs::read_to_string(report.join(format!("{plot}.svg"))).unwrap();
         assert!(svg.starts_with("<svg"), "{plot}.svg");
