@@ -37,12 +37,18 @@ for m in baseline itera-lite; do
       --out "runs/tasks-$m" --resume --export "models/tasks/$m"
   fi
 done
+# The same Itera-Lite with MoE off (plain Mamba blocks): an ablation beside the pair.
+if [ ! -f "models/tasks/itera-lite-moe-off/manifest.json" ]; then
+  "$bin" --threads 1 train --model itera-lite --experts 0 --preset tiny --corpus tasks --steps 12000 --batch-size 16 \
+    --seq-len 128 --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 2000 \
+    --out "runs/tasks-itera-lite-moe-off" --resume --export "models/tasks/itera-lite-moe-off"
+fi
 
 # Models trained on the same corpus at the same preset form a pair; the first pair listed (the
 # page's models) is the one whose size, speed and energy the claims compare.
 "$bin" bench --out report \
   --models models/baseline models/itera-lite models/tinystories/baseline models/tinystories/itera-lite \
-  models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite \
+  models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
   --eval "tinystories=$data/tinystories_v1_valid_head.txt" \
   --eval "wikitext2=$data/wikitext-2-raw_wiki.valid.raw" \
   --eval "enwik6=$data/enwik6" \

@@ -35,11 +35,12 @@ pub struct BenchArgs {
     /// Contexts at which decode latency, FLOPs and state are measured
     #[arg(long, value_delimiter = ',', default_value = "64,256,1024,4096")]
     pub contexts: Vec<usize>,
-    /// Timed decode steps per context (after the warm-up steps)
-    #[arg(long, default_value_t = 32)]
+    /// Timed decode steps per context (after the warm-up steps); many, so that a burst of noise
+    /// from a shared machine moves the median little
+    #[arg(long, default_value_t = 128)]
     pub steps: usize,
     /// Untimed decode steps before the timed ones
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     pub warmup: usize,
     /// Thread counts to measure speed at
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -362,35 +363,41 @@ pub fn child(a: &ChildArgs) -> Result<()> {
     let energy = crate::bench::EnergyCounter::open();
     let mut decode = Vec::new();
     for &c in &a.contexts {
-        let lead = a.steps + a.warmup;
-        if c > limit || c <= lead {
+        if c > limit || c < 8 {
             continue;
         }
-        let mut state = model.new_state(1)?;
-        for chunk in filler_tokens(c - lead, vocab).chunks(512) {
-            model.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, &mut state)?;
-        }
+        // Timed steps end at context c. Short contexts cannot hold all of them at once, so the
+        // samples come in rounds, each from a fresh state filled up to just before its window.
+        let per_round = a.steps.min(c / 4).max(1);
+        let warmup = a.warmup.min(c / 4);
         let step = |state: &mut itera_model::State, i: usize| -> Result<()> {
             let id = 1 + (i as u32 * 31) % (vocab as u32 - 1);
             model.forward_with_state(&Tensor::from_slice(&[id], (1, 1), &Device::Cpu)?, state)?;
             Ok(())
         };
-        for i in 0..a.warmup {
-            step(&mut state, i)?;
-        }
-        let e0 = energy.as_ref().map(|e| e.read_uj());
         let mut times = Vec::with_capacity(a.steps);
-        for i in 0..a.steps {
-            let t = Instant::now();
-            step(&mut state, i)?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let energy_mj_measured = match (&energy, e0) {
-            (Some(e), Some(Ok(start))) => {
-                e.read_uj().ok().map(|end| (end.wrapping_sub(start)) as f64 / 1e3 / a.steps as f64)
+        let mut energy_uj: Option<u64> = energy.as_ref().map(|_| 0);
+        while times.len() < a.steps {
+            let timed = per_round.min(a.steps - times.len());
+            let mut state = model.new_state(1)?;
+            for chunk in filler_tokens(c - timed - warmup, vocab).chunks(512) {
+                model.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, &mut state)?;
             }
-            _ => None,
-        };
+            for i in 0..warmup {
+                step(&mut state, i)?;
+            }
+            let e0 = energy.as_ref().map(|e| e.read_uj());
+            for i in 0..timed {
+                let t = Instant::now();
+                step(&mut state, i)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            energy_uj = match (&energy, e0, energy_uj) {
+                (Some(e), Some(Ok(start)), Some(sum)) => e.read_uj().ok().map(|end| sum + end.wrapping_sub(start)),
+                _ => None,
+            };
+        }
+        let energy_mj_measured = energy_uj.map(|uj| uj as f64 / 1e3 / times.len() as f64);
         times.sort_by(|x, y| x.total_cmp(y));
         let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
         decode.push(DecodePoint {

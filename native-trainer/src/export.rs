@@ -139,7 +139,11 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
         .collect::<Result<Vec<_>>>()?;
     let a = &meta.args;
     let manifest = Manifest {
-        name: format!("{}-{}", a.model, a.preset),
+        // "itera-lite-demo"; "-moe-off" when its blocks are plain Mamba.
+        name: match &meta.config {
+            Config::IteraLite(c) if c.num_experts == 0 => format!("{}-{}-moe-off", a.model, a.preset),
+            _ => format!("{}-{}", a.model, a.preset),
+        },
         architecture: a.model.to_string(),
         model_type: match meta.config {
             Config::Baseline(_) => "llama".into(),

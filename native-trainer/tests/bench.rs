@@ -16,11 +16,16 @@ fn run(args: &[&str]) {
 
 /// Trains and exports a tiny model on `corpus` (`world`, `tasks` or a path), named `label`.
 fn export_tiny(model: &str, corpus: &str, label: &str, dir: &Path) -> PathBuf {
+    export_tiny_with(model, corpus, label, &[], dir)
+}
+
+fn export_tiny_with(model: &str, corpus: &str, label: &str, extra: &[&str], dir: &Path) -> PathBuf {
     let (run_dir, export) = (dir.join(format!("run-{model}-{label}")), dir.join(format!("{model}-{label}")));
     let vocab: &[&str] = if corpus == "tasks" { &[] } else { &["--vocab-size", "300"] };
     run(&[
         &["--threads", "1", "train", "--model", model, "--preset", "tiny", "--corpus", corpus][..],
         vocab,
+        extra,
         &[
             "--world-entities",
             "200",
@@ -53,6 +58,7 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     }
     let (b, i) = (export_tiny("baseline", "world", "world", &dir), export_tiny("itera-lite", "world", "world", &dir));
     let (tb, ti) = (export_tiny("baseline", "tasks", "tasks", &dir), export_tiny("itera-lite", "tasks", "tasks", &dir));
+    let tm = export_tiny_with("itera-lite", "tasks", "tasks-moe-off", &["--experts", "0"], &dir);
     let play = play.to_str().unwrap();
     let (pb, pi) = (export_tiny("baseline", play, "play", &dir), export_tiny("itera-lite", play, "play", &dir));
     // `eval` scores a task model on held-out instances, as training did at its end.
@@ -82,6 +88,7 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         i.to_str().unwrap(),
         tb.to_str().unwrap(),
         ti.to_str().unwrap(),
+        tm.to_str().unwrap(),
         pb.to_str().unwrap(),
         pi.to_str().unwrap(),
         "--out",
@@ -107,11 +114,12 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     // Typed parse: a missing field is an error here.
     let results: Results =
         serde_json::from_str(&std::fs::read_to_string(report.join("results.json")).unwrap()).unwrap();
-    assert_eq!(results.models.len(), 6);
+    assert_eq!(results.models.len(), 7);
     assert_eq!(results.models[0].name, "baseline-tiny [world]");
     assert_eq!(results.models[3].name, "itera-lite-tiny [tasks]");
-    assert_eq!(results.models[4].name, "baseline-tiny [asyoulik]");
-    for m in &results.models[2..4] {
+    assert_eq!(results.models[4].name, "itera-lite-tiny-moe-off [tasks]");
+    assert_eq!(results.models[5].name, "baseline-tiny [asyoulik]");
+    for m in &results.models[2..5] {
         let tasks = &m.train_eval.as_ref().unwrap().tasks;
         let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
         assert_eq!(names, ["mqar", "induction", "selective-copy"], "{}", m.name);
@@ -157,7 +165,8 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         "## Regime",
         "## Quality, pair by pair",
         "### baseline-tiny [world] vs itera-lite-tiny [world]",
-        "### baseline-tiny [tasks] vs itera-lite-tiny [tasks]",
+        "### baseline-tiny [tasks] vs itera-lite-tiny [tasks], itera-lite-tiny-moe-off [tasks]",
+        "| itera-lite-tiny-moe-off [tasks] vs baseline |",
         "| mqar: answers right (held-out) |",
         "| selective-copy: answers right (held-out) |",
         "| world QA: answers right (held-out) |",
