@@ -34,11 +34,16 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// What makes two models comparable: the corpus and preset they were trained on.
+fn training_key(m: &ModelResults) -> Option<(&str, &str)> {
+    m.training.as_ref().map(|t| (t.corpus.as_str(), t.preset.as_str()))
+}
+
 /// Baseline / Itera-Lite pairs trained on the same corpus at the same preset, in the order the
 /// models were given. The first pair is the one whose speed, size and energy the claims compare;
 /// with no such pair, the first baseline and the first Itera-Lite given.
 fn pairs(r: &Results) -> Vec<(&ModelResults, &ModelResults)> {
-    let key = |m: &ModelResults| m.training.as_ref().map(|t| (t.corpus.clone(), t.preset.clone()));
+    let key = training_key;
     let mut out: Vec<(&ModelResults, &ModelResults)> = r
         .models
         .iter()
@@ -373,7 +378,7 @@ const TASK_CHANCE: f64 = 1.0 / crate::tasks::BLOCK_WORDS as f64;
 /// The Itera-Lite models trained like `b` (same corpus and preset): the pair's own, then any
 /// variants (e.g. MoE off), in the order given. Without a training record, just `i`.
 fn variants<'a>(r: &'a Results, b: &ModelResults, i: &'a ModelResults) -> Vec<&'a ModelResults> {
-    let key = |m: &ModelResults| m.training.as_ref().map(|t| (t.corpus.clone(), t.preset.clone()));
+    let key = training_key;
     if key(b).is_none() || key(i) != key(b) {
         return vec![i];
     }
