@@ -40,6 +40,17 @@ pub struct Training {
     pub wall_seconds: f64,
     pub tokens_per_second: f64,
     pub threads: usize,
+    /// Held-out exact match against training tokens, from the run's periodic evaluations
+    /// (the paper's synthetic tasks); empty for other corpora.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accuracy_curve: Vec<CurvePoint>,
+}
+
+/// One periodic evaluation of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub tokens: u64,
+    pub accuracy: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,7 +166,9 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
         training: Training {
             corpus: match &a.corpus {
                 crate::source::CorpusSpec::World => format!("world (entities {}, seed {})", a.world_entities, a.seed),
-                t @ crate::source::CorpusSpec::Tasks(_) => format!("{t} (seed {})", a.seed),
+                t @ (crate::source::CorpusSpec::Tasks(_) | crate::source::CorpusSpec::Synthetic(_)) => {
+                    format!("{t} (seed {})", a.seed)
+                }
                 p => p.to_string(),
             },
             preset: a.preset.to_string(),
@@ -163,10 +176,11 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
             steps: meta.step,
             tokens: meta.tokens_seen,
             batch_size: a.batch_size,
-            seq_len: a.seq_len,
+            seq_len: a.input_len(),
             wall_seconds: meta.elapsed_s,
             tokens_per_second: meta.tokens_seen as f64 / meta.elapsed_s.max(1e-9),
             threads: meta.threads,
+            accuracy_curve: crate::train::accuracy_curve(&crate::train::read_metrics(run)?),
         },
         eval: meta.final_eval.clone(),
         code_version: meta.code_version.clone(),

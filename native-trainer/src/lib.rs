@@ -10,6 +10,7 @@ pub mod files;
 pub mod plot;
 pub mod report;
 pub mod source;
+pub mod synthetic;
 pub mod tasks;
 pub mod train;
 pub mod world;

@@ -8,6 +8,7 @@ use itera_model::{ModelKind, Preset};
 use native_trainer::eval::{qa_accuracy, score_text, stream_loss, windows};
 use native_trainer::export::{export, load_model_dir};
 use native_trainer::source::{CorpusSpec, Source};
+use native_trainer::synthetic::{self, SyntheticTask};
 use native_trainer::tasks::task_accuracy;
 use native_trainer::train::{train, TrainArgs};
 use native_trainer::{data, files};
@@ -107,7 +108,8 @@ struct EvalArgs {
     /// Model folder (an export, or a training run folder)
     #[arg(long)]
     model: PathBuf,
-    /// `world`, `tasks` (or `mqar`, `induction`, `selective-copy`, a comma list), or a .txt file / folder of .txt files
+    /// `world`, `tasks` (or `mqar`, `induction`, `selective-copy`, a comma list), `induction-heads` or
+    /// `selective-copying` (exact match at the training length and its multiples), or a .txt file / folder of .txt files
     #[arg(long, default_value = "world")]
     corpus: CorpusSpec,
     /// Entities of the generated world (must match training)
@@ -119,13 +121,14 @@ struct EvalArgs {
     /// Share of a text corpus's documents that form the validation split (must match training)
     #[arg(long, default_value_t = 0.05)]
     valid_fraction: f64,
-    /// Tokens per evaluation window
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
+    /// Tokens per evaluation window [default: 256]; for `induction-heads` / `selective-copying`, the length the
+    /// model was trained at [default: the paper's, 256 / 4096], scored at it and its multiples
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Windows per forward pass
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Held-out world questions to answer (`--corpus world`), or instances per task (task corpora); 0 skips
+    /// Held-out world questions to answer (`--corpus world`), or instances per task (and length) for task corpora; 0 skips
     #[arg(long, default_value_t = 200)]
     qa_questions: usize,
     /// Also write the figures as JSON here
@@ -238,18 +241,21 @@ const DEFAULT_DEMO_STEPS: usize = 160;
 
 fn eval(a: EvalArgs) -> Result<()> {
     let m = load_model_dir(&a.model)?;
+    if let CorpusSpec::Synthetic(task) = a.corpus {
+        return eval_synthetic(&a, &m, task);
+    }
     let source = Source::load(&a.corpus, a.world_entities, a.seed, a.valid_fraction)?;
     let stream = data::encode_documents(&m.tokenizer, &source.corpus.valid)?;
-    if stream.len() < a.seq_len + 2 {
+    let seq_len = a.seq_len.unwrap_or(256);
+    if stream.len() < seq_len + 2 {
         anyhow::bail!(
-            "the validation split has {} tokens; --seq-len {} needs at least {}",
+            "the validation split has {} tokens; --seq-len {seq_len} needs at least {}",
             stream.len(),
-            a.seq_len,
-            a.seq_len + 2
+            seq_len + 2
         );
     }
-    let starts = windows(stream.len(), a.seq_len, None);
-    let loss = stream_loss(&m.model, &stream, a.seq_len, &starts, a.batch_size)?;
+    let starts = windows(stream.len(), seq_len, None);
+    let loss = stream_loss(&m.model, &stream, seq_len, &starts, a.batch_size)?;
     let covered = loss.tokens as f64 / (stream.len() - 1) as f64;
     let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
     let mut report = serde_json::json!({
@@ -297,6 +303,40 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(path) = a.json {
         files::write_json_atomic(&path, &report)?;
+    }
+    Ok(())
+}
+
+/// Exact match on held-out instances of one of the paper's synthetic tasks, at the training
+/// length and its multiples.
+fn eval_synthetic(a: &EvalArgs, m: &native_trainer::export::LoadedModel, task: SyntheticTask) -> Result<()> {
+    if m.tokenizer.get_vocab(true) != task.tokenizer()?.get_vocab(true) {
+        anyhow::bail!("{} was not trained on {task}: its tokenizer has another vocabulary", a.model.display());
+    }
+    let len = a.seq_len.unwrap_or(task.train_len());
+    if len < task.min_len() {
+        anyhow::bail!("--seq-len {len} is too short for {task}: at least {}", task.min_len());
+    }
+    let results = synthetic::evaluate(&m.model, task, len, a.qa_questions, a.seed)?;
+    for t in &results {
+        println!(
+            "{} (held-out): {}/{} answers right ({:.1}%), {}/{} instances all right",
+            t.label(),
+            t.answers_correct,
+            t.answers,
+            100.0 * t.accuracy(),
+            t.instances_correct,
+            t.instances
+        );
+    }
+    if let Some(path) = &a.json {
+        let report = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "corpus": task.name(),
+            "train_len": len,
+            "tasks": results,
+        });
+        files::write_json_atomic(path, &report)?;
     }
     Ok(())
 }

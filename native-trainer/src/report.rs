@@ -15,6 +15,9 @@ pub fn write_report(results: &Results, out: &Path) -> Result<()> {
     render!(out, "latency_vs_context", latency_plot(results));
     render!(out, "quality_vs_bytes", quality_plot(results));
     render!(out, "energy_vs_params", energy_plot(results));
+    if results.models.iter().any(|m| m.training.as_ref().is_some_and(|t| !t.accuracy_curve.is_empty())) {
+        render!(out, "accuracy_vs_tokens", accuracy_plot(results));
+    }
     write_atomic(&out.join("efficiency_report.md"), markdown(results).as_bytes())
 }
 
@@ -87,7 +90,7 @@ fn targeted(m: &ModelResults) -> Vec<(String, f64, Option<f64>)> {
     if let Some(q) = &e.world_qa {
         v.push(("world QA".to_string(), q.accuracy(), None));
     }
-    v.extend(e.tasks.iter().map(|t| (t.task.clone(), t.accuracy(), Some(t.instance_accuracy()))));
+    v.extend(e.tasks.iter().map(|t| (t.label(), t.accuracy(), Some(t.instance_accuracy()))));
     v
 }
 
@@ -560,6 +563,52 @@ fn latency_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
             .map_err(e)?;
         root.present().map_err(e)?;
     }
+    Ok(())
+}
+
+/// Held-out exact match at the training length against tokens trained, one curve per model
+/// whose run measured one (the paper's synthetic tasks): where each run learned its task, if it did.
+fn accuracy_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = r
+        .models
+        .iter()
+        .filter_map(|m| {
+            let t = m.training.as_ref().filter(|t| !t.accuracy_curve.is_empty())?;
+            Some((m.name.clone(), t.accuracy_curve.iter().map(|p| (p.tokens as f64, 100.0 * p.accuracy)).collect()))
+        })
+        .collect();
+    root.fill(&WHITE).map_err(e)?;
+    let xmax = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Held-out exact match at the training length vs tokens trained", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, 0.0..105.0)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("training tokens")
+        .y_desc("answers right (%)")
+        .x_label_formatter(&|x| if xmax >= 2e6 { format!("{:.0}M", x / 1e6) } else { format!("{:.0}k", x / 1e3) })
+        .draw()
+        .map_err(e)?;
+    for (k, (label, pts)) in series.into_iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(e)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
     Ok(())
 }
 

@@ -1,8 +1,11 @@
-//! Where training text comes from: the generated world (`world`), the generated targeted tasks
-//! (`mqar`, `induction`, `selective-copy`, a comma list of them, or `tasks` for all three), or a
-//! file / folder (`PATH`; write `./tasks` for a file that is called like a task).
+//! Where training data comes from: the generated world (`world`), the generated targeted tasks
+//! (`mqar`, `induction`, `selective-copy`, a comma list of them, or `tasks` for all three), the
+//! Mamba paper's synthetic tasks (`induction-heads`, `selective-copying`: token sequences drawn
+//! fresh every step, see `synthetic.rs`), or a file / folder (`PATH`; write `./tasks` for a file
+//! that is called like a task).
 
 use crate::data::Corpus;
+use crate::synthetic::SyntheticTask;
 use crate::tasks::{self, Instance, TaskKind};
 use crate::world::{World, WorldConfig};
 use anyhow::{Context, Result};
@@ -17,6 +20,8 @@ pub enum CorpusSpec {
     World,
     /// The project's generated targeted tasks (see `tasks.rs`), in this order, taking turns.
     Tasks(Vec<TaskKind>),
+    /// One of the Mamba paper's synthetic tasks (see `synthetic.rs`): not text.
+    Synthetic(SyntheticTask),
     /// A text file, or a folder of .txt files.
     Path(PathBuf),
 }
@@ -28,6 +33,7 @@ impl FromStr for CorpusSpec {
             "" => Err("empty corpus (expected `world` or a path)".into()),
             "world" => Ok(CorpusSpec::World),
             "tasks" => Ok(CorpusSpec::Tasks(TaskKind::ALL.to_vec())),
+            s if s.parse::<SyntheticTask>().is_ok() => Ok(CorpusSpec::Synthetic(s.parse()?)),
             s if s.split(',').next().is_some_and(|k| k.parse::<TaskKind>().is_ok()) => {
                 let kinds = s.split(',').map(str::parse).collect::<Result<Vec<TaskKind>, String>>()?;
                 if kinds.iter().any(|k| kinds.iter().filter(|x| *x == k).count() > 1) {
@@ -46,6 +52,7 @@ impl fmt::Display for CorpusSpec {
             CorpusSpec::World => f.write_str("world"),
             CorpusSpec::Tasks(k) if k.as_slice() == TaskKind::ALL => f.write_str("tasks"),
             CorpusSpec::Tasks(k) => f.write_str(&k.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")),
+            CorpusSpec::Synthetic(t) => f.write_str(t.name()),
             CorpusSpec::Path(p) => write!(f, "{}", p.display()),
         }
     }
@@ -87,6 +94,9 @@ impl Source {
                 };
                 Ok(Source { corpus, world: None, tasks: kinds.clone(), seed })
             }
+            CorpusSpec::Synthetic(t) => {
+                anyhow::bail!("`{t}` is a synthetic task of token sequences, not a text corpus")
+            }
             CorpusSpec::Path(p) => {
                 Ok(Source { corpus: Corpus::from_path(p, valid_fraction)?, world: None, tasks: Vec::new(), seed })
             }
@@ -127,12 +137,13 @@ mod tests {
 
     #[test]
     fn corpus_spec_parses_and_prints_back() {
-        for s in ["world", "tasks", "mqar", "induction,selective-copy", "data/x.txt", "./tasks"] {
+        for s in ["world", "tasks", "mqar", "induction,selective-copy", "induction-heads", "data/x.txt", "./tasks"] {
             let spec: CorpusSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
         }
         assert_eq!("mqar,induction,selective-copy".parse::<CorpusSpec>().unwrap().to_string(), "tasks");
         assert!(matches!("./tasks".parse::<CorpusSpec>().unwrap(), CorpusSpec::Path(_)));
+        assert!(matches!("selective-copying".parse::<CorpusSpec>().unwrap(), CorpusSpec::Synthetic(_)));
         assert!("mqar,mqar".parse::<CorpusSpec>().unwrap_err().contains("twice"));
         assert!("mqar,copy".parse::<CorpusSpec>().unwrap_err().contains("unknown task `copy`"));
     }

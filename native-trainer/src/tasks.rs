@@ -219,6 +219,9 @@ pub const VALID_INSTANCES: usize = 1_500;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task: String,
+    /// Sequence length the instances had, for tasks scored at several (the paper's synthetic tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<usize>,
     pub answers_correct: usize,
     pub answers: usize,
     pub instances_correct: usize, // every answer of the instance right
@@ -226,6 +229,13 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// The task's name, with the length when it was scored at one: `induction-heads @ 4096`.
+    pub fn label(&self) -> String {
+        match self.length {
+            Some(l) => format!("{} @ {l}", self.task),
+            None => self.task.clone(),
+        }
+    }
     /// Share of answers right (the headline figure).
     pub fn accuracy(&self) -> f64 {
         self.answers_correct as f64 / self.answers.max(1) as f64

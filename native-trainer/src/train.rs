@@ -12,14 +12,15 @@ use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
 use crate::plot;
 use crate::source::{CorpusSpec, Source};
+use crate::synthetic::{self, AnswerBatch, Sequence, SyntheticTask};
 use crate::tasks::task_accuracy;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use itera_model::init::Rng;
+use itera_model::init::{InitScheme, Rng};
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use itera_model::weights::{assign_varmap, varmap_tensors};
-use itera_model::{Config, Model, ModelKind, Preset};
+use itera_model::{Config, Losses, Model, ModelKind, Preset};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,8 +35,10 @@ pub struct TrainArgs {
     /// Size preset: `tiny` (tests), `demo` (the page's models), `seed` (10-50M parameters)
     #[arg(long, default_value = "demo")]
     pub preset: Preset,
-    /// Training text: `world` (the generated corpus), `tasks` (generated MQAR, induction and selective copying; or
-    /// one of `mqar`, `induction`, `selective-copy`, or a comma list), or a .txt file / folder of .txt files
+    /// Training data: `world` (the generated corpus), `tasks` (generated MQAR, induction and selective copying; or
+    /// one of `mqar`, `induction`, `selective-copy`, or a comma list), `induction-heads` or `selective-copying` (the
+    /// Mamba paper's synthetic tasks: vocabulary 16, fresh sequences every step, loss on the answers), or a .txt file /
+    /// folder of .txt files
     #[arg(long, default_value = "world")]
     pub corpus: CorpusSpec,
     /// Entities in the generated world (`--corpus world`), 1 to 100000
@@ -53,9 +56,10 @@ pub struct TrainArgs {
     /// Sequences per batch
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Tokens per sequence
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Tokens per sequence [default: 256; `induction-heads`: 256 and `selective-copying`: 4096 positions before the
+    /// 16 markers, as in the paper]
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Peak learning rate
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -74,6 +78,11 @@ pub struct TrainArgs {
     /// Weight α of the MoE load-balancing loss [default: the preset's, 0.01]
     #[arg(long)]
     pub aux_loss_weight: Option<f64>,
+    /// Init of Itera-Lite's mixer projections: `mamba` (state-spaces/mamba's: nn.Linear's kaiming-uniform) or
+    /// `normal` (N(0, 0.02), as Hugging Face's MambaPreTrainedModel)
+    #[arg(long, default_value = "mamba")]
+    #[serde(default = "normal_init")]
+    pub init: InitScheme,
     /// Experts per Itera-Lite block (0 switches MoE off: plain Mamba blocks) [default: the preset's]
     #[arg(long)]
     pub experts: Option<usize>,
@@ -101,10 +110,19 @@ pub struct TrainArgs {
     pub qa_questions: usize,
 }
 
+/// Runs checkpointed before `--init` existed used N(0, 0.02).
+fn normal_init() -> InitScheme {
+    InitScheme::Normal
+}
+
 /// Fields a resumed run may change: they affect neither the data, nor the model, nor the math.
 const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoint_interval", "qa_questions"];
 
 const DEFAULT_STEPS: usize = 300;
+const DEFAULT_SEQ_LEN: usize = 256;
+/// Held-out sequences of a synthetic task scored at each periodic evaluation (its accuracy curve).
+const SYNTHETIC_VALID: usize = 256;
+const SYNTHETIC_VALID_TOKENS: usize = 1 << 18;
 const DEFAULT_VOCAB_SIZE: usize = 2048;
 const METRICS_FILE: &str = "metrics.jsonl";
 const LOSS_PLOT: &str = "loss.svg";
@@ -124,10 +142,23 @@ impl TrainArgs {
     /// Checks the arguments and fills in the derived defaults (steps, min_lr).
     pub fn resolve(&self) -> Result<TrainArgs> {
         let mut a = self.clone();
-        if a.batch_size == 0 || a.seq_len == 0 {
+        let synthetic = match a.corpus {
+            CorpusSpec::Synthetic(t) => Some(t),
+            _ => None,
+        };
+        a.seq_len = Some(a.seq_len.unwrap_or(synthetic.map_or(DEFAULT_SEQ_LEN, SyntheticTask::train_len)));
+        if a.batch_size == 0 || a.seq_len == Some(0) {
             bail!("--batch-size and --seq-len must be > 0");
         }
-        let per_step = (a.batch_size * a.seq_len) as u64;
+        if let Some(t) = synthetic {
+            if a.seq_len() < t.min_len() {
+                bail!("--seq-len {} is too short for {t}: at least {}", a.seq_len(), t.min_len());
+            }
+            if a.vocab_size.is_some() || a.tokenizer.is_some() {
+                bail!("--vocab-size and --tokenizer do not apply to {t}: its vocabulary is fixed (16 task tokens)");
+            }
+        }
+        let per_step = (a.batch_size * a.input_len()) as u64;
         a.steps = Some(match (a.steps, a.tokens) {
             (Some(s), _) => s,
             (None, Some(t)) => t.div_ceil(per_step) as usize,
@@ -138,7 +169,7 @@ impl TrainArgs {
             bail!("--steps must be > 0");
         }
         a.min_lr = Some(a.min_lr.unwrap_or(a.lr / 10.0));
-        if !matches!(a.corpus, CorpusSpec::Tasks(_)) {
+        if !matches!(a.corpus, CorpusSpec::Tasks(_) | CorpusSpec::Synthetic(_)) {
             a.vocab_size = Some(a.vocab_size.unwrap_or(DEFAULT_VOCAB_SIZE));
         }
         if !(a.lr > 0.0 && a.lr.is_finite()) {
@@ -155,6 +186,19 @@ impl TrainArgs {
 
     pub fn steps(&self) -> usize {
         self.steps.unwrap_or(DEFAULT_STEPS)
+    }
+
+    /// Tokens per sequence (for `selective-copying`: positions before the markers).
+    pub fn seq_len(&self) -> usize {
+        self.seq_len.unwrap_or(DEFAULT_SEQ_LEN)
+    }
+
+    /// Tokens of one training sequence as the model reads it.
+    pub fn input_len(&self) -> usize {
+        match self.corpus {
+            CorpusSpec::Synthetic(t) => t.input_len(self.seq_len()),
+            _ => self.seq_len(),
+        }
     }
 
     /// The model config: the preset at this vocabulary, with the MoE overrides.
@@ -192,25 +236,54 @@ pub fn lr_at(step: usize, a: &TrainArgs) -> f64 {
     min_lr + coeff * (lr - min_lr)
 }
 
-/// Random training windows from a seeded stream: the stream's state is the data cursor.
+/// What a run trains on: a token stream cut into windows, or a synthetic task's generator.
+enum Data {
+    Text { source: Source, train_stream: Vec<u32>, valid_stream: Vec<u32> },
+    Synthetic { task: SyntheticTask, valid: Vec<Sequence> },
+}
+
+/// Training batches from a seeded stream, whose state is the data cursor: random windows of
+/// the token stream, or fresh instances of a synthetic task (a new draw every step).
 struct Batcher<'a> {
-    stream: &'a [u32],
+    data: &'a Data,
     rng: Rng,
     batch: usize,
     seq_len: usize,
 }
 
+/// One step's batch: next-token targets everywhere, or a synthetic task's answers.
+enum Batch {
+    Next { inputs: Tensor, targets: Tensor }, // (B, L) each
+    Answers(AnswerBatch),
+}
+
 impl Batcher<'_> {
-    /// (inputs, targets), each (B, L).
-    fn next(&mut self) -> Result<(Tensor, Tensor)> {
-        let span = self.stream.len() - self.seq_len - 1;
-        let mut ids = Vec::with_capacity(self.batch * (self.seq_len + 1));
-        for _ in 0..self.batch {
-            let s = self.rng.below(span + 1);
-            ids.extend_from_slice(&self.stream[s..s + self.seq_len + 1]);
+    fn next(&mut self) -> Result<Batch> {
+        match self.data {
+            Data::Text { train_stream: stream, .. } => {
+                let span = stream.len() - self.seq_len - 1;
+                let mut ids = Vec::with_capacity(self.batch * (self.seq_len + 1));
+                for _ in 0..self.batch {
+                    let s = self.rng.below(span + 1);
+                    ids.extend_from_slice(&stream[s..s + self.seq_len + 1]);
+                }
+                let data = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), &Device::Cpu)?;
+                Ok(Batch::Next { inputs: data.narrow(1, 0, self.seq_len)?, targets: data.narrow(1, 1, self.seq_len)? })
+            }
+            Data::Synthetic { task, .. } => {
+                let seqs: Vec<Sequence> = (0..self.batch).map(|_| task.instance(self.seq_len, &mut self.rng)).collect();
+                Ok(Batch::Answers(synthetic::batch(&seqs)?))
+            }
         }
-        let data = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), &Device::Cpu)?;
-        Ok((data.narrow(1, 0, self.seq_len)?, data.narrow(1, 1, self.seq_len)?))
+    }
+}
+
+impl Batch {
+    fn loss(&self, model: &Model) -> Result<Losses> {
+        Ok(match self {
+            Batch::Next { inputs, targets } => model.loss(inputs, targets)?,
+            Batch::Answers(b) => model.loss_at(&b.inputs, &b.positions, &b.targets)?,
+        })
     }
 }
 
@@ -233,6 +306,9 @@ pub enum Metric {
         step: usize,
         valid_loss: f64,
         valid_perplexity: f64,
+        /// Exact match on held-out sequences at the training length (synthetic tasks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy: Option<f64>,
     },
 }
 
@@ -258,6 +334,26 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<Metric>> {
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
         .collect()
+}
+
+/// (tokens trained, held-out accuracy) at each periodic evaluation that measured one.
+pub fn accuracy_curve(metrics: &[Metric]) -> Vec<crate::export::CurvePoint> {
+    let mut tokens_at_step = std::collections::HashMap::new();
+    let mut curve = Vec::new();
+    for m in metrics {
+        match m {
+            Metric::Train { step, tokens, .. } => {
+                tokens_at_step.insert(*step, *tokens);
+            }
+            Metric::Eval { step, accuracy: Some(accuracy), .. } => {
+                if let Some(&tokens) = tokens_at_step.get(step) {
+                    curve.push(crate::export::CurvePoint { tokens, accuracy: *accuracy });
+                }
+            }
+            Metric::Eval { .. } => {}
+        }
+    }
+    curve
 }
 
 /// This build's version: crate version + git commit.
@@ -290,34 +386,46 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
     // ---- data
-    let source = Source::load(&args.corpus, args.world_entities, args.seed, args.valid_fraction)?;
     let tok_path = out.join("tokenizer.json");
-    let tokenizer = if previous.is_some() && tok_path.exists() {
-        data::load_tokenizer(&tok_path)?
-    } else if let Some(p) = &args.tokenizer {
-        data::load_tokenizer(p)?
-    } else {
-        let tok = match args.vocab_size {
-            Some(v) => data::train_tokenizer(&source.corpus.train, v)?,
-            None => data::train_tokenizer_up_to(&source.corpus.train, DEFAULT_VOCAB_SIZE)?,
-        };
-        eprintln!("trained a {}-token byte-level BPE tokenizer on {}", tok.get_vocab_size(true), source.corpus.name);
-        tok
+    let seq_len = args.seq_len();
+    let (data, tokenizer) = match args.corpus {
+        CorpusSpec::Synthetic(task) => {
+            // At most ~256K tokens per periodic evaluation (64 sequences of 4096 for copying).
+            let n = (SYNTHETIC_VALID_TOKENS / task.input_len(seq_len)).clamp(32, SYNTHETIC_VALID);
+            let valid = task.instances(n, seq_len, args.seed ^ synthetic::VALID_SALT);
+            (Data::Synthetic { task, valid }, task.tokenizer()?)
+        }
+        _ => {
+            let source = Source::load(&args.corpus, args.world_entities, args.seed, args.valid_fraction)?;
+            let tokenizer = if previous.is_some() && tok_path.exists() {
+                data::load_tokenizer(&tok_path)?
+            } else if let Some(p) = &args.tokenizer {
+                data::load_tokenizer(p)?
+            } else {
+                let tok = match args.vocab_size {
+                    Some(v) => data::train_tokenizer(&source.corpus.train, v)?,
+                    None => data::train_tokenizer_up_to(&source.corpus.train, DEFAULT_VOCAB_SIZE)?,
+                };
+                let (n, name) = (tok.get_vocab_size(true), &source.corpus.name);
+                eprintln!("trained a {n}-token byte-level BPE tokenizer on {name}");
+                tok
+            };
+            let train_stream = encode_documents(&tokenizer, &source.corpus.train)?;
+            let valid_stream = encode_documents(&tokenizer, &source.corpus.valid)?;
+            for (name, s) in [("training", &train_stream), ("validation", &valid_stream)] {
+                if s.len() < seq_len + 2 {
+                    bail!(
+                        "the {name} split has {} tokens; --seq-len {seq_len} needs at least {}",
+                        s.len(),
+                        seq_len + 2
+                    );
+                }
+            }
+            (Data::Text { source, train_stream, valid_stream }, tokenizer)
+        }
     };
     data::save_tokenizer(&tokenizer, &tok_path)?;
     let eot = eot_id(&tokenizer)?;
-    let train_stream = encode_documents(&tokenizer, &source.corpus.train)?;
-    let valid_stream = encode_documents(&tokenizer, &source.corpus.valid)?;
-    for (name, s) in [("training", &train_stream), ("validation", &valid_stream)] {
-        if s.len() < args.seq_len + 2 {
-            bail!(
-                "the {name} split has {} tokens; --seq-len {} needs at least {}",
-                s.len(),
-                args.seq_len,
-                args.seq_len + 2
-            );
-        }
-    }
 
     // ---- model and optimizer
     let cfg = args.model_config(tokenizer.get_vocab_size(true))?;
@@ -327,14 +435,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         }
     }
     write_json_atomic(&out.join("config.json"), &cfg)?;
-    let (varmap, model) = Model::init(&cfg, args.seed, &Device::Cpu)?;
+    let (varmap, model) = Model::init_with(&cfg, args.seed, args.init, &Device::Cpu)?;
     let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
-    let mut batcher = Batcher {
-        stream: &train_stream,
-        rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001),
-        batch: args.batch_size,
-        seq_len: args.seq_len,
-    };
+    let mut batcher =
+        Batcher { data: &data, rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001), batch: args.batch_size, seq_len };
     let mut meta = CheckpointMeta {
         step: 0,
         rng_state: batcher.rng.state(),
@@ -362,32 +466,40 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     let mut log = MetricsLog::create(out, &metrics)?;
 
     let p = cfg.param_count();
+    let corpus_tokens = match &data {
+        Data::Text { train_stream, .. } => format!("{} training tokens", train_stream.len()),
+        Data::Synthetic { task, .. } => format!("{task} drawn fresh every step"),
+    };
     eprintln!(
-        "{} {}: {:.2}M parameters ({:.2}M active per token), {} training tokens, {} steps of {} × {}",
+        "{} {}: {:.2}M parameters ({:.2}M active per token), {corpus_tokens}, {} steps of {} × {}",
         args.model,
         args.preset,
         p.total as f64 / 1e6,
         p.active_per_token as f64 / 1e6,
-        train_stream.len(),
         args.steps(),
         args.batch_size,
-        args.seq_len
+        args.input_len()
     );
 
     // ---- the loop
     let steps = args.steps();
     let bar = progress_bar(steps, meta.step);
     let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
-    let eval_starts = windows(valid_stream.len(), args.seq_len, Some(args.eval_batches * args.batch_size));
+    let eval_starts = match &data {
+        Data::Text { valid_stream, .. } => {
+            windows(valid_stream.len(), seq_len, Some(args.eval_batches * args.batch_size))
+        }
+        Data::Synthetic { .. } => Vec::new(),
+    };
     let started = Instant::now();
     let elapsed_before = meta.elapsed_s;
-    let tokens_per_step = (args.batch_size * args.seq_len) as u64;
+    let tokens_per_step = (args.batch_size * args.input_len()) as u64;
     while meta.step < steps {
         let step = meta.step;
         let t0 = Instant::now();
-        let (x, y) = batcher.next()?;
+        let batch = batcher.next()?;
         let lr = lr_at(step, &args);
-        let losses = model.loss(&x, &y)?;
+        let losses = batch.loss(&model)?;
         let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
         if !loss.is_finite() {
             bar.abandon();
@@ -424,11 +536,21 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
 
         if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
-            let v = stream_loss(&model, &valid_stream, args.seq_len, &eval_starts, args.batch_size)?;
-            meta.last_valid_loss = Some(v.mean());
-            log.write(&Metric::Eval { step: meta.step, valid_loss: v.mean(), valid_perplexity: v.perplexity() })?;
-            say(format!("step {}: train loss {ce:.4}, val loss {:.4}", meta.step, v.mean()));
-            let title = format!("{} {} on {} (step {})", args.model, args.preset, source.corpus.name, meta.step);
+            let (valid_loss, accuracy) = match &data {
+                Data::Text { valid_stream, .. } => {
+                    (stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean(), None)
+                }
+                Data::Synthetic { task, valid } => {
+                    let (loss, r) = synthetic::score(&model, *task, valid, args.batch_size)?;
+                    (loss, Some(r.accuracy()))
+                }
+            };
+            meta.last_valid_loss = Some(valid_loss);
+            let valid_perplexity = valid_loss.exp();
+            log.write(&Metric::Eval { step: meta.step, valid_loss, valid_perplexity, accuracy })?;
+            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
+            say(format!("step {}: train loss {ce:.4}, val loss {valid_loss:.4}{acc}", meta.step));
+            let title = format!("{} {} on {} (step {})", args.model, args.preset, data.name(), meta.step);
             plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, None)?;
         }
         if meta.step.is_multiple_of(args.checkpoint_interval) && meta.step < steps {
@@ -438,7 +560,12 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     bar.finish_and_clear();
 
     // ---- final evaluation, then the last checkpoint
-    let final_eval = final_eval(&model, &tokenizer, eot, &source, &train_stream, &valid_stream, &args)?;
+    let final_eval = match &data {
+        Data::Text { source, train_stream, valid_stream } => {
+            final_eval(&model, &tokenizer, eot, source, train_stream, valid_stream, &args)?
+        }
+        Data::Synthetic { task, valid } => synthetic_final_eval(&model, *task, valid, &args)?,
+    };
     say(format!(
         "done: {} steps, {} tokens in {:.0} s; valid loss {:.4} (ppl {:.2}, {:.3} bits/byte; unigram {:.4}){}",
         meta.step,
@@ -455,10 +582,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             + &final_eval
                 .tasks
                 .iter()
-                .map(|t| format!("; {} {}/{} answers right", t.task, t.answers_correct, t.answers))
+                .map(|t| format!("; {} {}/{} answers right", t.label(), t.answers_correct, t.answers))
                 .collect::<String>()
     ));
-    let title = format!("{} {} on {}", args.model, args.preset, source.corpus.name);
+    let title = format!("{} {} on {}", args.model, args.preset, data.name());
     plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, Some(final_eval.unigram_loss))?;
     meta.final_eval = Some(final_eval);
     save_checkpoint(out, &meta, &varmap, &opt)?;
@@ -485,8 +612,8 @@ fn final_eval(
     valid_stream: &[u32],
     args: &TrainArgs,
 ) -> Result<FinalEval> {
-    let starts = windows(valid_stream.len(), args.seq_len, Some(FINAL_EVAL_WINDOWS));
-    let v: LossSum = stream_loss(model, valid_stream, args.seq_len, &starts, args.batch_size)?;
+    let starts = windows(valid_stream.len(), args.seq_len(), Some(FINAL_EVAL_WINDOWS));
+    let v: LossSum = stream_loss(model, valid_stream, args.seq_len(), &starts, args.batch_size)?;
     // Bytes covered by the scored tokens, pro rata to the share of the stream scored.
     let covered = v.tokens as f64 / (valid_stream.len() - 1) as f64;
     let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
@@ -512,6 +639,36 @@ fn final_eval(
         unigram_loss: unigram_loss(train_stream, valid_stream, tok.get_vocab_size(true)),
         tasks,
     })
+}
+
+/// A synthetic task's figures: the answer loss on the validation sequences (each answer is one
+/// one-byte symbol, so bits per byte are bits per answer), the loss of guessing uniformly among
+/// the symbols (the unigram model of uniformly drawn answers), and held-out exact match at the
+/// task's evaluation lengths.
+fn synthetic_final_eval(model: &Model, task: SyntheticTask, valid: &[Sequence], args: &TrainArgs) -> Result<FinalEval> {
+    let (loss, r) = synthetic::score(model, task, valid, args.batch_size)?;
+    let tasks = match args.qa_questions {
+        0 => Vec::new(),
+        n => synthetic::evaluate(model, task, args.seq_len(), n, args.seed)?,
+    };
+    Ok(FinalEval {
+        valid_loss: loss,
+        valid_perplexity: loss.exp(),
+        valid_bits_per_byte: loss / std::f64::consts::LN_2,
+        valid_tokens: r.answers,
+        world_qa: None,
+        unigram_loss: (task.symbols() as f64).ln(),
+        tasks,
+    })
+}
+
+impl Data {
+    fn name(&self) -> String {
+        match self {
+            Data::Text { source, .. } => source.corpus.name.clone(),
+            Data::Synthetic { task, .. } => task.to_string(),
+        }
+    }
 }
 
 /// Cross-entropy of the validation tokens under the training split's unigram distribution

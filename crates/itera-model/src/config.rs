@@ -92,6 +92,8 @@ pub enum ModelKind {
 pub enum Preset {
     /// Tests: under 100K parameters at a 256-token vocabulary.
     Tiny,
+    /// The Mamba paper's synthetic-task size: 2 layers of width 64 (arXiv 2312.00752, App. E.1).
+    Small,
     /// The page's models: a few million parameters, trains in minutes on 2 cores.
     Demo,
     /// The seed's scale: 10-50M parameters.
@@ -109,10 +111,11 @@ impl ModelKind {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Demo, Preset::Seed];
+    pub const ALL: [Preset; 4] = [Preset::Tiny, Preset::Small, Preset::Demo, Preset::Seed];
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
+            Preset::Small => "small",
             Preset::Demo => "demo",
             Preset::Seed => "seed",
         }
@@ -146,9 +149,10 @@ impl FromStr for Preset {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "tiny" => Ok(Preset::Tiny),
+            "small" => Ok(Preset::Small),
             "demo" => Ok(Preset::Demo),
             "seed" => Ok(Preset::Seed),
-            _ => Err(format!("unknown preset `{s}` (expected `tiny`, `demo` or `seed`)")),
+            _ => Err(format!("unknown preset `{s}` (expected `tiny`, `small`, `demo` or `seed`)")),
         }
     }
 }
@@ -161,6 +165,7 @@ impl BaselineConfig {
         // (D, I, layers, heads): I ≈ 8/3 D rounded up to a multiple of 64, as Llama does.
         let (d, i, layers, heads) = match preset {
             Preset::Tiny => (32, 64, 2, 2),
+            Preset::Small => (64, 192, 2, 4),
             Preset::Demo => (256, 704, 4, 4),
             Preset::Seed => (512, 1408, 8, 8),
         };
@@ -219,6 +224,7 @@ impl IteraLiteConfig {
         // (D, layers, N, E, H): E experts of SwiGLU width H per block, top-2.
         let (d, layers, n, e, h) = match preset {
             Preset::Tiny => (32, 2, 8, 8, 16),
+            Preset::Small => (64, 2, 16, 8, 32), // Mamba's d_state 16, as the paper's 2-layer d 64 model
             Preset::Demo => (256, 4, 16, 8, 64),
             Preset::Seed => (512, 8, 16, 16, 128),
         };

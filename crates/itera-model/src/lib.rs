@@ -75,9 +75,14 @@ impl Model {
     /// A freshly initialised model for training: its variables live in the returned `VarMap`,
     /// drawn from the seeded init of [`init::init_weights`].
     pub fn init(cfg: &Config, seed: u64, device: &Device) -> Result<(VarMap, Self)> {
+        Self::init_with(cfg, seed, init::InitScheme::default(), device)
+    }
+
+    /// [`Model::init`] with a chosen init scheme for Itera-Lite's mixer projections.
+    pub fn init_with(cfg: &Config, seed: u64, scheme: init::InitScheme, device: &Device) -> Result<(VarMap, Self)> {
         let varmap = VarMap::new();
         let model = Model::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-        init::init_weights(&varmap, cfg, seed)?;
+        init::init_weights_with(&varmap, cfg, seed, scheme)?;
         Ok((varmap, model))
     }
 
@@ -123,6 +128,18 @@ impl Model {
         let Output { logits, aux_loss } = self.forward(inputs)?;
         let (b, l, v) = logits.dims3()?;
         let ce = candle_nn::loss::cross_entropy(&logits.reshape((b * l, v))?, &targets.flatten_all()?)?;
+        Ok(Losses { total: (&ce + &aux_loss)?, ce, aux: aux_loss })
+    }
+
+    /// Loss at chosen positions only, for tasks whose answers are a few tokens of a long
+    /// sequence (the rest is unpredictable noise that would drown their gradient).
+    /// inputs (B, L) u32; positions (P,) u32 flat indices `b * L + t` into the (B, L) grid;
+    /// targets (P,) u32, the token expected at each of them.
+    pub fn loss_at(&self, inputs: &Tensor, positions: &Tensor, targets: &Tensor) -> Result<Losses> {
+        let Output { logits, aux_loss } = self.forward(inputs)?;
+        let (b, l, v) = logits.dims3()?;
+        let picked = logits.reshape((b * l, v))?.index_select(positions, 0)?; // (P, V)
+        let ce = candle_nn::loss::cross_entropy(&picked, targets)?;
         Ok(Losses { total: (&ce + &aux_loss)?, ce, aux: aux_loss })
     }
 

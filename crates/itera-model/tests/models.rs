@@ -264,3 +264,37 @@ fn flops_counted_while_running_agree_with_the_analytic_formulas() -> Result<()> 
     }
     Ok(())
 }
+
+/// The answer-only loss is the plain next-token loss restricted to the chosen positions: with
+/// every position chosen they agree, and with a few chosen it equals their mean by hand.
+#[test]
+fn loss_at_positions_is_the_cross_entropy_of_those_positions() -> Result<()> {
+    let mut rng = Rng::new(SEED);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let (b, l) = (2, 9);
+        let x = tokens(&mut rng, b, l, VOCAB);
+        let y = tokens(&mut rng, b, l, VOCAB);
+        let all = Tensor::arange(0u32, (b * l) as u32, &Device::Cpu)?;
+        let full = model.loss(&x, &y)?.ce.to_scalar::<f32>()?;
+        let at_all = model.loss_at(&x, &all, &y.flatten_all()?)?.ce.to_scalar::<f32>()?;
+        assert!((full - at_all).abs() < 1e-5, "{name}: {full} vs {at_all}");
+
+        let picks = [3u32, 10, 17];
+        let logp = candle_nn::ops::log_softmax(&model.forward(&x)?.logits.reshape((b * l, VOCAB))?, 1)?;
+        let yv: Vec<u32> = y.flatten_all()?.to_vec1()?;
+        let by_hand: f32 = picks
+            .iter()
+            .map(|&p| -logp.get(p as usize).unwrap().get(yv[p as usize] as usize).unwrap().to_scalar::<f32>().unwrap())
+            .sum::<f32>()
+            / 3.0;
+        let targets: Vec<u32> = picks.iter().map(|&p| yv[p as usize]).collect();
+        let at = model
+            .loss_at(&x, &Tensor::new(&picks, &Device::Cpu)?, &Tensor::new(targets.as_slice(), &Device::Cpu)?)?
+            .ce
+            .to_scalar::<f32>()?;
+        assert!((at - by_hand).abs() < 1e-5, "{name}: {at} vs {by_hand}");
+    }
+    Ok(())
+}
