@@ -239,7 +239,10 @@ fn chunk_text(text: &str) -> Vec<String> {
 /// a char boundary strictly inside it, or `None` for a document of one char.
 fn byte_cut(doc: &str, fraction: f64) -> Option<usize> {
     let len = doc.len();
-    let mut cut = ((len as f64 * (1.0 - fraction)).round() as usize).clamp(1, len.saturating_sub(1));
+    if len < 2 {
+        return None; // one byte (or none) cannot be cut strictly inside; `clamp(1, 0)` would panic
+    }
+    let mut cut = ((len as f64 * (1.0 - fraction)).round() as usize).clamp(1, len - 1);
     while cut > 0 && !doc.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -638,6 +641,9 @@ mod tests {
         let tiny = Corpus::from_documents("tiny", vec!["é!".into()], 0.5).unwrap();
         assert_eq!((tiny.train, tiny.valid), (vec!["é".to_string()], vec!["!".to_string()]));
         assert!(Corpus::from_documents("x", vec!["é".into()], 0.5).is_err());
+        // One byte: an error naming the corpus, not a panic in `clamp` (issue 14).
+        let err = Corpus::from_documents("one-byte", vec!["a".into()], 0.05).unwrap_err().to_string();
+        assert!(err.contains("one-byte") && err.contains("too short"), "{err}");
         // Too few documents for 1/f still gives one to validation.
         let few = Corpus::from_documents("few", vec!["a".into(), "b".into(), "c".into()], 0.1).unwrap();
         assert_eq!((few.train, few.valid), (vec!["a".to_string(), "b".to_string()], vec!["c".to_string()]));
