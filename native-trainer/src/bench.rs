@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Measure nothing: rewrite the report and plots from OUT/results.json
     #[arg(long)]
     pub render_only: bool,
+    /// Measure only --models and add them to OUT/results.json (replacing models of the same name), then
+    /// rewrite the report; the machine and the settings must be those of the results already there
+    #[arg(long, conflicts_with = "render_only")]
+    pub add: bool,
     /// Report folder: results.json, efficiency_report.md, plots
     #[arg(long, default_value = "report")]
     pub out: PathBuf,
@@ -74,6 +78,46 @@ pub struct Results {
     pub machine: Machine,
     pub settings: Settings,
     pub models: Vec<ModelResults>,
+    /// Models measured later by `bench --add`, on the same kind of machine with the same settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additions: Vec<Addition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Addition {
+    pub models: Vec<String>,
+    pub code_version: String,
+    pub date_unix: u64,
+}
+
+impl Results {
+    /// `new`'s models added to these results (a model of the same name is replaced), refused
+    /// when the machine or the settings differ: their figures would not compare.
+    pub fn add(mut self, new: Results) -> Result<Results> {
+        let (a, b) = (&self.machine, &new.machine);
+        if (a.cpu.as_str(), a.cores, a.os.as_str(), &a.energy_counter)
+            != (b.cpu.as_str(), b.cores, b.os.as_str(), &b.energy_counter)
+        {
+            bail!(
+                "bench --add: these results were measured on {} ({} cores, energy {:?}), this machine is {} ({} cores, \
+                 energy {:?}); measure every model again instead",
+                a.cpu, a.cores, a.energy_counter, b.cpu, b.cores, b.energy_counter
+            );
+        }
+        let (sa, sb) = (serde_json::to_value(&self.settings)?, serde_json::to_value(&new.settings)?);
+        if sa != sb {
+            bail!("bench --add: the settings differ from those of the results (pass the same flags): {sa} vs {sb}");
+        }
+        let names: Vec<String> = new.models.iter().map(|m| m.name.clone()).collect();
+        for m in new.models {
+            match self.models.iter_mut().find(|x| x.name == m.name) {
+                Some(x) => *x = m,
+                None => self.models.push(m),
+            }
+        }
+        self.additions.push(Addition { models: names, code_version: b.code_version.clone(), date_unix: b.date_unix });
+        Ok(self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +227,7 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
             train_shape: (args.train_shape[0], args.train_shape[1]),
         },
         models,
+        additions: Vec::new(),
     })
 }
 
@@ -209,7 +254,11 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     }
 
     let mut quality = Vec::new();
-    for (name, path) in &args.evals {
+    // A model of the paper's synthetic tasks has a closed 18-token vocabulary: no text to score.
+    let synthetic = manifest.as_ref().is_some_and(|m| {
+        matches!(m.training.corpus.split(' ').next().map(str::parse), Some(Ok(crate::source::CorpusSpec::Synthetic(_))))
+    });
+    for (name, path) in args.evals.iter().filter(|_| !synthetic) {
         quality.push(held_out_quality(&loaded.model, &loaded.tokenizer, name, path, args)?);
     }
 
@@ -484,5 +533,44 @@ fn machine() -> Machine {
         energy_counter: EnergyCounter::open().map(|e| e.label),
         code_version: crate::train::code_version(),
         date_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed report's results, as a fixture of real measurements.
+    fn committed() -> Results {
+        crate::files::read_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../report/results.json")).unwrap()
+    }
+
+    #[test]
+    fn added_models_replace_their_namesakes_and_join_the_rest() {
+        let old = committed();
+        let n = old.models.len();
+        let mut new = old.clone();
+        new.machine.code_version = "new".into();
+        new.models.truncate(2);
+        new.models[0].bytes_f32 += 1; // a re-measured model of an existing name
+        new.models[1].name = "a new model".into();
+        let merged = old.clone().add(new).unwrap();
+        assert_eq!(merged.models.len(), n + 1);
+        assert_eq!(merged.models[0].bytes_f32, old.models[0].bytes_f32 + 1);
+        assert_eq!(merged.models[n].name, "a new model");
+        assert_eq!(merged.additions.len(), 1);
+        assert_eq!(merged.additions[0].code_version, "new");
+        assert!(crate::report::markdown_for_test(&merged).contains("bench --add"));
+    }
+
+    #[test]
+    fn adding_from_another_machine_or_other_settings_is_refused() {
+        let old = committed();
+        let mut other_cpu = old.clone();
+        other_cpu.machine.cpu = "another CPU".into();
+        assert!(old.clone().add(other_cpu).unwrap_err().to_string().contains("another CPU"));
+        let mut other_settings = old.clone();
+        other_settings.settings.steps += 1;
+        assert!(old.add(other_settings).unwrap_err().to_string().contains("settings differ"));
     }
 }

@@ -205,6 +205,9 @@ fn run(cli: Cli) -> Result<()> {
             let results = if a.render_only {
                 // The same figures, drawn again (after a change to the report's layout).
                 files::read_json(&a.out.join("results.json"))?
+            } else if a.add {
+                let old: native_trainer::bench::Results = files::read_json(&a.out.join("results.json"))?;
+                old.add(native_trainer::bench::run(&a)?)?
             } else {
                 native_trainer::bench::run(&a)?
             };
