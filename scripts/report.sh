@@ -43,12 +43,34 @@ if [ ! -f "models/tasks/itera-lite-moe-off/manifest.json" ]; then
     --seq-len 128 --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 2000 \
     --out "runs/tasks-itera-lite-moe-off" --resume --export "models/tasks/itera-lite-moe-off"
 fi
+# The same tasks at the `small` preset (d 64, 2 layers: the Mamba paper's size for its synthetic
+# tasks, where docs/synthetic-tasks.md finds the recall ability within reach), same recipe.
+for m in baseline itera-lite itera-lite-moe-off; do
+  if [ ! -f "models/tasks-small/$m/manifest.json" ]; then
+    flags="--model ${m%-moe-off}"; [ "$m" = itera-lite-moe-off ] && flags="$flags --experts 0"
+    "$bin" --threads 1 train $flags --preset small --corpus tasks --steps 12000 --batch-size 16 --seq-len 128 \
+      --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 1000 \
+      --out "runs/tasks-small-$m" --resume --export "models/tasks-small/$m"
+  fi
+done
+# The Mamba paper's induction heads (docs/synthetic-tasks.md): 2 layers of width 64, its recipe
+# (batch 8, constant lr, no weight decay, loss on the answer) at lr 3e-3, 6000 steps of 8 × 256.
+for m in baseline itera-lite itera-lite-moe-off; do
+  if [ ! -f "models/induction-heads/$m/manifest.json" ]; then
+    flags="--model ${m%-moe-off}"; [ "$m" = itera-lite-moe-off ] && flags="$flags --experts 0"
+    "$bin" --threads 1 train $flags --preset small --corpus induction-heads --batch-size 8 --lr 3e-3 --min-lr 3e-3 \
+      --warmup-steps 0 --weight-decay 0 --grad-clip 0 --steps 6000 --eval-interval 250 --checkpoint-interval 1000 \
+      --out "runs/induction-heads-$m" --resume --export "models/induction-heads/$m"
+  fi
+done
 
 # Models trained on the same corpus at the same preset form a pair; the first pair listed (the
 # page's models) is the one whose size, speed and energy the claims compare.
 "$bin" bench --out report \
   --models models/baseline models/itera-lite models/tinystories/baseline models/tinystories/itera-lite \
   models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
+  models/tasks-small/baseline models/tasks-small/itera-lite models/tasks-small/itera-lite-moe-off \
+  models/induction-heads/baseline models/induction-heads/itera-lite models/induction-heads/itera-lite-moe-off \
   --eval "tinystories=$data/tinystories_v1_valid_head.txt" \
   --eval "wikitext2=$data/wikitext-2-raw_wiki.valid.raw" \
   --eval "enwik6=$data/enwik6" \

@@ -249,6 +249,7 @@ pub fn batch(seqs: &[Sequence]) -> Result<AnswerBatch> {
 /// time. Sequences of one call must share a length.
 pub fn score(model: &Model, task: SyntheticTask, seqs: &[Sequence], batch_size: usize) -> Result<(f64, TaskResult)> {
     let len = seqs.first().map_or(0, |s| s.tokens.len());
+    // `length` is the model input's; `evaluate` replaces it with the task's own length.
     let mut r = TaskResult { task: task.name().into(), length: Some(len), ..Default::default() };
     let mut nll = 0.0;
     for chunk in seqs.chunks(batch_size.max(1)) {
@@ -293,7 +294,9 @@ pub fn evaluate(model: &Model, task: SyntheticTask, train_len: usize, n: usize, 
             let seqs = task.instances(n, len, seed ^ EVAL_SALT);
             // Long sequences one at a time: the baseline's attention is quadratic in memory.
             let batch = (65_536 / task.input_len(len)).clamp(1, 16);
-            Ok(score(model, task, &seqs, batch)?.1)
+            let mut r = score(model, task, &seqs, batch)?.1;
+            r.length = Some(len); // the task's length (for copying: before the markers)
+            Ok(r)
         })
         .collect()
 }
@@ -360,6 +363,25 @@ mod tests {
             let back = crate::data::tokenizer_from_bytes(tok.to_string(false).unwrap().as_bytes()).unwrap();
             assert_eq!(crate::data::encode(&back, &text).unwrap(), s.tokens);
         }
+    }
+
+    /// Scored at the training length and its multiples, labelled with the task's length (for
+    /// copying, the positions before the markers); the baseline only where its positions reach.
+    #[test]
+    fn evaluation_lengths_are_the_multiples_the_model_accepts() {
+        use itera_model::{Config, ModelKind, Preset};
+        let task = SyntheticTask::SelectiveCopying;
+        let vocab = task.vocabulary().len();
+        let lengths = |kind, train_len| {
+            let cfg = Config::preset(kind, Preset::Tiny, vocab);
+            let (_, model) = Model::init(&cfg, 1, &Device::Cpu).unwrap();
+            let r = evaluate(&model, task, train_len, 2, 0).unwrap();
+            assert!(r.iter().all(|t| t.instances == 2 && t.answers == 2 * COPY_TOKENS));
+            r.iter().map(|t| t.length.unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(lengths(ModelKind::IteraLite, 16), [16, 32, 64, 256]);
+        // 16 × 300 + 16 markers is past the baseline's 4096 positions; 4 × 300 + 16 is not.
+        assert_eq!(lengths(ModelKind::Baseline, 300), [300, 600, 1200]);
     }
 
     #[test]
