@@ -291,17 +291,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if a.qa_questions > 0 && !source.tasks.is_empty() {
         let results = task_accuracy(&m.model, &m.tokenizer, m.eot, &source.task_eval_instances(a.qa_questions))?;
-        for t in &results {
-            println!(
-                "{} (held-out): {}/{} answers right ({:.1}%), {}/{} instances all right",
-                t.task,
-                t.answers_correct,
-                t.answers,
-                100.0 * t.accuracy(),
-                t.instances_correct,
-                t.instances
-            );
-        }
+        print_task_results(&results);
         report["tasks"] = serde_json::to_value(&results)?;
     }
     if let Some(path) = a.json {
@@ -321,17 +311,7 @@ fn eval_synthetic(a: &EvalArgs, m: &native_trainer::export::LoadedModel, task: S
         anyhow::bail!("--seq-len {len} is too short for {task}: at least {}", task.min_len());
     }
     let results = synthetic::evaluate(&m.model, task, len, a.qa_questions, a.seed)?;
-    for t in &results {
-        println!(
-            "{} (held-out): {}/{} answers right ({:.1}%), {}/{} instances all right",
-            t.label(),
-            t.answers_correct,
-            t.answers,
-            100.0 * t.accuracy(),
-            t.instances_correct,
-            t.instances
-        );
-    }
+    print_task_results(&results);
     if let Some(path) = &a.json {
         let report = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -342,4 +322,19 @@ fn eval_synthetic(a: &EvalArgs, m: &native_trainer::export::LoadedModel, task: S
         files::write_json_atomic(path, &report)?;
     }
     Ok(())
+}
+
+/// One line per task (and length): answers and whole instances right.
+fn print_task_results(results: &[native_trainer::tasks::TaskResult]) {
+    for t in results {
+        println!(
+            "{} (held-out): {}/{} answers right ({:.1}%), {}/{} instances all right",
+            t.label(),
+            t.answers_correct,
+            t.answers,
+            100.0 * t.accuracy(),
+            t.instances_correct,
+            t.instances
+        );
+    }
 }
