@@ -33,6 +33,7 @@ cargo test --workspace --tests
 step "wasm: itera-model builds for wasm32; the worker's engine matches native in headless Chromium"
 cargo build -p itera-model --target wasm32-unknown-unknown
 CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-web --target wasm32-unknown-unknown --tests -- --nocapture
+CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-retrieval --target wasm32-unknown-unknown --tests -- --nocapture
 
 step "page: trunk build with the tiny models, then end to end in headless Chromium"
 TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist
