@@ -1,4 +1,4 @@
-//! Query latency over a synthetic 100K-vector index, natively: the twin of the timing in
+//! Query latency over synthetic 10K- and 100K-vector indexes, natively: the twin of the timing in
 //! tests/wasm.rs, for a side-by-side figure on one machine. Ignored by default (it needs a
 //! release build to mean anything):
 //! `cargo test --release -p itera-retrieval --test latency -- --ignored --nocapture`
@@ -11,9 +11,9 @@ use std::time::Instant;
 
 #[test]
 #[ignore]
-fn print_query_latency_over_100k_synthetic_vectors() {
-    for dims in [64, 128, 256] {
-        let index = common::synthetic_index(100_000, dims);
+fn print_query_latency_over_synthetic_vectors() {
+    for (docs, dims) in [(10_000, 128), (100_000, 64), (100_000, 128), (100_000, 256)] {
+        let index = common::synthetic_index(docs, dims);
         for kernel in [Kernel::Fast, Kernel::Reference] {
             for i in 0..10 {
                 index.search_with(&format!("warm-up {i}"), 5, kernel); // as tests/wasm.rs does
@@ -28,7 +28,7 @@ fn print_query_latency_over_100k_synthetic_vectors() {
                 .collect();
             ms.sort_by(f64::total_cmp);
             println!(
-                "native, 100000 x {dims} int8, {kernel:?}: query p50 {:.3} ms, p95 {:.3} ms",
+                "native, {docs} x {dims} int8, {kernel:?}: query p50 {:.3} ms, p95 {:.3} ms",
                 common::percentile(&ms, 0.5),
                 common::percentile(&ms, 0.95)
             );

@@ -1,6 +1,6 @@
 //! In the browser (headless Chromium, SIMD128): the golden index gives the checksum, query
 //! vector and hits that tests/golden.rs asserts natively; the SIMD128 dot product equals the
-//! scalar reference; and the query latency over a synthetic 100K-vector index, printed.
+//! scalar reference; and the query latency over synthetic 10K- and 100K-vector indexes, printed.
 //! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-retrieval --target wasm32-unknown-unknown --tests -- --nocapture`
 //! (add `--release` for the figures in docs/retrieval.md).
 #![cfg(target_arch = "wasm32")]
@@ -48,10 +48,10 @@ fn simd128_dots_equal_the_scalar_reference_exactly() {
 }
 
 #[wasm_bindgen_test]
-fn print_query_latency_over_100k_synthetic_vectors() {
+fn print_query_latency_over_synthetic_vectors() {
     let perf = web_sys::window().and_then(|w| w.performance()).expect("performance.now()");
-    for dims in [128, 256] {
-        let index = common::synthetic_index(100_000, dims);
+    for (docs, dims) in [(10_000, 128), (100_000, 64), (100_000, 128), (100_000, 256)] {
+        let index = common::synthetic_index(docs, dims);
         for i in 0..10 {
             index.search(&format!("warm-up {i}"), 5); // let V8 tier the code up before timing
         }
@@ -65,7 +65,7 @@ fn print_query_latency_over_100k_synthetic_vectors() {
             .collect();
         ms.sort_by(f64::total_cmp);
         let line = format!(
-            "wasm ({}), 100000 x {dims} int8: query p50 {:.3} ms, p95 {:.3} ms",
+            "wasm ({}), {docs} x {dims} int8: query p50 {:.3} ms, p95 {:.3} ms",
             if cfg!(debug_assertions) { "debug build" } else { "release build" },
             common::percentile(&ms, 0.5),
             common::percentile(&ms, 0.95)
