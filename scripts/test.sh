@@ -20,9 +20,13 @@ step "tiny test models (train + export with the real CLI; the native outputs was
 cargo build -p native-trainer
 models=target/test-models
 rm -rf "$models"
+# Both read a retrieval index of the world (exported with them as index/); 10% of its people are
+# never trained on, only indexed.
+target/debug/native-trainer index --world-entities 300 --out "$models/index" --queries 100
 for m in baseline itera-lite; do
   target/debug/native-trainer --threads 2 train --model "$m" --preset tiny --world-entities 300 --vocab-size 320 \
-    --batch-size 8 --seq-len 64 --steps 150 --lr 5e-3 --qa-questions 6 --out "$models/runs/$m" --export "$models/$m"
+    --batch-size 8 --seq-len 64 --steps 150 --lr 5e-3 --qa-questions 6 --world-unseen 0.1 \
+    --retrieval "$models/index" --reading-batch 4 --out "$models/runs/$m" --export "$models/$m"
 done
 cargo run -q -p itera-web --example golden -- "$models"
 

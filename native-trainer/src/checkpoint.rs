@@ -42,7 +42,10 @@ pub struct FinalEval {
     pub valid_bits_per_byte: f64,
     pub valid_tokens: usize,
     pub world_qa: Option<QaResult>, // held-out questions (entities whose QA pairs were never trained on)
-    pub unigram_loss: f64,          // entropy of the training unigram distribution on the valid split
+    /// The same questions read with retrieval, and questions about unseen entities (`--retrieval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<crate::reading::RetrievalEval>,
+    pub unigram_loss: f64, // entropy of the training unigram distribution on the valid split
     #[serde(default)]
     pub tasks: Vec<crate::tasks::TaskResult>, // held-out instances of the targeted tasks trained on
 }

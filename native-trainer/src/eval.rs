@@ -179,30 +179,42 @@ impl QaResult {
 /// Longest answer generated per question, in tokens.
 const QA_MAX_TOKENS: usize = 24;
 
+/// The greedy completion of `prompt` (after `EOT`), up to the first newline, trimmed.
+pub fn answer_greedily(model: &Model, tok: &Tokenizer, eot: u32, prompt: &str) -> Result<String> {
+    let greedy = SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+    let mut ids = vec![eot];
+    ids.extend(crate::data::encode(tok, prompt)?);
+    let mut text = String::new();
+    generate(model, &ids, QA_MAX_TOKENS, greedy, |id| {
+        if id == eot {
+            return Ok(false);
+        }
+        text.push_str(&crate::data::decode(tok, &[id])?);
+        Ok(!text.contains('\n'))
+    })?;
+    Ok(itera_data::prompt::answer_of(&text).to_string())
+}
+
+impl QaResult {
+    /// Counts one answer against its item (keeping the first few as examples).
+    pub fn push(&mut self, item: &QaItem, answer: String) {
+        let ok = answer == item.answer;
+        self.correct += ok as usize;
+        self.total += 1;
+        if self.examples.len() < 5 {
+            self.examples.push(QaExample { question: item.question.clone(), expected: item.answer.clone(), answer });
+        }
+    }
+}
+
 /// Answers each question greedily after `EOT Q: <question>\nA:` and compares the text up to the
 /// first newline, trimmed, with the expected answer.
 pub fn qa_accuracy(model: &Model, tok: &Tokenizer, eot: u32, items: &[QaItem]) -> Result<QaResult> {
     let mut result = QaResult::default();
-    let greedy = SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     for item in items {
-        let mut prompt = vec![eot];
-        prompt.extend(crate::data::encode(tok, &item.prompt())?);
-        let mut text = String::new();
-        generate(model, &prompt, QA_MAX_TOKENS, greedy, |id| {
-            if id == eot {
-                return Ok(false);
-            }
-            text.push_str(&crate::data::decode(tok, &[id])?);
-            Ok(!text.contains('\n'))
-        })
-        .with_context(|| format!("answering {:?}", item.question))?;
-        let answer = text.split('\n').next().unwrap_or("").trim().to_string();
-        let ok = answer == item.answer;
-        result.correct += ok as usize;
-        result.total += 1;
-        if result.examples.len() < 5 {
-            result.examples.push(QaExample { question: item.question.clone(), expected: item.answer.clone(), answer });
-        }
+        let answer = answer_greedily(model, tok, eot, &item.prompt())
+            .with_context(|| format!("answering {:?}", item.question))?;
+        result.push(item, answer);
     }
     Ok(result)
 }

@@ -6,7 +6,10 @@
 //! - `tokenizer.json`: the byte-level BPE tokenizer;
 //! - `manifest.json`: name, architecture, parameters, every file's bytes and sha256, how it was
 //!   trained, what it scored, and the code version. The page reads it first and checks each
-//!   file's sha256 against it.
+//!   file's sha256 against it;
+//! - `index/` (a model trained with `--retrieval`): the retrieval index it reads from, as
+//!   `native-trainer index` wrote it (`index.json`, vectors, scales, IDF, documents), each file
+//!   listed in the manifest too, and the manifest's `retrieval` says how the model reads it.
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
 use crate::data;
@@ -64,7 +67,26 @@ pub struct Manifest {
     pub training: Training,
     pub eval: Option<FinalEval>,
     pub code_version: String,
+    /// How to read the index in `index/` (models trained with retrieval); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<ManifestRetrieval>,
 }
+
+/// The export's retrieval: where its index is, and the reading format the model was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRetrieval {
+    /// Folder of the index inside the export (`index`).
+    pub dir: String,
+    /// Documents in the index.
+    pub documents: usize,
+    /// Documents placed in the context per question.
+    pub k: usize,
+    /// `question-first` or `document-first`.
+    pub order: crate::reading::ReadingOrder,
+}
+
+/// Folder of the retrieval index inside an export.
+pub const INDEX_DIR: &str = "index";
 
 /// The `config.json` that `transformers` loads: our config (HF keys already) plus the keys HF
 /// needs to pick the class and the defaults it would otherwise guess.
@@ -141,14 +163,31 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
     let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
 
-    let files = FILES
+    let a = &meta.args;
+    // The index the model reads, checked and written again (atomically) inside the export.
+    let mut names: Vec<String> = FILES.iter().map(|s| s.to_string()).collect();
+    let retrieval = match &a.retrieval {
+        None => None,
+        Some(dir) => {
+            let index = itera_retrieval::Index::load(dir)
+                .with_context(|| format!("loading the run's retrieval index {} to export it", dir.display()))?;
+            let index_out = out.join(INDEX_DIR);
+            index.save(&index_out).with_context(|| format!("writing {}", index_out.display()))?;
+            let index_json = std::fs::read(index_out.join(itera_retrieval::store::INDEX_JSON))?;
+            let m = itera_retrieval::store::IndexManifest::parse(&index_json)?;
+            names.push(format!("{INDEX_DIR}/{}", itera_retrieval::store::INDEX_JSON));
+            names.extend(m.expected_files().iter().map(|f| format!("{INDEX_DIR}/{f}")));
+            let c = a.reading();
+            Some(ManifestRetrieval { dir: INDEX_DIR.into(), documents: index.len(), k: c.k, order: c.order })
+        }
+    };
+    let files = names
         .iter()
         .map(|name| {
             let bytes = std::fs::read(out.join(name)).with_context(|| format!("reading back {name}"))?;
             Ok(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) })
         })
         .collect::<Result<Vec<_>>>()?;
-    let a = &meta.args;
     let manifest = Manifest {
         // "itera-lite-demo"; "-moe-off" when its blocks are plain Mamba.
         name: match &meta.config {
@@ -184,6 +223,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
         },
         eval: meta.final_eval.clone(),
         code_version: meta.code_version.clone(),
+        retrieval,
     };
     write_json_atomic(&out.join("manifest.json"), &manifest)?;
     Ok(manifest)

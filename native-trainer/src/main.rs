@@ -7,10 +7,12 @@ use itera_model::sample::SamplingConfig;
 use itera_model::{ModelKind, Preset};
 use native_trainer::eval::{qa_accuracy, score_text, stream_loss, windows};
 use native_trainer::export::{export, load_model_dir};
+use native_trainer::reading::{self, Reader, ReadingConfig, ReadingOrder};
 use native_trainer::source::{CorpusSpec, Source};
 use native_trainer::synthetic::{self, SyntheticTask};
 use native_trainer::tasks::task_accuracy;
 use native_trainer::train::{train, TrainArgs};
+use native_trainer::world::{World, WorldConfig};
 use native_trainer::{data, files};
 use std::io::Write;
 use std::path::PathBuf;
@@ -86,7 +88,15 @@ enum Command {
         /// Seed of the sampling stream
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Retrieve documents for the prompt from this index (built by `index`) and place them in the context
+        /// before it, read as in training; the prompt is then a question, answered as `Q: ...\nA:`
+        #[arg(long, value_name = "DIR")]
+        retrieval: Option<PathBuf>,
+        #[command(flatten)]
+        reading: ReadingArgs,
     },
+    /// Build a retrieval index over a world's biographies; report recall@1/5, build time, bytes and query latency
+    Index(IndexArgs),
     /// Measure exported models on this machine; write results.json, efficiency_report.md, plots
     Bench(native_trainer::bench::BenchArgs),
     /// (internal) one model's speed and memory at one thread count, as JSON
@@ -134,6 +144,57 @@ struct EvalArgs {
     /// Also write the figures as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Share of the world never trained on (must match training's --world-unseen)
+    #[arg(long, default_value_t = 0.0)]
+    world_unseen: f64,
+    /// Also answer the world questions with retrieval from this index (built by `index` from the world of
+    /// --world-entities / --seed, which may be another world than the model was trained on)
+    #[arg(long, value_name = "DIR")]
+    retrieval: Option<PathBuf>,
+    #[command(flatten)]
+    reading: ReadingArgs,
+}
+
+/// How retrieved documents are read (as in training).
+#[derive(Args, Debug, Clone, Copy)]
+struct ReadingArgs {
+    /// Documents retrieved into the context per question
+    #[arg(long, default_value_t = 1)]
+    retrieval_k: usize,
+    /// `question-first` (the question, the documents, the question again) or `document-first`
+    #[arg(long, default_value = "question-first")]
+    reading_order: ReadingOrder,
+}
+
+impl ReadingArgs {
+    fn config(self) -> ReadingConfig {
+        ReadingConfig { k: self.retrieval_k, order: self.reading_order }
+    }
+}
+
+#[derive(Args, Debug)]
+struct IndexArgs {
+    /// What to index: `world` (one biography per entity)
+    #[arg(long, default_value = "world")]
+    corpus: CorpusSpec,
+    /// Entities of the generated world
+    #[arg(long, default_value_t = 10_000)]
+    world_entities: usize,
+    /// Seed of the generated world
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Index folder (index.json, vectors, documents; written atomically)
+    #[arg(long)]
+    out: PathBuf,
+    /// Questions to measure recall and query latency on (held-out world questions); 0 skips
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// Also measure BM25 (the sparse reference) on the same questions
+    #[arg(long)]
+    bm25: bool,
+    /// Also write the figures as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 fn main() {
@@ -175,9 +236,29 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Some(Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed }) => {
+        Some(Command::Index(a)) => index(a),
+        Some(Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed, retrieval, reading }) => {
             let m = load_model_dir(&model)?;
-            let ids = data::encode(&m.tokenizer, &prompt)?;
+            let retrieval_used = retrieval.is_some();
+            let prompt = match retrieval {
+                None => prompt,
+                Some(dir) => {
+                    let cfg = reading.config();
+                    cfg.validate().map_err(anyhow::Error::msg)?;
+                    let index = itera_retrieval::Index::load(&dir)
+                        .with_context(|| format!("loading the retrieval index {}", dir.display()))?;
+                    let hits = index.search(&prompt, cfg.k);
+                    eprintln!("retrieved from {} ({} documents):", dir.display(), index.len());
+                    for h in &hits {
+                        eprintln!("  [{:.3}] {}", h.score, index.document(h.doc).unwrap_or("").trim_end());
+                    }
+                    let docs: Vec<&str> = hits.iter().filter_map(|h| index.document(h.doc)).collect();
+                    reading::prompt(&docs, &prompt, cfg.order)
+                }
+            };
+            // A retrieval prompt is read as in training: after end-of-text.
+            let mut ids = if retrieval_used { vec![m.eot] } else { Vec::new() };
+            ids.extend(data::encode(&m.tokenizer, &prompt)?);
             let sampling = SamplingConfig { temperature, top_k, top_p, seed };
             let mut out = std::io::stdout().lock();
             write!(out, "{prompt}")?;
@@ -226,12 +307,31 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The page's models: `demo` presets of both architectures on the default world corpus.
 fn default_job() -> Result<()> {
+    // The retrieval index over the default world's biographies (both models read it).
+    let index_dir = PathBuf::from("runs").join("world-index");
+    let defaults = TrainArgs::defaults();
+    if !index_dir.join(itera_retrieval::store::INDEX_JSON).exists() {
+        let world = World::generate(&WorldConfig {
+            entities: defaults.world_entities,
+            seed: defaults.seed,
+            ..Default::default()
+        })?;
+        eprintln!("== retrieval index -> {}", index_dir.display());
+        native_trainer::retrieval::build_and_measure(&world, &index_dir, 500, false)?;
+    }
     for kind in ModelKind::ALL {
-        let args =
-            TrainArgs { model: kind, preset: Preset::Demo, steps: Some(DEFAULT_DEMO_STEPS), ..TrainArgs::defaults() };
+        let args = TrainArgs {
+            model: kind,
+            preset: Preset::Demo,
+            steps: Some(DEFAULT_DEMO_STEPS),
+            world_unseen: DEFAULT_WORLD_UNSEEN,
+            retrieval: Some(index_dir.clone()),
+            reading_batch: Some(DEFAULT_READING_BATCH),
+            ..defaults.clone()
+        };
         let run_dir = PathBuf::from("runs").join(format!("{kind}-demo"));
         let model_dir = PathBuf::from("models").join(kind.name());
-        eprintln!("== {kind} (demo) -> {}", model_dir.display());
+        eprintln!("== {kind} (demo, retrieval in the loop) -> {}", model_dir.display());
         train(&args, &run_dir, true)?;
         export(&run_dir, &model_dir)?;
     }
@@ -240,14 +340,20 @@ fn default_job() -> Result<()> {
 }
 
 /// Steps of the default demo runs: both models train in about 10 minutes on 2 cores.
-const DEFAULT_DEMO_STEPS: usize = 160;
+const DEFAULT_DEMO_STEPS: usize = 140;
+/// Reading examples (a retrieved biography + a question, the loss on the answer) per step, beside
+/// the 16 text windows.
+const DEFAULT_READING_BATCH: usize = 8;
+/// Share of the default world never trained on, only indexed: the page and the evaluation ask
+/// about them to test reading rather than memory.
+const DEFAULT_WORLD_UNSEEN: f64 = 0.1;
 
 fn eval(a: EvalArgs) -> Result<()> {
     let m = load_model_dir(&a.model)?;
     if let CorpusSpec::Synthetic(task) = a.corpus {
         return eval_synthetic(&a, &m, task);
     }
-    let source = Source::load(&a.corpus, a.world_entities, a.seed, a.valid_fraction)?;
+    let source = Source::load(&a.corpus, a.world_entities, a.world_unseen, a.seed, a.valid_fraction)?;
     let stream = data::encode_documents(&m.tokenizer, &source.corpus.valid)?;
     let seq_len = a.seq_len.unwrap_or(256);
     if stream.len() < seq_len + 2 {
@@ -288,6 +394,40 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         report["world_qa"] = serde_json::to_value(&qa)?;
         report["world_qa_accuracy"] = qa.accuracy().into();
+        if let Some(dir) = &a.retrieval {
+            let reader = Reader::load(dir, a.reading.config(), world)?;
+            let r = reading::evaluate(&m.model, &m.tokenizer, m.eot, &reader, world, a.qa_questions)?;
+            let (k, order) = (r.k, r.order);
+            let pct = |q: &native_trainer::eval::QaResult| {
+                format!("{}/{} ({:.1}%)", q.correct, q.total, 100.0 * q.accuracy())
+            };
+            println!(
+                "world QA (held-out) with retrieval (top-{k}, {order}): {}; the entity's document retrieved for {:.1}%",
+                pct(&r.heldout),
+                100.0 * r.heldout_recall
+            );
+            if let (Some(on), Some(off), Some(recall)) = (&r.unseen, &r.unseen_off, r.unseen_recall) {
+                println!(
+                    "world QA (unseen entities, never trained on): with retrieval {}, without {}; document retrieved for {:.1}%",
+                    pct(on),
+                    pct(off),
+                    100.0 * recall
+                );
+            }
+            println!(
+                "answer loss (nats/token) with / without retrieval: held-out {:.3} / {:.3}{}",
+                r.heldout_answer_nll,
+                r.heldout_answer_nll_off,
+                match (r.unseen_answer_nll, r.unseen_answer_nll_off) {
+                    (Some(on), Some(off)) => format!(", unseen {on:.3} / {off:.3}"),
+                    _ => String::new(),
+                }
+            );
+            for ex in &r.heldout.examples {
+                println!("  Q: {}  expected {:?}, got {:?}", ex.question, ex.expected, ex.answer);
+            }
+            report["retrieval"] = serde_json::to_value(&r)?;
+        }
     }
     if a.qa_questions > 0 && !source.tasks.is_empty() {
         let results = task_accuracy(&m.model, &m.tokenizer, m.eot, &source.task_eval_instances(a.qa_questions))?;
@@ -296,6 +436,19 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(path) = a.json {
         files::write_json_atomic(&path, &report)?;
+    }
+    Ok(())
+}
+
+/// Builds a world's index, then measures it on held-out questions.
+fn index(a: IndexArgs) -> Result<()> {
+    if a.corpus != CorpusSpec::World {
+        anyhow::bail!("`index --corpus {}`: only `world` can be indexed for now", a.corpus);
+    }
+    let world = World::generate(&WorldConfig { entities: a.world_entities, seed: a.seed, ..Default::default() })?;
+    let report = native_trainer::retrieval::build_and_measure(&world, &a.out, a.queries, a.bm25)?;
+    if let Some(path) = &a.json {
+        files::write_json_atomic(path, &report)?;
     }
     Ok(())
 }

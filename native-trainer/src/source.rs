@@ -70,13 +70,14 @@ pub struct Source {
 const WORLD_VALID_SHARE: f64 = 0.05;
 
 impl Source {
-    /// Loads `spec`. For the world, `entities` and `seed` pick which world; for a path,
+    /// Loads `spec`. For the world, `entities`, `unseen` (the share never trained on) and `seed`
+    /// pick which world; for a path,
     /// `valid_fraction` of its documents go to the validation split.
-    pub fn load(spec: &CorpusSpec, entities: usize, seed: u64, valid_fraction: f64) -> Result<Source> {
+    pub fn load(spec: &CorpusSpec, entities: usize, unseen: f64, seed: u64, valid_fraction: f64) -> Result<Source> {
         match spec {
             CorpusSpec::World => {
-                let world = World::generate(&WorldConfig { entities, seed, ..Default::default() })
-                    .context("generating the world corpus")?;
+                let cfg = WorldConfig { entities, seed, unseen_fraction: unseen, ..Default::default() };
+                let world = World::generate(&cfg).context("generating the world corpus")?;
                 let n_valid = ((entities as f64 * WORLD_VALID_SHARE).ceil() as usize).clamp(1, 2000);
                 let corpus = Corpus {
                     name: format!("world (entities {entities}, seed {seed})"),
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn task_splits_come_from_separate_streams() {
-        let src = Source::load(&"tasks".parse().unwrap(), 0, 5, 0.05).unwrap();
+        let src = Source::load(&"tasks".parse().unwrap(), 0, 0.0, 5, 0.05).unwrap();
         assert_eq!(src.corpus.valid.len(), tasks::VALID_INSTANCES);
         let train: std::collections::HashSet<&String> = src.corpus.train.iter().collect();
         let eval = src.task_eval_instances(100);

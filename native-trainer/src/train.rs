@@ -11,9 +11,11 @@ use crate::data::{self, encode_documents, eot_id};
 use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
 use crate::plot;
+use crate::reading::{self, Reader, ReadingConfig, ReadingOrder};
 use crate::source::{CorpusSpec, Source};
 use crate::synthetic::{self, AnswerBatch, Sequence, SyntheticTask};
 use crate::tasks::task_accuracy;
+use crate::world::{QaItem, World, WorldConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,6 +46,35 @@ pub struct TrainArgs {
     /// Entities in the generated world (`--corpus world`), 1 to 100000
     #[arg(long, default_value_t = 10_000)]
     pub world_entities: usize,
+    /// Share of the world's entities never trained on (neither biography nor questions), only indexed: the
+    /// retrieval evaluation reads them; at most 0.5
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub world_unseen: f64,
+    /// Train with retrieval in the loop: the index (built by `native-trainer index` from this world) answers
+    /// training questions, and each step adds reading examples (retrieved documents + question → answer, loss on
+    /// the answer) to the text batch
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub retrieval: Option<PathBuf>,
+    /// Documents retrieved into the context per question
+    #[arg(long, default_value_t = 1)]
+    #[serde(default = "one")]
+    pub retrieval_k: usize,
+    /// Reading format: `question-first` (the question, the documents, the question again) or `document-first`
+    #[arg(long, default_value = "question-first")]
+    #[serde(default)]
+    pub reading_order: ReadingOrder,
+    /// Reading examples per step with --retrieval [default: --batch-size]
+    #[arg(long)]
+    #[serde(default)]
+    pub reading_batch: Option<usize>,
+    /// People of the reading pool: reading examples ask about a world of their own (another seed, never in the
+    /// text), so an answer can only come from the retrieved document, never from memory; 0 reads for the
+    /// trained world's QA-train people instead (whose answers are also training text)
+    #[arg(long, default_value_t = 20_000)]
+    #[serde(default)]
+    pub reading_entities: usize,
     /// Optimizer steps [default: from --tokens, else 300]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -108,6 +139,10 @@ pub struct TrainArgs {
     /// Held-out questions answered at the end: world questions (`--corpus world`), instances per task (task corpora); 0 skips
     #[arg(long, default_value_t = 200)]
     pub qa_questions: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Runs checkpointed before `--init` existed used N(0, 0.02).
@@ -181,11 +216,38 @@ impl TrainArgs {
         if a.eval_interval == 0 || a.checkpoint_interval == 0 {
             bail!("--eval-interval and --checkpoint-interval must be > 0");
         }
+        if !(0.0..=0.5).contains(&a.world_unseen) {
+            bail!(
+                "--world-unseen must be in [0, 0.5] (the other half of the entities is QA-train), got {}",
+                a.world_unseen
+            );
+        }
+        if a.retrieval.is_some() {
+            if a.corpus != CorpusSpec::World {
+                bail!("--retrieval reads world biographies: it needs --corpus world");
+            }
+            self.reading().validate().map_err(anyhow::Error::msg)?;
+            a.reading_batch = Some(a.reading_batch.unwrap_or(a.batch_size));
+            if a.reading_entities > 100_000 {
+                bail!(
+                    "--reading-entities must be at most 100000 (0 reads the trained world), got {}",
+                    a.reading_entities
+                );
+            }
+            if a.reading_batch == Some(0) {
+                bail!("--reading-batch must be > 0");
+            }
+        }
         Ok(a)
     }
 
     pub fn steps(&self) -> usize {
         self.steps.unwrap_or(DEFAULT_STEPS)
+    }
+
+    /// How retrieved documents are read (`--retrieval-k`, `--reading-order`).
+    pub fn reading(&self) -> ReadingConfig {
+        ReadingConfig { k: self.retrieval_k, order: self.reading_order }
     }
 
     /// Tokens per sequence (for `selective-copying`: positions before the markers).
@@ -238,9 +300,35 @@ pub fn lr_at(step: usize, a: &TrainArgs) -> f64 {
 
 /// What a run trains on: a token stream cut into windows, or a synthetic task's generator.
 enum Data {
-    Text { source: Source, train_stream: Vec<u32>, valid_stream: Vec<u32> },
+    Text { source: Source, train_stream: Vec<u32>, valid_stream: Vec<u32>, reading: Option<Reading> },
     Synthetic { task: SyntheticTask, valid: Vec<Sequence> },
 }
+
+/// Retrieval in the loop: the questions to read for and the index that answers them (the reading
+/// pool's, or the run's own), and the run's index with a few questions for the periodic accuracy.
+struct Reading {
+    pool: Reader,
+    train: Vec<QaItem>,
+    reader: Reader,
+    valid: Vec<QaItem>,
+    batch: usize,
+}
+
+/// Stream of the reading pool's world: a seed no `--seed` of the trained world maps to by accident.
+const READING_POOL_SEED: u64 = 0x7ead_1a90_f001_0001;
+
+/// The reading pool: a world of `entities` people drawn from its own seed (its names, places and
+/// facts are never training text), with an index over its biographies built like `reader`'s.
+fn reading_pool(seed: u64, entities: usize, reader: &Reader) -> Result<(Reader, Vec<QaItem>)> {
+    let cfg = WorldConfig { entities, seed: seed ^ READING_POOL_SEED, qa_train_fraction: 1.0, unseen_fraction: 0.0 };
+    let world = World::generate(&cfg).context("generating the reading pool's world")?;
+    let index = itera_retrieval::Index::build(world.biographies(), reader.index.encoder().config().clone())
+        .context("indexing the reading pool")?;
+    Ok((Reader { index, config: reader.config }, world.qa_train()))
+}
+
+/// Held-out questions answered with retrieval at each periodic evaluation (its accuracy curve).
+const READING_VALID: usize = 32;
 
 /// Training batches from a seeded stream, whose state is the data cursor: random windows of
 /// the token stream, or fresh instances of a synthetic task (a new draw every step).
@@ -249,18 +337,29 @@ struct Batcher<'a> {
     rng: Rng,
     batch: usize,
     seq_len: usize,
+    tok: &'a tokenizers::Tokenizer,
+    eot: u32,
 }
 
 /// One step's batch: next-token targets everywhere, or a synthetic task's answers.
 enum Batch {
-    Next { inputs: Tensor, targets: Tensor }, // (B, L) each
+    Next {
+        inputs: Tensor,
+        targets: Tensor,
+    }, // (B, L) each
     Answers(AnswerBatch),
+    /// Text windows plus reading examples (retrieval in the loop): both losses, summed.
+    Reading {
+        inputs: Tensor,
+        targets: Tensor,
+        reading: AnswerBatch,
+    },
 }
 
 impl Batcher<'_> {
     fn next(&mut self) -> Result<Batch> {
         match self.data {
-            Data::Text { train_stream: stream, .. } => {
+            Data::Text { train_stream: stream, reading, .. } => {
                 let span = stream.len() - self.seq_len - 1;
                 let mut ids = Vec::with_capacity(self.batch * (self.seq_len + 1));
                 for _ in 0..self.batch {
@@ -268,7 +367,15 @@ impl Batcher<'_> {
                     ids.extend_from_slice(&stream[s..s + self.seq_len + 1]);
                 }
                 let data = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), &Device::Cpu)?;
-                Ok(Batch::Next { inputs: data.narrow(1, 0, self.seq_len)?, targets: data.narrow(1, 1, self.seq_len)? })
+                let (inputs, targets) = (data.narrow(1, 0, self.seq_len)?, data.narrow(1, 1, self.seq_len)?);
+                let Some(r) = reading else { return Ok(Batch::Next { inputs, targets }) };
+                let mut examples = Vec::with_capacity(r.batch);
+                for _ in 0..r.batch {
+                    let item = &r.train[self.rng.below(r.train.len())];
+                    let p = r.pool.prompt(&item.question);
+                    examples.push(reading::example_tokens(self.tok, self.eot, &p, &item.answer)?);
+                }
+                Ok(Batch::Reading { inputs, targets, reading: reading::answer_batch(&examples, self.eot)? })
             }
             Data::Synthetic { task, .. } => {
                 let seqs: Vec<Sequence> = (0..self.batch).map(|_| task.instance(self.seq_len, &mut self.rng)).collect();
@@ -279,10 +386,28 @@ impl Batcher<'_> {
 }
 
 impl Batch {
-    fn loss(&self, model: &Model) -> Result<Losses> {
+    /// The losses, and the reading examples' answer loss on its own when there are some.
+    fn loss(&self, model: &Model) -> Result<(Losses, Option<Tensor>)> {
         Ok(match self {
-            Batch::Next { inputs, targets } => model.loss(inputs, targets)?,
-            Batch::Answers(b) => model.loss_at(&b.inputs, &b.positions, &b.targets)?,
+            Batch::Next { inputs, targets } => (model.loss(inputs, targets)?, None),
+            Batch::Answers(b) => (model.loss_at(&b.inputs, &b.positions, &b.targets)?, None),
+            Batch::Reading { inputs, targets, reading: b } => {
+                let text = model.loss(inputs, targets)?;
+                let read = model.loss_at(&b.inputs, &b.positions, &b.targets)?;
+                // `ce` stays the text loss (comparable with runs without retrieval); the reading loss
+                // is logged on its own.
+                let total = (&text.total + &read.total)?;
+                (Losses { total, ce: text.ce, aux: (&text.aux + &read.aux)? }, Some(read.ce))
+            }
+        })
+    }
+
+    /// Tokens the model read this step.
+    fn tokens(&self) -> Result<u64> {
+        Ok(match self {
+            Batch::Next { inputs, .. } => inputs.elem_count() as u64,
+            Batch::Answers(b) => b.inputs.elem_count() as u64,
+            Batch::Reading { inputs, reading, .. } => (inputs.elem_count() + reading.inputs.elem_count()) as u64,
         })
     }
 }
@@ -301,6 +426,9 @@ pub enum Metric {
         grad_norm: f64,
         tok_per_s: f64,
         elapsed_s: f64,
+        /// Answer loss of the step's reading examples (`--retrieval`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reading_loss: Option<f64>,
     },
     Eval {
         step: usize,
@@ -396,7 +524,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             (Data::Synthetic { task, valid }, task.tokenizer()?)
         }
         _ => {
-            let source = Source::load(&args.corpus, args.world_entities, args.seed, args.valid_fraction)?;
+            let source =
+                Source::load(&args.corpus, args.world_entities, args.world_unseen, args.seed, args.valid_fraction)?;
             let tokenizer = if previous.is_some() && tok_path.exists() {
                 data::load_tokenizer(&tok_path)?
             } else if let Some(p) = &args.tokenizer {
@@ -421,7 +550,26 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
                     );
                 }
             }
-            (Data::Text { source, train_stream, valid_stream }, tokenizer)
+            let reading = match (&args.retrieval, &source.world) {
+                (Some(dir), Some(world)) => {
+                    let reader = Reader::load(dir, args.reading(), world)?;
+                    // The periodic accuracy reads for people never trained on where there are some.
+                    let unseen = world.qa_unseen();
+                    let asked = if unseen.is_empty() { world.qa_heldout() } else { unseen };
+                    let valid = reading::spread(&asked, READING_VALID);
+                    let batch = args.reading_batch.unwrap_or(args.batch_size);
+                    let (pool, train) = match args.reading_entities {
+                        0 => (Reader { index: reader.index.clone(), config: reader.config }, world.qa_train()),
+                        n => reading_pool(args.seed, n, &reader)?,
+                    };
+                    Some(Reading { pool, train, reader, valid, batch })
+                }
+                _ => None,
+            };
+            if reading.as_ref().is_some_and(|r| r.train.is_empty()) {
+                bail!("--retrieval needs QA-train entities to read for; this world has none");
+            }
+            (Data::Text { source, train_stream, valid_stream, reading }, tokenizer)
         }
     };
     data::save_tokenizer(&tokenizer, &tok_path)?;
@@ -437,8 +585,14 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     write_json_atomic(&out.join("config.json"), &cfg)?;
     let (varmap, model) = Model::init_with(&cfg, args.seed, args.init, &Device::Cpu)?;
     let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
-    let mut batcher =
-        Batcher { data: &data, rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001), batch: args.batch_size, seq_len };
+    let mut batcher = Batcher {
+        data: &data,
+        rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001),
+        batch: args.batch_size,
+        seq_len,
+        tok: &tokenizer,
+        eot,
+    };
     let mut meta = CheckpointMeta {
         step: 0,
         rng_state: batcher.rng.state(),
@@ -493,14 +647,15 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     };
     let started = Instant::now();
     let elapsed_before = meta.elapsed_s;
-    let tokens_per_step = (args.batch_size * args.input_len()) as u64;
     while meta.step < steps {
         let step = meta.step;
         let t0 = Instant::now();
         let batch = batcher.next()?;
         let lr = lr_at(step, &args);
-        let losses = batch.loss(&model)?;
+        let (losses, reading_loss) = batch.loss(&model)?;
         let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
+        let reading_loss = reading_loss.map(|t| scalar(&t)).transpose()?;
+        let step_tokens = batch.tokens()?;
         if !loss.is_finite() {
             bar.abandon();
             bail!(
@@ -517,10 +672,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         drop(grads);
 
         meta.step += 1;
-        meta.tokens_seen += tokens_per_step;
+        meta.tokens_seen += step_tokens;
         meta.rng_state = batcher.rng.state();
         meta.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let tok_per_s = tokens_per_step as f64 / t0.elapsed().as_secs_f64();
+        let tok_per_s = step_tokens as f64 / t0.elapsed().as_secs_f64();
         log.write(&Metric::Train {
             step: meta.step,
             tokens: meta.tokens_seen,
@@ -531,14 +686,22 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             grad_norm,
             tok_per_s,
             elapsed_s: meta.elapsed_s,
+            reading_loss,
         })?;
         bar.set_position(meta.step as u64);
         bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
 
         if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
             let (valid_loss, accuracy) = match &data {
-                Data::Text { valid_stream, .. } => {
-                    (stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean(), None)
+                Data::Text { valid_stream, reading, .. } => {
+                    let loss = stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
+                    let accuracy = match reading {
+                        Some(r) => {
+                            Some(reading::qa_with_retrieval(&model, &tokenizer, eot, &r.reader, &r.valid)?.0.accuracy())
+                        }
+                        None => None,
+                    };
+                    (loss, accuracy)
                 }
                 Data::Synthetic { task, valid } => {
                     let (loss, r) = synthetic::score(&model, *task, valid, args.batch_size)?;
@@ -561,8 +724,9 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
 
     // ---- final evaluation, then the last checkpoint
     let final_eval = match &data {
-        Data::Text { source, train_stream, valid_stream } => {
-            final_eval(&model, &tokenizer, eot, source, train_stream, valid_stream, &args)?
+        Data::Text { source, train_stream, valid_stream, reading } => {
+            let reader = reading.as_ref().map(|r| &r.reader);
+            final_eval(&model, &tokenizer, eot, source, train_stream, valid_stream, reader, &args)?
         }
         Data::Synthetic { task, valid } => synthetic_final_eval(&model, *task, valid, &args)?,
     };
@@ -579,6 +743,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             .world_qa
             .as_ref()
             .map_or(String::new(), |q| format!("; world QA {}/{} held-out correct", q.correct, q.total))
+            + &final_eval.retrieval.as_ref().map_or(String::new(), |r| {
+                let unseen = r.unseen.as_ref().map_or(String::new(), |u| format!(", unseen {}/{}", u.correct, u.total));
+                format!(" ({}/{} with retrieval{unseen})", r.heldout.correct, r.heldout.total)
+            })
             + &final_eval
                 .tasks
                 .iter()
@@ -610,6 +778,7 @@ fn final_eval(
     source: &Source,
     train_stream: &[u32],
     valid_stream: &[u32],
+    reader: Option<&Reader>,
     args: &TrainArgs,
 ) -> Result<FinalEval> {
     let starts = windows(valid_stream.len(), args.seq_len(), Some(FINAL_EVAL_WINDOWS));
@@ -630,7 +799,12 @@ fn final_eval(
         0 => Vec::new(),
         n => task_accuracy(model, tok, eot, &source.task_eval_instances(n))?,
     };
+    let retrieval = match (reader, &source.world, args.qa_questions) {
+        (Some(r), Some(world), n) if n > 0 => Some(reading::evaluate(model, tok, eot, r, world, n)?),
+        _ => None,
+    };
     Ok(FinalEval {
+        retrieval,
         valid_loss: v.mean(),
         valid_perplexity: v.perplexity(),
         valid_bits_per_byte: v.bits_per_byte(bytes),
@@ -657,6 +831,7 @@ fn synthetic_final_eval(model: &Model, task: SyntheticTask, valid: &[Sequence], 
         valid_bits_per_byte: loss / std::f64::consts::LN_2,
         valid_tokens: r.answers,
         world_qa: None,
+        retrieval: None,
         unigram_loss: (task.symbols() as f64).ln(),
         tasks,
     })

@@ -47,12 +47,17 @@ pub struct WorldConfig {
     pub seed: u64,
     /// Fraction of entities whose QA pairs are in the training documents, in `[0, 1]`.
     pub qa_train_fraction: f64,
+    /// Fraction of entities that are never trained on at all, neither biography nor QA ("unseen":
+    /// only a retrieval index holds them), taken from the QA-held-out side; `qa_train_fraction +
+    /// unseen_fraction` must be at most 1. 0 (the default) leaves every biography in training.
+    #[serde(default)]
+    pub unseen_fraction: f64,
 }
 
 impl Default for WorldConfig {
     /// 10,000 entities, seed 0, half of them QA-train.
     fn default() -> Self {
-        Self { entities: 10_000, seed: 0, qa_train_fraction: 0.5 }
+        Self { entities: 10_000, seed: 0, qa_train_fraction: 0.5, unseen_fraction: 0.0 }
     }
 }
 
@@ -69,6 +74,13 @@ impl WorldConfig {
         // Written as a negated range test so that NaN is rejected too.
         if !(0.0..=1.0).contains(&self.qa_train_fraction) {
             bail!("world: `qa_train_fraction` must be in [0, 1], got {}", self.qa_train_fraction);
+        }
+        if !(0.0..=1.0).contains(&self.unseen_fraction) || self.qa_train_fraction + self.unseen_fraction > 1.0 {
+            bail!(
+                "world: `unseen_fraction` must be in [0, 1 - qa_train_fraction] = [0, {}], got {}",
+                1.0 - self.qa_train_fraction,
+                self.unseen_fraction
+            );
         }
         Ok(())
     }
@@ -201,12 +213,12 @@ pub struct QaItem {
 impl QaItem {
     /// The evaluation prompt, `"Q: {question}\nA:"`; the expected completion is `" {answer}\n"`.
     pub fn prompt(&self) -> String {
-        format!("Q: {}\nA:", self.question)
+        itera_data::prompt::qa_prompt(&self.question)
     }
 
     /// The training text of the pair, `"Q: {question}\nA: {answer}\n"`.
     pub fn text(&self) -> String {
-        format!("Q: {}\nA: {}\n", self.question, self.answer)
+        self.prompt() + &itera_data::prompt::completion(&self.answer)
     }
 }
 
@@ -217,6 +229,8 @@ pub struct World {
     pub entities: Vec<Entity>,
     /// `qa_train[i]`: entity `i`'s QA pairs are training documents.
     qa_train: Vec<bool>,
+    /// `unseen[i]`: nothing of entity `i` is a training document (never with `qa_train[i]`).
+    unseen: Vec<bool>,
 }
 
 // Stream purposes: each kind of draw has its own stream, so adding a draw to one purpose does not
@@ -565,7 +579,14 @@ impl World {
         for &i in &order[..train_count] {
             qa_train[i] = true;
         }
-        Ok(World { config: cfg.clone(), entities, qa_train })
+        // Unseen entities come from the far end of the same order, so they are QA-held-out, and a
+        // world with `unseen_fraction` 0 is the world it always was.
+        let unseen_count = ((cfg.unseen_fraction * n as f64).round() as usize).min(n - train_count);
+        let mut unseen = vec![false; n];
+        for &i in &order[n - unseen_count..] {
+            unseen[i] = true;
+        }
+        Ok(World { config: cfg.clone(), entities, qa_train, unseen })
     }
 
     fn value_str(&self, entity: usize, a: Attribute) -> &str {
@@ -637,20 +658,29 @@ impl World {
         }
     }
 
-    fn qa_items(&self, want_train: bool) -> Vec<QaItem> {
-        (0..self.entities.len())
-            .filter(|&i| self.qa_train[i] == want_train)
-            .flat_map(|i| Attribute::ALL.map(|a| self.qa_item(i, a)))
-            .collect()
+    /// Whether nothing of `entity` is trained on (see [`WorldConfig::unseen_fraction`]). Panics if
+    /// `entity` is out of range.
+    pub fn is_unseen(&self, entity: usize) -> bool {
+        self.unseen[entity]
     }
 
-    /// The training corpus: every entity's biography plus, per QA-train entity, one document of its
-    /// six QA pairs in a drawn order, all in a seeded shuffled order (so that biographies and QA
-    /// documents interleave).
+    /// Every entity's biography in its training rendering, by entity index: the retrieval corpus
+    /// (unseen entities included: an index holds what training never saw).
+    pub fn biographies(&self) -> Vec<String> {
+        (0..self.entities.len()).map(|i| self.biography(i)).collect()
+    }
+
+    fn qa_items(&self, keep: impl Fn(usize) -> bool) -> Vec<QaItem> {
+        (0..self.entities.len()).filter(|&i| keep(i)).flat_map(|i| Attribute::ALL.map(|a| self.qa_item(i, a))).collect()
+    }
+
+    /// The training corpus: every biography (but those of unseen entities) plus, per QA-train entity,
+    /// one document of its six QA pairs in a drawn order, all in a seeded shuffled order (so that
+    /// biographies and QA documents interleave).
     pub fn train_documents(&self) -> Vec<String> {
         let n = self.entities.len();
         let mut docs: Vec<String> = Vec::with_capacity(2 * n);
-        docs.extend((0..n).map(|i| self.biography(i)));
+        docs.extend((0..n).filter(|&i| !self.unseen[i]).map(|i| self.biography(i)));
         for i in (0..n).filter(|&i| self.qa_train[i]) {
             let mut attributes = Attribute::ALL;
             shuffle(&mut stream(self.config.seed, STREAM_QA_ORDER, i as u64), &mut attributes);
@@ -666,6 +696,8 @@ impl World {
     pub fn valid_documents(&self, n: usize) -> Vec<String> {
         let mut order: Vec<usize> = (0..self.entities.len()).collect();
         shuffle(&mut stream(self.config.seed, STREAM_VALID_PICK, 0), &mut order);
+        // Facts of unseen entities cannot be known: their biographies are no validation text.
+        order.retain(|&i| !self.unseen[i]);
         (0..n)
             .map(|k| {
                 let entity = order[k % order.len()];
@@ -674,16 +706,22 @@ impl World {
             .collect()
     }
 
-    /// Every QA pair of the held-out entities (never in training), by entity index then
-    /// [`Attribute::ALL`] order.
+    /// Every QA pair of the held-out entities whose biographies are trained on (the pairs never
+    /// are), by entity index then [`Attribute::ALL`] order.
     pub fn qa_heldout(&self) -> Vec<QaItem> {
-        self.qa_items(false)
+        self.qa_items(|i| !self.qa_train[i] && !self.unseen[i])
+    }
+
+    /// Every QA pair of the unseen entities (nothing of them is trained on), by entity index then
+    /// [`Attribute::ALL`] order.
+    pub fn qa_unseen(&self) -> Vec<QaItem> {
+        self.qa_items(|i| self.unseen[i])
     }
 
     /// Every QA pair of the QA-train entities (also in [`World::train_documents`]), by entity index
     /// then [`Attribute::ALL`] order.
     pub fn qa_train(&self) -> Vec<QaItem> {
-        self.qa_items(true)
+        self.qa_items(|i| self.qa_train[i])
     }
 }
 
@@ -693,7 +731,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn world(entities: usize, seed: u64) -> World {
-        World::generate(&WorldConfig { entities, seed, qa_train_fraction: 0.5 }).unwrap()
+        World::generate(&WorldConfig { entities, seed, qa_train_fraction: 0.5, unseen_fraction: 0.0 }).unwrap()
     }
 
     /// Which template of attribute `a` renders in `doc`, found by text (not by the generator's draws).
@@ -810,7 +848,9 @@ mod tests {
 
     #[test]
     fn qa_items_use_the_exact_prompt_and_text_format_and_the_split_follows_the_fraction() {
-        let w = World::generate(&WorldConfig { entities: 1_000, seed: 5, qa_train_fraction: 0.3 }).unwrap();
+        let w =
+            World::generate(&WorldConfig { entities: 1_000, seed: 5, qa_train_fraction: 0.3, unseen_fraction: 0.0 })
+                .unwrap();
         assert_eq!((0..1_000).filter(|&i| w.is_qa_train(i)).count(), 300);
         let q = &w.qa_heldout()[0];
         assert_eq!(q.prompt(), format!("Q: {}\nA:", q.question));
@@ -818,14 +858,43 @@ mod tests {
         assert_eq!(Attribute::from_name(&q.attribute), Some(Attribute::BirthDate));
         let name = &w.entities[q.entity].name;
         assert_eq!(q.question, format!("When was {name} born?"));
-        let all = World::generate(&WorldConfig { entities: 10, seed: 5, qa_train_fraction: 1.0 }).unwrap();
+        let all = World::generate(&WorldConfig { entities: 10, seed: 5, qa_train_fraction: 1.0, unseen_fraction: 0.0 })
+            .unwrap();
         assert!(all.qa_heldout().is_empty() && all.qa_train().len() == 60);
+    }
+
+    #[test]
+    fn unseen_entities_are_in_no_training_or_validation_text_and_zero_changes_nothing() {
+        let cfg = WorldConfig { entities: 400, seed: 3, qa_train_fraction: 0.5, unseen_fraction: 0.1 };
+        let w = World::generate(&cfg).unwrap();
+        let unseen: Vec<usize> = (0..400).filter(|&i| w.is_unseen(i)).collect();
+        assert_eq!(unseen.len(), 40);
+        assert!(unseen.iter().all(|&i| !w.is_qa_train(i)));
+        assert_eq!(w.qa_unseen().len(), 6 * 40);
+        assert_eq!(w.qa_heldout().len(), 6 * (200 - 40));
+        let text = w.train_documents().concat() + &w.valid_documents(400).concat();
+        // Their names may appear as another entity's relation; their own facts may not.
+        for &i in &unseen {
+            assert!(!text.contains(&w.biography(i)), "unseen {}'s biography is trained on", w.entities[i].name);
+            assert!(!text.contains(&format!("{}'s field of study", w.entities[i].name)));
+            assert!(!text.contains(&format!("Q: When was {} born?", w.entities[i].name)));
+        }
+        assert_eq!(w.biographies().len(), 400);
+        // Fraction 0 is the world it always was.
+        let plain = World::generate(&WorldConfig { unseen_fraction: 0.0, ..cfg.clone() }).unwrap();
+        let before = World::generate(&WorldConfig { entities: 400, seed: 3, ..Default::default() }).unwrap();
+        assert_eq!(plain.train_documents(), before.train_documents());
+        assert_eq!(plain.qa_heldout().len(), 6 * 200);
+        let msg = World::generate(&WorldConfig { unseen_fraction: 0.6, ..cfg }).unwrap_err().to_string();
+        assert!(msg.contains("unseen_fraction"), "{msg}");
     }
 
     #[test]
     fn bad_configs_are_errors_naming_the_problem() {
         let bad = |entities, qa_train_fraction| {
-            World::generate(&WorldConfig { entities, seed: 0, qa_train_fraction }).err().map(|e| e.to_string())
+            World::generate(&WorldConfig { entities, seed: 0, qa_train_fraction, unseen_fraction: 0.0 })
+                .err()
+                .map(|e| e.to_string())
         };
         for entities in [0, 1, 100_001] {
             let msg = bad(entities, 0.5).expect("out-of-range entity count accepted");

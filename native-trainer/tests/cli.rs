@@ -276,3 +276,132 @@ fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
     assert!(!dir.join("e").exists(), "export created its folder despite failing");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `index --json`'s figures.
+fn index_world(entities: &str, seed: &str, out: &Path, json: &Path) -> serde_json::Value {
+    let s = |v: &str| v.to_string();
+    let o = run(&[
+        s("index"),
+        s("--world-entities"),
+        s(entities),
+        s("--seed"),
+        s(seed),
+        s("--queries"),
+        s("60"),
+        s("--bm25"),
+        s("--out"),
+        out.display().to_string(),
+        s("--json"),
+        json.display().to_string(),
+    ]);
+    assert_ok(&o);
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn retrieval_index_train_eval_generate_and_export_work_together_and_mismatches_are_named() {
+    let dir = scratch("retrieval");
+    let s = |v: &str| v.to_string();
+    let index = dir.join("index");
+    let figures = index_world("300", "0", &index, &dir.join("index.json"));
+    assert_eq!(figures["documents"], 300);
+    assert!(figures["dense"]["recall_at_1"].as_f64().unwrap() >= 0.95, "{figures}");
+    assert!(figures["bm25"]["recall_at_5"].as_f64().unwrap() >= 0.95, "{figures}");
+    assert!(figures["bytes"].as_u64().unwrap() > 0);
+
+    // Train with reading examples in the loop and export: the export carries the index.
+    let (runs, exported) = (dir.join("run"), dir.join("export"));
+    let idx = index.display().to_string();
+    let mut args = tiny_run_with(
+        "itera-lite",
+        8,
+        &runs,
+        &[("--retrieval", &idx), ("--world-unseen", "0.1"), ("--reading-batch", "2"), ("--reading-entities", "200")],
+    );
+    args.extend([s("--export"), exported.display().to_string()]);
+    assert_ok(&run(&args));
+    let metrics = std::fs::read_to_string(runs.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"reading_loss\""), "no reading loss logged");
+    let m = load_model_dir(&exported).unwrap();
+    let manifest = m.manifest.as_ref().unwrap();
+    let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    for f in ["index/index.json", "index/vectors.bin", "index/scales.bin", "index/idf.bin", "index/documents.jsonl"] {
+        assert!(names.contains(&f), "{f} not in the manifest: {names:?}");
+    }
+    let r = manifest.retrieval.as_ref().expect("manifest.retrieval");
+    assert_eq!((r.dir.as_str(), r.documents, r.k), ("index", 300, 1));
+    let exported_index = itera_retrieval::Index::load(&exported.join("index")).unwrap();
+    assert_eq!(exported_index, itera_retrieval::Index::load(&index).unwrap());
+    let ev = manifest.eval.as_ref().unwrap().retrieval.as_ref().expect("final eval with retrieval");
+    assert_eq!(ev.heldout.total, 4);
+    assert_eq!(ev.unseen.as_ref().map(|u| u.total), Some(4));
+    assert_eq!(ev.unseen_recall, Some(1.0));
+    assert!(ev.heldout_answer_nll.is_finite() && ev.heldout_answer_nll_off.is_finite());
+
+    // eval --retrieval reports both settings in its JSON.
+    let json = dir.join("eval.json");
+    let o = run(&[
+        s("eval"),
+        s("--model"),
+        exported.display().to_string(),
+        s("--world-entities"),
+        s("300"),
+        s("--world-unseen"),
+        s("0.1"),
+        s("--qa-questions"),
+        s("5"),
+        s("--retrieval"),
+        idx.clone(),
+        s("--json"),
+        json.display().to_string(),
+    ]);
+    assert_ok(&o);
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(e["retrieval"]["heldout"]["total"], 5);
+    assert_eq!(e["retrieval"]["unseen_off"]["total"], 5);
+    assert_eq!(e["world_qa"]["total"], 5);
+
+    // generate --retrieval prints the retrieved biography (of the person asked about) with its score.
+    let person = exported_index.document(7).unwrap().split(" was ").next().unwrap().to_string();
+    let name: String = person
+        .split_whitespace()
+        .filter(|w| w.chars().next().unwrap().is_uppercase())
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let question = format!("Where did {name} study?");
+    let o = run(&[
+        s("generate"),
+        s("--model"),
+        exported.display().to_string(),
+        s("--prompt"),
+        question.clone(),
+        s("--max-tokens"),
+        s("4"),
+        s("--retrieval"),
+        idx.clone(),
+    ]);
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(err.contains("retrieved from") && err.contains(&name), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("Q: {question}\nA:")));
+
+    // An index of another world is refused by name, before any training.
+    let other = dir.join("index-seed1");
+    index_world("300", "1", &other, &dir.join("other.json"));
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("r2"), &[("--retrieval", &other.display().to_string())]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("was not built from this world"), "{}", stderr(&o));
+    // A damaged index file is named.
+    let mut v = std::fs::read(index.join("vectors.bin")).unwrap();
+    v[10] ^= 0x55;
+    std::fs::write(index.join("vectors.bin"), v).unwrap();
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("r3"), &[("--retrieval", &idx)]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("vectors.bin"), "{}", stderr(&o));
+    // Retrieval reads world biographies: another corpus is refused.
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("r4"), &[("--retrieval", &idx), ("--corpus", "tasks")]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--corpus world"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
