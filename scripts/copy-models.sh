@@ -1,6 +1,7 @@
 #!/usr/bin/env sh
 # trunk post-build hook: copies the exported models into the page's staging folder.
-# Source: $ITERA_MODELS (default: models/). Each model folder must hold a manifest.json.
+# Source: $ITERA_MODELS (default: models/). Each model folder must hold a manifest.json; every
+# file it lists is copied, in its subfolder (a retrieval index is `index/...`).
 set -eu
 dest="$1/models"
 src="${ITERA_MODELS:-models}"
@@ -10,7 +11,12 @@ for m in baseline itera-lite; do
     exit 1
   fi
   mkdir -p "$dest/$m"
+  # Every `"name": "..."` value (file entries, and the model's own name, which is no file).
   for f in $(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' "$src/$m/manifest.json") manifest.json; do
-    if [ -f "$src/$m/$f" ]; then cp "$src/$m/$f" "$dest/$m/$f"; fi
+    case "$f" in /* | *..*) echo "warning: $src/$m/manifest.json: skipping the file name $f" >&2; continue ;; esac
+    if [ -f "$src/$m/$f" ]; then
+      mkdir -p "$(dirname "$dest/$m/$f")"
+      cp "$src/$m/$f" "$dest/$m/$f"
+    fi
   done
 done

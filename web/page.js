@@ -18,6 +18,8 @@ const quantile = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.round((s.length - 1) * q)];
 };
+// A single index search is often below the worker's timer resolution (Chromium: 0.1 ms).
+const fmtQueryMs = (ms) => ms < 0.1 ? "< 0.1 ms" : fmtMs(ms);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 
 // ---------------------------------------------------------------------------------------------
@@ -39,6 +41,8 @@ class ModelView {
       <h3>${esc(spec.title)}</h3>
       <div class="status" data-role="status">starting worker…</div>
       <div class="progress"><div data-role="bar"></div></div>
+      <div class="retrieval" data-role="retrieval" data-state="loading">retrieval index: –</div>
+      <div class="retrieved" data-role="retrieved" hidden></div>
       <div class="output" data-role="output" aria-live="polite"></div>
       <table class="metrics"><tbody data-role="metrics"></tbody></table>`;
     $("models").appendChild(card);
@@ -75,8 +79,10 @@ class ModelView {
     this.card.dataset.status = key;
   }
 
+  // A load that fails leaves the model unusable; a job that fails after the load (a prompt too
+  // long for the model, say) is shown, and the model stays ready for the next one.
   fail(message) {
-    this.ready = false;
+    if (!this.loaded) this.ready = false;
     this.busy = false;
     this.setStatus("error", message);
     console.warn(`${this.spec.key}: ${message}`);
@@ -107,9 +113,11 @@ class ModelView {
       case "loaded":
         this.manifest = m.manifest;
         this.loaded = m;
+        this.retrieval = m.retrieval;
         this.ready = true;
         this.el("bar").style.width = "100%";
         this.setStatus("ready");
+        this.renderRetrieval();
         drawSizes();
         stateChart = stateChart.then(drawState).catch((e) => console.warn(`state chart: ${e.message}`));
         addQaExamples(m.manifest);
@@ -118,6 +126,9 @@ class ModelView {
       case "prefill":
         this.prefillMs = m.ms;
         this.context = m.tokens;
+        break;
+      case "retrieved":
+        if (this.onRetrieved) this.onRetrieved(m);
         break;
       case "token":
         this.times.push(m.ms);
@@ -141,6 +152,31 @@ class ModelView {
         this.listeners.splice(i, 1)[0].resolve(m);
         break;
       }
+    }
+  }
+
+  get canRetrieve() { return this.retrieval?.state === "ready"; }
+
+  // Why this model answers without retrieval, in a few words (null when it can retrieve).
+  get noRetrieval() {
+    const r = this.retrieval;
+    if (!r) return "not loaded";
+    if (r.state === "absent") return "no retrieval index in this export";
+    if (r.state === "failed") return `retrieval index unusable: ${r.message}`;
+    return null;
+  }
+
+  renderRetrieval() {
+    const r = this.retrieval, el = this.el("retrieval");
+    el.dataset.state = r.state;
+    el.title = "";
+    if (r.state === "ready") {
+      el.textContent = `retrieval index: ${r.documents} documents, ${fmtBytes(r.bytes)}; reads ${r.k} per question, ${r.order}`;
+      el.title = `decoded and checked in ${fmtMs(r.ms)}`;
+    } else if (r.state === "absent") {
+      el.textContent = "retrieval: none (this export has no index; it answers from its weights alone)";
+    } else {
+      el.textContent = `retrieval unavailable: ${r.message}. The model runs without it.`;
     }
   }
 
@@ -195,36 +231,53 @@ function settings() {
 // ---------------------------------------------------------------------------------------------
 // Generate, side by side
 
-async function runBoth(prompt, s, onEach) {
+// `perView(v)`: fields of the generate message that differ per model (retrieval).
+async function runBoth(prompt, s, onEach, perView = () => ({})) {
   await Promise.all(views.map(async (v) => {
     v.busy = true;
     v.resetRun();
     updateButtons();
     const done = v.next(["done"]);
     v.onToken = (m) => onEach(v, m);
-    v.send({ type: "generate", prompt, ...s });
+    v.send({ type: "generate", prompt, ...s, ...perView(v) });
     try {
       await done;
     } finally {
       v.busy = false;
       v.onToken = null;
+      v.onRetrieved = null;
       v.renderMetrics();
       updateButtons();
     }
   }));
 }
 
+// Retrieved documents as a list: score (cosine of the int8 vectors), then the text.
+function docsHtml(docs) {
+  return `<ol class="docs">${docs.map((d) => `<li data-doc="${d.doc}"><span class="score" title="retrieval score (cosine similarity)">${d.score.toFixed(3)}</span> ${esc(d.text)}</li>`).join("")}</ol>`;
+}
+
 $("generate").addEventListener("click", async () => {
   const prompt = $("prompt").value;
+  const useRetrieval = $("use-retrieval").checked;
   for (const v of views) {
+    const box = v.el("retrieved");
+    box.hidden = !useRetrieval;
+    box.innerHTML = useRetrieval && !v.canRetrieve
+      ? `<p class="na">${esc(v.noRetrieval)}: the prompt goes to the model as it is.</p>` : "";
     v.el("output").innerHTML = `<span class="prompt">${esc(prompt)}</span>`;
+    // With retrieval the model reads documents + question: show exactly that as the prompt.
+    v.onRetrieved = (m) => {
+      box.innerHTML = `<p class="who">retrieved for the question (search ${fmtQueryMs(m.query_ms)}):</p>${docsHtml(m.documents)}`;
+      v.el("output").innerHTML = `<span class="prompt">${esc(m.prompt)}</span>`;
+    };
   }
   try {
     await runBoth(prompt, { ...settings(), stop_at_newline: false }, (v, m) => {
       const out = v.el("output");
       out.appendChild(document.createTextNode(m.text));
       out.scrollTop = out.scrollHeight;
-    });
+    }, (v) => ({ retrieval: useRetrieval && v.canRetrieve }));
   } catch (e) {
     console.warn(e.message);
   }
@@ -352,49 +405,110 @@ async function drawState() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// World QA: greedy answer to "Q: <question>\nA:", one line, from both models
+// World QA: each model answers greedily (the trainer's evaluation: one line, at most 24 tokens),
+// once with the documents its index returns placed before the question and once without.
 
 function addQaExamples(manifest) {
   const box = $("qa-examples");
-  for (const ex of manifest?.eval?.world_qa?.examples || []) {
-    if ([...box.children].some((b) => b.dataset.question === ex.question)) continue;
-    const b = document.createElement("button");
-    b.textContent = ex.question;
-    b.dataset.question = ex.question;
-    b.dataset.expected = ex.expected;
-    b.addEventListener("click", () => {
-      $("qa-question").value = ex.question;
-      $("qa-question").dataset.expected = ex.expected;
-    });
-    box.appendChild(b);
+  const ev = manifest?.eval;
+  // Held-out: people the models read biographies of, never asked about. Unseen (retrieval
+  // exports): people never trained on at all; only the index knows them.
+  const sets = [[ev?.world_qa?.examples, false], [ev?.retrieval?.heldout?.examples, false], [ev?.retrieval?.unseen?.examples, true]];
+  for (const [examples, unseen] of sets) {
+    for (const ex of examples || []) {
+      if ([...box.children].some((b) => b.dataset.question === ex.question)) continue;
+      const b = document.createElement("button");
+      b.textContent = ex.question;
+      b.dataset.question = ex.question;
+      b.dataset.expected = ex.expected;
+      if (unseen) {
+        b.classList.add("unseen");
+        b.dataset.unseen = "";
+        b.title = "about a person the models never trained on: only the retrieval index has the answer";
+      }
+      b.addEventListener("click", () => {
+        $("qa-question").value = ex.question;
+        $("qa-question").dataset.expected = ex.expected;
+      });
+      box.appendChild(b);
+    }
   }
 }
 
 $("qa-question").addEventListener("input", () => delete $("qa-question").dataset.expected);
 
+// One answer cell: pending, not applicable (no index), an error, or the answer with its cost.
+function answerCell(v, slot, r, expected) {
+  const attrs = `data-answer="${v.spec.key}" data-retrieval="${slot}"`;
+  if (r === undefined) return `<td ${attrs} class="pending">…</td>`;
+  if (r.na) return `<td ${attrs} class="na" title="${esc(r.na)}">no retrieval</td>`;
+  if (r.error) return `<td ${attrs} class="wrong">error: ${esc(r.error)}</td>`;
+  const text = r.answer === "" ? `<span class="empty">(empty)</span>` : esc(r.answer);
+  const mark = !expected || r.reason === "aborted" ? ""
+    : r.answer === expected ? ` <span class="right">✓</span>` : ` <span class="wrong">✗</span>`;
+  const note = r.reason === "aborted" ? " (stopped)" : "";
+  return `<td ${attrs}><span class="answer">${text}</span>${mark}${note}<small>${r.prompt_tokens} prompt tokens · ${fmtMs(r.ms)}</small></td>`;
+}
+
+function renderQa(question, expected, results) {
+  const rows = views.map((v) => {
+    const r = results[v.spec.key];
+    return `<tr><td>${esc(v.spec.title)}</td>${answerCell(v, "on", r.on, expected)}${answerCell(v, "off", r.off, expected)}</tr>`;
+  }).join("");
+  // The documents each model read; one list when both indexes returned the same.
+  const groups = new Map();
+  for (const v of views) {
+    const r = results[v.spec.key].on;
+    if (!r || r.na || r.error) continue;
+    const key = JSON.stringify(r.documents.map((d) => [d.doc, d.score, d.text]));
+    if (!groups.has(key)) groups.set(key, { docs: r.documents, who: [] });
+    groups.get(key).who.push(`${v.spec.title}: search ${fmtQueryMs(r.query_ms)}`);
+  }
+  let docs = [...groups.values()].map((g) =>
+    `<div class="docs-group" data-docs><p class="who">${g.who.map(esc).join(" · ")}</p>${docsHtml(g.docs)}</div>`).join("");
+  for (const v of views.filter((v) => results[v.spec.key].on?.na)) {
+    docs += `<p class="na" data-no-retrieval="${v.spec.key}">${esc(v.spec.title)}: ${esc(v.noRetrieval)}; answered without retrieval only.</p>`;
+  }
+  $("qa-answers").innerHTML = `
+    <p class="question">${esc(question)}${expected ? ` <span class="expected">expected: <b data-expected>${esc(expected)}</b></span>` : ""}</p>
+    <table class="qa"><thead><tr><th>model</th><th>with retrieval</th><th>without retrieval</th></tr></thead><tbody>${rows}</tbody></table>
+    <h3>Retrieved documents <span class="hint">(best first; score = cosine similarity)</span></h3>${docs || `<p class="hint">…</p>`}`;
+}
+
 $("qa-ask").addEventListener("click", async () => {
   const q = $("qa-question").value.trim();
   if (!q) return;
   const expected = $("qa-question").dataset.expected;
-  const answers = Object.fromEntries(views.map((v) => [v.spec.key, ""]));
-  const render = () => {
-    $("qa-answers").innerHTML = `<table><tr><th>model</th><th>answer</th>${expected ? "<th></th>" : ""}</tr>${views
-      .map((v) => {
-        const a = answers[v.spec.key].split("\n")[0].trim();
-        const mark = expected ? `<td class="${a === expected ? "right" : "wrong"}">${a === expected ? "✓" : `✗ (${esc(expected)})`}</td>` : "";
-        return `<tr><td>${esc(v.spec.title)}</td><td data-answer="${v.spec.key}">${esc(a)}</td>${mark}</tr>`;
-      })
-      .join("")}</table>`;
-  };
+  const results = Object.fromEntries(views.map((v) => [v.spec.key, {}]));
+  const render = () => renderQa(q, expected, results);
   render();
-  try {
-    await runBoth(`Q: ${q}\nA:`, { max_tokens: 24, temperature: 0, top_k: 0, top_p: 1, seed: 0, stop_at_newline: true }, (v, m) => {
-      answers[v.spec.key] += m.text;
-      render();
-    });
-  } catch (e) {
-    console.warn(e.message);
-  }
+  await Promise.all(views.map(async (v) => {
+    v.busy = true;
+    updateButtons();
+    try {
+      for (const [slot, retrieval] of [["on", true], ["off", false]]) {
+        const r = results[v.spec.key];
+        if (retrieval && !v.canRetrieve) {
+          r.on = { na: v.noRetrieval };
+          render();
+          continue;
+        }
+        const answer = v.next(["answer"]);
+        v.send({ type: "answer", question: q, retrieval });
+        try {
+          r[slot] = await answer;
+        } catch (e) {
+          r[slot] = { error: e.message };
+        }
+        render();
+        if (r[slot].reason === "aborted") break;
+      }
+    } finally {
+      v.busy = false;
+      updateButtons();
+    }
+  }));
+  render();
 });
 
 updateButtons();

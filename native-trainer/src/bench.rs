@@ -149,7 +149,10 @@ pub struct ModelResults {
     pub params: ParamCount,
     pub bytes_f32: u64,       // model.safetensors as exported (f32)
     pub bytes_f16: u64,       // the same weights serialised as f16
-    pub bytes_all_files: u64, // every file of the export (weights, config, tokenizer)
+    pub bytes_all_files: u64, // every file of the export (weights, config, tokenizer, index)
+    /// The retrieval index the model reads (`index/` of the export): documents, vectors, IDF.
+    #[serde(default)]
+    pub bytes_index: u64,
     pub training: Option<crate::export::Training>,
     pub train_eval: Option<FinalEval>,
     pub per_context: Vec<ContextPoint>,
@@ -239,6 +242,10 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     let bytes_f32 = std::fs::metadata(&weights_path).with_context(|| weights_path.display().to_string())?.len();
     let bytes_f16 = f16_bytes(&weights_path)?;
     let bytes_all_files = manifest.as_ref().map_or(bytes_f32, |m| m.files.iter().map(|f| f.bytes).sum());
+    let index_prefix = format!("{}/", crate::export::INDEX_DIR);
+    let bytes_index = manifest
+        .as_ref()
+        .map_or(0, |m| m.files.iter().filter(|f| f.name.starts_with(&index_prefix)).map(|f| f.bytes).sum());
 
     let mut per_context = Vec::new();
     for &c in args.contexts.iter().filter(|&&c| c <= crate::eval::max_context(&cfg)) {
@@ -279,6 +286,7 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         bytes_f32,
         bytes_f16,
         bytes_all_files,
+        bytes_index,
         training: manifest.as_ref().map(|m| m.training.clone()),
         train_eval: manifest.and_then(|m| m.eval),
         per_context,

@@ -67,14 +67,19 @@ impl Checkpoint {
     pub fn load(dir: &Path) -> Result<Checkpoint> {
         let path = dir.join(CHECKPOINT_FILE);
         let bytes = std::fs::read(&path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        Self::from_bytes(&path, &bytes)
+    }
+
+    /// A checkpoint from the bytes of `path` (named in every error).
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt or not safetensors: {e}", path.display()))?;
         let json = header.metadata().as_ref().and_then(|m| m.get(META_KEY)).with_context(|| {
             format!("{} is not an Itera-Lite checkpoint (no `{META_KEY}` metadata)", path.display())
         })?;
         let meta: CheckpointMeta = serde_json::from_str(json)
             .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
-        let tensors = read_safetensors(&bytes, &Device::Cpu)
+        let tensors = read_safetensors(bytes, &Device::Cpu)
             .with_context(|| format!("checkpoint {} is corrupt", path.display()))?;
         Ok(Checkpoint { meta, tensors })
     }

@@ -74,7 +74,8 @@ impl Corpus {
         let files = if meta.is_dir() { txt_files(path)? } else { vec![path.to_path_buf()] };
         let mut docs = Vec::new();
         for file in &files {
-            docs.extend(split_documents(&read_utf8(file)?));
+            let bytes = std::fs::read(file).map_err(|e| anyhow!("cannot read corpus file {}: {e}", file.display()))?;
+            docs.extend(documents_from_bytes(file, bytes)?);
         }
         let name = match (meta.is_dir(), path.file_stem(), path.file_name()) {
             (false, Some(stem), _) => stem.to_string_lossy().into_owned(),
@@ -148,16 +149,18 @@ fn txt_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A file's text; invalid UTF-8 is an error naming the file and the first bad byte.
-fn read_utf8(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read corpus file {}: {e}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
+/// One corpus file's documents from its bytes (what [`Corpus::from_path`] does with each file):
+/// invalid UTF-8 is an error naming `file` and the first bad byte; the text is split on EOT or
+/// into paragraph chunks (see the module docs).
+pub fn documents_from_bytes(file: &Path, bytes: Vec<u8>) -> Result<Vec<String>> {
+    let text = String::from_utf8(bytes).map_err(|e| {
         anyhow!(
             "corpus file {} is not valid UTF-8: bad byte at offset {}",
-            path.display(),
+            file.display(),
             e.utf8_error().valid_up_to()
         )
-    })
+    })?;
+    Ok(split_documents(&text))
 }
 
 /// One file's documents: split on EOT when it has one, else paragraph chunks.

@@ -229,6 +229,23 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// Parses `manifest.json` (the bytes of `path`, named in every error) and checks that each file
+/// it lists is a plain relative path inside the export: `load_model_dir` reads every listed
+/// file to check its sha256, and `../../x` or `/dev/zero` would read outside the folder (the
+/// latter without end).
+pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(bytes).with_context(|| format!("parsing {}", path.display()))?;
+    for f in &m.files {
+        let inside = !f.name.is_empty()
+            && !f.name.contains('\\')
+            && f.name.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !inside {
+            bail!("{}: file name {:?} is not a relative path inside the export", path.display(), f.name);
+        }
+    }
+    Ok(m)
+}
+
 /// A model ready to run: weights, config and tokenizer from an export folder.
 pub struct LoadedModel {
     pub model: Model,
@@ -245,8 +262,13 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     if !dir.is_dir() {
         bail!("{} is not a model folder (expected model.safetensors, config.json, tokenizer.json)", dir.display());
     }
-    let manifest: Option<Manifest> =
-        if dir.join("manifest.json").exists() { Some(read_json(&dir.join("manifest.json"))?) } else { None };
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Option<Manifest> = if manifest_path.exists() {
+        let bytes = std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+        Some(parse_manifest(&manifest_path, &bytes)?)
+    } else {
+        None
+    };
     if let Some(m) = &manifest {
         for f in &m.files {
             let bytes =

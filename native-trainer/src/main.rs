@@ -327,6 +327,7 @@ fn default_job() -> Result<()> {
             world_unseen: DEFAULT_WORLD_UNSEEN,
             retrieval: Some(index_dir.clone()),
             reading_batch: Some(DEFAULT_READING_BATCH),
+            qa_questions: DEFAULT_QA_QUESTIONS,
             ..defaults.clone()
         };
         let run_dir = PathBuf::from("runs").join(format!("{kind}-demo"));
@@ -344,6 +345,8 @@ const DEFAULT_DEMO_STEPS: usize = 140;
 /// Reading examples (a retrieved biography + a question, the loss on the answer) per step, beside
 /// the 16 text windows.
 const DEFAULT_READING_BATCH: usize = 8;
+/// Questions of each kind the final evaluation asks (held-out, never trained on; with retrieval and without).
+const DEFAULT_QA_QUESTIONS: usize = 100;
 /// Share of the default world never trained on, only indexed: the page and the evaluation ask
 /// about them to test reading rather than memory.
 const DEFAULT_WORLD_UNSEEN: f64 = 0.1;

@@ -90,6 +90,13 @@ fn targeted(m: &ModelResults) -> Vec<(String, f64, Option<f64>)> {
     if let Some(q) = &e.world_qa {
         v.push(("world QA".to_string(), q.accuracy(), None));
     }
+    if let Some(r) = &e.retrieval {
+        v.push((format!("world QA, retrieval top-{} ({})", r.k, r.order), r.heldout.accuracy(), None));
+        if let (Some(on), Some(off)) = (&r.unseen, &r.unseen_off) {
+            v.push((format!("world QA, people never trained on, retrieval top-{}", r.k), on.accuracy(), None));
+            v.push(("world QA, people never trained on, no retrieval".to_string(), off.accuracy(), None));
+        }
+    }
     v.extend(e.tasks.iter().map(|t| (t.label(), t.accuracy(), Some(t.instance_accuracy()))));
     v
 }
@@ -151,19 +158,20 @@ fn markdown(r: &Results) -> String {
     }
 
     let _ = writeln!(s, "## Models\n");
-    let _ = writeln!(s, "| model | architecture | params (total) | active per token | model.safetensors f32 | f16 | all files | trained tokens | steps | corpus |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| model | architecture | params (total) | active per token | model.safetensors f32 | f16 | retrieval index | all files | trained tokens | steps | corpus |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for x in &r.models {
         let t = x.training.as_ref();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             x.name,
             x.architecture,
             millions(x.params.total),
             millions(x.params.active_per_token),
             mib(x.bytes_f32),
             mib(x.bytes_f16),
+            if x.bytes_index > 0 { mib(x.bytes_index) } else { "–".into() },
             mib(x.bytes_all_files),
             t.map_or("–".into(), |t| t.tokens.to_string()),
             t.map_or("–".into(), |t| t.steps.to_string()),

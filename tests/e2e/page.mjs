@@ -2,13 +2,19 @@
 // playwright-core; nothing is downloaded). Run by scripts/test.sh after `trunk build` with the
 // tiny test models:   node tests/e2e/page.mjs DIST_DIR
 //
-// 1. The page loads both models, generates 20 tokens with each, and every metric shows a
-//    plausible value; the latency benchmark draws both curves; World QA answers; a reload reads
-//    the models from the Cache API; the console has no errors; no request leaves the origin.
+// 1. The page loads both models (each with its retrieval index), generates 20 tokens with each,
+//    and every metric shows a plausible value; the latency benchmark draws both curves; World QA
+//    shows the retrieved documents with their scores and both models' answers with retrieval on
+//    and off; free-form generation with "use retrieval" reads the retrieved documents; a reload
+//    reads the models from the Cache API; the console has no errors; no request leaves the origin.
 // 2. Served with a manifest whose sha256 does not match its file, the page shows a clear error
-//    for that model instead of running it.
+//    for that model instead of running it; a model whose manifest names no index says so.
+// 3. Served with a damaged index (a sha256 mismatch for one model, a cut-off index.json for the
+//    other), each model says what is wrong with its index and still generates and answers
+//    without retrieval.
 
 import { chromium } from "playwright-core";
+import crypto from "node:crypto";
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
@@ -72,6 +78,10 @@ async function happyPath(browser) {
     await page.waitForFunction(bothReady, null, { timeout: 180_000 });
     check(true, "both models load");
     check((await page.textContent("#backend")).includes("CPU"), "the backend badge names the CPU backend");
+    for (const model of ["baseline", "itera-lite"]) {
+      const r = await page.$eval(`.card[data-model="${model}"] [data-role=retrieval]`, (e) => [e.dataset.state, e.textContent]);
+      check(r[0] === "ready" && /\d+ documents/.test(r[1]), `${model}: its retrieval index is loaded (${r[1]})`);
+    }
 
     await page.fill("#max-tokens", "20");
     await page.fill("#temperature", "0.7");
@@ -114,11 +124,39 @@ async function happyPath(browser) {
 
     const examples = await page.$$("#qa-examples button");
     check(examples.length > 0, "World QA offers example questions from the manifests");
+    const unseen = await page.$("#qa-examples button[data-unseen]");
+    check(unseen !== null, "World QA offers questions about people only the index knows (unseen)");
     if (examples.length) {
-      await examples[0].click();
-      await page.click("#qa-ask");
-      await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled && document.querySelectorAll("[data-answer]").length === 2, null, { timeout: 60_000 });
-      check(true, "World QA shows an answer row per model");
+      await (unseen || examples[0]).click();
+      const question = await page.inputValue("#qa-question");
+      await askQa(page);
+      for (const model of ["baseline", "itera-lite"]) {
+        for (const slot of ["on", "off"]) {
+          const cell = await page.$eval(`td[data-answer="${model}"][data-retrieval="${slot}"]`, (td) => [td.className, td.textContent]);
+          check(cell[0] === "" && /prompt tokens/.test(cell[1]), `World QA: ${model} answers with retrieval ${slot} (${cell[1].trim()})`);
+        }
+      }
+      const docs = await page.$$eval("#qa-answers [data-docs] ol.docs li", (lis) => lis.map((li) => li.textContent));
+      check(docs.length > 0 && docs.every((d) => /^\d\.\d{3} \S/.test(d)), `World QA shows the retrieved documents with their scores (${(docs[0] || "").slice(0, 70)}…)`);
+      const who = await page.$$eval("#qa-answers [data-docs] .who", (ps) => ps.map((p) => p.textContent).join(" · "));
+      check(["Transformer", "Itera-Lite"].every((t) => who.includes(t)) && /search (< )?\d+(\.\d+)? ms/.test(who), `World QA shows whose documents they are and the query time (${who})`);
+      check((await page.$("#qa-answers [data-expected]")) !== null, "World QA shows the expected answer of an example question");
+      check((await page.textContent("#qa-answers .question")).includes(question), "World QA repeats the question asked");
+
+      // Free-form generation with "use retrieval": the question is read after the documents.
+      await page.check("#use-retrieval");
+      await page.fill("#prompt", question);
+      await page.fill("#max-tokens", "8");
+      await page.click("#generate");
+      await page.waitForFunction(() => !document.querySelector("#generate").disabled && [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "done"), null, { timeout: 120_000 });
+      for (const model of ["baseline", "itera-lite"]) {
+        const card = `.card[data-model="${model}"]`;
+        const doc = await page.$eval(`${card} [data-role=retrieved] li`, (li) => li.textContent).catch(() => "");
+        const prompt = await page.textContent(`${card} .output .prompt`);
+        check(/^\d\.\d{3} /.test(doc) && prompt.includes(doc.slice(6, 40)) && prompt.endsWith(`Q: ${question}\nA:`),
+          `${model}: "use retrieval" shows the documents and generates after documents + question`);
+      }
+      await page.uncheck("#use-retrieval");
     }
 
     await page.reload();
@@ -134,8 +172,20 @@ async function happyPath(browser) {
   }
 }
 
+// Clicks "Ask both" and waits until all four answers (or their errors) are in.
+async function askQa(page) {
+  await page.click("#qa-ask");
+  await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled
+    && document.querySelectorAll("td[data-answer]:not(.pending)").length === 4, null, { timeout: 120_000 });
+}
+
 async function tamperedManifest(browser) {
   const rewrite = {
+    "/models/baseline/manifest.json": (text) => {
+      const m = JSON.parse(text);
+      delete m.retrieval;
+      return JSON.stringify(m);
+    },
     "/models/itera-lite/manifest.json": (text) => {
       const m = JSON.parse(text);
       const f = m.files.find((f) => f.name === "model.safetensors");
@@ -151,6 +201,66 @@ async function tamperedManifest(browser) {
     const status = await page.textContent('.card[data-model="itera-lite"] .status');
     check(status.includes("sha256") && status.includes("does not match"), `a mismatched sha256 is a clear error: "${status.slice(0, 140)}…"`);
     check(await page.isDisabled("#generate"), "Generate stays disabled");
+    await page.waitForFunction(() => document.querySelector('.card[data-model="baseline"]').dataset.status === "ready", null, { timeout: 120_000 });
+    const r = await page.$eval('.card[data-model="baseline"] [data-role=retrieval]', (e) => [e.dataset.state, e.textContent]);
+    check(r[0] === "absent" && r[1].includes("no index"), `a model whose manifest names no index says so: "${r[1]}"`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
+async function damagedIndex(browser) {
+  // baseline: its manifest's sha256 of index/vectors.bin is wrong. itera-lite: index.json is cut
+  // in half, and the manifest lists the cut file (so only the index's own checks can tell).
+  const cut = fs.readFileSync(path.join(DIST, "models/itera-lite/index/index.json"), "utf8");
+  const half = cut.slice(0, cut.length >> 1);
+  const rewrite = {
+    "/models/baseline/manifest.json": (text) => {
+      const m = JSON.parse(text);
+      const f = m.files.find((f) => f.name === "index/vectors.bin");
+      f.sha256 = (f.sha256[0] === "0" ? "1" : "0") + f.sha256.slice(1);
+      return JSON.stringify(m);
+    },
+    "/models/itera-lite/index/index.json": () => half,
+    "/models/itera-lite/manifest.json": (text) => {
+      const m = JSON.parse(text);
+      const f = m.files.find((f) => f.name === "index/index.json");
+      f.sha256 = crypto.createHash("sha256").update(half).digest("hex");
+      f.bytes = Buffer.byteLength(half);
+      return JSON.stringify(m);
+    },
+  };
+  const server = await serve(DIST, rewrite);
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  try {
+    await page.waitForFunction(() => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready"), null, { timeout: 180_000 });
+    check(true, "both models load although their indexes are damaged");
+    const says = { baseline: ["index/vectors.bin", "sha256", "does not match"], "itera-lite": ["index/index.json", "invalid JSON"] };
+    for (const [model, words] of Object.entries(says)) {
+      const r = await page.$eval(`.card[data-model="${model}"] [data-role=retrieval]`, (e) => [e.dataset.state, e.textContent]);
+      check(r[0] === "failed" && words.every((w) => r[1].includes(w)) && r[1].includes("runs without it"), `${model}: a damaged index is a named error on the page: "${r[1].slice(0, 150)}"`);
+    }
+    await page.check("#use-retrieval");
+    await page.fill("#max-tokens", "10");
+    await page.click("#generate");
+    await page.waitForFunction(() => !document.querySelector("#generate").disabled && [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "done"), null, { timeout: 120_000 });
+    for (const model of ["baseline", "itera-lite"]) {
+      const card = `.card[data-model="${model}"]`;
+      const out = await page.textContent(`${card} .output`);
+      check(out.length > (await page.inputValue("#prompt")).length, `${model}: still generates without its index`);
+      check((await page.textContent(`${card} [data-role=retrieved]`)).includes("retrieval index unusable"), `${model}: "use retrieval" says the prompt went without retrieval`);
+    }
+    await page.fill("#qa-question", "Where was Ulara Askowin born?");
+    await askQa(page);
+    for (const model of ["baseline", "itera-lite"]) {
+      const on = await page.$eval(`td[data-answer="${model}"][data-retrieval="on"]`, (td) => td.className);
+      const off = await page.$eval(`td[data-answer="${model}"][data-retrieval="off"]`, (td) => [td.className, td.textContent]);
+      check(on === "na" && off[0] === "" && /prompt tokens/.test(off[1]), `World QA: ${model} answers without retrieval and marks "with retrieval" as unavailable`);
+      check((await page.$(`#qa-answers [data-no-retrieval="${model}"]`)) !== null, `World QA: says why ${model} has no retrieved documents`);
+    }
+    check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
   } finally {
     await context.close();
     server.close();
@@ -165,6 +275,7 @@ const browser = await chromium.launch({
 try {
   await happyPath(browser);
   await tamperedManifest(browser);
+  await damagedIndex(browser);
 } catch (e) {
   failures.push(String(e));
   console.log(`FAIL ${e}`);

@@ -1,10 +1,14 @@
 //! Writes what the wasm tests must reproduce: for each exported model folder under DIR
 //! (`baseline/`, `itera-lite/`), the full-sequence logits of a fixed prompt and 20 greedy tokens,
-//! computed natively with the same `Engine` the worker runs. Output: DIR/golden.json.
+//! and, when the export has a retrieval index, the documents it retrieves for a question and the
+//! model's answers with and without them; computed natively with the same `Engine` and
+//! `Retriever` the worker runs. Output: DIR/golden.json.
 //!
 //!     cargo run -p itera-web --example golden -- target/test-models
 
+use itera_data::prompt::qa_prompt;
 use itera_web::engine::Engine;
+use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
 use std::path::Path;
 
 /// The prompt both sides run; odd characters on purpose (byte-level BPE, multi-byte UTF-8).
@@ -23,11 +27,36 @@ fn main() {
         let ids = engine.encode(PROMPT).unwrap();
         let logits = engine.logits(&ids).unwrap();
         let greedy = engine.greedy(PROMPT, GREEDY_TOKENS).unwrap();
-        golden.insert(
-            name.into(),
-            serde_json::json!({ "prompt": PROMPT, "ids": ids, "logits": logits, "greedy": greedy }),
-        );
+        let mut entry = serde_json::json!({ "prompt": PROMPT, "ids": ids, "logits": logits, "greedy": greedy });
         println!("{name}: {} prompt tokens, greedy {:?}", ids.len(), greedy);
+        let manifest: serde_json::Value = serde_json::from_slice(&read("manifest.json")).unwrap();
+        if let Some(spec) = RetrievalSpec::from_manifest(&manifest).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            let retriever = Retriever::load(spec, |f| std::fs::read(folder.join(f)).ok())
+                .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+            // A question about a person the model never trained on (only indexed), if the
+            // manifest has one; the answers need not be right, only the same in wasm.
+            let question = manifest
+                .pointer("/eval/retrieval/unseen/examples/0/question")
+                .and_then(|q| q.as_str())
+                .unwrap_or("Where was Ulara Askowin born?");
+            let docs = retriever.retrieve(question);
+            let on = engine.answer(&question_prompt(question, Some((&retriever, &docs)))).unwrap();
+            let off = engine.answer(&qa_prompt(question)).unwrap();
+            let hits: serde_json::Value =
+                docs.iter().map(|d| serde_json::json!({ "doc": d.doc, "score": d.score })).collect();
+            println!(
+                "{name}: {question:?}: documents {hits}, answer {:?} with retrieval, {:?} without",
+                on.answer(),
+                off.answer()
+            );
+            entry["retrieval"] = serde_json::json!({
+                "question": question,
+                "documents": hits,
+                "completion_on": on.completion(),
+                "completion_off": off.completion(),
+            });
+        }
+        golden.insert(name.into(), entry);
     }
     let path = Path::new(&dir).join("golden.json");
     std::fs::write(&path, serde_json::to_string(&golden).unwrap()).unwrap();

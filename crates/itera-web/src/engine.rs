@@ -136,6 +136,100 @@ impl Engine {
         cfg.validate()?;
         Ok(Sampler::new(cfg))
     }
+
+    /// Starts answering: prefills `[<|endoftext|>] + prompt`; [`GreedyAnswer::step`] then adds
+    /// one token at a time (the worker yields between them, so `abort` gets through).
+    pub fn start_answer(&mut self, prompt: &str) -> Result<GreedyAnswer> {
+        let ids = self.encode(prompt)?;
+        let logits = self.prefill(&ids)?;
+        Ok(GreedyAnswer {
+            logits,
+            stream: TextStream::default(),
+            completion: String::new(),
+            tokens: 0,
+            prompt_tokens: ids.len() + 1,
+            end: None,
+        })
+    }
+
+    /// The greedy answer to `prompt` (a QA or reading prompt), run to its end.
+    pub fn answer(&mut self, prompt: &str) -> Result<GreedyAnswer> {
+        let mut a = self.start_answer(prompt)?;
+        while a.end().is_none() {
+            a.step(self)?;
+        }
+        Ok(a)
+    }
+}
+
+/// Most tokens of an answer (native-trainer/src/eval.rs `QA_MAX_TOKENS`).
+pub const ANSWER_MAX_TOKENS: usize = 24;
+
+/// A greedy answer in progress, decoded exactly as the trainer's evaluation does
+/// (native-trainer/src/eval.rs `answer_greedily`): argmax after `[<|endoftext|>] + prompt`,
+/// ending at `<|endoftext|>`, at the first newline, after [`ANSWER_MAX_TOKENS`] tokens or at the
+/// context limit. The answer is the completion up to its first newline, trimmed.
+pub struct GreedyAnswer {
+    logits: Vec<f32>, // for the next token
+    stream: TextStream,
+    completion: String,
+    tokens: usize,
+    pub prompt_tokens: usize, // including the leading <|endoftext|>
+    end: Option<&'static str>,
+}
+
+impl GreedyAnswer {
+    /// Adds one token (nothing once ended).
+    pub fn step(&mut self, engine: &mut Engine) -> Result<()> {
+        if self.end.is_some() {
+            return Ok(());
+        }
+        let next = argmax(&self.logits);
+        if next == engine.eot() {
+            self.end = Some("end_of_text");
+            return Ok(());
+        }
+        self.completion.push_str(&self.stream.push(engine, next)?);
+        self.tokens += 1;
+        self.end = if self.completion.contains('\n') {
+            Some("newline")
+        } else if self.tokens >= ANSWER_MAX_TOKENS {
+            Some("max_tokens")
+        } else if engine.context_len() + 1 >= engine.max_context() {
+            // Feeding it would fill the context: no next token could follow.
+            Some("context_limit")
+        } else {
+            None
+        };
+        if self.end.is_none() {
+            self.logits = engine.feed(&[next])?;
+        }
+        Ok(())
+    }
+
+    /// Why it ended: `end_of_text`, `newline`, `max_tokens`, `context_limit`; `None` while running.
+    pub fn end(&self) -> Option<&'static str> {
+        self.end
+    }
+
+    /// Marks it ended (the worker's `abort`).
+    pub fn stop(&mut self, reason: &'static str) {
+        self.end.get_or_insert(reason);
+    }
+
+    /// The generated text so far.
+    pub fn completion(&self) -> &str {
+        &self.completion
+    }
+
+    /// The answer: the completion up to its first newline, trimmed (`itera_data::prompt::answer_of`).
+    pub fn answer(&self) -> &str {
+        itera_data::prompt::answer_of(&self.completion)
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
 }
 
 /// Streams text out of a growing list of token ids: byte-level tokens may end inside a UTF-8

@@ -1,6 +1,8 @@
 //! Messages between the page and a model worker, as JSON strings through `postMessage`.
 //! One worker per model; the page talks to both with the same messages.
 
+pub use crate::retrieval::Retrieved;
+use itera_data::ReadingOrder;
 use serde::{Deserialize, Serialize};
 
 /// Page → worker.
@@ -20,7 +22,15 @@ pub enum ToWorker {
         /// Stop at the first newline (World QA answers are one line).
         #[serde(default)]
         stop_at_newline: bool,
+        /// Treat `prompt` as a question: search the model's index and generate after the reading
+        /// prompt (documents + question); a `Retrieved` message comes first. An error if the
+        /// model has no usable index (`Loaded`'s `retrieval` says so beforehand).
+        #[serde(default)]
+        retrieval: bool,
     },
+    /// Answer `question` greedily (the trainer's evaluation: at most 24 tokens, one line),
+    /// with the retrieved documents in the context or without; one `Answer` message.
+    Answer { question: String, retrieval: bool },
     /// Stop the generation or benchmark in progress after the current token.
     Abort,
     /// Decode latency at each context length: prefill to it, then time `steps` single tokens.
@@ -62,9 +72,28 @@ pub enum FromWorker {
     /// The model is loaded.
     Loaded {
         manifest: serde_json::Value,
-        bytes: u64,      // bytes of the model's files
+        bytes: u64,      // bytes of the model's files (its index's included)
         downloaded: u64, // bytes fetched from the network this time (0: all from the cache)
         load_ms: f64,    // fetch + check + build
+        retrieval: RetrievalStatus,
+    },
+    /// The documents retrieved for a `Generate` with `retrieval`, before its prefill.
+    Retrieved {
+        documents: Vec<Retrieved>,
+        query_ms: f64,  // the index search alone
+        prompt: String, // what the model reads: documents + question
+    },
+    /// The answer to an `Answer` request.
+    Answer {
+        question: String,
+        retrieval: bool,
+        documents: Vec<Retrieved>, // empty without retrieval
+        query_ms: Option<f64>,     // the index search alone; None without retrieval
+        prompt_tokens: usize,      // including the leading <|endoftext|>
+        tokens: usize,             // generated
+        ms: f64,                   // prefill + generation
+        answer: String,            // the completion up to its first newline, trimmed
+        reason: String,            // why generation ended (see `GreedyAnswer::end`), or `aborted`
     },
     /// The prompt was read.
     Prefill {
@@ -101,4 +130,23 @@ impl FromWorker {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"type":"error","message":"serialise: {e}"}}"#))
     }
+}
+
+/// Whether a loaded model can answer with retrieval, as `Loaded` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RetrievalStatus {
+    /// The index is loaded and checked.
+    Ready {
+        documents: usize,
+        k: usize, // documents placed in the context per question
+        order: ReadingOrder,
+        bytes: u64, // of the index's files
+        ms: f64,    // to decode and check it (its download is part of `load_ms`)
+    },
+    /// The manifest has no `retrieval`: the model was exported without an index.
+    Absent,
+    /// The manifest names an index that could not be used (a file missing, damaged, or not the
+    /// one described); the model runs without retrieval.
+    Failed { message: String },
 }

@@ -1,14 +1,18 @@
 //! The model worker (wasm32 only). All model work happens here, off the page's main thread:
 //! fetch a model folder (manifest first) with progress, check every file's sha256 against the
 //! manifest, keep the files in the Cache API so that a reload reads them locally, then generate
-//! token by token (one message each) and measure decode latency against context length.
+//! token by token (one message each) and measure decode latency against context length. An
+//! export with a retrieval index (`index/`, the manifest's `retrieval`) also answers questions
+//! with the documents it retrieves in the context; an index that cannot be used is reported and
+//! the model runs without it.
 //!
 //! Jobs run as futures on the worker's event loop; after every token a job yields a macrotask
 //! (a `MessageChannel` round trip, which setTimeout's 4 ms clamping would not allow), so that an
 //! `abort` message gets through mid-generation.
 
 use crate::engine::{energy_mj_per_token, Engine, TextStream};
-use crate::protocol::{FromWorker, Status, ToWorker};
+use crate::protocol::{FromWorker, RetrievalStatus, Status, ToWorker};
+use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
 use js_sys::{Promise, Reflect, Uint8Array};
 use sha2::{Digest, Sha256};
@@ -30,6 +34,8 @@ const PROGRESS_STEP: usize = 256 * 1024;
 #[derive(Default)]
 struct WorkerState {
     engine: RefCell<Option<Engine>>,
+    retriever: RefCell<Option<Retriever>>,
+    retrieval: RefCell<Option<RetrievalStatus>>, // as `Loaded` reported it
     busy: Cell<bool>,
     abort: Cell<bool>,
 }
@@ -95,10 +101,11 @@ async fn run_job(msg: ToWorker) {
     }
     let result = match msg {
         ToWorker::Load { base } => load(&state, &base).await,
-        ToWorker::Generate { prompt, max_tokens, temperature, top_k, top_p, seed, stop_at_newline } => {
+        ToWorker::Generate { prompt, max_tokens, temperature, top_k, top_p, seed, stop_at_newline, retrieval } => {
             let sampling = SamplingConfig { temperature, top_k, top_p, seed };
-            generate(&state, &prompt, max_tokens, sampling, stop_at_newline).await
+            generate(&state, &prompt, max_tokens, sampling, stop_at_newline, retrieval).await
         }
+        ToWorker::Answer { question, retrieval } => answer(&state, &question, retrieval).await,
         ToWorker::Bench { contexts, steps } => bench(&state, &contexts, steps).await,
         ToWorker::Abort => Ok(()),
     };
@@ -192,40 +199,34 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
     let manifest: serde_json::Value =
         serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{base}manifest.json: {e}"))?;
     let files = manifest["files"].as_array().ok_or_else(|| format!("{base}manifest.json lists no files"))?;
+    // The index is optional: a problem with one of its files is kept for `Loaded`, not fatal.
+    let spec = RetrievalSpec::from_manifest(&manifest);
+    let in_index = |name: &str| matches!(&spec, Ok(Some(s)) if s.holds(name));
+    let mut index_problem: Option<String> = None;
     let cache = open_cache().await;
     let (mut blobs, mut total, mut downloaded) = (HashMap::new(), 0u64, 0u64);
     for f in files {
         let (Some(name), Some(sha)) = (f["name"].as_str(), f["sha256"].as_str()) else {
             return Err(format!("{base}manifest.json: a file entry lacks name or sha256"));
         };
+        let is_index = in_index(name);
+        if is_index && index_problem.is_some() {
+            continue; // the index is unusable already: spare the download
+        }
+        // Names may hold a folder (`index/vectors.bin`): the URL and the cache key are the path.
         let url = format!("{base}{name}");
         let expected = f["bytes"].as_u64().unwrap_or(0);
-        let cached = match &cache {
-            Some(c) => cache_get(c, &url, sha).await,
-            None => None,
-        };
-        let bytes = match cached {
-            Some(bytes) => {
-                post(FromWorker::Progress { file: name.into(), loaded: bytes.len() as u64, total: bytes.len() as u64 });
-                bytes
+        let (bytes, fetched) = match fetch_checked(cache.as_ref(), &url, name, sha, expected).await {
+            Ok(got) => got,
+            Err(e) if is_index => {
+                index_problem = Some(e);
+                continue;
             }
-            None => {
-                status(Status::Loading, format!("downloading {name}"));
-                let bytes = fetch_bytes(&url, name, expected).await?;
-                let got = sha256_hex(&bytes);
-                if got != sha {
-                    return Err(format!(
-                        "{url}: sha256 {got} does not match manifest.json ({sha}); refusing to run a model whose files \
-                         differ from what its manifest describes"
-                    ));
-                }
-                downloaded += bytes.len() as u64;
-                if let Some(c) = &cache {
-                    cache_put(c, &url, &bytes).await;
-                }
-                bytes
+            Err(e) => {
+                return Err(format!("{e}; refusing to run a model whose files differ from what its manifest describes"))
             }
         };
+        downloaded += if fetched { bytes.len() as u64 } else { 0 };
         total += bytes.len() as u64;
         blobs.insert(name.to_string(), bytes);
     }
@@ -234,9 +235,97 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
     yield_now().await;
     let engine = Engine::load(get("config.json")?, get("tokenizer.json")?, get("model.safetensors")?)?;
     *state.engine.borrow_mut() = Some(engine);
-    post(FromWorker::Loaded { manifest, bytes: total, downloaded, load_ms: now() - t0 });
+
+    let retrieval = match spec {
+        Ok(None) => RetrievalStatus::Absent,
+        Err(message) => RetrievalStatus::Failed { message },
+        Ok(Some(spec)) => match index_problem {
+            Some(p) => RetrievalStatus::Failed { message: format!("retrieval index: {p}") },
+            None => {
+                status(Status::Loading, "reading the retrieval index");
+                yield_now().await;
+                let t = now();
+                let bytes = blobs.iter().filter(|(n, _)| spec.holds(n)).map(|(_, b)| b.len() as u64).sum();
+                match Retriever::load(spec, |name| blobs.remove(name)) {
+                    Ok(r) => {
+                        let s = r.spec();
+                        let ready = RetrievalStatus::Ready {
+                            documents: r.documents(),
+                            k: s.k,
+                            order: s.order,
+                            bytes,
+                            ms: now() - t,
+                        };
+                        *state.retriever.borrow_mut() = Some(r);
+                        ready
+                    }
+                    Err(message) => RetrievalStatus::Failed { message },
+                }
+            }
+        },
+    };
+    if let RetrievalStatus::Failed { message } = &retrieval {
+        web_sys::console::warn_1(&format!("{base}: running without retrieval: {message}").into());
+    }
+    *state.retrieval.borrow_mut() = Some(retrieval.clone());
+    post(FromWorker::Loaded { manifest, bytes: total, downloaded, load_ms: now() - t0, retrieval });
     status(Status::Ready, "");
     Ok(())
+}
+
+/// The bytes of one listed file, from the cache if they are there and match `sha256`, else
+/// downloaded, checked and cached; and whether they were downloaded.
+async fn fetch_checked(
+    cache: Option<&Cache>,
+    url: &str,
+    name: &str,
+    sha256: &str,
+    expected: u64,
+) -> Result<(Vec<u8>, bool), String> {
+    if let Some(bytes) = match cache {
+        Some(c) => cache_get(c, url, sha256).await,
+        None => None,
+    } {
+        post(FromWorker::Progress { file: name.into(), loaded: bytes.len() as u64, total: bytes.len() as u64 });
+        return Ok((bytes, false));
+    }
+    status(Status::Loading, format!("downloading {name}"));
+    let bytes = fetch_bytes(url, name, expected).await?;
+    let got = sha256_hex(&bytes);
+    if got != sha256 {
+        return Err(format!("{url}: sha256 {got} does not match manifest.json ({sha256})"));
+    }
+    if let Some(c) = cache {
+        cache_put(c, url, &bytes).await;
+    }
+    Ok((bytes, true))
+}
+
+/// Why `retrieval: true` cannot be honoured, in the words of `Loaded`'s report.
+fn no_retrieval(state: &WorkerState) -> String {
+    match &*state.retrieval.borrow() {
+        Some(RetrievalStatus::Failed { message }) => format!("retrieval is off for this model: {message}"),
+        _ => "this model has no retrieval index (its manifest.json names none)".into(),
+    }
+}
+
+/// The retrieved documents for `question`, the search time, and the prompt that reads them; or,
+/// without `retrieval`, no documents and the plain QA prompt.
+fn prepare(
+    state: &WorkerState,
+    question: &str,
+    retrieval: bool,
+) -> Result<(Vec<Retrieved>, Option<f64>, String), String> {
+    if !retrieval {
+        return Ok((Vec::new(), None, question_prompt(question, None)));
+    }
+    let slot = state.retriever.borrow();
+    let r = slot.as_ref().ok_or_else(|| no_retrieval(state))?;
+    let t = now();
+    let docs = r.retrieve(question);
+    let ms = now() - t;
+    let prompt = question_prompt(question, Some((r, &docs)));
+    Ok((docs, Some(ms), prompt))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,14 +337,23 @@ async fn generate(
     max_tokens: usize,
     sampling: SamplingConfig,
     stop_at_newline: bool,
+    retrieval: bool,
 ) -> Result<(), String> {
     // Only this job touches the engine until it ends (the busy flag keeps others out).
     let mut slot = state.engine.borrow_mut();
     let engine = slot.as_mut().ok_or("no model is loaded")?;
     let mut sampler = Engine::sampler(sampling)?;
+    // With retrieval, the prompt is a question, read after what the index returns for it.
+    let prompt = if retrieval {
+        let (documents, query_ms, prompt) = prepare(state, prompt, true)?;
+        post(FromWorker::Retrieved { documents, query_ms: query_ms.unwrap_or(0.0), prompt: prompt.clone() });
+        prompt
+    } else {
+        prompt.to_string()
+    };
     status(Status::Generating, "");
     let t0 = now();
-    let ids = engine.encode(prompt)?;
+    let ids = engine.encode(&prompt)?;
     let mut logits = engine.prefill(&ids)?;
     post(FromWorker::Prefill { tokens: ids.len() + 1, ms: now() - t0 });
     let mut text = TextStream::default();
@@ -297,6 +395,39 @@ async fn generate(
         }
     }
     post(FromWorker::Done { tokens: n, ms: now() - t0, reason: reason.into() });
+    status(if reason == "aborted" { Status::Aborted } else { Status::Done }, reason);
+    Ok(())
+}
+
+/// Answers `question` greedily, exactly as the trainer's evaluation does, with the retrieved
+/// documents in the context or without; yields between tokens so that `abort` gets through.
+async fn answer(state: &WorkerState, question: &str, retrieval: bool) -> Result<(), String> {
+    let mut slot = state.engine.borrow_mut();
+    let engine = slot.as_mut().ok_or("no model is loaded")?;
+    status(Status::Generating, if retrieval { "answering with retrieval" } else { "answering" });
+    let (documents, query_ms, prompt) = prepare(state, question, retrieval)?;
+    let t0 = now();
+    let mut a = engine.start_answer(&prompt)?;
+    while a.end().is_none() {
+        yield_now().await;
+        if state.abort.get() {
+            a.stop("aborted");
+            break;
+        }
+        a.step(engine)?;
+    }
+    let reason = a.end().unwrap_or("aborted");
+    post(FromWorker::Answer {
+        question: question.to_string(),
+        retrieval,
+        documents,
+        query_ms,
+        prompt_tokens: a.prompt_tokens,
+        tokens: a.tokens(),
+        ms: now() - t0,
+        answer: a.answer().to_string(),
+        reason: reason.into(),
+    });
     status(if reason == "aborted" { Status::Aborted } else { Status::Done }, reason);
     Ok(())
 }

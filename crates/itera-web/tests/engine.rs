@@ -2,17 +2,45 @@
 //! by scripts/test.sh before the tests run).
 #![cfg(not(target_arch = "wasm32"))]
 
-use itera_web::engine::{energy_mj_per_token, Engine, TextStream};
+use itera_data::prompt::{answer_of, qa_prompt, reading_prompt};
+use itera_web::engine::{energy_mj_per_token, Engine, TextStream, ANSWER_MAX_TOKENS};
+use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
+use serde_json::{json, Value};
 use std::path::PathBuf;
 
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models").join(name)
+}
+
+fn read(name: &str, file: &str) -> Vec<u8> {
+    let path = dir(name).join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e} — scripts/test.sh exports the tiny test models there first", path.display())
+    })
+}
+
 fn engine(name: &str) -> Engine {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models").join(name);
-    let read = |f: &str| {
-        std::fs::read(dir.join(f)).unwrap_or_else(|e| {
-            panic!("{}: {e} — scripts/test.sh exports the tiny test models there first", dir.join(f).display())
-        })
-    };
-    Engine::load(&read("config.json"), &read("tokenizer.json"), &read("model.safetensors")).unwrap()
+    Engine::load(&read(name, "config.json"), &read(name, "tokenizer.json"), &read(name, "model.safetensors")).unwrap()
+}
+
+fn manifest(name: &str) -> Value {
+    serde_json::from_slice(&read(name, "manifest.json")).unwrap()
+}
+
+/// The export's index as the worker loads it, with `edit` applied to the files first.
+fn retriever_with(name: &str, manifest: &Value, edit: impl Fn(&str, &mut Vec<u8>)) -> Result<Retriever, String> {
+    let spec = RetrievalSpec::from_manifest(manifest)?.expect("the test models have a retrieval index");
+    let listed: Vec<String> =
+        manifest["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().into()).collect();
+    Retriever::load(spec, |file| {
+        let mut bytes = listed.iter().any(|l| l == file).then(|| read(name, file))?;
+        edit(file, &mut bytes);
+        Some(bytes)
+    })
+}
+
+fn retriever(name: &str) -> Retriever {
+    retriever_with(name, &manifest(name), |_, _| {}).unwrap()
 }
 
 #[test]
@@ -72,4 +100,120 @@ fn energy_estimate_grows_with_context_for_attention_only() {
     assert!(energy_mj_per_token(b.config(), 4096) > energy_mj_per_token(b.config(), 64));
     assert_eq!(energy_mj_per_token(i.config(), 4096), energy_mj_per_token(i.config(), 64));
     assert!(energy_mj_per_token(i.config(), 64) > 0.0);
+}
+
+#[test]
+fn answers_equal_the_trainers_own_with_and_without_retrieval() {
+    // The manifest records the trainer's greedy answers (native-trainer/src/eval.rs and
+    // reading.rs); the worker's engine and retriever must give the same, so that the page asks
+    // in the format the model was trained and evaluated on.
+    for name in ["baseline", "itera-lite"] {
+        let (mut e, r, m) = (engine(name), retriever(name), manifest(name));
+        let sets = [
+            ("/eval/world_qa/examples", false),
+            ("/eval/retrieval/heldout/examples", true),
+            ("/eval/retrieval/unseen/examples", true),
+            ("/eval/retrieval/unseen_off/examples", false),
+        ];
+        let mut checked = 0;
+        for (set, with_retrieval) in sets {
+            for ex in m.pointer(set).and_then(|v| v.as_array()).into_iter().flatten() {
+                let q = ex["question"].as_str().unwrap();
+                let docs = if with_retrieval { r.retrieve(q) } else { Vec::new() };
+                let prompt = question_prompt(q, with_retrieval.then_some((&r, docs.as_slice())));
+                let got = e.answer(&prompt).unwrap();
+                assert_eq!(got.answer(), ex["answer"].as_str().unwrap(), "{name} {set}: {q:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{name}: only {checked} recorded answers in the manifest");
+    }
+}
+
+#[test]
+fn retrieval_reads_the_manifests_index_in_the_trained_format() {
+    for name in ["baseline", "itera-lite"] {
+        let (r, m) = (retriever(name), manifest(name));
+        assert_eq!(r.documents() as u64, m["retrieval"]["documents"].as_u64().unwrap());
+        let q = m.pointer("/eval/retrieval/unseen/examples/0/question").and_then(|v| v.as_str()).unwrap();
+        let docs = r.retrieve(q);
+        assert_eq!(docs.len(), r.spec().k, "{name}: k documents");
+        assert!(docs.windows(2).all(|w| w[0].score >= w[1].score), "{name}: best first");
+        assert!(docs.iter().all(|d| d.score.is_finite() && !d.text.is_empty()));
+        // "When was Tamara Threlaner born?": her own biography comes first (recall is 1.0 here).
+        let person = q.split_whitespace().skip(2).take(2).collect::<Vec<_>>().join(" ");
+        assert!(docs[0].text.contains(&person), "{name}: {q:?} retrieved {:?}", docs[0].text);
+        let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(r.prompt(q, &docs), reading_prompt(&texts, q, r.spec().order));
+        assert_eq!(question_prompt(q, None), qa_prompt(q));
+    }
+}
+
+#[test]
+fn greedy_answer_is_the_greedy_continuation_up_to_its_first_line() {
+    let mut e = engine("itera-lite");
+    for prompt in [qa_prompt("Where was Ulara Askowin born?"), "Ulara".to_string(), "Ulara Askowin was".to_string()] {
+        let a = e.answer(&prompt).unwrap();
+        assert!(a.tokens() <= ANSWER_MAX_TOKENS);
+        assert_eq!(a.answer(), answer_of(a.completion()));
+        assert!(!a.completion().trim_end_matches('\n').contains('\n'), "{:?} goes past its first line", a.completion());
+        let greedy = e.greedy(&prompt, a.tokens()).unwrap();
+        assert_eq!(e.decode(&greedy).unwrap(), a.completion(), "{prompt:?}");
+        assert_eq!(a.prompt_tokens, e.encode(&prompt).unwrap().len() + 1);
+        let ended = a.end().unwrap();
+        assert!(["end_of_text", "newline", "max_tokens"].contains(&ended), "{ended}");
+        assert_eq!(ended == "newline", a.completion().ends_with('\n'));
+    }
+}
+
+#[test]
+fn a_damaged_or_mismatched_index_is_a_named_error() {
+    let m = manifest("baseline");
+    let err = |m: &Value, edit: &dyn Fn(&str, &mut Vec<u8>)| retriever_with("baseline", m, edit).err().unwrap();
+    let flip = |target: &'static str| {
+        move |f: &str, b: &mut Vec<u8>| {
+            if f == target {
+                b[0] ^= 1
+            }
+        }
+    };
+
+    let e = err(&m, &flip("index/vectors.bin"));
+    assert!(e.contains("index/vectors.bin") && e.contains("sha256 mismatch"), "{e}");
+    let e = err(&m, &|f, b| {
+        if f == "index/documents.jsonl" {
+            b.truncate(b.len() - 5)
+        }
+    });
+    assert!(e.contains("index/documents.jsonl") && e.contains("truncated"), "{e}");
+    let e = err(&m, &|f, b| {
+        if f == "index/index.json" {
+            *b = b"{not json".to_vec()
+        }
+    });
+    assert!(e.contains("index/index.json") && e.contains("invalid JSON"), "{e}");
+
+    let mut unlisted = m.clone();
+    unlisted["files"].as_array_mut().unwrap().retain(|f| f["name"] != "index/scales.bin");
+    let e = err(&unlisted, &|_, _| {});
+    assert!(e.contains("index/scales.bin: not listed in manifest.json"), "{e}");
+
+    let mut other = m.clone();
+    other["retrieval"]["documents"] = json!(299);
+    let e = err(&other, &|_, _| {});
+    assert!(e.contains("holds 300 documents, manifest.json says 299"), "{e}");
+
+    for (key, value, says) in [
+        ("k", json!(0), "must be in 1..="),
+        ("order", json!("sideways"), "unknown variant"),
+        ("dir", json!("../x"), "not a folder inside"),
+    ] {
+        let mut bad = m.clone();
+        bad["retrieval"][key] = value;
+        let e = RetrievalSpec::from_manifest(&bad).unwrap_err();
+        assert!(e.starts_with("manifest.json: `retrieval`") && e.contains(says), "{key}: {e}");
+    }
+    let mut none = m.clone();
+    none.as_object_mut().unwrap().remove("retrieval");
+    assert_eq!(RetrievalSpec::from_manifest(&none), Ok(None));
 }
