@@ -15,4 +15,4 @@ pub mod source;
 pub mod synthetic;
 pub mod tasks;
 pub mod train;
-pub mod world;
+pub use itera_data::world;

@@ -16,7 +16,7 @@ use std::str::FromStr;
 /// The `--corpus` argument.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CorpusSpec {
-    /// The project's generated synthetic world (see `world.rs`).
+    /// The project's generated synthetic world (`itera_data::world`).
     World,
     /// The project's generated targeted tasks (see `tasks.rs`), in this order, taking turns.
     Tasks(Vec<TaskKind>),

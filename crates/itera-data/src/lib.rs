@@ -1,8 +1,12 @@
 //! What the trainer (`native-trainer`) and the browser (`itera-web`) must agree on, defined once.
 //! No trainer or web dependencies: it builds for wasm32 as it is.
 //!
-//! - [`prompt`]: the QA format, and how retrieved documents are placed in the context.
+//! - [`prompt`]: the QA format, and how retrieved documents are placed in the context;
+//! - [`world`]: the generated world (people, their facts, biographies, QA split);
+//! - [`rng`]: the seeded random stream everything generated is drawn from.
 
 pub mod prompt;
+pub mod rng;
+pub mod world;
 
 pub use prompt::{ReadingConfig, ReadingOrder};

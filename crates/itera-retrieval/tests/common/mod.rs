@@ -1,5 +1,5 @@
 //! Test data shared by the native and the wasm tests: a tiny generator of biographies shaped
-//! like the project's world (native-trainer/src/world.rs, which this crate does not depend on),
+//! like the project's world (crates/itera-data/src/world.rs, which this crate does not depend on),
 //! and the golden values both platforms must reproduce.
 #![allow(dead_code)] // each test file uses a different part
 

@@ -27,8 +27,8 @@
 //! of each document, orders) draws from its own SplitMix64 stream, so the result does not depend on
 //! which method is called first, and documents are rendered on demand from the stored entities.
 
+use crate::rng::Rng;
 use anyhow::{bail, Result};
-use itera_model::init::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -213,12 +213,12 @@ pub struct QaItem {
 impl QaItem {
     /// The evaluation prompt, `"Q: {question}\nA:"`; the expected completion is `" {answer}\n"`.
     pub fn prompt(&self) -> String {
-        itera_data::prompt::qa_prompt(&self.question)
+        crate::prompt::qa_prompt(&self.question)
     }
 
     /// The training text of the pair, `"Q: {question}\nA: {answer}\n"`.
     pub fn text(&self) -> String {
-        self.prompt() + &itera_data::prompt::completion(&self.answer)
+        self.prompt() + &crate::prompt::completion(&self.answer)
     }
 }
 
