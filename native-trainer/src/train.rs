@@ -22,8 +22,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use itera_model::init::{InitScheme, Rng};
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use itera_model::weights::{assign_varmap, varmap_tensors};
-use itera_model::{Config, Losses, Model, ModelKind, Preset};
+use itera_model::{Config, Kernels, Losses, Model, ModelKind, Preset};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -136,6 +137,11 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and always at the end)
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
+    /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature; the fused
+    /// kernels are CPU-only, so a GPU runs their reference twins; evaluation runs on a CPU copy)
+    #[arg(long, default_value = "cpu")]
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// Held-out questions answered at the end: world questions (`--corpus world`), instances per task (task corpora); 0 skips
     #[arg(long, default_value_t = 200)]
     pub qa_questions: usize,
@@ -151,7 +157,54 @@ fn normal_init() -> InitScheme {
 }
 
 /// Fields a resumed run may change: they affect neither the data, nor the model, nor the math.
-const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoint_interval", "qa_questions"];
+const RESUMABLE_CHANGES: &[&str] = &["eval_interval", "eval_batches", "checkpoint_interval", "qa_questions", "device"];
+
+/// `--device`: where the training steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(format!("unknown device `{s}` (expected `cpu`, `cuda` or `cuda:N`)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device; a build without the `cuda` feature says so by name.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                anyhow::anyhow!(
+                    "--device {self}: {e} (this binary must be built with `--features cuda`, and the machine needs an \
+                     NVIDIA driver; docs/gpu.md)"
+                )
+            }),
+        }
+    }
+}
 
 const DEFAULT_STEPS: usize = 300;
 const DEFAULT_SEQ_LEN: usize = 256;
@@ -386,6 +439,31 @@ impl Batcher<'_> {
 }
 
 impl Batch {
+    /// The batch on `device` (built on the CPU by the batcher).
+    fn to_device(self, device: &Device) -> Result<Batch> {
+        if device.is_cpu() {
+            return Ok(self);
+        }
+        let answers = |b: AnswerBatch| -> Result<AnswerBatch> {
+            Ok(AnswerBatch {
+                inputs: b.inputs.to_device(device)?,
+                positions: b.positions.to_device(device)?,
+                targets: b.targets.to_device(device)?,
+            })
+        };
+        Ok(match self {
+            Batch::Next { inputs, targets } => {
+                Batch::Next { inputs: inputs.to_device(device)?, targets: targets.to_device(device)? }
+            }
+            Batch::Answers(b) => Batch::Answers(answers(b)?),
+            Batch::Reading { inputs, targets, reading } => Batch::Reading {
+                inputs: inputs.to_device(device)?,
+                targets: targets.to_device(device)?,
+                reading: answers(reading)?,
+            },
+        })
+    }
+
     /// The losses, and the reading examples' answer loss on its own when there are some.
     fn loss(&self, model: &Model) -> Result<(Losses, Option<Tensor>)> {
         Ok(match self {
@@ -583,7 +661,9 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         }
     }
     write_json_atomic(&out.join("config.json"), &cfg)?;
-    let (varmap, model) = Model::init_with(&cfg, args.seed, args.init, &Device::Cpu)?;
+    let device = args.device.open()?;
+    let (varmap, mut model) = Model::init_with(&cfg, args.seed, args.init, &device)?;
+    model.set_kernels(Kernels::for_device(&device));
     let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
     let mut batcher = Batcher {
         data: &data,
@@ -650,7 +730,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     while meta.step < steps {
         let step = meta.step;
         let t0 = Instant::now();
-        let batch = batcher.next()?;
+        let batch = batcher.next()?.to_device(&device)?;
         let lr = lr_at(step, &args);
         let (losses, reading_loss) = batch.loss(&model)?;
         let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
@@ -692,6 +772,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
 
         if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
+            let cpu_copy = cpu_model(&varmap, &cfg, &device)?;
+            let model = cpu_copy.as_ref().unwrap_or(&model);
             let (valid_loss, accuracy) = match &data {
                 Data::Text { valid_stream, reading, .. } => {
                     let loss = stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
@@ -723,6 +805,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     bar.finish_and_clear();
 
     // ---- final evaluation, then the last checkpoint
+    let cpu_copy = cpu_model(&varmap, &cfg, &device)?;
+    let model = cpu_copy.as_ref().unwrap_or(&model);
     let final_eval = match &data {
         Data::Text { source, train_stream, valid_stream, reading } => {
             let reader = reading.as_ref().map(|r| &r.reader);
@@ -758,6 +842,21 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     meta.final_eval = Some(final_eval);
     save_checkpoint(out, &meta, &varmap, &opt)?;
     Ok(meta)
+}
+
+/// Evaluation runs on the CPU (its batches and decoding state are built there): a CPU copy of the
+/// weights when training runs elsewhere, `None` when the training model is on the CPU already.
+fn cpu_model(varmap: &candle_nn::VarMap, cfg: &Config, device: &Device) -> Result<Option<Model>> {
+    if device.is_cpu() {
+        return Ok(None);
+    }
+    let weights: HashMap<String, Tensor> = {
+        let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("var map lock poisoned"))?;
+        data.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<Result<_>>()?
+    };
+    Ok(Some(itera_model::weights::build_checked(weights, candle_core::DType::F32, &Device::Cpu, |vb| {
+        Model::new(cfg, vb)
+    })?))
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

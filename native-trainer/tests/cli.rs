@@ -248,6 +248,17 @@ fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unknown model `gpt5`"), "{}", stderr(&o));
 
+    // A device this build cannot open, or that does not exist, is named before any work.
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("gpu"), &[("--device", "gpu")]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown device `gpu`"), "{}", stderr(&o));
+    if !cfg!(feature = "cuda") {
+        let o = run(&tiny_run_with("baseline", 2, &dir.join("cuda"), &[("--device", "cuda:1")]));
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("--device cuda:1") && stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+        assert!(!dir.join("cuda").join("checkpoint.safetensors").exists());
+    }
+
     // A corrupt checkpoint: resume fails, naming it, and leaves the file as it was.
     let run_dir = dir.join("corrupt");
     std::fs::create_dir_all(&run_dir).unwrap();

@@ -38,6 +38,17 @@ impl Kernels {
     pub fn reference() -> Self {
         Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense, fused_ops: false }
     }
+
+    /// What runs on `device`: the fused custom ops have CPU kernels only, so any other device
+    /// takes their reference twins (elementary candle ops, which every backend has) and keeps the
+    /// sparse MoE (index_select / index_add, also elementary).
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            Self::default()
+        } else {
+            Self { scan: ScanKernel::Reference, moe: MoeKernel::Sparse, fused_ops: false }
+        }
+    }
 }
 
 /// RMSNorm by the fused op or its elementary twin.

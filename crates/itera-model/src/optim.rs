@@ -4,6 +4,10 @@
 //! parameter groups (its weight decay hits norms and embeddings too) and no clipping. This one
 //! keeps m and v as plain vectors that the trainer saves and restores, and updates each parameter
 //! in one plain-Rust pass (PyTorch's `torch.optim.AdamW` update order, decoupled weight decay).
+//!
+//! Parameters on another device (CUDA) keep their moments there as tensors and take the same
+//! update as tensor ops ([`AdamW::new_on_device`]), so nothing is copied to the host per step;
+//! on the CPU that path is the host loop's twin, tested equal to float tolerance.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
@@ -36,6 +40,8 @@ struct Param {
     decay: bool,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// The moments as tensors on the parameter's device (the tensor path), instead of `m` / `v`.
+    on_device: Option<(Tensor, Tensor)>,
 }
 
 pub struct AdamW {
@@ -45,18 +51,36 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// The host loop for parameters on the CPU, tensor ops on any other device.
     pub fn new(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        Self::build(varmap, cfg, false)
+    }
+
+    /// Every parameter updated by tensor ops on its own device (the CPU too: the twin's test).
+    pub fn new_on_device(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
+        Self::build(varmap, cfg, true)
+    }
+
+    fn build(varmap: &VarMap, cfg: AdamWConfig, tensors_everywhere: bool) -> Result<Self> {
         let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("adamw: var map lock poisoned"))?;
-        let mut params: Vec<Param> = data
-            .iter()
-            .map(|(name, var)| Param {
+        let mut params = Vec::with_capacity(data.len());
+        for (name, var) in data.iter() {
+            let on_device = if tensors_everywhere || !var.device().is_cpu() {
+                let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+                Some((zeros.clone(), zeros))
+            } else {
+                None
+            };
+            let host = if on_device.is_some() { 0 } else { var.elem_count() };
+            params.push(Param {
                 name: name.clone(),
                 var: var.clone(),
                 decay: decays(name, var.rank()),
-                m: vec![0.0; var.elem_count()],
-                v: vec![0.0; var.elem_count()],
-            })
-            .collect();
+                m: vec![0.0; host],
+                v: vec![0.0; host],
+                on_device,
+            });
+        }
         params.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self { params, cfg, step: 0 })
     }
@@ -75,6 +99,18 @@ impl AdamW {
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for p in &mut self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            if let Some((m, v)) = &mut p.on_device {
+                // The same update as the loop below, as tensor ops on the parameter's device.
+                let g = g.to_dtype(DType::F32)?;
+                *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
+                *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+                let decay = if p.decay { 1.0 - lr * weight_decay } else { 1.0 };
+                let w = p.var.as_tensor().to_dtype(DType::F32)?;
+                let w = ((w * decay)? - ((&*m / denom)? * (lr / bc1))?)?;
+                p.var.set(&w.to_dtype(p.var.dtype())?)?;
+                continue;
+            }
             let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let mut w = p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let decay = if p.decay { 1.0 - lr * weight_decay } else { 1.0 };
@@ -98,6 +134,11 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
             let dev = p.var.device();
+            if let Some((m, v)) = &p.on_device {
+                out.push((format!("adamw.m.{}", p.name), m.clone()));
+                out.push((format!("adamw.v.{}", p.name), v.clone()));
+                continue;
+            }
             out.push((format!("adamw.m.{}", p.name), Tensor::from_slice(&p.m, p.var.shape(), dev)?));
             out.push((format!("adamw.v.{}", p.name), Tensor::from_slice(&p.v, p.var.shape(), dev)?));
         }
@@ -114,7 +155,13 @@ impl AdamW {
                 if t.dims() != p.var.dims() {
                     candle_core::bail!("checkpoint `{key}` has shape {:?}, parameter has {:?}", t.dims(), p.var.dims());
                 }
-                *dst = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                match &mut p.on_device {
+                    Some((m, v)) => {
+                        let t = t.to_dtype(DType::F32)?.to_device(p.var.device())?;
+                        *(if which == "m" { m } else { v }) = t;
+                    }
+                    None => *dst = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                }
             }
         }
         self.step = step;
@@ -146,4 +193,83 @@ pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> 
         }
     }
     Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Init;
+
+    /// Two copies of the same parameters, one per update path.
+    fn varmap(seed: u64) -> VarMap {
+        let vm = VarMap::new();
+        let mut rng = crate::init::Rng::new(seed);
+        let mut mk = |name: &str, shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let vals: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            vm.get(shape, name, Init::Const(0.0), DType::F32, &Device::Cpu).unwrap();
+            vm.data().lock().unwrap()[name].set(&Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()).unwrap();
+        };
+        mk("layers.0.w", &[4, 3]);
+        mk("norm.weight", &[3]);
+        mk("embed_tokens.weight", &[5, 3]);
+        vm
+    }
+
+    fn values(vm: &VarMap) -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<_> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, var)| (n.clone(), var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A loss with different gradients for each parameter and step.
+    fn grads(vm: &VarMap, step: usize) -> GradStore {
+        let data = vm.data().lock().unwrap();
+        let mut named: Vec<_> = data.iter().collect(); // name order: the map's own order varies per map
+        named.sort_by(|x, y| x.0.cmp(y.0));
+        let mut loss = Tensor::new(0f32, &Device::Cpu).unwrap();
+        for (i, (_, var)) in named.into_iter().enumerate() {
+            let t = var.as_tensor();
+            let c = 0.3 + 0.1 * (i + step) as f64;
+            loss = (loss + ((t * c).unwrap().sin().unwrap().sum_all().unwrap() + t.sqr().unwrap().sum_all().unwrap()))
+                .unwrap();
+        }
+        loss.backward().unwrap()
+    }
+
+    #[test]
+    fn the_tensor_update_equals_the_host_loop() {
+        const STEPS: usize = 6;
+        let (a, b) = (varmap(1), varmap(1));
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        let (mut host, mut dev) = (AdamW::new(&a, cfg).unwrap(), AdamW::new_on_device(&b, cfg).unwrap());
+        for step in 0..STEPS {
+            host.step(&grads(&a, step), 1e-2).unwrap();
+            dev.step(&grads(&b, step), 1e-2).unwrap();
+        }
+        for ((n, x), (_, y)) in values(&a).iter().zip(values(&b)) {
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{n}: host {p} vs tensor {q}");
+            }
+        }
+        // Moments saved by one path restore into the other.
+        let saved: HashMap<String, Tensor> = dev.state_tensors().unwrap().into_iter().collect();
+        let mut restored = AdamW::new(&a, cfg).unwrap();
+        restored.load_state(&saved, dev.steps()).unwrap();
+        let host_state: HashMap<String, Tensor> = host.state_tensors().unwrap().into_iter().collect();
+        for (k, t) in restored.state_tensors().unwrap() {
+            let x = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let y = host_state[&k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= 1e-5 * q.abs().max(1e-3), "{k}: {p} vs {q}");
+            }
+        }
+    }
 }

@@ -104,7 +104,7 @@ pub fn assign_varmap(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Resu
             }
             .into());
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(())
 }
