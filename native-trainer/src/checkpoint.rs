@@ -79,6 +79,8 @@ impl Checkpoint {
         })?;
         let meta: CheckpointMeta = serde_json::from_str(json)
             .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
+        // The config builds the model the weights go into: check it before anything is built.
+        meta.config.validate().map_err(|e| anyhow::anyhow!("checkpoint {}: config: {e}", path.display()))?;
         let tensors = read_safetensors(bytes, &Device::Cpu)
             .with_context(|| format!("checkpoint {} is corrupt", path.display()))?;
         Ok(Checkpoint { meta, tensors })

@@ -313,6 +313,8 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 
 /// Parses `tokenizer.json` bytes (the browser has no file system).
 pub fn tokenizer_from_bytes(json: &[u8]) -> Result<Tokenizer> {
+    // tokenizers 0.23 panics on some malformed files (issue 14, found by itera-fuzz).
+    itera_data::tokenizer_json::check(json).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
     let tok = Tokenizer::from_bytes(json).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
     check_eot(&tok)?;
     Ok(tok)
@@ -694,6 +696,10 @@ mod tests {
         assert!(e.contains("missing.json"), "{e}");
         let e = tokenizer_from_bytes(b"{not json").unwrap_err().to_string();
         assert!(e.contains("not a valid tokenizer.json"), "{e}");
+        // Found by itera-fuzz: a syntax error inside `decoder` panicked in tokenizers 0.23.
+        let e =
+            tokenizer_from_bytes(br#"{"version":"1.0","decoder":{"type":"ByteLevel" "x":1}}"#).unwrap_err().to_string();
+        assert!(e.contains("not a valid tokenizer.json") && e.contains("column"), "{e}");
 
         let tok = small_tokenizer();
         let e = decode(&tok, &[5, 1024]).unwrap_err().to_string();

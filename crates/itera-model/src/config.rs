@@ -18,6 +18,9 @@ pub enum Config {
     IteraLite(IteraLiteConfig),
 }
 
+/// The longest context a baseline config may declare: its RoPE tables hold every position.
+pub const MAX_POSITIONS: usize = 1 << 20;
+
 /// Llama-style decoder: RMSNorm pre-norm, RoPE (rotate-half), causal MHA, SwiGLU MLP, no biases,
 /// output head tied to the token embedding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +206,20 @@ impl BaselineConfig {
             ("num_key_value_heads", self.num_key_value_heads),
             ("max_position_embeddings", self.max_position_embeddings),
         ])?;
+        at_most(&[
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+        ])?;
+        // The RoPE tables are built for every position when the model is (`Rope::new`): a
+        // config.json asking for 2^64 positions must be an error, not a 2 GiB allocation (issue 14).
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return Err(format!("max_position_embeddings {} is over {MAX_POSITIONS}", self.max_position_embeddings));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("rope_theta {} is not a finite value > 0", self.rope_theta));
+        }
         if !self.hidden_size.is_multiple_of(h) || !self.head_dim().is_multiple_of(2) {
             return Err(format!("hidden_size {} must split into {h} heads of even size", self.hidden_size));
         }
@@ -270,6 +287,17 @@ impl IteraLiteConfig {
             ("conv_kernel", self.conv_kernel),
             ("time_step_rank", self.time_step_rank),
         ])?;
+        at_most(&[
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("state_size", self.state_size, MAX_SMALL),
+            ("expand", self.expand, MAX_EXPAND),
+            ("conv_kernel", self.conv_kernel, MAX_SMALL),
+            ("time_step_rank", self.time_step_rank, MAX_WIDTH),
+            ("num_experts", self.num_experts, MAX_SMALL),
+            ("expert_intermediate_size", self.expert_intermediate_size, MAX_WIDTH),
+        ])?;
         if self.moe() {
             nonzero(&[
                 ("num_experts_per_tok", self.num_experts_per_tok),
@@ -286,6 +314,22 @@ impl IteraLiteConfig {
             return Err("only use_conv_bias = true, use_bias = false and tied embeddings are supported".into());
         }
         Ok(())
+    }
+}
+
+// Upper bounds on sizes, far past any model this project trains (the seed preset: width 512,
+// 8 layers), chosen so that every count below (parameters, FLOPs, state bytes at contexts up
+// to 2^20) fits a usize: a config.json of huge numbers is an error, not an overflow (issue 14,
+// found by itera-fuzz).
+const MAX_WIDTH: usize = 1 << 20; // vocabulary, widths, ranks
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_SMALL: usize = 1 << 10; // state size, conv width, experts
+const MAX_EXPAND: usize = 1 << 6;
+
+fn at_most(fields: &[(&str, usize, usize)]) -> Result<(), String> {
+    match fields.iter().find(|(_, v, max)| v > max) {
+        Some((name, v, max)) => Err(format!("config field `{name}` is {v}, over the limit {max}")),
+        None => Ok(()),
     }
 }
 
@@ -497,6 +541,49 @@ mod tests {
         assert_eq!(i.state_bytes(64), i.state_bytes(4096));
         assert!(b.decode_flops_per_token(4096) > b.decode_flops_per_token(64));
         assert_eq!(i.decode_flops_per_token(4096), i.decode_flops_per_token(64));
+    }
+
+    /// Found by itera-fuzz (`config`): `max_position_embeddings` 2^64 - 1 passed `validate`, and
+    /// loading the model then built RoPE tables of 2^32 positions (a 2 GiB allocation, then an
+    /// abort). See issue 14.
+    #[test]
+    fn huge_max_position_embeddings_is_an_error_not_an_allocation() {
+        let mut c = BaselineConfig::preset(Preset::Tiny, 256);
+        c.max_position_embeddings = usize::MAX;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("max_position_embeddings") && e.contains("is over"), "{e}");
+        c.max_position_embeddings = MAX_POSITIONS;
+        assert!(c.validate().is_ok());
+        c.rope_theta = f64::NAN;
+        assert!(c.validate().unwrap_err().contains("rope_theta"));
+    }
+
+    /// Found by itera-fuzz (`config`, debug build): sizes near 2^64 passed `validate`, then
+    /// `d_inner`, `param_count` and `state_bytes` overflowed (a panic with overflow checks, a
+    /// wrong count without).
+    #[test]
+    fn huge_sizes_are_errors_not_overflows() {
+        let mut c = IteraLiteConfig::preset(Preset::Tiny, 256);
+        c.expand = usize::MAX;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("`expand`") && e.contains("over the limit"), "{e}");
+        let mut b = BaselineConfig::preset(Preset::Tiny, 256);
+        b.num_hidden_layers = 1 << 40;
+        assert!(b.validate().unwrap_err().contains("`num_hidden_layers`"));
+        // At every limit at once the counts still fit.
+        let mut c = IteraLiteConfig::preset(Preset::Tiny, MAX_WIDTH);
+        (c.hidden_size, c.num_hidden_layers, c.state_size, c.expand) = (MAX_WIDTH, MAX_LAYERS, MAX_SMALL, MAX_EXPAND);
+        (c.conv_kernel, c.time_step_rank, c.num_experts, c.expert_intermediate_size) =
+            (MAX_SMALL, MAX_WIDTH, MAX_SMALL, MAX_WIDTH);
+        let c = Config::IteraLite(c);
+        assert!(c.validate().is_ok());
+        let _ = (c.param_count(), c.state_bytes(1 << 20), c.decode_flops_per_token(1 << 20));
+        let mut b = BaselineConfig::preset(Preset::Tiny, MAX_WIDTH);
+        (b.hidden_size, b.intermediate_size, b.num_hidden_layers) = (MAX_WIDTH, MAX_WIDTH, MAX_LAYERS);
+        (b.num_attention_heads, b.num_key_value_heads) = (1, 1);
+        let b = Config::Baseline(b);
+        assert!(b.validate().is_ok());
+        let _ = (b.param_count(), b.state_bytes(1 << 20), b.decode_flops_per_token(1 << 20));
     }
 
     #[test]

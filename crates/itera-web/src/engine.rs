@@ -29,6 +29,8 @@ impl Engine {
     pub fn load(config_json: &[u8], tokenizer_json: &[u8], weights: &[u8]) -> Result<Engine> {
         let config: Config = serde_json::from_slice(config_json).map_err(err("config.json"))?;
         config.validate().map_err(err("config.json"))?;
+        // tokenizers 0.23 panics on some malformed files (issue 14, found by itera-fuzz).
+        itera_data::tokenizer_json::check(tokenizer_json).map_err(err("tokenizer.json"))?;
         let tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(err("tokenizer.json"))?;
         let eot = tokenizer.token_to_id(EOT).ok_or_else(|| format!("tokenizer.json has no {EOT} token"))?;
         if tokenizer.get_vocab_size(true) != config.vocab_size() {
