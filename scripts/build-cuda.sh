@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds native-trainer with `--features cuda` on a machine without a GPU (docs/gpu.md), into
+# target/cuda/native-trainer-cuda (stripped): copy that binary to a GPU machine and run it there.
+# Installs what it needs and skips what is there: the CUDA compiler and headers from PyPI into
+# target/cuda-venv; candle-core patched to load the CUDA driver at run time (stock 0.11.1 links it,
+# which fails where there is no driver). The build runs in a copy of the tracked files
+# (target/cuda-ws) so the patch never touches this checkout's Cargo.lock.
+# CUDA_COMPUTE_CAP (default 90: H100 / H200) picks the GPU generation the kernels are built for.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+venv=target/cuda-venv
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+# One CUDA release, pinned (nvcc 13.0 would pull a newer nvvm otherwise).
+"$venv/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 \
+  nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88
+NV=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
+[ -x "$NV/bin/nvcc" ] || { echo "error: no nvcc in $NV/bin after the install" >&2; exit 1; }
+
+# The workspace's files (tracked, and untracked but not ignored), copied (the patch below rewrites the copy's Cargo.lock).
+ws=target/cuda-ws
+mkdir -p "$ws"
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$ws"
+
+# candle-core from the registry, with cudarc's `dynamic-linking` switched to `dynamic-loading`.
+cargo fetch -q
+version=$(sed -n '/^name = "candle-core"$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
+src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/candle-core-"$version" | head -n 1)
+patched=$root/target/cuda-patch/candle-core-$version
+rm -rf "$patched" && mkdir -p "$(dirname "$patched")" && cp -r "$src" "$patched"
+grep -q '"dynamic-linking",' "$patched/Cargo.toml" || { echo "error: $patched/Cargo.toml has no dynamic-linking feature to switch" >&2; exit 1; }
+sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
+
+# candle-kernels links -lcudart: an unversioned name for the PyPI runtime.
+mkdir -p target/cuda-lib && ln -sf "$NV/lib/libcudart.so.13" target/cuda-lib/libcudart.so
+export PATH="$NV/bin:$PATH" NVCC="$NV/bin/nvcc" CUDA_HOME="$NV" CUDA_ROOT="$NV" CUDA_PATH="$NV" \
+  CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" LIBRARY_PATH="$root/target/cuda-lib:${LIBRARY_PATH:-}"
+(cd "$ws" && cargo build --release -p native-trainer --features cuda --target-dir "$root/target/cuda" \
+  --config "patch.crates-io.candle-core.path=\"$patched\"")
+strip -o target/cuda/native-trainer-cuda target/cuda/release/native-trainer
+ls -l target/cuda/native-trainer-cuda
