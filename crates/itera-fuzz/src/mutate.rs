@@ -4,24 +4,20 @@
 //! Execution `i` of a run with seed `s` draws everything from `Rng::new(s, i)`, so a finding
 //! replays from its (seed, execution) pair alone.
 
-/// SplitMix64 (Steele, Lea, Flood: "Fast splittable pseudorandom number generators", 2014).
+/// The project's SplitMix64 stream (`itera_data::rng`), with the draws the mutations use.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(itera_data::rng::Rng);
 
 impl Rng {
     /// The stream of execution `exec` of a run seeded with `seed`.
     pub fn new(seed: u64, exec: u64) -> Rng {
-        let mut r = Rng(seed ^ exec.wrapping_mul(0xD134_2543_DE82_EF95));
+        let mut r = Rng(itera_data::rng::Rng::new(seed ^ exec.wrapping_mul(0xD134_2543_DE82_EF95)));
         r.next_u64();
         r
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n` > 0).
