@@ -243,17 +243,13 @@ fn run(cli: Cli) -> Result<()> {
             let prompt = match retrieval {
                 None => prompt,
                 Some(dir) => {
-                    let cfg = reading.config();
-                    cfg.validate().map_err(anyhow::Error::msg)?;
-                    let index = itera_retrieval::Index::load(&dir)
-                        .with_context(|| format!("loading the retrieval index {}", dir.display()))?;
-                    let hits = index.search(&prompt, cfg.k);
-                    eprintln!("retrieved from {} ({} documents):", dir.display(), index.len());
+                    let reader = Reader::open(&dir, reading.config())?;
+                    let hits = reader.retrieve(&prompt);
+                    eprintln!("retrieved from {} ({} documents):", dir.display(), reader.index.len());
                     for h in &hits {
-                        eprintln!("  [{:.3}] {}", h.score, index.document(h.doc).unwrap_or("").trim_end());
+                        eprintln!("  [{:.3}] {}", h.score, reader.index.document(h.doc).unwrap_or("").trim_end());
                     }
-                    let docs: Vec<&str> = hits.iter().filter_map(|h| index.document(h.doc)).collect();
-                    reading::prompt(&docs, &prompt, cfg.order)
+                    reader.prompt_with(&prompt, &hits)
                 }
             };
             // A retrieval prompt is read as in training: after end-of-text.

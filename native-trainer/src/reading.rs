@@ -31,9 +31,15 @@ impl Reader {
     /// Loads the index at `dir` (a named error if it is corrupt) and checks that it was built from
     /// `world`: one document per entity, each its biography.
     pub fn load(dir: &Path, config: ReadingConfig, world: &World) -> Result<Reader> {
+        let reader = Reader::open(dir, config)?;
+        check_index_matches(&reader.index, world, dir)?;
+        Ok(reader)
+    }
+
+    /// Loads the index at `dir` (a named error if it is corrupt), whatever it was built from.
+    pub fn open(dir: &Path, config: ReadingConfig) -> Result<Reader> {
         config.validate().map_err(anyhow::Error::msg)?;
         let index = Index::load(dir).with_context(|| format!("loading the retrieval index {}", dir.display()))?;
-        check_index_matches(&index, world, dir)?;
         Ok(Reader { index, config })
     }
 
@@ -44,7 +50,11 @@ impl Reader {
 
     /// The prompt that asks `question` with its retrieved documents in the context.
     pub fn prompt(&self, question: &str) -> String {
-        let hits = self.retrieve(question);
+        self.prompt_with(question, &self.retrieve(question))
+    }
+
+    /// The prompt that asks `question` with the documents of `hits` in the context.
+    pub fn prompt_with(&self, question: &str, hits: &[Hit]) -> String {
         let docs: Vec<&str> = hits.iter().filter_map(|h| self.index.document(h.doc)).collect();
         prompt(&docs, question, self.config.order)
     }
@@ -128,9 +138,7 @@ pub fn qa_with_retrieval(
     for item in items {
         let hits = reader.retrieve(&item.question);
         found += hits.iter().any(|h| h.doc == item.entity) as usize;
-        let docs: Vec<&str> = hits.iter().filter_map(|h| reader.index.document(h.doc)).collect();
-        let p = prompt(&docs, &item.question, reader.config.order);
-        result.push(item, answer_greedily(model, tok, eot, &p)?);
+        result.push(item, answer_greedily(model, tok, eot, &reader.prompt_with(&item.question, &hits))?);
     }
     Ok((result, found as f64 / items.len().max(1) as f64))
 }

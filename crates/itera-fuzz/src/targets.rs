@@ -10,7 +10,7 @@
 use candle_core::{DType, Device};
 use itera_data::prompt::ReadingOrder;
 use itera_model::weights::{varmap_tensors, write_safetensors};
-use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model};
+use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model, Preset};
 use itera_retrieval::{EncoderConfig, Index};
 use itera_web::protocol::ToWorker;
 use itera_web::retrieval::{RetrievalSpec, Retriever};
@@ -83,39 +83,25 @@ fn shared() -> &'static Shared {
 /// Under 2K parameters: the loader's work, not the model's, dominates an execution.
 pub fn tiny_baseline() -> Config {
     Config::Baseline(BaselineConfig {
-        vocab_size: 16,
         hidden_size: 8,
         intermediate_size: 16,
         num_hidden_layers: 1,
-        num_attention_heads: 2,
         num_key_value_heads: 1,
         max_position_embeddings: 32,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        tie_word_embeddings: true,
+        ..BaselineConfig::preset(Preset::Tiny, 16)
     })
 }
 
 pub fn tiny_itera_lite() -> Config {
     Config::IteraLite(IteraLiteConfig {
-        vocab_size: 16,
         hidden_size: 8,
         num_hidden_layers: 1,
         state_size: 4,
-        expand: 2,
-        conv_kernel: 4,
         time_step_rank: 1,
-        layer_norm_epsilon: 1e-5,
-        time_step_min: 0.001,
-        time_step_max: 0.1,
-        time_step_floor: 1e-4,
-        use_conv_bias: true,
-        use_bias: false,
-        tie_word_embeddings: true,
         num_experts: 2,
         num_experts_per_tok: 1,
         expert_intermediate_size: 8,
-        router_aux_loss_coef: 0.01,
+        ..IteraLiteConfig::preset(Preset::Tiny, 16)
     })
 }
 
