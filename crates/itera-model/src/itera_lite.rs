@@ -21,7 +21,9 @@ use crate::fused::conv_silu_fused;
 use crate::moe::SparseMoe;
 use crate::ops::{causal_depthwise_conv, linear, norm};
 use crate::ops::{Kernels, ScanKernel};
-use crate::scan::{gated_selective_scan, gated_selective_scan_ref, selective_scan_with_state, ScanInputs};
+use crate::scan::{
+    gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, selective_scan_with_state, ScanInputs,
+};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -114,6 +116,7 @@ impl MambaMixer {
             None => match kernels.scan {
                 ScanKernel::Fused => gated_selective_scan(inputs)?,
                 ScanKernel::Reference => gated_selective_scan_ref(inputs)?,
+                ScanKernel::Chunked => gated_selective_scan_chunked(inputs)?,
             },
         }; // (B, L, ED)
         linear(&y, &self.out_proj) // (B, L, D)

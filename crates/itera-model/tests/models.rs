@@ -7,7 +7,7 @@ use common::*;
 use itera_model::init::Rng;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use itera_model::weights::{varmap_tensors, write_safetensors};
-use itera_model::{Config, Kernels, Model, ModelKind, Preset};
+use itera_model::{Config, Kernels, Model, ModelKind, MoeKernel, Preset, ScanKernel};
 
 const VOCAB: usize = 97;
 
@@ -115,13 +115,53 @@ fn fast_kernels_and_reference_twins_give_the_same_loss_and_gradients() -> Result
             let g = varmap_tensors(&varmap)?.iter().map(|(_, v)| grads.get(v).unwrap().clone()).collect();
             Ok((loss.to_scalar::<f32>()?, g))
         };
-        let (l_fast, g_fast) = run(Kernels::default())?;
         let (l_ref, g_ref) = run(Kernels::reference())?;
-        println!("{name}: loss fused {l_fast} vs reference {l_ref}");
-        assert!((l_fast - l_ref).abs() < 1e-5 * (1.0 + l_ref.abs()), "{name}: loss {l_fast} vs {l_ref}");
-        for (a, b) in g_fast.iter().zip(&g_ref) {
-            let d = max_diff(a, b)?;
-            assert!(d < 1e-4 * (1.0 + max_abs(b)), "{name}: a gradient differs by {d}");
+        // the CPU's fused kernels, and what a GPU runs (chunked scan, elementary norms and conv)
+        let gpu = Kernels { scan: ScanKernel::Chunked, moe: MoeKernel::Sparse, fused_ops: false };
+        for (kernels, what) in [(Kernels::default(), "fused"), (gpu, "chunked")] {
+            let (l_fast, g_fast) = run(kernels)?;
+            println!("{name}: loss {what} {l_fast} vs reference {l_ref}");
+            assert!((l_fast - l_ref).abs() < 1e-5 * (1.0 + l_ref.abs()), "{name} {what}: loss {l_fast} vs {l_ref}");
+            for (a, b) in g_fast.iter().zip(&g_ref) {
+                let d = max_diff(a, b)?;
+                assert!(d < 1e-4 * (1.0 + max_abs(b)), "{name} {what}: a gradient differs by {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `Kernels::for_device` runs on an NVIDIA GPU (a build with `--features cuda`) against the
+/// CPU's reference twins: the loss and every gradient.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_cuda_kernels_give_the_reference_loss_and_gradients() -> Result<()> {
+    let dev = Device::new_cuda(0)?;
+    let mut rng = Rng::new(SEED + 5);
+    for (name, cfg) in all_tiny() {
+        let (varmap, mut model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let toks = tokens(&mut rng, 2, 41, VOCAB);
+        let (x, y) = (toks.narrow(1, 0, 40)?, toks.narrow(1, 1, 40)?);
+        model.set_kernels(Kernels::reference());
+        let loss_ref = model.loss(&x, &y)?.total;
+        let grads_ref = loss_ref.backward()?;
+        let tensors = varmap_tensors(&varmap)?;
+        let on_gpu = tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&dev)?))).collect::<Result<_>>()?;
+        let (gpu_varmap, mut gpu_model) = Model::init(&cfg, SEED, &dev)?;
+        itera_model::weights::assign_varmap(&gpu_varmap, &on_gpu)?;
+        gpu_model.set_kernels(Kernels::for_device(&dev));
+        let loss = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total;
+        let grads = loss.backward()?;
+        let (l_gpu, l_ref) = (loss.to_scalar::<f32>()?, loss_ref.to_scalar::<f32>()?);
+        println!("{name}: loss on CUDA {l_gpu} vs CPU reference {l_ref}");
+        assert!((l_gpu - l_ref).abs() < 1e-4 * (1.0 + l_ref.abs()), "{name}: loss {l_gpu} vs {l_ref}");
+        let gpu_vars = varmap_tensors(&gpu_varmap)?;
+        for ((n, v), (_, v_ref)) in gpu_vars.iter().zip(&tensors) {
+            let g = grads.get(v).unwrap().to_device(&Device::Cpu)?;
+            let g_ref = grads_ref.get(v_ref).unwrap();
+            let d = max_diff(&g, g_ref)?;
+            assert!(d < 1e-3 * (1.0 + max_abs(g_ref)), "{name}: the gradient of {n} differs by {d}");
         }
     }
     Ok(())

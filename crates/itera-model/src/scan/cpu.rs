@@ -1,129 +1,72 @@
-//! The selective scan of Mamba-1 ("Mamba", arXiv 2312.00752, §3.2 and Algorithm 2), fused with
-//! what surrounds it in the mixer, as the reference CUDA kernel `selective_scan_fn(u, delta, A,
-//! B, C, D, z, delta_bias, delta_softplus=True)` does (state-spaces/mamba, selective_scan_interface.py):
-//!
-//! ```text
-//! Δ_t = softplus(dt_t + dt_bias)                         // (B, L, ED)
-//! h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t             // Eqn (2a), zero-order-hold Ā, Euler B̄
-//! y_t = (C_t · h_t + D ⊙ u_t) ⊙ silu(z_t)                // Eqn (2b), skip, gate
-//! ```
-//!
-//! Shape letters: B batch, L sequence, ED inner channels, N state size.
-//!
-//! Entry points, all over the same plain-Rust loops:
-//! - [`gated_selective_scan`]: training, a candle `CustomOp3` with a hand-written backward;
-//! - [`gated_selective_scan_ref`]: its reference twin, built from candle ops around
-//!   [`selective_scan_ref`] (one op per timestep; autograd gives the backward);
-//! - [`selective_scan_with_state`]: inference (prefill and decode) from a caller-owned state `h`
-//!   (B, ED, N) that it updates — constant size, whatever the context length.
-//!
-//! Fusing the softplus, the skip and the gate into the kernel saves about twenty elementwise
-//! passes over (B, L, ED) tensors per block, forward and backward.
+//! The fused selective scan on the CPU: plain-Rust loops over tasks of (one batch row, a block of
+//! channels), in parallel with rayon, AVX2 + FMA where the CPU has them.
 
 use crate::fused::{f32_slice, host_f32};
-use crate::ops::softplus;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The scan's inputs. Shapes: u, dt, z (B, L, ED); a (ED, N) (A itself: negative); b, c
-/// (B, L, N); d, dt_bias (ED).
-#[derive(Clone, Copy)]
-pub struct ScanInputs<'a> {
-    pub u: &'a Tensor,       // input stream x (after conv + SiLU)
-    pub dt: &'a Tensor,      // Δ before bias and softplus: dt_proj(x_proj(u)[..R])
-    pub a: &'a Tensor,       // A = -exp(A_log)
-    pub b: &'a Tensor,       // B_t
-    pub c: &'a Tensor,       // C_t
-    pub d: &'a Tensor,       // skip D
-    pub dt_bias: &'a Tensor, // dt_proj bias
-    pub z: &'a Tensor,       // gate stream
+/// y (B, L, ED) from the packed operands (`GatedScan`'s forward).
+pub(super) fn forward(
+    s_udz: &CpuStorage,
+    l_udz: &Layout,
+    s_p: &CpuStorage,
+    l_p: &Layout,
+    s_bc: &CpuStorage,
+    l_bc: &Layout,
+    op: &str,
+) -> Result<(CpuStorage, Shape)> {
+    let dims = Dims::of(l_udz, l_p, l_bc, op)?;
+    let Dims { bsz, l, ed, .. } = dims;
+    let y = dims.forward(f32_slice(s_udz, l_udz, op)?, f32_slice(s_p, l_p, op)?, f32_slice(s_bc, l_bc, op)?, None);
+    Ok((CpuStorage::F32(y), Shape::from((bsz, l, ed))))
 }
 
-impl ScanInputs<'_> {
-    /// (B, L, ED, N), after checking every shape.
-    fn dims(&self) -> Result<(usize, usize, usize, usize)> {
-        let (bsz, l, ed) = self.u.dims3()?;
-        let (ed_a, n) = self.a.dims2()?;
-        let ok = self.dt.dims() == self.u.dims()
-            && self.z.dims() == self.u.dims()
-            && ed_a == ed
-            && self.b.dims() == [bsz, l, n]
-            && self.c.dims() == [bsz, l, n]
-            && self.d.dims() == [ed]
-            && self.dt_bias.dims() == [ed];
-        if !ok {
-            candle_core::bail!(
-                "selective-scan shapes: u {:?}, dt {:?}, A {:?}, B {:?}, C {:?}, D {:?}, dt_bias {:?}, z {:?} \
-                 (want u, dt, z (B, L, ED); A (ED, N); B, C (B, L, N); D, dt_bias (ED))",
-                self.u.dims(),
-                self.dt.dims(),
-                self.a.dims(),
-                self.b.dims(),
-                self.c.dims(),
-                self.d.dims(),
-                self.dt_bias.dims(),
-                self.z.dims()
-            );
-        }
-        Ok((bsz, l, ed, n))
-    }
-
-    /// The kernel's three packed operands: [u | dt | z] (B, L, 3ED), [A | D | dt_bias]
-    /// (ED, N + 2), [B | C] (B, L, 2N).
-    fn pack(&self) -> Result<(Tensor, Tensor, Tensor)> {
-        let udz = Tensor::cat(&[self.u, self.dt, self.z], 2)?.contiguous()?;
-        let params = Tensor::cat(&[self.a, &self.d.unsqueeze(1)?, &self.dt_bias.unsqueeze(1)?], 1)?.contiguous()?;
-        let bc = Tensor::cat(&[self.b, self.c], 2)?.contiguous()?;
-        Ok((udz, params, bc))
-    }
-}
-
-/// Fast path: the fused kernel. Returns y (B, L, ED).
-pub fn gated_selective_scan(x: ScanInputs) -> Result<Tensor> {
-    x.dims()?;
-    let (udz, params, bc) = x.pack()?;
-    udz.apply_op3(&params, &bc, GatedScan)
-}
-
-/// Reference twin of [`gated_selective_scan`]: the same function from candle ops.
-pub fn gated_selective_scan_ref(x: ScanInputs) -> Result<Tensor> {
-    x.dims()?;
-    let delta = softplus(&x.dt.broadcast_add(x.dt_bias)?)?; // (B, L, ED)
-    let y = selective_scan_ref(x.u, &delta, x.a, x.b, x.c)?; // (B, L, ED)
-    let y = (y + x.u.broadcast_mul(x.d)?)?;
-    y * x.z.silu()?
-}
-
-/// The bare recurrence (no softplus, skip or gate) as per-timestep candle ops.
-/// Shapes: u, delta (B, L, ED); a (ED, N); b, c (B, L, N) -> y (B, L, ED).
-pub fn selective_scan_ref(u: &Tensor, delta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    let (bsz, l, ed) = u.dims3()?;
-    let (_, n) = a.dims2()?;
-    let delta_a = delta.unsqueeze(3)?.broadcast_mul(&a.reshape((1, 1, ed, n))?)?.exp()?; // (B, L, ED, N)
-    let delta_bu = (delta * u)?.unsqueeze(3)?.broadcast_mul(&b.unsqueeze(2)?)?; // (B, L, ED, N)
-    let mut h = Tensor::zeros((bsz, ed, n), u.dtype(), u.device())?; // (B, ED, N)
-    let mut ys = Vec::with_capacity(l);
-    for t in 0..l {
-        // h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t
-        h = ((h * delta_a.get_on_dim(1, t)?)? + delta_bu.get_on_dim(1, t)?)?; // (B, ED, N)
-                                                                              // y_t = h_t C_t
-        let c_t = c.get_on_dim(1, t)?.unsqueeze(2)?; // (B, N, 1)
-        ys.push(h.matmul(&c_t)?.squeeze(2)?); // (B, ED)
-    }
-    Tensor::stack(&ys, 1) // (B, L, ED)
-}
-
-/// Inference: the fused scan from the state `h` (B, ED, N), f32, leaving the final state in it.
-/// L may be 1 (decode) or more (prefill). Records no gradient.
-pub fn selective_scan_with_state(x: ScanInputs, h: &mut [f32]) -> Result<Tensor> {
-    let (bsz, l, ed, n) = x.dims()?;
-    if h.len() != bsz * ed * n {
-        candle_core::bail!("selective-scan state holds {} values, expected B*ED*N = {bsz}*{ed}*{n}", h.len());
-    }
-    let (udz, params, bc) = x.pack()?;
+/// ∂loss/∂([u|dt|z], [A|D|bias], [B|C]) given ∂loss/∂y, on the host: tasks in parallel, their
+/// partial sums added in task order (bit-reproducible at any thread count).
+pub(super) fn backward(
+    udz_t: &Tensor,
+    p_t: &Tensor,
+    bc_t: &Tensor,
+    grad_y: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (bsz, l, _) = udz_t.dims3()?;
+    let (ed, n2) = p_t.dims2()?;
+    let n = n2 - 2;
     let dims = Dims { bsz, l, ed, n };
-    let y = dims.forward(&host_f32(&udz)?, &host_f32(&params)?, &host_f32(&bc)?, Some(h));
-    Tensor::from_vec(y, (bsz, l, ed), x.u.device())?.to_dtype(x.u.dtype())
+    let (udz, p, bc, gy) = (host_f32(udz_t)?, host_f32(p_t)?, host_f32(bc_t)?, host_f32(grad_y)?);
+    let tasks = dims.tasks();
+    let grads: Vec<TaskGrads> = tasks.par_iter().map(|t| dims.backward_task(t, &udz, &p, &bc, &gy)).collect();
+
+    // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
+    let mut dudz = vec![0f32; bsz * l * 3 * ed];
+    let mut dp = vec![0f32; ed * n2];
+    let mut dbc = vec![0f32; bsz * l * 2 * n];
+    for (t, g) in tasks.iter().zip(grads) {
+        for s in 0..l {
+            for part in 0..3 {
+                let src = &g.dudz[(s * 3 + part) * t.w..(s * 3 + part + 1) * t.w];
+                let o = (t.bi * l + s) * 3 * ed + part * ed + t.d0;
+                dudz[o..o + t.w].copy_from_slice(src);
+            }
+        }
+        for j in 0..t.w {
+            let row = &mut dp[(t.d0 + j) * n2..(t.d0 + j + 1) * n2];
+            for (dst, src) in row[..n].iter_mut().zip(&g.da[j * n..(j + 1) * n]) {
+                *dst += src;
+            }
+            row[n] += g.dd[j];
+            row[n + 1] += g.dbias[j];
+        }
+        for (dst, src) in dbc[t.bi * l * 2 * n..(t.bi + 1) * l * 2 * n].iter_mut().zip(&g.dbc) {
+            *dst += src;
+        }
+    }
+    let dev = udz_t.device();
+    Ok((
+        Tensor::from_vec(dudz, (bsz, l, 3 * ed), dev)?,
+        Tensor::from_vec(dp, (ed, n2), dev)?,
+        Tensor::from_vec(dbc, (bsz, l, 2 * n), dev)?,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,14 +75,30 @@ pub fn selective_scan_with_state(x: ScanInputs, h: &mut [f32]) -> Result<Tensor>
 // dD, d(dt_bias) over the batch, so each task returns partial sums that are added afterwards in a
 // fixed order (deterministic at any thread count).
 
-struct GatedScan;
-
 #[derive(Clone, Copy)]
-struct Dims {
-    bsz: usize,
-    l: usize,
-    ed: usize,
-    n: usize,
+pub(super) struct Dims {
+    pub bsz: usize,
+    pub l: usize,
+    pub ed: usize,
+    pub n: usize,
+}
+
+impl Dims {
+    /// The dimensions of the packed operands [u|dt|z] (B, L, 3ED), [A|D|bias] (ED, N + 2),
+    /// [B|C] (B, L, 2N), after checking that they agree.
+    pub(super) fn of(l_udz: &Layout, l_p: &Layout, l_bc: &Layout, op: &str) -> Result<Dims> {
+        let (bsz, l, ed3) = l_udz.shape().dims3()?;
+        let (ed, n2) = l_p.shape().dims2()?;
+        if ed3 != 3 * ed || n2 < 3 || l_bc.shape().dims() != [bsz, l, 2 * (n2 - 2)] {
+            candle_core::bail!(
+                "{op}: [u|dt|z] {:?}, [A|D|bias] {:?}, [B|C] {:?} do not agree",
+                l_udz.shape(),
+                l_p.shape(),
+                l_bc.shape()
+            );
+        }
+        Ok(Dims { bsz, l, ed, n: n2 - 2 })
+    }
 }
 
 /// Channels per task: small enough for parallelism at batch 1, large enough to amortise.
@@ -311,7 +270,7 @@ impl Dims {
     }
 
     /// y (B, L, ED) from udz (B, L, 3ED), params (ED, N+2), bc (B, L, 2N); h0 = `state` or zeros.
-    fn forward(&self, udz: &[f32], p: &[f32], bc: &[f32], state: Option<&mut [f32]>) -> Vec<f32> {
+    pub(super) fn forward(&self, udz: &[f32], p: &[f32], bc: &[f32], state: Option<&mut [f32]>) -> Vec<f32> {
         let Dims { bsz, l, ed, n } = *self;
         let tasks = self.tasks();
         let parallel = bsz * l * ed * n >= PAR_MIN;
@@ -528,85 +487,6 @@ impl Dims {
             g.dudz[(t * 3 + 2) * w..(t * 3 + 3) * w].copy_from_slice(&dz_row);
         }
         g
-    }
-}
-
-impl CustomOp3 for GatedScan {
-    fn name(&self) -> &'static str {
-        "gated-selective-scan"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s_udz: &CpuStorage,
-        l_udz: &Layout,
-        s_p: &CpuStorage,
-        l_p: &Layout,
-        s_bc: &CpuStorage,
-        l_bc: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (bsz, l, ed3) = l_udz.shape().dims3()?;
-        let (ed, n2) = l_p.shape().dims2()?;
-        if ed3 != 3 * ed || n2 < 3 || l_bc.shape().dims() != [bsz, l, 2 * (n2 - 2)] {
-            candle_core::bail!(
-                "gated-selective-scan: [u|dt|z] {:?}, [A|D|bias] {:?}, [B|C] {:?} do not agree",
-                l_udz.shape(),
-                l_p.shape(),
-                l_bc.shape()
-            );
-        }
-        let dims = Dims { bsz, l, ed, n: n2 - 2 };
-        let op = self.name();
-        let y = dims.forward(f32_slice(s_udz, l_udz, op)?, f32_slice(s_p, l_p, op)?, f32_slice(s_bc, l_bc, op)?, None);
-        Ok((CpuStorage::F32(y), Shape::from((bsz, l, ed))))
-    }
-
-    fn bwd(
-        &self,
-        udz_t: &Tensor,
-        p_t: &Tensor,
-        bc_t: &Tensor,
-        _y: &Tensor,
-        grad_y: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (bsz, l, _) = udz_t.dims3()?;
-        let (ed, n2) = p_t.dims2()?;
-        let n = n2 - 2;
-        let dims = Dims { bsz, l, ed, n };
-        let (udz, p, bc, gy) = (host_f32(udz_t)?, host_f32(p_t)?, host_f32(bc_t)?, host_f32(grad_y)?);
-        let tasks = dims.tasks();
-        let grads: Vec<TaskGrads> = tasks.par_iter().map(|t| dims.backward_task(t, &udz, &p, &bc, &gy)).collect();
-
-        // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
-        let mut dudz = vec![0f32; bsz * l * 3 * ed];
-        let mut dp = vec![0f32; ed * n2];
-        let mut dbc = vec![0f32; bsz * l * 2 * n];
-        for (t, g) in tasks.iter().zip(grads) {
-            for s in 0..l {
-                for part in 0..3 {
-                    let src = &g.dudz[(s * 3 + part) * t.w..(s * 3 + part + 1) * t.w];
-                    let o = (t.bi * l + s) * 3 * ed + part * ed + t.d0;
-                    dudz[o..o + t.w].copy_from_slice(src);
-                }
-            }
-            for j in 0..t.w {
-                let row = &mut dp[(t.d0 + j) * n2..(t.d0 + j + 1) * n2];
-                for (dst, src) in row[..n].iter_mut().zip(&g.da[j * n..(j + 1) * n]) {
-                    *dst += src;
-                }
-                row[n] += g.dd[j];
-                row[n + 1] += g.dbias[j];
-            }
-            for (dst, src) in dbc[t.bi * l * 2 * n..(t.bi + 1) * l * 2 * n].iter_mut().zip(&g.dbc) {
-                *dst += src;
-            }
-        }
-        let dev = udz_t.device();
-        Ok((
-            Some(Tensor::from_vec(dudz, (bsz, l, 3 * ed), dev)?),
-            Some(Tensor::from_vec(dp, (ed, n2), dev)?),
-            Some(Tensor::from_vec(dbc, (bsz, l, 2 * n), dev)?),
-        ))
     }
 }
 
