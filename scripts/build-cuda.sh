@@ -6,6 +6,7 @@
 # which fails where there is no driver). The build runs in a copy of the tracked files
 # (target/cuda-ws) so the patch never touches this checkout's Cargo.lock.
 # CUDA_COMPUTE_CAP (default 90: H100 / H200) picks the GPU generation the kernels are built for.
+# Flags --bench and --tests also build the throughput bench and itera-model's tests (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,8 +19,10 @@ NV=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__
 [ -x "$NV/bin/nvcc" ] || { echo "error: no nvcc in $NV/bin after the install" >&2; exit 1; }
 
 # The workspace's files (tracked, and untracked but not ignored), copied (the patch below rewrites the copy's Cargo.lock).
+# (Emptied first so files deleted here vanish there; tar keeps modification times, so cargo
+# rebuilds only what changed.)
 ws=target/cuda-ws
-mkdir -p "$ws"
+rm -rf "$ws" && mkdir -p "$ws"
 git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$ws"
 
 # candle-core from the registry, with cudarc's `dynamic-linking` switched to `dynamic-loading`.
@@ -39,3 +42,24 @@ export PATH="$NV/bin:$PATH" NVCC="$NV/bin/nvcc" CUDA_HOME="$NV" CUDA_ROOT="$NV" 
   --config "patch.crates-io.candle-core.path=\"$patched\"")
 strip -o target/cuda/native-trainer-cuda target/cuda/release/native-trainer
 ls -l target/cuda/native-trainer-cuda
+# --bench: also the throughput bench (`throughput-cuda --device cuda`: the GPU's kernels timed);
+# --tests: also itera-model's tests (`itera-model-tests-cuda/{scan,models}`: CUDA against the CPU).
+for flag in "$@"; do
+  case "$flag" in
+    --bench) targets=(--bench throughput) ;;
+    --tests) targets=(--test scan --test models) ;;
+    *) echo "error: unknown flag $flag (expected --bench or --tests)" >&2; exit 1 ;;
+  esac
+  exes=$(cd "$ws" && cargo build --release -p itera-model --features cuda "${targets[@]}" --target-dir "$root/target/cuda" \
+    --config "patch.crates-io.candle-core.path=\"$patched\"" --message-format=json \
+    | sed -n 's/.*"name":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
+  [ -n "$exes" ] || { echo "error: cargo named no executable for $flag" >&2; exit 1; }
+  mkdir -p target/cuda/itera-model-tests-cuda
+  while read -r name exe; do
+    case "$flag" in
+      --bench) dst=target/cuda/$name-cuda ;;
+      *) dst=target/cuda/itera-model-tests-cuda/$name ;;
+    esac
+    strip -o "$dst" "$exe" && ls -l "$dst"
+  done <<<"$exes"
+done

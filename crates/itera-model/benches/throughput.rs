@@ -5,6 +5,8 @@
 //!     cargo bench -p itera-model --bench throughput -- --quick      # demo presets only
 //!     cargo bench -p itera-model --bench throughput -- --only itera  # runs whose name matches
 //!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
+//!     throughput-cuda --device cuda  # `scripts/build-cuda.sh --bench` builds it: the GPU's
+//!                                    # kernels against their alternatives
 //!
 //! Each thread count runs in a child process (rayon and candle read RAYON_NUM_THREADS once).
 //! "gpt-bench" is the Llama baseline at the dimensions of
@@ -16,8 +18,8 @@ use candle_core::{Device, Result, Tensor, Var};
 use itera_model::init::Rng;
 use itera_model::moe::MoeKernel;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use itera_model::scan::{gated_selective_scan, gated_selective_scan_ref, ScanInputs};
-use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset};
+use itera_model::scan::{gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, ScanInputs};
+use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, ScanKernel};
 use std::time::Instant;
 
 const WARMUP: usize = 1;
@@ -29,6 +31,14 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let no_kernels = args.iter().any(|a| a == "--no-kernels");
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let device = match args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str) {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::new_cuda(0)?,
+        Some(other) => candle_core::bail!("unknown --device `{other}` (expected `cpu` or `cuda`)"),
+    };
+    if !device.is_cpu() {
+        return gpu(&device, only.as_deref(), no_kernels);
+    }
     if std::env::var("ITERA_BENCH_CHILD").is_err() {
         for threads in [1, 2] {
             let status = std::process::Command::new(&args[0])
@@ -61,7 +71,7 @@ fn main() -> Result<()> {
     runs.push(("baseline gpt-bench".into(), Config::Baseline(gpt), 16, 256));
     for (name, cfg, batch, ctx) in &runs {
         if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
-            train_speed(name, cfg, *batch, *ctx)?;
+            train_speed(name, cfg, *batch, *ctx, &Device::Cpu, None)?;
         }
     }
     if no_kernels {
@@ -70,29 +80,103 @@ fn main() -> Result<()> {
 
     println!("\n| kernel (demo dims, B 16, L 256) | fast fwd+bwd s | reference fwd+bwd s | speed-up |");
     println!("|---|---|---|---|");
-    scan_speed(16, 256, 512, 16)?;
-    moe_speed(16, 256)?;
+    scan_speed(16, 256, 512, 16, &Device::Cpu)?;
+    moe_speed(16, 256, &Device::Cpu)?;
     Ok(())
 }
 
-fn train_speed(name: &str, cfg: &Config, batch: usize, ctx: usize) -> Result<()> {
-    let dev = Device::Cpu;
-    let (varmap, model) = Model::init(cfg, 0, &dev)?;
+/// On a GPU: both demo models at the training run's text batch (32 × 256), Itera-Lite with what
+/// `Kernels::for_device` picks, with each alternative scan and MoE path, and without MoE; then the
+/// kernel table.
+fn gpu(dev: &Device, only: Option<&str>, no_kernels: bool) -> Result<()> {
+    println!("## {dev:?}");
+    println!("| model | params | batch × ctx | fwd s | bwd s | opt s | train tok/s |");
+    println!("|---|---|---|---|---|---|---|");
+    let vocab = 2048;
+    let on_device = Kernels::for_device(dev);
+    let itera = Config::preset(ModelKind::IteraLite, Preset::Demo, vocab);
+    let mut plain = itera.clone();
+    if let Config::IteraLite(c) = &mut plain {
+        c.num_experts = 0;
+    }
+    let runs: Vec<(String, Config, Kernels)> = vec![
+        ("baseline demo".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), on_device),
+        (format!("itera-lite demo ({})", describe(on_device)), itera.clone(), on_device),
+        (
+            "itera-lite demo (fused scan, sparse MoE)".into(),
+            itera.clone(),
+            Kernels { moe: MoeKernel::Sparse, ..on_device },
+        ),
+        (
+            "itera-lite demo (chunked scan, dense MoE)".into(),
+            itera.clone(),
+            Kernels { scan: ScanKernel::Chunked, ..on_device },
+        ),
+        (
+            "itera-lite demo (reference scan, dense MoE)".into(),
+            itera,
+            Kernels { scan: ScanKernel::Reference, ..on_device },
+        ),
+        (format!("itera-lite demo, no MoE ({})", describe(on_device)), plain, on_device),
+    ];
+    for (name, cfg, kernels) in &runs {
+        if only.is_none_or(|o| name.contains(o)) {
+            train_speed(name, cfg, 32, 256, dev, Some(*kernels))?;
+        }
+    }
+    if !no_kernels {
+        println!("\n| kernel (demo dims, B 32, L 256) | fast fwd+bwd s | reference fwd+bwd s | speed-up |");
+        println!("|---|---|---|---|");
+        scan_speed(32, 256, 512, 16, dev)?;
+        moe_speed(32, 256, dev)?;
+    }
+    Ok(())
+}
+
+/// "fused scan, dense MoE" and the like.
+fn describe(k: Kernels) -> String {
+    let scan = match k.scan {
+        ScanKernel::Fused => "fused",
+        ScanKernel::Chunked => "chunked",
+        ScanKernel::Reference => "reference",
+    };
+    let moe = match k.moe {
+        MoeKernel::Sparse => "sparse",
+        MoeKernel::Dense => "dense",
+    };
+    format!("{scan} scan, {moe} MoE")
+}
+
+fn train_speed(
+    name: &str,
+    cfg: &Config,
+    batch: usize,
+    ctx: usize,
+    dev: &Device,
+    kernels: Option<Kernels>,
+) -> Result<()> {
+    let (varmap, mut model) = Model::init(cfg, 0, dev)?;
+    if let Some(k) = kernels {
+        model.set_kernels(k);
+    }
     let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
     let mut rng = Rng::new(1);
     let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
     for step in 0..WARMUP + STEPS {
         let ids: Vec<u32> = (0..batch * (ctx + 1)).map(|_| rng.below(cfg.vocab_size()) as u32).collect();
-        let data = Tensor::from_vec(ids, (batch, ctx + 1), &dev)?;
+        let data = Tensor::from_vec(ids, (batch, ctx + 1), dev)?;
         let (x, y) = (data.narrow(1, 0, ctx)?, data.narrow(1, 1, ctx)?);
+        dev.synchronize()?;
         let t0 = Instant::now();
         let loss = model.loss(&x, &y)?.total;
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let mut grads = loss.backward()?;
+        dev.synchronize()?;
         let t2 = Instant::now();
         clip_grad_norm(&mut grads, &varmap, 1.0)?;
         opt.step(&grads, 1e-3)?;
+        dev.synchronize()?;
         let t3 = Instant::now();
         if step >= WARMUP {
             tf += (t1 - t0).as_secs_f64();
@@ -117,12 +201,12 @@ fn train_speed(name: &str, cfg: &Config, batch: usize, ctx: usize) -> Result<()>
 
 type ScanFn = for<'a> fn(ScanInputs<'a>) -> Result<Tensor>;
 
-fn scan_speed(b: usize, l: usize, ed: usize, n: usize) -> Result<()> {
+fn scan_speed(b: usize, l: usize, ed: usize, n: usize, dev: &Device) -> Result<()> {
     let mut rng = Rng::new(2);
     let mut var = |dims: &[usize], lo: f64, hi: f64| -> Result<Var> {
         let numel: usize = dims.iter().product();
         let v: Vec<f32> = (0..numel).map(|_| (lo + (hi - lo) * rng.uniform()) as f32).collect();
-        Var::from_tensor(&Tensor::from_vec(v, dims, &Device::Cpu)?)
+        Var::from_tensor(&Tensor::from_vec(v, dims, dev)?)
     };
     let vars = [
         var(&[b, l, ed], -1.0, 1.0)?, // u
@@ -139,30 +223,41 @@ fn scan_speed(b: usize, l: usize, ed: usize, n: usize) -> Result<()> {
     let time = |f: ScanFn| -> Result<f64> {
         let mut best = f64::INFINITY;
         for _ in 0..2 {
+            dev.synchronize()?;
             let t0 = Instant::now();
             f(inputs)?.sum_all()?.backward()?;
+            dev.synchronize()?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
         Ok(best)
     };
-    let (fast, slow) = (time(gated_selective_scan)?, time(gated_selective_scan_ref)?);
-    println!("| gated selective scan ED {ed} N {n} | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
+    let slow = time(gated_selective_scan_ref)?;
+    let mut fast: Vec<(&str, ScanFn)> = vec![("chunked", gated_selective_scan_chunked)];
+    if dev.is_cpu() || dev.is_cuda() {
+        fast.insert(0, ("fused", gated_selective_scan));
+    }
+    for (name, f) in fast {
+        let t = time(f)?;
+        println!("| gated selective scan ({name}) ED {ed} N {n} | {t:.3} | {slow:.3} | {:.1}× |", slow / t);
+    }
     Ok(())
 }
 
-fn moe_speed(b: usize, l: usize) -> Result<()> {
+fn moe_speed(b: usize, l: usize, dev: &Device) -> Result<()> {
     let cfg = Config::preset(ModelKind::IteraLite, Preset::Demo, 4096);
-    let (_, mut model) = Model::init(&cfg, 0, &Device::Cpu)?;
+    let (_, mut model) = Model::init(&cfg, 0, dev)?;
     let mut rng = Rng::new(3);
     let ids: Vec<u32> = (0..b * (l + 1)).map(|_| rng.below(4096) as u32).collect();
-    let data = Tensor::from_vec(ids, (b, l + 1), &Device::Cpu)?;
+    let data = Tensor::from_vec(ids, (b, l + 1), dev)?;
     let (x, y) = (data.narrow(1, 0, l)?, data.narrow(1, 1, l)?);
     let mut time = |moe| -> Result<f64> {
-        model.set_kernels(Kernels { moe, ..Kernels::default() });
+        model.set_kernels(Kernels { moe, ..Kernels::for_device(dev) });
         let mut best = f64::INFINITY;
         for _ in 0..2 {
+            dev.synchronize()?;
             let t0 = Instant::now();
             model.loss(&x, &y)?.total.backward()?;
+            dev.synchronize()?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
         Ok(best)
