@@ -161,6 +161,9 @@ pub struct QaResult {
     pub correct: usize,
     pub total: usize,
     pub examples: Vec<QaExample>, // the first few, for a human to look at
+    /// [correct, asked] per attribute (`birth_date`, ...): which kinds of question fail.
+    #[serde(default)]
+    pub by_attribute: std::collections::BTreeMap<String, [usize; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +176,12 @@ pub struct QaExample {
 impl QaResult {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// "birth_date 50/50, birth_city 12/50, ..." in attribute order of the map.
+    pub fn by_attribute_line(&self) -> String {
+        let parts: Vec<String> = self.by_attribute.iter().map(|(a, [ok, n])| format!("{a} {ok}/{n}")).collect();
+        parts.join(", ")
     }
 }
 
@@ -201,6 +210,9 @@ impl QaResult {
         let ok = answer == item.answer;
         self.correct += ok as usize;
         self.total += 1;
+        let tally = self.by_attribute.entry(item.attribute.clone()).or_default();
+        tally[0] += ok as usize;
+        tally[1] += 1;
         if self.examples.len() < 5 {
             self.examples.push(QaExample { question: item.question.clone(), expected: item.answer.clone(), answer });
         }

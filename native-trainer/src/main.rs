@@ -383,9 +383,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         loss.tokens
     );
     if let (Some(world), true) = (&source.world, a.qa_questions > 0) {
-        let items = world.qa_heldout();
-        let stride = (items.len() / a.qa_questions).max(1);
-        let sample: Vec<_> = items.into_iter().step_by(stride).take(a.qa_questions).collect();
+        let sample = reading::spread(&world.qa_heldout(), a.qa_questions);
         let qa = qa_accuracy(&m.model, &m.tokenizer, m.eot, &sample)?;
         println!("world QA (held-out): {}/{} exact match ({:.1}%)", qa.correct, qa.total, 100.0 * qa.accuracy());
         for ex in &qa.examples {
@@ -405,6 +403,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                 pct(&r.heldout),
                 100.0 * r.heldout_recall
             );
+            println!("  by attribute: {}", r.heldout.by_attribute_line());
             if let (Some(on), Some(off), Some(recall)) = (&r.unseen, &r.unseen_off, r.unseen_recall) {
                 println!(
                     "world QA (unseen entities, never trained on): with retrieval {}, without {}; document retrieved for {:.1}%",
@@ -412,6 +411,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                     pct(off),
                     100.0 * recall
                 );
+                println!("  by attribute, with retrieval: {}", on.by_attribute_line());
             }
             println!(
                 "answer loss (nats/token) with / without retrieval: held-out {:.3} / {:.3}{}",

@@ -137,8 +137,9 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and always at the end)
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
-    /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature; the fused
-    /// kernels are CPU-only, so a GPU runs their reference twins; evaluation runs on a CPU copy)
+    /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature: the scan runs
+    /// its CUDA kernel, RMSNorm and conv + SiLU their elementary twins, the MoE densely; evaluation runs on a CPU
+    /// copy; docs/gpu.md)
     #[arg(long, default_value = "cpu")]
     #[serde(default)]
     pub device: DeviceSpec,
@@ -887,9 +888,7 @@ fn final_eval(
     let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
     let world_qa = match (&source.world, args.qa_questions) {
         (Some(world), n) if n > 0 => {
-            let items = world.qa_heldout();
-            let stride = (items.len() / n).max(1);
-            let sample: Vec<_> = items.into_iter().step_by(stride).take(n).collect();
+            let sample = reading::spread(&world.qa_heldout(), n);
             Some(qa_accuracy(model, tok, eot, &sample)?)
         }
         _ => None,

@@ -33,10 +33,46 @@ impl Rng {
         (self.uniform() * n as f64) as usize % n.max(1)
     }
 
+    /// `n` distinct items of `items` (all of them if there are fewer), chosen uniformly by a
+    /// partial Fisher-Yates shuffle, returned in their original order.
+    pub fn sample<T: Clone>(&mut self, items: &[T], n: usize) -> Vec<T> {
+        let mut idx: Vec<usize> = (0..items.len()).collect();
+        let n = n.min(items.len());
+        for i in 0..n {
+            let j = i + self.below(items.len() - i);
+            idx.swap(i, j);
+        }
+        let mut chosen = idx[..n].to_vec();
+        chosen.sort_unstable();
+        chosen.into_iter().map(|i| items[i].clone()).collect()
+    }
+
     /// Standard normal (Box-Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_distinct_in_order_seeded_and_covers_every_residue() {
+        let items: Vec<usize> = (0..6000).collect();
+        let a = Rng::new(7).sample(&items, 100);
+        assert_eq!(a.len(), 100);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "not distinct and in order");
+        assert_eq!(a, Rng::new(7).sample(&items, 100));
+        assert_ne!(a, Rng::new(8).sample(&items, 100));
+        // items grouped in sixes (entity, then attribute): a stride of 60 would hit one residue only
+        let mut residues = [0; 6];
+        for i in &a {
+            residues[i % 6] += 1;
+        }
+        assert!(residues.iter().all(|&r| r >= 5), "residues {residues:?}");
+        assert_eq!(Rng::new(1).sample(&items[..3], 10), vec![0, 1, 2]);
     }
 }
