@@ -2,18 +2,13 @@
 //! kernel runs (every backend has these ops). Same function as the reference twin in `mod.rs`.
 
 use super::ScanInputs;
-use crate::ops::softplus;
 use candle_core::{Result, Tensor};
 
 /// The same function as [`gated_selective_scan_ref`], for devices without the fused kernel (the
 /// GPU): candle ops around [`selective_scan_chunked`], whose whole-tensor rounds replace the
 /// reference's per-timestep ops.
 pub fn gated_selective_scan_chunked(x: ScanInputs) -> Result<Tensor> {
-    x.dims()?;
-    let delta = softplus(&x.dt.broadcast_add(x.dt_bias)?)?; // (B, L, ED)
-    let y = selective_scan_chunked(x.u, &delta, x.a, x.b, x.c)?; // (B, L, ED)
-    let y = (y + x.u.broadcast_mul(x.d)?)?;
-    y * x.z.silu()?
+    super::gated(x, selective_scan_chunked)
 }
 
 /// The bare recurrence of [`selective_scan_ref`] as a two-level parallel scan of candle ops.

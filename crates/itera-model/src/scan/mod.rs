@@ -97,9 +97,18 @@ pub fn gated_selective_scan(x: ScanInputs) -> Result<Tensor> {
 
 /// Reference twin of [`gated_selective_scan`]: the same function from candle ops.
 pub fn gated_selective_scan_ref(x: ScanInputs) -> Result<Tensor> {
+    gated(x, selective_scan_ref)
+}
+
+/// A bare recurrence u, Δ, A, B, C -> y (B, L, ED), as candle ops.
+type BareScan = fn(&Tensor, &Tensor, &Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
+/// What surrounds the recurrence, from candle ops: Δ = softplus(dt + bias) before it, the skip D
+/// and the gate silu(z) after it.
+fn gated(x: ScanInputs, scan: BareScan) -> Result<Tensor> {
     x.dims()?;
     let delta = softplus(&x.dt.broadcast_add(x.dt_bias)?)?; // (B, L, ED)
-    let y = selective_scan_ref(x.u, &delta, x.a, x.b, x.c)?; // (B, L, ED)
+    let y = scan(x.u, &delta, x.a, x.b, x.c)?; // (B, L, ED)
     let y = (y + x.u.broadcast_mul(x.d)?)?;
     y * x.z.silu()?
 }
