@@ -1,5 +1,5 @@
 //! A fuzz harness on stable Rust for every parser of bytes that come from outside the process:
-//! `model.safetensors`, `config.json`, `tokenizer.json`, `manifest.json`, the retrieval index,
+//! `model.safetensors`, `model.gguf`, `config.json`, `tokenizer.json`, `manifest.json`, the retrieval index,
 //! corpus text, `checkpoint.safetensors` and the worker's messages ([`targets`]).
 //!
 //! No coverage feedback (that needs nightly's sanitizer coverage): each execution takes a seed

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device};
 use itera_data::prompt::ReadingOrder;
-use itera_model::weights::{varmap_tensors, write_safetensors};
+use itera_model::weights::{read_gguf, varmap_tensors, write_gguf, write_safetensors, WeightFormat};
 use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model, Preset};
 use itera_retrieval::{EncoderConfig, Index};
 use itera_web::protocol::ToWorker;
@@ -36,6 +36,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "manifest", run: manifest, seeds: manifest_seeds, dict: MANIFEST_DICT },
     Target { name: "corpus", run: corpus, seeds: corpus_seeds, dict: CORPUS_DICT },
     Target { name: "safetensors", run: safetensors, seeds: safetensors_seeds, dict: SAFETENSORS_DICT },
+    Target { name: "gguf", run: gguf, seeds: gguf_seeds, dict: GGUF_DICT },
     Target { name: "checkpoint", run: checkpoint, seeds: checkpoint_seeds, dict: CHECKPOINT_DICT },
     Target { name: "index", run: index, seeds: index_seeds, dict: INDEX_DICT },
     Target { name: "tokenizer", run: tokenizer, seeds: tokenizer_seeds, dict: TOKENIZER_DICT },
@@ -122,6 +123,50 @@ const SAFETENSORS_DICT: &[&[u8]] = &[
     b"[]",
     b"[0,0]",
 ];
+
+/// Magic, version 2 and 3, ggml type ids (f32 0, f16 1, q4_0 2, q8_0 8, a large one) as u32.
+const GGUF_DICT: &[&[u8]] = &[
+    b"GGUF",
+    &[2, 0, 0, 0],
+    &[3, 0, 0, 0],
+    &[0, 0, 0, 0],
+    &[1, 0, 0, 0],
+    &[2, 0, 0, 0],
+    &[8, 0, 0, 0],
+    &[0xff, 0xff, 0, 0],
+    &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+    b"general.name",
+];
+
+/// `model.gguf` (`native-trainer quantize`): the bytes as both tiny models' weights, and as bare
+/// tensors.
+fn gguf(bytes: &[u8]) {
+    for cfg in &shared().configs {
+        let _ = Model::from_gguf(cfg, bytes, &Device::Cpu);
+    }
+    let _ = read_gguf(bytes, &Device::Cpu);
+}
+
+fn gguf_seeds() -> Vec<Vec<u8>> {
+    let s = shared();
+    let mut seeds = Vec::new();
+    for cfg in &s.configs {
+        let (varmap, _) = Model::init(cfg, 2, &Device::Cpu).expect("init");
+        let tensors = varmap_tensors(&varmap).expect("tensors");
+        for f in [WeightFormat::F16, WeightFormat::Q8_0] {
+            seeds.push(write_gguf(&tensors, f, &[("general.name", "fuzz".into())]).expect("gguf"));
+        }
+    }
+    // A matrix wide and tall enough for the blocks, in each block format.
+    let m = candle_core::Tensor::arange(0f32, 32.0 * 64.0, &Device::Cpu)
+        .expect("arange")
+        .reshape((32, 64))
+        .expect("reshape");
+    for f in [WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        seeds.push(write_gguf(&[("w".into(), m.clone())], f, &[]).expect("gguf"));
+    }
+    seeds
+}
 
 fn safetensors(bytes: &[u8]) {
     for cfg in &shared().configs {
@@ -268,6 +313,8 @@ fn manifest_seeds() -> Vec<Vec<u8>> {
             k: 1,
             order: ReadingOrder::QuestionFirst,
         }),
+        weight_bytes: Default::default(),
+        quantized_from: None,
     };
     let with = serde_json::to_vec_pretty(&m).expect("serialises");
     m.retrieval = None;

@@ -93,6 +93,20 @@ impl Model {
         weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
     }
 
+    /// From a GGUF file (`weights::write_gguf`), its tensors dequantized to f32.
+    pub fn from_gguf(cfg: &Config, bytes: &[u8], device: &Device) -> Result<Self> {
+        let tensors = weights::read_gguf(bytes, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
+    }
+
+    /// From the weights file of an export in `format` (`WeightFormat::file_name`).
+    pub fn from_weights(cfg: &Config, format: weights::WeightFormat, bytes: &[u8], device: &Device) -> Result<Self> {
+        match format {
+            weights::WeightFormat::F32 => Self::from_safetensors(cfg, bytes, device),
+            _ => Self::from_gguf(cfg, bytes, device),
+        }
+    }
+
     pub fn config(&self) -> Config {
         match self {
             Model::Baseline(m) => Config::Baseline(m.config().clone()),

@@ -1,10 +1,12 @@
-//! safetensors in and out, through the same constructors that initialise a model.
+//! safetensors (f32) and GGUF (f16, 8-bit Q8_0, 4-bit Q4_0) in and out, through the same
+//! constructors that initialise a model.
 //!
 //! Loading goes through a checking `VarBuilder` backend: a tensor the model asks for but the file
 //! lacks, a tensor of the wrong shape, and a tensor in the file the model never asks for are each
 //! reported by name (the last one usually means the config does not belong to the weights).
 //! Works from bytes, since the browser has no mmap.
 
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 /// What can be wrong with a weights file, by tensor name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsError {
-    /// Not a readable safetensors file.
+    /// Not a readable safetensors or GGUF file: "not a valid {format} file: {why}".
     Format(String),
     /// The model needs this tensor; the file lacks it.
     Missing { name: String, expected: Vec<usize> },
@@ -28,7 +30,7 @@ pub enum WeightsError {
 impl fmt::Display for WeightsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WeightsError::Format(e) => write!(f, "not a valid safetensors file: {e}"),
+            WeightsError::Format(e) => f.write_str(e),
             WeightsError::Missing { name, expected } => {
                 write!(f, "missing tensor `{name}` (the config expects shape {expected:?})")
             }
@@ -59,7 +61,8 @@ impl From<WeightsError> for candle_core::Error {
 
 /// Reads every tensor of a safetensors buffer.
 pub fn read_safetensors(bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load_buffer(bytes, device).map_err(|e| WeightsError::Format(e.to_string()).into())
+    candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| WeightsError::Format(format!("not a valid safetensors file: {e}")).into())
 }
 
 /// Serialises named tensors (sorted by name) with the `{"format": "pt"}` metadata that
@@ -79,6 +82,140 @@ pub fn write_safetensors_with_metadata(
     metadata.insert("format".to_string(), "pt".to_string());
     safetensors::tensor::serialize(sorted.iter().map(|(n, t)| (*n, t)), Some(metadata))
         .map_err(|e| candle_core::Error::msg(format!("safetensors serialise: {e}")))
+}
+
+/// How an export stores its weights: `model.safetensors` in f32, or `model.gguf` with the
+/// matrices in f16 or a ggml block format (the vectors, and matrices too small or narrow for the
+/// blocks, stay f32 there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    F32,
+    F16,
+    /// Blocks of 32 weights: 32 int8 and one f16 scale (8.5 bits a weight).
+    Q8_0,
+    /// Blocks of 32 weights: 32 4-bit ints and one f16 scale (4.5 bits a weight).
+    Q4_0,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 4] = [WeightFormat::F32, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Q4_0 => "q4_0",
+        }
+    }
+
+    /// The file the weights live in.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "model.safetensors",
+            _ => "model.gguf",
+        }
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            WeightFormat::F32 => GgmlDType::F32,
+            WeightFormat::F16 => GgmlDType::F16,
+            WeightFormat::Q8_0 => GgmlDType::Q8_0,
+            WeightFormat::Q4_0 => GgmlDType::Q4_0,
+        }
+    }
+
+    /// The ggml type `t` is stored in: the format's for matrices whose rows split into its
+    /// blocks (and that have at least one block's worth of rows: a router of 8 experts stays
+    /// exact), f32 otherwise.
+    pub fn dtype_for(self, t: &Tensor) -> GgmlDType {
+        let dims = t.dims();
+        let ggml = self.ggml();
+        let block = ggml.block_size();
+        match dims {
+            [rows, cols] if *rows >= 32 && cols % block == 0 => ggml,
+            _ => GgmlDType::F32,
+        }
+    }
+}
+
+impl WeightFormat {
+    /// The format a `manifest.json`'s `dtype` names: `float32` (every export before the GGUF
+    /// formats said so) or a format name.
+    pub fn from_manifest_dtype(dtype: &str) -> std::result::Result<Self, String> {
+        match dtype {
+            "float32" => Ok(WeightFormat::F32),
+            other => other.parse(),
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        WeightFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown weight format `{s}` (expected f32, f16, q8_0 or q4_0)"))
+    }
+}
+
+/// Serialises named tensors as GGUF (version 2), each in `format.dtype_for(tensor)`, with
+/// `metadata` as string values. The names are the Hugging Face ones of `model.safetensors`.
+pub fn write_gguf(tensors: &[(String, Tensor)], format: WeightFormat, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let q: Vec<(&str, QTensor)> = sorted
+        .iter()
+        .map(|(n, t)| Ok((n.as_str(), QTensor::quantize(&t.to_dtype(DType::F32)?, format.dtype_for(t))?)))
+        .collect::<Result<_>>()?;
+    let values: Vec<(&str, gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (*k, gguf_file::Value::String(v.clone()))).collect();
+    let meta: Vec<(&str, &gguf_file::Value)> = values.iter().map(|(k, v)| (*k, v)).collect();
+    let refs: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &meta, &refs)?;
+    Ok(out.into_inner())
+}
+
+/// The most elements a GGUF tensor may declare (2^31: 8 GiB of f32, beyond any model here).
+const MAX_GGUF_TENSOR_ELEMENTS: usize = 1 << 31;
+
+/// Reads every tensor of a GGUF buffer, dequantized to f32.
+pub fn read_gguf(bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bad = |e: candle_core::Error| -> candle_core::Error {
+        WeightsError::Format(format!("not a valid GGUF file: {e}")).into()
+    };
+    let mut reader = std::io::Cursor::new(bytes);
+    let content = gguf_file::Content::read(&mut reader).map_err(bad)?;
+    let mut out = HashMap::new();
+    for (name, info) in &content.tensor_infos {
+        // Checked before candle reads the tensor (both found by itera-fuzz): candle multiplies
+        // the dimensions unchecked and allocates for the product, so an overflowing shape
+        // panics there; and it views an empty tensor's dangling byte buffer as blocks, which
+        // aborts a build with debug assertions (misaligned pointer). No model has either.
+        let elements = info.shape.dims().iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let problem = match elements {
+            Some(0) => Some("has no elements".to_string()),
+            Some(n) if n <= MAX_GGUF_TENSOR_ELEMENTS => None,
+            _ => Some(format!("is over {MAX_GGUF_TENSOR_ELEMENTS} elements")),
+        };
+        if let Some(p) = problem {
+            let e = format!("tensor `{name}` of shape {:?} {p}", info.shape.dims());
+            return Err(WeightsError::Format(format!("not a valid GGUF file: {e}")).into());
+        }
+        let q = content.tensor(&mut reader, name, device).map_err(bad)?;
+        out.insert(name.clone(), q.dequantize(device).map_err(bad)?);
+    }
+    Ok(out)
 }
 
 /// Every variable of a `VarMap` as (name, tensor), sorted by name.

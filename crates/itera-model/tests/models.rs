@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use common::*;
 use itera_model::init::Rng;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use itera_model::weights::{varmap_tensors, write_safetensors};
+use itera_model::weights::{varmap_tensors, write_gguf, write_safetensors, WeightFormat};
 use itera_model::{Config, Kernels, Model, ModelKind, MoeKernel, Preset, ScanKernel};
 
 const VOCAB: usize = 97;
@@ -190,6 +190,93 @@ fn a_tiny_model_of_each_kind_overfits_one_64_token_sequence() -> Result<()> {
         assert!(ce < 0.1, "{kind} did not overfit: loss {ce} after {steps} steps");
     }
     Ok(())
+}
+
+/// ||a - b|| / ||b||.
+fn relative_error(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let num = (a - b)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
+    Ok(num / b.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt())
+}
+
+#[test]
+fn each_weight_format_loads_back_with_logits_near_f32_and_fewer_bytes() -> Result<()> {
+    let mut rng = Rng::new(SEED + 6);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let tensors = varmap_tensors(&varmap)?;
+        let toks = tokens(&mut rng, 2, 17, VOCAB);
+        let want = model.forward(&toks)?.logits;
+        // (format, largest relative error of the logits allowed: these weights carry added
+        // noise, and a changed top-2 choice moves an MoE output a lot; a wrong tensor mapping
+        // gives ~1.4, unrelated logits of the same size)
+        let mut sizes = Vec::new();
+        for (format, tolerance) in
+            [(WeightFormat::F32, 0.0), (WeightFormat::F16, 5e-3), (WeightFormat::Q8_0, 0.1), (WeightFormat::Q4_0, 0.9)]
+        {
+            let bytes = match format {
+                WeightFormat::F32 => write_safetensors(&tensors)?,
+                f => write_gguf(&tensors, f, &[("general.name", name.to_string())])?,
+            };
+            let loaded = Model::from_weights(&cfg, format, &bytes, &Device::Cpu)?;
+            let err = relative_error(&loaded.forward(&toks)?.logits, &want)?;
+            println!("{name} {format}: {} bytes, logits relative error {err:.2e}", bytes.len());
+            assert!(err <= tolerance, "{name} {format}: logits relative error {err} over {tolerance}");
+            sizes.push(bytes.len());
+        }
+        // fewer bits, fewer bytes (f16 and q8_0 are not ordered: a tiny model keeps matrices
+        // narrower than a block in f32 under q8_0)
+        assert!(sizes[1] < sizes[0] && sizes[2] < sizes[0] && sizes[3] < sizes[2], "{name}: sizes {sizes:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_damaged_or_foreign_gguf_is_an_error_naming_the_problem() -> Result<()> {
+    let cfg = tiny(ModelKind::IteraLite);
+    let (varmap, _) = Model::init(&cfg, SEED, &Device::Cpu)?;
+    let tensors = varmap_tensors(&varmap)?;
+    let bytes = write_gguf(&tensors, WeightFormat::Q8_0, &[])?;
+    let err = Model::from_gguf(&cfg, &bytes[..bytes.len() / 2], &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("GGUF"), "{err}");
+    let err = Model::from_gguf(&cfg, b"GGUF but not really", &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("GGUF"), "{err}");
+    let fewer: Vec<_> = tensors.iter().skip(1).cloned().collect();
+    let err = Model::from_gguf(&cfg, &write_gguf(&fewer, WeightFormat::Q8_0, &[])?, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains(&format!("missing tensor `{}`", tensors[0].0)), "{err}");
+    let err = Model::from_gguf(&tiny(ModelKind::Baseline), &bytes, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("missing tensor"), "{err}");
+    Ok(())
+}
+
+/// GGUF headers whose tensor dimensions multiply past 2^64, or to zero (itera-fuzz, target
+/// `gguf`): candle would wrap the product and then allocate for it, or view a dangling buffer;
+/// `read_gguf` names them instead.
+#[test]
+fn a_gguf_tensor_of_overflowing_or_empty_shape_is_an_error_not_a_panic() {
+    for (dim, says) in [(1u64 << 62, "elements"), (0, "has no elements")] {
+        let b = one_tensor_gguf(dim);
+        let err = itera_model::weights::read_gguf(&b, &Device::Cpu).expect_err("an error");
+        assert!(err.to_string().contains("tensor `w` of shape") && err.to_string().contains(says), "{err}");
+    }
+}
+
+/// A GGUF v2 file with one f32 tensor `w` of shape (dim, 8) and 64 bytes of data.
+fn one_tensor_gguf(dim: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&2u32.to_le_bytes()); // version
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&0u64.to_le_bytes()); // metadata entries
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend_from_slice(&2u32.to_le_bytes()); // dimensions
+    b.extend_from_slice(&dim.to_le_bytes());
+    b.extend_from_slice(&8u64.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // f32
+    b.extend_from_slice(&0u64.to_le_bytes()); // offset
+    b.resize(b.len().div_ceil(32) * 32 + 64, 0);
+    b
 }
 
 #[test]
