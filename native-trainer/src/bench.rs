@@ -15,6 +15,7 @@ use itera_model::flops::Counting;
 use itera_model::init::Rng;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use itera_model::weights::write_safetensors;
+use itera_model::weights::WeightFormat;
 use itera_model::{Config, Model, ParamCount};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -147,8 +148,14 @@ pub struct ModelResults {
     pub architecture: String,
     pub folder: String,
     pub params: ParamCount,
-    pub bytes_f32: u64,       // model.safetensors as exported (f32)
-    pub bytes_f16: u64,       // the same weights serialised as f16
+    pub bytes_f32: u64, // model.safetensors as exported (f32)
+    pub bytes_f16: u64, // the same weights serialised as f16
+    /// The same weights as `native-trainer quantize` writes them: model.gguf in q8_0 and q4_0
+    /// (0 in results measured before these formats).
+    #[serde(default)]
+    pub bytes_q8_0: u64,
+    #[serde(default)]
+    pub bytes_q4_0: u64,
     pub bytes_all_files: u64, // every file of the export (weights, config, tokenizer, index)
     /// The retrieval index the model reads (`index/` of the export): documents, vectors, IDF.
     #[serde(default)]
@@ -236,11 +243,20 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
 
 fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     let loaded = load_model_dir(dir)?;
+    if let Some(m) = loaded.manifest.as_ref().filter(|m| m.dtype != "float32") {
+        anyhow::bail!(
+            "{} holds {} weights (a `quantize` copy): bench measures the f32 export and reports every format's size",
+            dir.display(),
+            m.dtype
+        );
+    }
     let manifest: Option<Manifest> = loaded.manifest.clone();
     let cfg = loaded.config.clone();
     let weights_path = dir.join("model.safetensors");
     let bytes_f32 = std::fs::metadata(&weights_path).with_context(|| weights_path.display().to_string())?.len();
     let bytes_f16 = f16_bytes(&weights_path)?;
+    let (bytes_q8_0, bytes_q4_0) =
+        (gguf_bytes(&weights_path, WeightFormat::Q8_0)?, gguf_bytes(&weights_path, WeightFormat::Q4_0)?);
     let bytes_all_files = manifest.as_ref().map_or(bytes_f32, |m| m.files.iter().map(|f| f.bytes).sum());
     let index_prefix = format!("{}/", crate::export::INDEX_DIR);
     let bytes_index = manifest
@@ -285,6 +301,8 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         params: cfg.param_count(),
         bytes_f32,
         bytes_f16,
+        bytes_q8_0,
+        bytes_q4_0,
         bytes_all_files,
         bytes_index,
         training: manifest.as_ref().map(|m| m.training.clone()),
@@ -311,6 +329,14 @@ fn f16_bytes(path: &Path) -> Result<u64> {
     let half: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F16)?))).collect::<Result<_>>()?;
     Ok(write_safetensors(&half)?.len() as u64)
+}
+
+/// Bytes of the weights in `path` written as `quantize` writes `format` (model.gguf).
+fn gguf_bytes(path: &Path, format: WeightFormat) -> Result<u64> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors: Vec<(String, Tensor)> =
+        itera_model::weights::read_safetensors(&bytes, &Device::Cpu)?.into_iter().collect();
+    Ok(itera_model::weights::write_gguf(&tensors, format, &[])?.len() as u64)
 }
 
 /// FLOPs counted over one decode step at `context` (the token sees `context` positions), and

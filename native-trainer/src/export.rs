@@ -16,7 +16,7 @@ use crate::data;
 use crate::files::{read_json, sha256_hex, write_atomic, write_json_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use itera_model::weights::write_safetensors;
+use itera_model::weights::{read_safetensors, write_gguf, write_safetensors, WeightFormat};
 use itera_model::{Config, Model, ParamCount};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -70,6 +70,21 @@ pub struct Manifest {
     /// How to read the index in `index/` (models trained with retrieval); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieval: Option<ManifestRetrieval>,
+    /// Bytes of the weights file in each format (`f32`: model.safetensors; `f16`, `q8_0`,
+    /// `q4_0`: the model.gguf `quantize` writes), measured at export by serialising them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weight_bytes: std::collections::BTreeMap<String, u64>,
+    /// For an export made by `quantize`: the f32 weights it was made from. Its `eval` is then
+    /// absent (the source's figures were measured in f32; `eval --model` measures this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_from: Option<FileEntry>,
+}
+
+impl Manifest {
+    /// The format of the export's weights, from `dtype`.
+    pub fn weight_format(&self) -> Result<WeightFormat> {
+        WeightFormat::from_manifest_dtype(&self.dtype).map_err(|e| anyhow::anyhow!("manifest.json dtype: {e}"))
+    }
 }
 
 /// The export's retrieval: where its index is, and the reading format the model was trained on.
@@ -158,7 +173,13 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tensors: Vec<_> = weights.into_iter().collect();
-    write_atomic(&out.join("model.safetensors"), &write_safetensors(&tensors)?)?;
+    let f32_bytes = write_safetensors(&tensors)?;
+    let mut weight_bytes =
+        std::collections::BTreeMap::from([(WeightFormat::F32.name().to_string(), f32_bytes.len() as u64)]);
+    for f in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+        weight_bytes.insert(f.name().into(), write_gguf(&tensors, f, &[])?.len() as u64);
+    }
+    write_atomic(&out.join("model.safetensors"), &f32_bytes)?;
     write_json_atomic(&out.join("config.json"), &hf_config(&meta.config, eot)?)?;
     let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
@@ -224,6 +245,8 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
         eval: meta.final_eval.clone(),
         code_version: meta.code_version.clone(),
         retrieval,
+        weight_bytes,
+        quantized_from: None,
     };
     write_json_atomic(&out.join("manifest.json"), &manifest)?;
     Ok(manifest)
@@ -282,10 +305,16 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("config.json").display()))?;
     let tokenizer = data::load_tokenizer(&dir.join("tokenizer.json"))?;
     let eot = data::eot_id(&tokenizer)?;
-    let model = if dir.join("model.safetensors").exists() {
-        let path = dir.join("model.safetensors");
+    // The weights file: the manifest's format, else whichever file is there.
+    let format = match &manifest {
+        Some(m) => Some(m.weight_format().with_context(|| format!("{}", manifest_path.display()))?),
+        None => [WeightFormat::F32, WeightFormat::Q8_0].into_iter().find(|f| dir.join(f.file_name()).exists()),
+    };
+    let model = if let Some(format) = format {
+        let path = dir.join(format.file_name());
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Model::from_safetensors(&config, &bytes, &Device::Cpu).with_context(|| format!("loading {}", path.display()))?
+        Model::from_weights(&config, format, &bytes, &Device::Cpu)
+            .with_context(|| format!("loading {}", path.display()))?
     } else if Checkpoint::exists(dir) {
         let ck = Checkpoint::load(dir)?;
         itera_model::weights::build_checked(ck.weights(), candle_core::DType::F32, &Device::Cpu, |vb| {
@@ -293,7 +322,7 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
         })
         .with_context(|| format!("loading the checkpoint in {}", dir.display()))?
     } else {
-        bail!("{} holds neither model.safetensors nor a training checkpoint", dir.display());
+        bail!("{} holds neither model.safetensors, model.gguf nor a training checkpoint", dir.display());
     };
     if tokenizer.get_vocab_size(true) != config.vocab_size() {
         bail!(
@@ -304,4 +333,74 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
         );
     }
     Ok(LoadedModel { model, config, tokenizer, eot, manifest })
+}
+
+/// Writes a copy of the f32 export `src` to `out` with its weights in `format` (`model.gguf`;
+/// `f32` copies it as it is): config, tokenizer and index are copied, every file checked against
+/// the source's manifest first and written atomically, the manifest last with `dtype`, the new
+/// files and `quantized_from`.
+pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest> {
+    let manifest_path = src.join("manifest.json");
+    if !manifest_path.exists() {
+        bail!("{} has no manifest.json: quantize an export (native-trainer export), not a run folder", src.display());
+    }
+    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(src).ok() {
+        bail!("--out {} is the source export; write the quantized copy to another folder", out.display());
+    }
+    let loaded = load_model_dir(src)?; // checks every file's sha256 and that the weights load
+    let mut manifest = loaded.manifest.context("manifest.json vanished while loading")?;
+    if manifest.weight_format()? != WeightFormat::F32 {
+        bail!("{} is already {}: quantize the f32 export", src.display(), manifest.dtype);
+    }
+    let weights_name = WeightFormat::F32.file_name();
+    let weights_bytes = std::fs::read(src.join(weights_name))?;
+    let source = manifest
+        .files
+        .iter()
+        .find(|f| f.name == weights_name)
+        .cloned()
+        .with_context(|| format!("{} does not list {weights_name}", manifest_path.display()))?;
+    let tensors: Vec<(String, candle_core::Tensor)> =
+        read_safetensors(&weights_bytes, &Device::Cpu)?.into_iter().collect();
+
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let weights_out = match format {
+        WeightFormat::F32 => weights_bytes,
+        f => write_gguf(
+            &tensors,
+            f,
+            &[
+                ("general.architecture", manifest.model_type.clone()),
+                ("general.name", manifest.name.clone()),
+                ("general.quantization", f.name().to_string()),
+                ("itera.source_sha256", source.sha256.clone()),
+            ],
+        )?,
+    };
+    write_atomic(&out.join(format.file_name()), &weights_out)?;
+    let mut files = vec![FileEntry {
+        name: format.file_name().into(),
+        bytes: weights_out.len() as u64,
+        sha256: sha256_hex(&weights_out),
+    }];
+    for f in manifest.files.iter().filter(|f| f.name != weights_name) {
+        let bytes = std::fs::read(src.join(&f.name))?;
+        let to = out.join(&f.name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        write_atomic(&to, &bytes)?;
+        files.push(f.clone());
+    }
+    manifest.dtype = match format {
+        WeightFormat::F32 => "float32".into(),
+        f => f.name().into(),
+    };
+    manifest.files = files;
+    if format != WeightFormat::F32 {
+        manifest.eval = None;
+        manifest.quantized_from = Some(source);
+    }
+    write_json_atomic(&out.join("manifest.json"), &manifest)?;
+    Ok(manifest)
 }

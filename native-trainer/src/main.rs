@@ -102,6 +102,19 @@ enum Command {
     /// (internal) one model's speed and memory at one thread count, as JSON
     #[command(hide = true)]
     BenchChild(native_trainer::bench::ChildArgs),
+    /// Copy an f32 export with its weights in f16, 8-bit (q8_0) or 4-bit (q4_0): a GGUF file,
+    /// `model.gguf`, beside the same config, tokenizer and index (docs/weights.md)
+    Quantize {
+        /// The f32 export folder
+        #[arg(long)]
+        model: PathBuf,
+        /// `f16`, `q8_0` (blocks of 32 int8 and a scale: 8.5 bits a weight) or `q4_0` (4.5 bits)
+        #[arg(long)]
+        format: itera_model::weights::WeightFormat,
+        /// The new export folder
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Export a training run as a Hugging Face folder with a manifest
     Export {
         /// Training run folder (holds checkpoint.safetensors and tokenizer.json)
@@ -293,6 +306,19 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::BenchChild(a)) => native_trainer::bench::child(&a),
+        Some(Command::Quantize { model, format, out }) => {
+            let m = native_trainer::export::quantize(&model, &out, format)?;
+            let bytes = |m: &native_trainer::export::Manifest| m.files.iter().map(|f| f.bytes).sum::<u64>();
+            let weights = m.files.first().map_or(0, |f| f.bytes);
+            eprintln!(
+                "wrote {} ({format}): weights {:.2} MB, folder {:.2} MB; measure it with `native-trainer eval --model {}`",
+                out.display(),
+                weights as f64 / 1e6,
+                bytes(&m) as f64 / 1e6,
+                out.display()
+            );
+            Ok(())
+        }
         Some(Command::Export { checkpoint, out }) => {
             let m = export(&checkpoint, &out)?;
             eprintln!("exported {} ({} parameters) to {}", m.name, m.params.total, out.display());

@@ -158,19 +158,21 @@ fn markdown(r: &Results) -> String {
     }
 
     let _ = writeln!(s, "## Models\n");
-    let _ = writeln!(s, "| model | architecture | params (total) | active per token | model.safetensors f32 | f16 | retrieval index | all files | trained tokens | steps | corpus |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| model | architecture | params (total) | active per token | model.safetensors f32 | f16 | q8_0 | q4_0 | retrieval index | all files | trained tokens | steps | corpus |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for x in &r.models {
         let t = x.training.as_ref();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             x.name,
             x.architecture,
             millions(x.params.total),
             millions(x.params.active_per_token),
             mib(x.bytes_f32),
             mib(x.bytes_f16),
+            if x.bytes_q8_0 > 0 { mib(x.bytes_q8_0) } else { "–".into() },
+            if x.bytes_q4_0 > 0 { mib(x.bytes_q4_0) } else { "–".into() },
             if x.bytes_index > 0 { mib(x.bytes_index) } else { "–".into() },
             mib(x.bytes_all_files),
             t.map_or("–".into(), |t| t.tokens.to_string()),

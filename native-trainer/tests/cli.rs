@@ -213,6 +213,56 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
     let expect = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
     assert!((nll_mean - expect).abs() < 1e-6, "nll_mean {nll_mean} vs mean of logprobs {expect}");
 
+    // Quantized copies: each loads through its manifest, scores near the f32 export, and says
+    // what it was made from; quantizing a quantized export, or into the source, is refused.
+    let f32_nll = nll_mean;
+    let f32_weights = std::fs::metadata(exported.join("model.safetensors")).unwrap().len();
+    for (format, tolerance) in [("f16", 0.01), ("q8_0", 0.05), ("q4_0", 0.5)] {
+        let q = dir.join(format!("export-{format}"));
+        let args = [
+            "quantize",
+            "--model",
+            &exported.display().to_string(),
+            "--format",
+            format,
+            "--out",
+            &q.display().to_string(),
+        ];
+        assert_ok(&run(&args.map(String::from)));
+        let loaded = load_model_dir(&q).unwrap();
+        let qm = loaded.manifest.as_ref().unwrap();
+        assert_eq!(qm.dtype, format);
+        assert!(qm.eval.is_none(), "{format}: the f32 figures must not be carried over");
+        assert_eq!(qm.quantized_from.as_ref().unwrap().sha256, manifest.files[0].sha256);
+        assert!(qm.files.iter().any(|f| f.name == "model.gguf") && !q.join("model.safetensors").exists());
+        let bytes = std::fs::metadata(q.join("model.gguf")).unwrap().len();
+        assert!(bytes < f32_weights, "{format}: {bytes} bytes, f32 {f32_weights}");
+        let json = dir.join(format!("score-{format}.json"));
+        let o = run(&[
+            "score".into(),
+            "--model".into(),
+            q.display().to_string(),
+            "--text".into(),
+            text_file.display().to_string(),
+            "--json".into(),
+            json.display().to_string(),
+        ]);
+        assert_ok(&o);
+        let score: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let nll = score["nll_mean"].as_f64().unwrap();
+        println!("{format}: {bytes} bytes (f32 {f32_weights}), mean NLL {nll:.4} (f32 {f32_nll:.4})");
+        assert!((nll - f32_nll).abs() <= tolerance * f32_nll, "{format}: NLL {nll} vs f32 {f32_nll}");
+    }
+    let q8 = dir.join("export-q8_0").display().to_string();
+    let again = dir.join("again").display().to_string();
+    let o = run(&["quantize", "--model", &q8, "--format", "q4_0", "--out", &again].map(String::from));
+    assert!(!o.status.success() && stderr(&o).contains("already q8_0"), "{}", stderr(&o));
+    let src = exported.display().to_string();
+    let o = run(&["quantize", "--model", &src, "--format", "q4_0", "--out", &src].map(String::from));
+    assert!(!o.status.success() && stderr(&o).contains("is the source export"), "{}", stderr(&o));
+    let o = run(&["quantize", "--model", &src, "--format", "q3_k", "--out", &again].map(String::from));
+    assert!(!o.status.success() && stderr(&o).contains("unknown weight format `q3_k`"), "{}", stderr(&o));
+
     // A file that no longer matches the manifest's sha256 is refused.
     let mut cfg = std::fs::read(exported.join("config.json")).unwrap();
     cfg.push(b' ');
