@@ -28,6 +28,8 @@ for m in baseline itera-lite; do
     --batch-size 8 --seq-len 64 --steps 150 --lr 5e-3 --qa-questions 6 --world-unseen 0.1 \
     --retrieval "$models/index" --reading-batch 4 --out "$models/runs/$m" --export "$models/$m"
 done
+# A quantized copy (model.gguf, 8-bit) for the loaders' round trip, native and in the browser.
+target/debug/native-trainer quantize --model "$models/itera-lite" --format q8_0 --out "$models/itera-lite-q8_0"
 cargo run -q -p itera-web --example golden -- "$models"
 
 step "native tests (debug build, dependencies optimised)"

@@ -352,6 +352,10 @@ function drawSizes() {
     rows.push({ label: `${v.spec.key}: active/token`, value: m.params.active_per_token, text: fmtCount(m.params.active_per_token), key: v.spec.key, group: "p" });
     const bytes = m.files.reduce((a, f) => a + f.bytes, 0);
     rows.push({ label: `${v.spec.key}: download`, value: bytes, text: fmtBytes(bytes), key: v.spec.key, group: "b" });
+    // The weights in each format `native-trainer quantize` writes (measured at export).
+    for (const [fmt, b] of Object.entries(m.weight_bytes || {})) {
+      rows.push({ label: `${v.spec.key}: weights ${fmt}`, value: b, text: fmtBytes(b), key: v.spec.key, group: "b" });
+    }
   }
   const max = { p: Math.max(...rows.filter((r) => r.group === "p").map((r) => r.value)), b: Math.max(...rows.filter((r) => r.group === "b").map((r) => r.value)) };
   let body = "";

@@ -102,7 +102,9 @@ async function happyPath(browser) {
       check(/µJ$/.test(m[7]) && parseFloat(m[7]) > 0, `${model}: energy estimate shown (${m[7]})`);
     }
     check((await page.textContent("#energy-formula")).includes("Horowitz"), "the energy formula and its source are shown");
-    check((await page.$$("#size-chart rect")).length === 6, "the size chart has both models' bars");
+    // per model: params, active, download, and the weights in f32, f16, q8_0, q4_0
+    check((await page.$$("#size-chart rect")).length === 14, "the size chart has both models' bars, each weight format too");
+    check((await page.textContent("#size-chart")).includes("weights q4_0"), "the size chart names the 4-bit weights");
     await page.waitForFunction(() => document.querySelectorAll("#state-chart polyline").length === 2, null, { timeout: 30_000 });
     check(true, "the analytic state-memory chart (main-thread wasm) has both models' curves");
 

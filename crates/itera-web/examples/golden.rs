@@ -1,5 +1,5 @@
 //! Writes what the wasm tests must reproduce: for each exported model folder under DIR
-//! (`baseline/`, `itera-lite/`), the full-sequence logits of a fixed prompt and 20 greedy tokens,
+//! (`baseline/`, `itera-lite/`, and `itera-lite-q8_0/`, its 8-bit copy), the full-sequence logits of a fixed prompt and 20 greedy tokens,
 //! and, when the export has a retrieval index, the documents it retrieves for a question and the
 //! model's answers with and without them; computed natively with the same `Engine` and
 //! `Retriever` the worker runs. Output: DIR/golden.json.
@@ -7,6 +7,7 @@
 //!     cargo run -p itera-web --example golden -- target/test-models
 
 use itera_data::prompt::qa_prompt;
+use itera_model::weights::WeightFormat;
 use itera_web::engine::Engine;
 use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
 use std::path::Path;
@@ -18,18 +19,21 @@ const GREEDY_TOKENS: usize = 20;
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/test-models".into());
     let mut golden = serde_json::Map::new();
-    for name in ["baseline", "itera-lite"] {
+    for name in ["baseline", "itera-lite", "itera-lite-q8_0"] {
         let folder = Path::new(&dir).join(name);
         let read =
             |f: &str| std::fs::read(folder.join(f)).unwrap_or_else(|e| panic!("{}: {e}", folder.join(f).display()));
-        let mut engine = Engine::load(&read("config.json"), &read("tokenizer.json"), &read("model.safetensors"))
-            .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+        let manifest: serde_json::Value = serde_json::from_slice(&read("manifest.json")).unwrap();
+        let format = WeightFormat::from_manifest_dtype(manifest["dtype"].as_str().unwrap_or("float32"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut engine =
+            Engine::load_weights(&read("config.json"), &read("tokenizer.json"), &read(format.file_name()), format)
+                .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
         let ids = engine.encode(PROMPT).unwrap();
         let logits = engine.logits(&ids).unwrap();
         let greedy = engine.greedy(PROMPT, GREEDY_TOKENS).unwrap();
         let mut entry = serde_json::json!({ "prompt": PROMPT, "ids": ids, "logits": logits, "greedy": greedy });
         println!("{name}: {} prompt tokens, greedy {:?}", ids.len(), greedy);
-        let manifest: serde_json::Value = serde_json::from_slice(&read("manifest.json")).unwrap();
         if let Some(spec) = RetrievalSpec::from_manifest(&manifest).unwrap_or_else(|e| panic!("{name}: {e}")) {
             let retriever = Retriever::load(spec, |f| std::fs::read(folder.join(f)).ok())
                 .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));

@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use itera_model::sample::{argmax, Sampler, SamplingConfig};
+use itera_model::weights::WeightFormat;
 use itera_model::{Config, Model, State};
 use tokenizers::Tokenizer;
 
@@ -27,6 +28,17 @@ pub struct Engine {
 impl Engine {
     /// Builds the model from `config.json`, `tokenizer.json` and `model.safetensors` bytes.
     pub fn load(config_json: &[u8], tokenizer_json: &[u8], weights: &[u8]) -> Result<Engine> {
+        Self::load_weights(config_json, tokenizer_json, weights, WeightFormat::F32)
+    }
+
+    /// As [`Engine::load`], with the weights in `format` (`model.gguf` for f16, q8_0, q4_0:
+    /// dequantized to f32 on load, so the download shrinks and the arithmetic does not change).
+    pub fn load_weights(
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        weights: &[u8],
+        format: WeightFormat,
+    ) -> Result<Engine> {
         let config: Config = serde_json::from_slice(config_json).map_err(err("config.json"))?;
         config.validate().map_err(err("config.json"))?;
         // tokenizers 0.23 panics on some malformed files (issue 14, found by itera-fuzz).
@@ -40,7 +52,7 @@ impl Engine {
                 config.vocab_size()
             ));
         }
-        let model = Model::from_safetensors(&config, weights, &Device::Cpu).map_err(err("model.safetensors"))?;
+        let model = Model::from_weights(&config, format, weights, &Device::Cpu).map_err(err(format.file_name()))?;
         Ok(Engine { model, config, tokenizer, eot, state: None })
     }
 

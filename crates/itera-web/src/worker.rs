@@ -14,6 +14,7 @@ use crate::engine::{energy_mj_per_token, Engine, TextStream};
 use crate::protocol::{FromWorker, RetrievalStatus, Status, ToWorker};
 use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
+use itera_model::weights::WeightFormat;
 use js_sys::{Promise, Reflect, Uint8Array};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
@@ -233,7 +234,11 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
     let get = |name: &str| blobs.get(name).ok_or_else(|| format!("{base}manifest.json does not list {name}"));
     status(Status::Loading, "building the model");
     yield_now().await;
-    let engine = Engine::load(get("config.json")?, get("tokenizer.json")?, get("model.safetensors")?)?;
+    let format = match manifest["dtype"].as_str() {
+        Some(d) => WeightFormat::from_manifest_dtype(d).map_err(|e| format!("{base}manifest.json: {e}"))?,
+        None => WeightFormat::F32,
+    };
+    let engine = Engine::load_weights(get("config.json")?, get("tokenizer.json")?, get(format.file_name())?, format)?;
     *state.engine.borrow_mut() = Some(engine);
 
     let retrieval = match spec {

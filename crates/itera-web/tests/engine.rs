@@ -43,6 +43,32 @@ fn retriever(name: &str) -> Retriever {
     retriever_with(name, &manifest(name), |_, _| {}).unwrap()
 }
 
+/// The 8-bit copy (scripts/test.sh: `quantize --format q8_0`) loads through its manifest's dtype
+/// as the worker does, and its logits stay near the f32 export's.
+#[test]
+fn the_quantized_export_loads_as_the_worker_loads_it_and_stays_near_f32() {
+    let q = "itera-lite-q8_0";
+    let format =
+        itera_model::weights::WeightFormat::from_manifest_dtype(manifest(q)["dtype"].as_str().unwrap()).unwrap();
+    assert_eq!(format.file_name(), "model.gguf");
+    let quantized =
+        Engine::load_weights(&read(q, "config.json"), &read(q, "tokenizer.json"), &read(q, format.file_name()), format)
+            .unwrap();
+    let exact = engine("itera-lite");
+    let ids = exact.encode("Ulara Askowin was born in").unwrap();
+    let (a, b) = (quantized.logits(&ids).unwrap(), exact.logits(&ids).unwrap());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (ra, rb) in a.iter().zip(&b) {
+        for (x, y) in ra.iter().zip(rb) {
+            diff += ((x - y) as f64).powi(2);
+            norm += (*y as f64).powi(2);
+        }
+    }
+    let rel = (diff / norm).sqrt();
+    println!("q8_0 vs f32 logits: relative error {rel:.2e}");
+    assert!(rel > 0.0 && rel < 0.05, "q8_0 logits relative error {rel}");
+}
+
 #[test]
 fn prefill_then_single_tokens_give_the_full_sequence_logits() {
     for name in ["baseline", "itera-lite"] {

@@ -6,6 +6,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use itera_data::prompt::qa_prompt;
+use itera_model::weights::WeightFormat;
 use itera_web::engine::Engine;
 use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
 use wasm_bindgen_test::*;
@@ -21,9 +22,13 @@ macro_rules! model_file {
 const GOLDEN: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-models/golden.json"));
 
 fn check(name: &str, config: &[u8], tokenizer: &[u8], weights: &[u8]) {
+    check_format(name, config, tokenizer, weights, WeightFormat::F32)
+}
+
+fn check_format(name: &str, config: &[u8], tokenizer: &[u8], weights: &[u8], format: WeightFormat) {
     let golden: serde_json::Value = serde_json::from_str(GOLDEN).unwrap();
     let g = &golden[name];
-    let mut engine = Engine::load(config, tokenizer, weights).unwrap();
+    let mut engine = Engine::load_weights(config, tokenizer, weights, format).unwrap();
     let prompt = g["prompt"].as_str().unwrap();
     let ids = engine.encode(prompt).unwrap();
     let want_ids: Vec<u32> = serde_json::from_value(g["ids"].clone()).unwrap();
@@ -128,5 +133,18 @@ fn itera_lite_gives_the_native_logits_and_greedy_tokens() {
         model_file!("itera-lite", "config.json"),
         model_file!("itera-lite", "tokenizer.json"),
         model_file!("itera-lite", "model.safetensors"),
+    );
+}
+
+/// The 8-bit copy (`native-trainer quantize --format q8_0`: model.gguf) loads in the browser and
+/// computes what the native build computed from the same file.
+#[wasm_bindgen_test]
+fn quantized_itera_lite_gives_the_native_logits_and_greedy_tokens() {
+    check_format(
+        "itera-lite-q8_0",
+        model_file!("itera-lite-q8_0", "config.json"),
+        model_file!("itera-lite-q8_0", "tokenizer.json"),
+        model_file!("itera-lite-q8_0", "model.gguf"),
+        WeightFormat::Q8_0,
     );
 }
