@@ -160,12 +160,16 @@ fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f
     Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
 }
 
-fn launch_config(dims: Dims) -> LaunchConfig {
-    LaunchConfig {
+/// Grid: blocks of `BLOCK` channels along x, one batch row per y (CUDA allows up to 65,535).
+fn launch_config(dims: Dims) -> Result<LaunchConfig> {
+    if dims.bsz > 65_535 {
+        candle_core::bail!("selective scan on CUDA: batch {} is over the grid's 65,535 rows", dims.bsz);
+    }
+    Ok(LaunchConfig {
         grid_dim: ((dims.ed as u32).div_ceil(BLOCK), dims.bsz as u32, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
-    }
+    })
 }
 
 fn int(x: usize, what: &str) -> Result<i32> {
@@ -193,7 +197,7 @@ pub(super) fn forward(
     builder.arg(&udz).arg(&p).arg(&bc).arg(&y).arg(&l_i).arg(&ed_i);
     // SAFETY: the kernel reads B·L·3ED, ED·(N+2) and B·L·2N floats and writes B·L·ED, the sizes
     // of the views and of `y` (checked by `Dims::of`).
-    unsafe { builder.launch(launch_config(dims)) }.w()?;
+    unsafe { builder.launch(launch_config(dims)?) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((bsz, l, ed))))
 }
 
@@ -255,7 +259,7 @@ impl CustomOp3 for GatedScanGrad {
         builder.arg(&ug).arg(&p).arg(&bc).arg(&hs).arg(&dudz).arg(&dp).arg(&dbc).arg(&l_i).arg(&ed_i).arg(&w_i);
         // SAFETY: the kernel reads B·L·4ED, ED·(N+2), B·L·2N floats, writes B·L·N·ED into `hs`
         // and the three parts of `out` at the sizes above (checked against the shapes).
-        unsafe { builder.launch(launch_config(dims)) }.w()?;
+        unsafe { builder.launch(launch_config(dims)?) }.w()?;
         drop(builder);
         let total = out.len();
         Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(total)))
