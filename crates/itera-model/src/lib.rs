@@ -99,6 +99,18 @@ impl Model {
         weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
     }
 
+    /// From a sharded `model.safetensors` (`weights::write_sharded`): the index JSON, and each
+    /// shard it names from `shard(file)`.
+    pub fn from_sharded(
+        cfg: &Config,
+        index_json: &[u8],
+        shard: impl FnMut(&str) -> Option<Vec<u8>>,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors = weights::read_sharded(index_json, shard, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
+    }
+
     /// From the weights file of an export in `format` (`WeightFormat::file_name`).
     pub fn from_weights(cfg: &Config, format: weights::WeightFormat, bytes: &[u8], device: &Device) -> Result<Self> {
         match format {

@@ -218,6 +218,81 @@ pub fn read_gguf(bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor
     Ok(out)
 }
 
+/// The index of a sharded `model.safetensors` (Hugging Face's convention): which shard holds
+/// each tensor.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Splits `tensors` (by name) into safetensors shards of at most `max_bytes` of tensor data
+/// each (a larger tensor gets a shard of its own), named `model-00001-of-0000N.safetensors` as
+/// `save_pretrained(max_shard_size=...)` names them. Returns the shards and the index JSON.
+pub fn write_sharded(tensors: &[(String, Tensor)], max_bytes: u64) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>)> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut groups: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let (mut used, mut total) = (0u64, 0u64);
+    for (name, t) in sorted {
+        let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        if used > 0 && used + bytes > max_bytes {
+            groups.push(Vec::new());
+            used = 0;
+        }
+        used += bytes;
+        total += bytes;
+        groups.last_mut().expect("one group at least").push((name.clone(), t.clone()));
+    }
+    let n = groups.len();
+    let mut shards = Vec::with_capacity(n);
+    let mut weight_map = serde_json::Map::new();
+    for (i, group) in groups.iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        for (name, _) in group {
+            weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
+        }
+        shards.push((file, write_safetensors(group)?));
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    let json = serde_json::to_vec_pretty(&index).map_err(candle_core::Error::wrap)?;
+    Ok((shards, json))
+}
+
+/// Reads a sharded checkpoint: the index JSON, and each shard it names from `shard(file)`.
+/// A shard that is missing, a tensor the index places in a shard that lacks it, and a tensor in
+/// a shard the index does not list are errors naming the file and the tensor.
+pub fn read_sharded(
+    index_json: &[u8],
+    mut shard: impl FnMut(&str) -> Option<Vec<u8>>,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bad = |e: String| -> candle_core::Error { WeightsError::Format(format!("{SHARD_INDEX}: {e}")).into() };
+    let index: serde_json::Value = serde_json::from_slice(index_json).map_err(|e| bad(e.to_string()))?;
+    let map = index["weight_map"].as_object().ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut by_file: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(format!("`{tensor}` maps to {file}, not a file name")))?;
+        if file.is_empty() || file.contains(['/', '\\']) || file == ".." {
+            return Err(bad(format!("`{tensor}` maps to {file:?}, not a file beside the index")));
+        }
+        by_file.entry(file).or_default().insert(tensor.as_str());
+    }
+    let mut out = HashMap::new();
+    for (file, listed) in by_file {
+        let bytes = shard(file).ok_or_else(|| bad(format!("shard `{file}` is missing")))?;
+        let tensors = read_safetensors(&bytes, device).map_err(|e| bad(format!("shard `{file}`: {e}")))?;
+        for name in &listed {
+            if !tensors.contains_key(*name) {
+                return Err(bad(format!("the index places `{name}` in `{file}`, which lacks it")));
+            }
+        }
+        for (name, t) in tensors {
+            if !listed.contains(name.as_str()) {
+                return Err(bad(format!("`{file}` holds `{name}`, which the index does not list")));
+            }
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
 /// Every variable of a `VarMap` as (name, tensor), sorted by name.
 pub fn varmap_tensors(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
     let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("var map lock poisoned"))?;

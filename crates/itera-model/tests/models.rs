@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use common::*;
 use itera_model::init::Rng;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use itera_model::weights::{varmap_tensors, write_gguf, write_safetensors, WeightFormat};
+use itera_model::weights::{varmap_tensors, write_gguf, write_safetensors, write_sharded, WeightFormat};
 use itera_model::{Config, Kernels, Model, ModelKind, MoeKernel, Preset, ScanKernel};
 
 const VOCAB: usize = 97;
@@ -277,6 +277,57 @@ fn one_tensor_gguf(dim: u64) -> Vec<u8> {
     b.extend_from_slice(&0u64.to_le_bytes()); // offset
     b.resize(b.len().div_ceil(32) * 32 + 64, 0);
     b
+}
+
+#[test]
+fn sharded_weights_load_back_identically_and_bad_shards_are_named() -> Result<()> {
+    let cfg = tiny(ModelKind::IteraLite);
+    let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+    let tensors = varmap_tensors(&varmap)?;
+    let (shards, index) = write_sharded(&tensors, 16 * 1024)?;
+    assert!(shards.len() >= 3, "{} shards", shards.len());
+    let n = shards.len();
+    assert_eq!(shards[0].0, format!("model-00001-of-{n:05}.safetensors"));
+    let get = |shards: &[(String, Vec<u8>)]| {
+        let shards = shards.to_vec();
+        move |f: &str| shards.iter().find(|(n, _)| n == f).map(|(_, b)| b.clone())
+    };
+    let loaded = Model::from_sharded(&cfg, &index, get(&shards), &Device::Cpu)?;
+    let toks = tokens(&mut Rng::new(SEED), 1, 9, VOCAB);
+    assert_eq!(max_diff(&loaded.forward(&toks)?.logits, &model.forward(&toks)?.logits)?, 0.0);
+    let total: u64 =
+        serde_json::from_slice::<serde_json::Value>(&index).unwrap()["metadata"]["total_size"].as_u64().unwrap();
+    assert_eq!(total as usize, tensors.iter().map(|(_, t)| t.elem_count() * 4).sum::<usize>());
+
+    let err = |index: &[u8], shards: &[(String, Vec<u8>)]| {
+        Model::from_sharded(&cfg, index, get(shards), &Device::Cpu).err().expect("an error").to_string()
+    };
+    // a shard missing
+    let e = err(&index, &shards[1..]);
+    assert!(e.contains(&format!("shard `{}` is missing", shards[0].0)), "{e}");
+    // a shard without one of the tensors the index places there, and one with a stray tensor
+    let first: Vec<_> = tensors.iter().filter(|(n, _)| shards_of(&index, n) == shards[0].0).cloned().collect();
+    let mut fewer = shards.clone();
+    fewer[0].1 = write_safetensors(&first[1..])?;
+    let e = err(&index, &fewer);
+    assert!(e.contains(&format!("places `{}` in `{}`", first[0].0, shards[0].0)), "{e}");
+    let mut more = first.clone();
+    more.push(("stray.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu)?));
+    let mut extra = shards.clone();
+    extra[0].1 = write_safetensors(&more)?;
+    let e = err(&index, &extra);
+    assert!(e.contains("holds `stray.weight`, which the index does not list"), "{e}");
+    // an index that is not JSON, or names a file outside its folder
+    assert!(err(b"{", &shards).contains("model.safetensors.index.json"));
+    let outside = String::from_utf8(index.clone()).unwrap().replacen(&shards[0].0, "../x.safetensors", 1);
+    assert!(err(outside.as_bytes(), &shards).contains("not a file beside the index"));
+    Ok(())
+}
+
+/// The shard the index places `tensor` in.
+fn shards_of(index: &[u8], tensor: &str) -> String {
+    let v: serde_json::Value = serde_json::from_slice(index).unwrap();
+    v["weight_map"][tensor].as_str().unwrap().to_string()
 }
 
 #[test]
