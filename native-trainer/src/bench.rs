@@ -252,11 +252,14 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     }
     let manifest: Option<Manifest> = loaded.manifest.clone();
     let cfg = loaded.config.clone();
-    let weights_path = dir.join("model.safetensors");
-    let bytes_f32 = std::fs::metadata(&weights_path).with_context(|| weights_path.display().to_string())?.len();
-    let bytes_f16 = f16_bytes(&weights_path)?;
-    let (bytes_q8_0, bytes_q4_0) =
-        (gguf_bytes(&weights_path, WeightFormat::Q8_0)?, gguf_bytes(&weights_path, WeightFormat::Q4_0)?);
+    // The f32 weights (one model.safetensors, or its shards) and their size in each format.
+    let tensors = crate::export::export_f32_tensors(dir)?;
+    let bytes_f32 = write_safetensors(&tensors)?.len() as u64;
+    let half: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F16)?))).collect::<Result<_>>()?;
+    let bytes_f16 = write_safetensors(&half)?.len() as u64;
+    let gguf = |f| -> Result<u64> { Ok(itera_model::weights::write_gguf(&tensors, f, &[])?.len() as u64) };
+    let (bytes_q8_0, bytes_q4_0) = (gguf(WeightFormat::Q8_0)?, gguf(WeightFormat::Q4_0)?);
     let bytes_all_files = manifest.as_ref().map_or(bytes_f32, |m| m.files.iter().map(|f| f.bytes).sum());
     let index_prefix = format!("{}/", crate::export::INDEX_DIR);
     let bytes_index = manifest
@@ -320,23 +323,6 @@ fn short_corpus(corpus: &str) -> String {
         Some(stem) if c.contains(std::path::MAIN_SEPARATOR) => stem.to_string_lossy().into_owned(),
         _ => c.to_string(),
     }
-}
-
-/// Bytes of the weights serialised as f16 safetensors.
-fn f16_bytes(path: &Path) -> Result<u64> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let tensors = itera_model::weights::read_safetensors(&bytes, &Device::Cpu)?;
-    let half: Vec<(String, Tensor)> =
-        tensors.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F16)?))).collect::<Result<_>>()?;
-    Ok(write_safetensors(&half)?.len() as u64)
-}
-
-/// Bytes of the weights in `path` written as `quantize` writes `format` (model.gguf).
-fn gguf_bytes(path: &Path, format: WeightFormat) -> Result<u64> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let tensors: Vec<(String, Tensor)> =
-        itera_model::weights::read_safetensors(&bytes, &Device::Cpu)?.into_iter().collect();
-    Ok(itera_model::weights::write_gguf(&tensors, format, &[])?.len() as u64)
 }
 
 /// FLOPs counted over one decode step at `context` (the token sees `context` positions), and

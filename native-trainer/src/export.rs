@@ -16,13 +16,13 @@ use crate::data;
 use crate::files::{read_json, sha256_hex, write_atomic, write_json_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use itera_model::weights::{read_safetensors, write_gguf, write_safetensors, WeightFormat};
+use itera_model::weights::{
+    read_safetensors, read_sharded, write_gguf, write_safetensors, write_sharded, WeightFormat, SHARD_INDEX,
+};
 use itera_model::{Config, Model, ParamCount};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
-
-pub const FILES: [&str; 3] = ["model.safetensors", "config.json", "tokenizer.json"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -143,6 +143,13 @@ pub fn hf_config(cfg: &Config, eot: u32) -> Result<Value> {
 /// tokenizer). Every file is written atomically; the manifest last, so a folder with a manifest
 /// is complete.
 pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
+    export_sharded(run, out, None)
+}
+
+/// As [`export`]; with `max_shard_bytes`, f32 weights larger than that are written as
+/// `model-0000i-of-0000N.safetensors` shards and `model.safetensors.index.json` (Hugging Face's
+/// convention) instead of one `model.safetensors`.
+pub fn export_sharded(run: &Path, out: &Path, max_shard_bytes: Option<u64>) -> Result<Manifest> {
     let ck = Checkpoint::load(run)?;
     let meta: &CheckpointMeta = &ck.meta;
     if meta.final_eval.is_none() {
@@ -179,14 +186,34 @@ pub fn export(run: &Path, out: &Path) -> Result<Manifest> {
     for f in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
         weight_bytes.insert(f.name().into(), write_gguf(&tensors, f, &[])?.len() as u64);
     }
-    write_atomic(&out.join("model.safetensors"), &f32_bytes)?;
+    let mut names: Vec<String> = Vec::new();
+    match max_shard_bytes {
+        Some(max) if f32_bytes.len() as u64 > max => {
+            let (shards, index) = write_sharded(&tensors, max)?;
+            for (file, bytes) in &shards {
+                write_atomic(&out.join(file), bytes)?;
+                names.push(file.clone());
+            }
+            write_atomic(&out.join(SHARD_INDEX), &index)?;
+            names.push(SHARD_INDEX.into());
+            // A single file left from an earlier export would be read instead of the shards.
+            let single = out.join(WeightFormat::F32.file_name());
+            if single.exists() {
+                std::fs::remove_file(&single).with_context(|| format!("removing {}", single.display()))?;
+            }
+        }
+        _ => {
+            write_atomic(&out.join("model.safetensors"), &f32_bytes)?;
+            names.push("model.safetensors".into());
+        }
+    }
     write_json_atomic(&out.join("config.json"), &hf_config(&meta.config, eot)?)?;
     let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
 
     let a = &meta.args;
+    names.extend(["config.json".to_string(), "tokenizer.json".to_string()]);
     // The index the model reads, checked and written again (atomically) inside the export.
-    let mut names: Vec<String> = FILES.iter().map(|s| s.to_string()).collect();
     let retrieval = match &a.retrieval {
         None => None,
         Some(dir) => {
@@ -305,12 +332,22 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("config.json").display()))?;
     let tokenizer = data::load_tokenizer(&dir.join("tokenizer.json"))?;
     let eot = data::eot_id(&tokenizer)?;
-    // The weights file: the manifest's format, else whichever file is there.
+    // The weights file: the manifest's format, else whichever file is there; f32 may be sharded.
     let format = match &manifest {
         Some(m) => Some(m.weight_format().with_context(|| format!("{}", manifest_path.display()))?),
         None => [WeightFormat::F32, WeightFormat::Q8_0].into_iter().find(|f| dir.join(f.file_name()).exists()),
     };
-    let model = if let Some(format) = format {
+    let sharded = match &manifest {
+        Some(m) => m.files.iter().any(|f| f.name == SHARD_INDEX),
+        None => format.is_none() && dir.join(SHARD_INDEX).exists(),
+    };
+    let model = if sharded {
+        let tensors = read_export_sharded(dir)?;
+        itera_model::weights::build_checked(tensors, candle_core::DType::F32, &Device::Cpu, |vb| {
+            Model::new(&config, vb)
+        })
+        .with_context(|| format!("loading the shards of {}", dir.display()))?
+    } else if let Some(format) = format {
         let path = dir.join(format.file_name());
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         Model::from_weights(&config, format, &bytes, &Device::Cpu)
@@ -352,20 +389,19 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
     if manifest.weight_format()? != WeightFormat::F32 {
         bail!("{} is already {}: quantize the f32 export", src.display(), manifest.dtype);
     }
-    let weights_name = WeightFormat::F32.file_name();
-    let weights_bytes = std::fs::read(src.join(weights_name))?;
+    // The f32 weights: model.safetensors, or the shard index (whose entry `quantized_from` names).
+    let is_weights = |name: &str| name == WeightFormat::F32.file_name() || name == SHARD_INDEX || is_shard(name);
     let source = manifest
         .files
         .iter()
-        .find(|f| f.name == weights_name)
+        .find(|f| f.name == WeightFormat::F32.file_name() || f.name == SHARD_INDEX)
         .cloned()
-        .with_context(|| format!("{} does not list {weights_name}", manifest_path.display()))?;
-    let tensors: Vec<(String, candle_core::Tensor)> =
-        read_safetensors(&weights_bytes, &Device::Cpu)?.into_iter().collect();
+        .with_context(|| format!("{} lists no model.safetensors nor {SHARD_INDEX}", manifest_path.display()))?;
+    let tensors = export_f32_tensors(src)?;
 
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let weights_out = match format {
-        WeightFormat::F32 => weights_bytes,
+        WeightFormat::F32 => write_safetensors(&tensors)?,
         f => write_gguf(
             &tensors,
             f,
@@ -383,7 +419,7 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
         bytes: weights_out.len() as u64,
         sha256: sha256_hex(&weights_out),
     }];
-    for f in manifest.files.iter().filter(|f| f.name != weights_name) {
+    for f in manifest.files.iter().filter(|f| !is_weights(&f.name)) {
         let bytes = std::fs::read(src.join(&f.name))?;
         let to = out.join(&f.name);
         if let Some(parent) = to.parent() {
@@ -403,4 +439,30 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
     }
     write_json_atomic(&out.join("manifest.json"), &manifest)?;
     Ok(manifest)
+}
+
+/// The tensors of an export's sharded f32 weights (`model.safetensors.index.json` and the
+/// shards it names, read from `dir`).
+fn read_export_sharded(dir: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    let index_path = dir.join(SHARD_INDEX);
+    let index = std::fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
+    read_sharded(&index, |file| std::fs::read(dir.join(file)).ok(), &Device::Cpu)
+        .with_context(|| format!("reading the shards of {}", dir.display()))
+}
+
+/// An f32 export's weights, from `model.safetensors` or its shards.
+pub fn export_f32_tensors(dir: &Path) -> Result<Vec<(String, candle_core::Tensor)>> {
+    let single = dir.join(WeightFormat::F32.file_name());
+    let tensors = if single.exists() {
+        let bytes = std::fs::read(&single).with_context(|| format!("reading {}", single.display()))?;
+        read_safetensors(&bytes, &Device::Cpu)?
+    } else {
+        read_export_sharded(dir)?
+    };
+    Ok(tensors.into_iter().collect())
+}
+
+/// `model-00001-of-00003.safetensors` and the like.
+fn is_shard(name: &str) -> bool {
+    name.starts_with("model-") && name.ends_with(".safetensors") && name.contains("-of-")
 }

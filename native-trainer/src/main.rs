@@ -123,6 +123,10 @@ enum Command {
         /// Export folder
         #[arg(long)]
         out: PathBuf,
+        /// Write f32 weights over this many megabytes (10^6 bytes) as shards
+        /// (`model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`, as Hugging Face does)
+        #[arg(long, value_name = "MB")]
+        max_shard_mb: Option<f64>,
     },
 }
 
@@ -319,8 +323,13 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Some(Command::Export { checkpoint, out }) => {
-            let m = export(&checkpoint, &out)?;
+        Some(Command::Export { checkpoint, out, max_shard_mb }) => {
+            let max = match max_shard_mb {
+                Some(mb) if !(mb.is_finite() && mb > 0.0) => anyhow::bail!("--max-shard-mb {mb} is not a size > 0"),
+                Some(mb) => Some((mb * 1e6) as u64),
+                None => None,
+            };
+            let m = native_trainer::export::export_sharded(&checkpoint, &out, max)?;
             eprintln!("exported {} ({} parameters) to {}", m.name, m.params.total, out.display());
             Ok(())
         }

@@ -273,6 +273,46 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
 }
 
 #[test]
+fn a_sharded_export_loads_as_the_single_file_does_and_a_missing_shard_is_named() {
+    let dir = scratch("shards");
+    let (runs, single, sharded) = (dir.join("run"), dir.join("single"), dir.join("sharded"));
+    assert_ok(&run(&tiny_run("itera-lite", 4, &runs)));
+    let export = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["export".to_string(), "--checkpoint".into(), runs.display().to_string()];
+        args.extend(["--out".to_string(), out.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(&args)
+    };
+    assert_ok(&export(&single, &[]));
+    assert_ok(&export(&sharded, &["--max-shard-mb", "0.05"]));
+    let m = load_model_dir(&sharded).unwrap();
+    let listed: Vec<String> = m.manifest.as_ref().unwrap().files.iter().map(|f| f.name.clone()).collect();
+    let shards: Vec<&String> = listed.iter().filter(|n| n.starts_with("model-")).collect();
+    assert!(shards.len() >= 2, "{listed:?}");
+    assert!(
+        listed.contains(&"model.safetensors.index.json".to_string()) && !sharded.join("model.safetensors").exists()
+    );
+    let x = Tensor::from_slice(&[1u32, 2, 3, 4, 5], (1, 5), &Device::Cpu).unwrap();
+    let a = m.model.forward(&x).unwrap().logits;
+    let b = load_model_dir(&single).unwrap().model.forward(&x).unwrap().logits;
+    assert_eq!((a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    // quantize reads the shards
+    let q = dir.join("q8");
+    let args =
+        ["quantize", "--model", &sharded.display().to_string(), "--format", "q8_0", "--out", &q.display().to_string()];
+    assert_ok(&run(&args.map(String::from)));
+    let qm = load_model_dir(&q).unwrap();
+    assert_eq!(qm.manifest.unwrap().quantized_from.unwrap().name, "model.safetensors.index.json");
+    // a shard gone: named (the manifest's sha256 check reads it first)
+    std::fs::remove_file(sharded.join(shards[0])).unwrap();
+    let err = format!("{:#}", load_model_dir(&sharded).err().expect("must not load"));
+    assert!(err.contains(shards[0].as_str()), "{err}");
+    let o = export(&dir.join("x"), &["--max-shard-mb", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("--max-shard-mb 0 is not a size > 0"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
     let dir = scratch("bad");
     let s = |v: &str| v.to_string();

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use itera_model::sample::{argmax, Sampler, SamplingConfig};
-use itera_model::weights::WeightFormat;
+use itera_model::weights::{WeightFormat, SHARD_INDEX};
 use itera_model::{Config, Model, State};
 use tokenizers::Tokenizer;
 
@@ -39,6 +39,31 @@ impl Engine {
         weights: &[u8],
         format: WeightFormat,
     ) -> Result<Engine> {
+        Self::build(config_json, tokenizer_json, format.file_name(), |c| {
+            Model::from_weights(c, format, weights, &Device::Cpu)
+        })
+    }
+
+    /// As [`Engine::load`], with f32 weights in shards: `model.safetensors.index.json` and the
+    /// shards it names, from `shard(file)`.
+    pub fn load_sharded(
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        index_json: &[u8],
+        shard: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Result<Engine> {
+        Self::build(config_json, tokenizer_json, SHARD_INDEX, |c| {
+            Model::from_sharded(c, index_json, shard, &Device::Cpu)
+        })
+    }
+
+    /// Config and tokenizer checked, then the model from `model` (its errors named by `weights`).
+    fn build(
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        weights: &str,
+        model: impl FnOnce(&Config) -> candle_core::Result<Model>,
+    ) -> Result<Engine> {
         let config: Config = serde_json::from_slice(config_json).map_err(err("config.json"))?;
         config.validate().map_err(err("config.json"))?;
         // tokenizers 0.23 panics on some malformed files (issue 14, found by itera-fuzz).
@@ -52,7 +77,7 @@ impl Engine {
                 config.vocab_size()
             ));
         }
-        let model = Model::from_weights(&config, format, weights, &Device::Cpu).map_err(err(format.file_name()))?;
+        let model = model(&config).map_err(err(weights))?;
         Ok(Engine { model, config, tokenizer, eot, state: None })
     }
 

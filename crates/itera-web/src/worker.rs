@@ -14,7 +14,7 @@ use crate::engine::{energy_mj_per_token, Engine, TextStream};
 use crate::protocol::{FromWorker, RetrievalStatus, Status, ToWorker};
 use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
-use itera_model::weights::WeightFormat;
+use itera_model::weights::{WeightFormat, SHARD_INDEX};
 use js_sys::{Promise, Reflect, Uint8Array};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
@@ -238,7 +238,12 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
         Some(d) => WeightFormat::from_manifest_dtype(d).map_err(|e| format!("{base}manifest.json: {e}"))?,
         None => WeightFormat::F32,
     };
-    let engine = Engine::load_weights(get("config.json")?, get("tokenizer.json")?, get(format.file_name())?, format)?;
+    let engine = if blobs.contains_key(SHARD_INDEX) {
+        // f32 weights in shards: every shard the manifest lists was downloaded and checked above.
+        Engine::load_sharded(get("config.json")?, get("tokenizer.json")?, get(SHARD_INDEX)?, |f| blobs.get(f).cloned())?
+    } else {
+        Engine::load_weights(get("config.json")?, get("tokenizer.json")?, get(format.file_name())?, format)?
+    };
     *state.engine.borrow_mut() = Some(engine);
 
     let retrieval = match spec {

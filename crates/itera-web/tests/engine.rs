@@ -43,6 +43,26 @@ fn retriever(name: &str) -> Retriever {
     retriever_with(name, &manifest(name), |_, _| {}).unwrap()
 }
 
+/// Shards (`export --max-shard-mb`) load in the engine as the worker loads them, to the same logits.
+#[test]
+fn sharded_weights_load_as_the_worker_loads_them_to_the_same_logits() {
+    use itera_model::weights::{read_safetensors, write_sharded};
+    let name = "baseline";
+    let tensors: Vec<_> =
+        read_safetensors(&read(name, "model.safetensors"), &candle_core::Device::Cpu).unwrap().into_iter().collect();
+    let (shards, index) = write_sharded(&tensors, 20_000).unwrap();
+    assert!(shards.len() >= 2);
+    let get = |f: &str| shards.iter().find(|(n, _)| n == f).map(|(_, b)| b.clone());
+    let sharded = Engine::load_sharded(&read(name, "config.json"), &read(name, "tokenizer.json"), &index, get).unwrap();
+    let single = engine(name);
+    let ids = single.encode("Ulara Askowin was born in").unwrap();
+    assert_eq!(sharded.logits(&ids).unwrap(), single.logits(&ids).unwrap());
+    let none = |_: &str| None;
+    let e =
+        Engine::load_sharded(&read(name, "config.json"), &read(name, "tokenizer.json"), &index, none).err().unwrap();
+    assert!(e.contains("is missing"), "{e}");
+}
+
 /// The 8-bit copy (scripts/test.sh: `quantize --format q8_0`) loads through its manifest's dtype
 /// as the worker does, and its logits stay near the f32 export's.
 #[test]
