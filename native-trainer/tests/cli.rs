@@ -158,6 +158,21 @@ fn a_nan_loss_stops_the_run_with_a_clear_message_and_the_last_checkpoint_intact(
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `native-trainer score --model MODEL --text TEXT --json JSON`, which must succeed; its JSON.
+fn score_json(model: &Path, text: &Path, json: &Path) -> serde_json::Value {
+    let path = |p: &Path| p.display().to_string();
+    assert_ok(&run(&[
+        "score".into(),
+        "--model".into(),
+        path(model),
+        "--text".into(),
+        path(text),
+        "--json".into(),
+        path(json),
+    ]));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
 #[test]
 fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round_trips() {
     let dir = scratch("score");
@@ -182,18 +197,7 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
     let text = "Q: Where was Ann born?\nA: in a city — naïve café 🚀\n";
     let text_file = dir.join("text.txt");
     std::fs::write(&text_file, text).unwrap();
-    let json = dir.join("score.json");
-    let o = run(&[
-        "score".into(),
-        "--model".into(),
-        exported.display().to_string(),
-        "--text".into(),
-        text_file.display().to_string(),
-        "--json".into(),
-        json.display().to_string(),
-    ]);
-    assert_ok(&o);
-    let score: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let score = score_json(&exported, &text_file, &dir.join("score.json"));
     let ids: Vec<u32> = score["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let logprobs: Vec<f64> = score["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(ids.len(), logprobs.len());
@@ -237,18 +241,7 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
         assert!(qm.files.iter().any(|f| f.name == "model.gguf") && !q.join("model.safetensors").exists());
         let bytes = std::fs::metadata(q.join("model.gguf")).unwrap().len();
         assert!(bytes < f32_weights, "{format}: {bytes} bytes, f32 {f32_weights}");
-        let json = dir.join(format!("score-{format}.json"));
-        let o = run(&[
-            "score".into(),
-            "--model".into(),
-            q.display().to_string(),
-            "--text".into(),
-            text_file.display().to_string(),
-            "--json".into(),
-            json.display().to_string(),
-        ]);
-        assert_ok(&o);
-        let score: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let score = score_json(&q, &text_file, &dir.join(format!("score-{format}.json")));
         let nll = score["nll_mean"].as_f64().unwrap();
         println!("{format}: {bytes} bytes (f32 {f32_weights}), mean NLL {nll:.4} (f32 {f32_nll:.4})");
         assert!((nll - f32_nll).abs() <= tolerance * f32_nll, "{format}: NLL {nll} vs f32 {f32_nll}");
