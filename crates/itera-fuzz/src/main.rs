@@ -21,7 +21,7 @@ type Result<T> = std::result::Result<T, String>;
 #[derive(Parser)]
 #[command(about = "Fuzzes Itera-Lite's parsers of outside bytes (stable Rust, no coverage feedback)")]
 struct Args {
-    /// One target (default: all): protocol, config, manifest, corpus, safetensors, gguf, checkpoint, index, tokenizer
+    /// One target (default: all): protocol, config, manifest, corpus, safetensors, gguf, shards, checkpoint, index, tokenizer
     #[arg(long)]
     target: Option<String>,
     /// Executions per target (the seeds included)

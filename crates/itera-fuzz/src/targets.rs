@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device};
 use itera_data::prompt::ReadingOrder;
-use itera_model::weights::{read_gguf, varmap_tensors, write_gguf, write_safetensors, WeightFormat};
+use itera_model::weights::{read_gguf, varmap_tensors, write_gguf, write_safetensors, write_sharded, WeightFormat};
 use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model, Preset};
 use itera_retrieval::{EncoderConfig, Index};
 use itera_web::protocol::ToWorker;
@@ -37,6 +37,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "corpus", run: corpus, seeds: corpus_seeds, dict: CORPUS_DICT },
     Target { name: "safetensors", run: safetensors, seeds: safetensors_seeds, dict: SAFETENSORS_DICT },
     Target { name: "gguf", run: gguf, seeds: gguf_seeds, dict: GGUF_DICT },
+    Target { name: "shards", run: shards, seeds: shards_seeds, dict: SHARDS_DICT },
     Target { name: "checkpoint", run: checkpoint, seeds: checkpoint_seeds, dict: CHECKPOINT_DICT },
     Target { name: "index", run: index, seeds: index_seeds, dict: INDEX_DICT },
     Target { name: "tokenizer", run: tokenizer, seeds: tokenizer_seeds, dict: TOKENIZER_DICT },
@@ -166,6 +167,38 @@ fn gguf_seeds() -> Vec<Vec<u8>> {
         seeds.push(write_gguf(&[("w".into(), m.clone())], f, &[]).expect("gguf"));
     }
     seeds
+}
+
+const SHARDS_DICT: &[&[u8]] = &[
+    b"\"weight_map\"",
+    b"\"metadata\"",
+    b"\"total_size\"",
+    b"\"model-00001-of-00002.safetensors\"",
+    b"\"../model-00002-of-00002.safetensors\"",
+    b"\"model.layers.0.mixer.in_proj.weight\"",
+    b"null",
+];
+
+/// The tiny Itera-Lite's weights in shards of 1 KB: (index JSON, shards).
+fn tiny_shards() -> &'static (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    static SHARDS: OnceLock<(Vec<u8>, Vec<(String, Vec<u8>)>)> = OnceLock::new();
+    SHARDS.get_or_init(|| {
+        let (varmap, _) = Model::init(&shared().configs[1], 3, &Device::Cpu).expect("init");
+        let (shards, index) = write_sharded(&varmap_tensors(&varmap).expect("tensors"), 1024).expect("shards");
+        (index, shards)
+    })
+}
+
+/// `model.safetensors.index.json` (`export --max-shard-mb`): the bytes as the index over the
+/// tiny Itera-Lite's real shards, loaded as its weights.
+fn shards(bytes: &[u8]) {
+    let (_, files) = tiny_shards();
+    let get = |f: &str| files.iter().find(|(n, _)| n == f).map(|(_, b)| b.clone());
+    let _ = Model::from_sharded(&shared().configs[1], bytes, get, &Device::Cpu);
+}
+
+fn shards_seeds() -> Vec<Vec<u8>> {
+    vec![tiny_shards().0.clone()]
 }
 
 fn safetensors(bytes: &[u8]) {

@@ -67,6 +67,11 @@ fn gguf_loader_survives_mutated_quantized_weights() {
 }
 
 #[test]
+fn shard_index_survives_mutation() {
+    smoke("shards", RUNS);
+}
+
+#[test]
 fn checkpoint_loader_survives_mutated_checkpoints() {
     smoke("checkpoint", RUNS);
 }
