@@ -335,6 +335,7 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
     // The weights file: the manifest's format, else whichever file is there; f32 may be sharded.
     let format = match &manifest {
         Some(m) => Some(m.weight_format().with_context(|| format!("{}", manifest_path.display()))?),
+        // Without a manifest, model.gguf stands for any GGUF format: they all read the same way.
         None => [WeightFormat::F32, WeightFormat::Q8_0].into_iter().find(|f| dir.join(f.file_name()).exists()),
     };
     let sharded = match &manifest {

@@ -49,7 +49,7 @@ impl Kernels {
     /// The MoE: sparse on the CPU (top-2 of 8 experts is a quarter of the work); dense on a GPU,
     /// where the sparse path's gathers, scatters and host-side routing cost more than the
     /// experts' arithmetic: on an H200, demo Itera-Lite at 32 × 256 trained at 92K tok/s dense
-    /// against 56K sparse (`throughput --device cuda`, docs/gpu.md). Same function either way.
+    /// against 56K sparse (`throughput-cuda --device cuda`, docs/gpu.md). Same function either way.
     pub fn for_device(device: &candle_core::Device) -> Self {
         match device {
             candle_core::Device::Cpu => Self::default(),

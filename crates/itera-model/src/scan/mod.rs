@@ -10,13 +10,14 @@
 //!
 //! Shape letters: B batch, L sequence, ED inner channels, N state size.
 //!
-//! Entry points, all over the same plain-Rust loops:
-//! - [`gated_selective_scan`]: training, a candle `CustomOp3` with a hand-written backward;
+//! Entry points:
+//! - [`gated_selective_scan`]: training, a candle `CustomOp3` with a hand-written backward, one
+//!   kernel per device (`cpu.rs`: plain-Rust loops; `cuda.rs`, behind the `cuda` feature);
 //! - [`gated_selective_scan_ref`]: its reference twin, built from candle ops around
 //!   [`selective_scan_ref`] (one op per timestep; autograd gives the backward);
 //! - [`gated_selective_scan_chunked`]: the same from whole-tensor candle ops, a two-level
-//!   parallel scan (what a GPU runs: candle ops are all it has);
-//! - [`selective_scan_with_state`]: inference (prefill and decode) from a caller-owned state `h`
+//!   parallel scan (for devices with neither kernel);
+//! - [`selective_scan_with_state`]: inference (CPU loops) (prefill and decode) from a caller-owned state `h`
 //!   (B, ED, N) that it updates — constant size, whatever the context length.
 //!
 //! Fusing the softplus, the skip and the gate into the kernel saves about twenty elementwise
