@@ -76,6 +76,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 20_000)]
     #[serde(default)]
     pub reading_entities: usize,
+    /// Names of places, universities and employers in the reading pool: `shared` draws them from the pool's own
+    /// names and the trained world's alike (its people stay new, so answers still come only from the document, but
+    /// reading also learns to copy names the text made familiar), `own` from the pool's own names only
+    #[arg(long, default_value = "shared")]
+    #[serde(default = "own_places")]
+    pub reading_places: ReadingPlaces,
     /// Optimizer steps [default: from --tokens, else 300]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -150,6 +156,30 @@ pub struct TrainArgs {
 
 fn one() -> usize {
     1
+}
+
+/// Runs checkpointed before `--reading-places` existed read about a pool with its own names only.
+fn own_places() -> ReadingPlaces {
+    ReadingPlaces::Own
+}
+
+/// `--reading-places`: whose names of places and organisations the reading pool's people have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadingPlaces {
+    Own,
+    Shared,
+}
+
+impl std::str::FromStr for ReadingPlaces {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "own" => Ok(ReadingPlaces::Own),
+            "shared" => Ok(ReadingPlaces::Shared),
+            _ => Err(format!("unknown reading places `{s}` (expected `shared` or `own`)")),
+        }
+    }
 }
 
 /// Runs checkpointed before `--init` existed used N(0, 0.02).
@@ -371,11 +401,23 @@ struct Reading {
 /// Stream of the reading pool's world: a seed no `--seed` of the trained world maps to by accident.
 const READING_POOL_SEED: u64 = 0x7ead_1a90_f001_0001;
 
-/// The reading pool: a world of `entities` people drawn from its own seed (its names, places and
-/// facts are never training text), with an index over its biographies built like `reader`'s.
-fn reading_pool(seed: u64, entities: usize, reader: &Reader) -> Result<(Reader, Vec<QaItem>)> {
+/// The reading pool: a world of `entities` people drawn from its own seed (its people and facts are
+/// never training text), with an index over its biographies built like `reader`'s.
+/// With `ReadingPlaces::Shared` its places, universities and employers are drawn from its own names and
+/// those of the trained world (seed `world_seed`) together.
+fn reading_pool(
+    seed: u64,
+    entities: usize,
+    places: ReadingPlaces,
+    world_seed: u64,
+    reader: &Reader,
+) -> Result<(Reader, Vec<QaItem>)> {
     let cfg = WorldConfig { entities, seed: seed ^ READING_POOL_SEED, qa_train_fraction: 1.0, unseen_fraction: 0.0 };
-    let world = World::generate(&cfg).context("generating the reading pool's world")?;
+    let world = match places {
+        ReadingPlaces::Own => World::generate(&cfg),
+        ReadingPlaces::Shared => World::generate_sharing_places(&cfg, world_seed),
+    }
+    .context("generating the reading pool's world")?;
     let index = itera_retrieval::Index::build(world.biographies(), reader.index.encoder().config().clone())
         .context("indexing the reading pool")?;
     Ok((Reader { index, config: reader.config }, world.qa_train()))
@@ -639,7 +681,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
                     let batch = args.reading_batch.unwrap_or(args.batch_size);
                     let (pool, train) = match args.reading_entities {
                         0 => (Reader { index: reader.index.clone(), config: reader.config }, world.qa_train()),
-                        n => reading_pool(args.seed, n, &reader)?,
+                        n => reading_pool(args.seed, n, args.reading_places, world.config.seed, &reader)?,
                     };
                     Some(Reading { pool, train, reader, valid, batch })
                 }

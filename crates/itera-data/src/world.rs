@@ -539,8 +539,25 @@ impl World {
     /// bounds (see [`WorldConfig::validate`]).
     pub fn generate(cfg: &WorldConfig) -> Result<World> {
         cfg.validate()?;
+        World::generate_from(cfg, Pools::generate(cfg.seed)?)
+    }
+
+    /// Like [`World::generate`], but each person's birth city, university and employer is drawn
+    /// from this world's own names and those of the world of seed `other_seed` together (the union
+    /// of both worlds' pools). Its people are still its own. Retrieval training reads about such a
+    /// world so that it learns to copy names that the trained world's text made familiar, not only
+    /// new ones (docs/retrieval.md).
+    pub fn generate_sharing_places(cfg: &WorldConfig, other_seed: u64) -> Result<World> {
+        cfg.validate()?;
+        let (mut own, other) = (Pools::generate(cfg.seed)?, Pools::generate(other_seed)?);
+        own.cities.extend(other.cities);
+        own.universities.extend(other.universities);
+        own.employers.extend(other.employers);
+        World::generate_from(cfg, own)
+    }
+
+    fn generate_from(cfg: &WorldConfig, pools: Pools) -> Result<World> {
         let n = cfg.entities;
-        let pools = Pools::generate(cfg.seed)?;
 
         let mut rng = stream(cfg.seed, STREAM_PEOPLE, 0);
         // Names are re-drawn on collision (in generation order, so deterministically). The space is
@@ -750,6 +767,35 @@ mod tests {
         assert_ne!(a.entities, c.entities);
         assert_ne!(a.train_documents(), c.train_documents());
         assert_ne!(texts(&a), texts(&c));
+    }
+
+    #[test]
+    fn a_world_sharing_places_draws_them_from_both_worlds_and_keeps_its_own_people() {
+        let cfg = WorldConfig { entities: 3_000, seed: 5, qa_train_fraction: 1.0, unseen_fraction: 0.0 };
+        let (own, other) = (World::generate(&cfg).unwrap(), world(300, 0));
+        let shared = World::generate_sharing_places(&cfg, 0).unwrap();
+        let names = |w: &World| w.entities.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&shared), names(&own), "the people are the world's own");
+        let (own_pools, other_pools) = (Pools::generate(5).unwrap(), Pools::generate(0).unwrap());
+        for (field, mine, theirs) in [
+            ("birth city", &own_pools.cities, &other_pools.cities),
+            ("university", &own_pools.universities, &other_pools.universities),
+            ("employer", &own_pools.employers, &other_pools.employers),
+        ] {
+            let value = |e: &Entity| match field {
+                "birth city" => e.birth_city.clone(),
+                "university" => e.university.clone(),
+                _ => e.employer.clone(),
+            };
+            let from_other = shared.entities.iter().filter(|e| theirs.contains(&value(e))).count();
+            let anywhere = shared.entities.iter().filter(|e| mine.contains(&value(e)) || theirs.contains(&value(e)));
+            assert_eq!(anywhere.count(), 3_000, "{field}: every value from one of the pools");
+            assert!((1_200..=1_800).contains(&from_other), "{field}: {from_other} of 3,000 from the other world");
+            // And they are the other world's names, as its own people have them.
+            assert!(other.entities.iter().any(|e| shared.entities.iter().any(|s| value(s) == value(e))));
+        }
+        assert_eq!(shared.entities.len(), World::generate_sharing_places(&cfg, 0).unwrap().entities.len());
+        assert_eq!(names(&shared), names(&World::generate_sharing_places(&cfg, 0).unwrap()));
     }
 
     #[test]
