@@ -5,14 +5,17 @@
 #
 # cudarc (inside candle) loads libcublas, libcublasLt, libcurand and libnvrtc by their unversioned
 # names; a pip-installed CUDA (PyTorch's, for one) has only the versioned files. This links the
-# unversioned names in /tmp/itera-cuda-lib to the first match under DIR (default: the `nvidia`
-# folder of any Python's site-packages under /opt, /usr and /root) and puts that folder first
+# unversioned names in /tmp/itera-cuda-lib to the first match under DIR (default: the folder of
+# python3's `nvidia` package, else the first site-packages/nvidia under /opt, /usr and /root;
+# from inside a script, `source scripts/gpu-env.sh ''`, or the script's arguments are taken for
+# DIR) and puts that folder first
 # on LD_LIBRARY_PATH. It also unpacks every `*.xz` of ITERA_BIN (default `.bin`) into
 # /tmp/itera-bin, executable, and puts that on PATH.
 itera_gpu_env() {
   local libs="${1:-}" lib f n
   if [ -z "$libs" ]; then
-    libs=$(find /opt /usr /root -maxdepth 7 -type d -path '*site-packages/nvidia' 2>/dev/null | head -n 1)
+    libs=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null ||
+      find -L /opt /usr /root -maxdepth 7 -type d -path '*site-packages/nvidia' 2>/dev/null | head -n 1)
   fi
   [ -d "$libs" ] || { echo "gpu-env: no CUDA library folder found (pass one: source scripts/gpu-env.sh DIR)" >&2; return 1; }
   lib=/tmp/itera-cuda-lib

@@ -9,8 +9,12 @@
 #     source scripts/gpu-env.sh; bash scripts/gpu-run.sh itera-lite 2400 540 [extra train flags]
 #
 # TRAINER (default native-trainer-cuda on PATH), DEVICE (default cuda), PRESET (default demo) and
-# QUESTIONS (default 200, per kind) change what it runs; the world is the default one (10,000
-# people, 10% never trained on) and its index is built in runs/world-index if missing.
+# QUESTIONS (default 200, per kind) change what it runs; RUN (default gpu-MODEL) names the run
+# folder under runs/, so that several runs of one model can go side by side (each with its own
+# OUT); UPDATE=1 also evaluates the export on another world's index (seed 1, a knowledge update
+# without retraining); PACK=0 leaves an unfinished run in place without packing it (a machine kept warm between
+# commands resumes it from there). The world is the default one (10,000 people, 10% never trained
+# on) and its index is built in runs/world-index if missing.
 set -euo pipefail
 model=${1:?usage: gpu-run.sh MODEL STEPS SECONDS [train flags...]}
 steps=${2:?steps}
@@ -18,7 +22,8 @@ seconds=${3:?seconds}
 shift 3
 trainer=${TRAINER:-native-trainer-cuda}
 out=${OUT:?OUT must name the folder whose files come back}
-run=runs/gpu-$model
+name=${RUN:-gpu-$model}
+run=runs/$name
 index=runs/world-index
 started=$(date +%s)
 log() { echo "[gpu-run $(($(date +%s) - started)) s] $*" | tee -a "$out/log.txt"; }
@@ -43,14 +48,21 @@ cp "$run/metrics.jsonl" "$out/metrics.jsonl" 2>/dev/null || true
 if [ "$rc" -ne 0 ]; then
   # Killed by the time limit (or failed): the checkpoint is whole (written atomically); pack the
   # run folder so that a later command can resume it.
+  if [ "${PACK:-1}" = 0 ]; then log "training stopped (exit $rc); $run stays to resume"; exit 0; fi
   log "training stopped (exit $rc); packing $run to resume"
-  tar -C runs -cf - "gpu-$model" | xz -T0 -3 | split -b 15M - "$out/gpu-$model.tar.xz."
+  tar -C runs -cf - "$name" | xz -T0 -3 | split -b 15M - "$out/$name.tar.xz."
   exit 0
 fi
-export_dir=runs/export-$model
+export_dir=runs/export-$name
 "$trainer" export --checkpoint "$run" --out "$export_dir" 2>&1 | tail -n 1 | tee -a "$out/log.txt"
 "$trainer" eval --model "$export_dir" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
   --json "$out/eval.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
+# UPDATE=1: also the knowledge update, the same model reading a world it never saw (seed 1).
+if [ "${UPDATE:-0}" = 1 ]; then
+  [ -f runs/world-index-seed1/index.json ] || "$trainer" index --seed 1 --out runs/world-index-seed1 2>&1 | tail -n 1 | tee -a "$out/log.txt"
+  "$trainer" eval --model "$export_dir" --seed 1 --retrieval runs/world-index-seed1 --qa-questions "${QUESTIONS:-200}" \
+    --json "$out/eval-update.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
+fi
 # The index is rebuilt bit for bit by `native-trainer index` (same world): it stays behind.
-tar -C runs -cf - --exclude=index "export-$model" | xz -T0 -3 | split -b 15M - "$out/export-$model.tar.xz."
+tar -C runs -cf - --exclude=index "export-$name" | xz -T0 -3 | split -b 15M - "$out/export-$name.tar.xz."
 log "done; back: $(ls "$out" | tr '\n' ' ')"
