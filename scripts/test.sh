@@ -9,6 +9,7 @@ step "tools"
 ensure_wasm_target
 ensure_wasm_bindgen
 ensure_chromium
+ensure_lavapipe
 ensure_node_tools
 ensure_trunk
 cargo --version
@@ -34,7 +35,8 @@ cargo run -q -p itera-web --example golden -- "$models"
 
 step "native tests (debug build, dependencies optimised)"
 # --tests: unit and integration tests only, so no doc-test "0 passed" line closes the log.
-cargo test --workspace --tests
+# itera-webgpu's parity tests run on lavapipe (installed above): a missing adapter fails them.
+ITERA_WEBGPU_REQUIRED=1 cargo test --workspace --tests
 
 step "wasm: itera-model builds for wasm32; the worker's engine matches native in headless Chromium"
 cargo build -p itera-model --target wasm32-unknown-unknown

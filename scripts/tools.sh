@@ -35,6 +35,14 @@ ensure_node_tools() {
   export PATH="$PWD/node_modules/.bin:$PATH"
 }
 
+# Mesa's software Vulkan (lavapipe): the native WebGPU parity tests run on it (wgpu, no GPU needed).
+ensure_lavapipe() {
+  if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
+    as_root apt-get update -q
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q mesa-vulkan-drivers libvulkan1
+  fi
+}
+
 ensure_chromium() {
   if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     as_root apt-get update -q

@@ -1,0 +1,474 @@
+//! One model on the GPU: weights uploaded once, decoding state on the GPU, and a plan of dispatches
+//! per number of new tokens (recorded once, replayed every call with that many tokens).
+
+use crate::ops::{encode, Buf, Recorder};
+use crate::{Gpu, GpuError, Result};
+use candle_core::Tensor;
+use itera_model::config::{BaselineConfig, Config, IteraLiteConfig};
+use std::collections::HashMap;
+use wgpu::util::DeviceExt;
+
+const MAX_HEAD_DIM: usize = 256; // attention.wgsl: MAX_DH
+const MAX_STATE: usize = 64; // mamba.wgsl: MAX_N
+const MAX_EXPERTS: usize = 64; // moe.wgsl: MAX_E
+
+/// A model on the GPU, batch 1. Feed it tokens with [`GpuModel::forward`]; it remembers them
+/// (KV cache or SSM state) until [`GpuModel::reset`].
+pub struct GpuModel {
+    gpu: Gpu,
+    cfg: Config,
+    weights: HashMap<String, Buf>,
+    state: State,
+    /// Position of the next token (tokens seen since the last reset).
+    pos: usize,
+    /// The longest context this model accepts (the baseline's cache and RoPE tables end there).
+    max_context: usize,
+    /// Uniform holding `pos` for the kernels that need it.
+    step: Buf,
+    plans: HashMap<(usize, bool), Plan>,
+}
+
+enum State {
+    /// Per layer: key and value caches (max_context, kv_heads·dh); and the RoPE tables.
+    Baseline { k: Vec<Buf>, v: Vec<Buf>, cos_sin: Buf },
+    /// Per layer: conv window (K-1, ED), SSM state (ED, N), [A | D | dt_bias] (ED, N + 2).
+    IteraLite { window: Vec<Buf>, h: Vec<Buf>, prm: Vec<Buf> },
+}
+
+/// The recorded dispatches for `l` new tokens, with their activations.
+struct Plan {
+    tokens: Buf,
+    logits: Buf,
+    readback: Buf,
+    logits_len: usize,
+    ops: Vec<crate::ops::Op>,
+}
+
+fn storage(gpu: &Gpu, floats: usize, label: &str) -> Buf {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (floats.max(1) * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn upload(gpu: &Gpu, data: &[f32], label: &str) -> Result<Buf> {
+    let bytes = (data.len() * 4) as u64;
+    if bytes > gpu.max_binding_bytes() {
+        return Err(GpuError::Unsupported(format!(
+            "{label} takes {bytes} bytes; this adapter binds at most {} per buffer",
+            gpu.max_binding_bytes()
+        )));
+    }
+    Ok(gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytemuck::cast_slice(if data.is_empty() { &[0f32] } else { data }),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    }))
+}
+
+/// A tensor's values as f32, checked against the shape the config implies.
+fn values(tensors: &HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = tensors.get(name).ok_or_else(|| GpuError::Input(format!("weights: `{name}` is missing")))?;
+    if t.dims() != shape {
+        return Err(GpuError::Input(format!("weights: `{name}` has shape {:?}, the config needs {shape:?}", t.dims())));
+    }
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| GpuError::Input(format!("weights: `{name}`: {e}")))
+}
+
+impl GpuModel {
+    /// Uploads a model from its tensors (Hugging Face names, as `itera_model::weights` reads them
+    /// from any export format). `max_context` bounds the tokens between resets (the baseline's KV
+    /// cache is allocated for it; at most its `max_position_embeddings`).
+    pub fn new(gpu: &Gpu, cfg: &Config, tensors: &HashMap<String, Tensor>, max_context: usize) -> Result<GpuModel> {
+        let mut weights = HashMap::new();
+        let mut put = |name: &str, shape: &[usize]| -> Result<()> {
+            let v = values(tensors, name, shape)?;
+            weights.insert(name.to_string(), upload(gpu, &v, name)?);
+            Ok(())
+        };
+        let (state, max_context) = match cfg {
+            Config::Baseline(c) => {
+                check_baseline(c)?;
+                let max_context = max_context.min(c.max_position_embeddings).max(1);
+                let (d, kv, i) = (c.hidden_size, c.kv_dim(), c.intermediate_size);
+                put("model.embed_tokens.weight", &[c.vocab_size, d])?;
+                put("model.norm.weight", &[d])?;
+                for l in 0..c.num_hidden_layers {
+                    let p = format!("model.layers.{l}");
+                    put(&format!("{p}.input_layernorm.weight"), &[d])?;
+                    put(&format!("{p}.post_attention_layernorm.weight"), &[d])?;
+                    put(&format!("{p}.self_attn.q_proj.weight"), &[d, d])?;
+                    put(&format!("{p}.self_attn.k_proj.weight"), &[kv, d])?;
+                    put(&format!("{p}.self_attn.v_proj.weight"), &[kv, d])?;
+                    put(&format!("{p}.self_attn.o_proj.weight"), &[d, d])?;
+                    put(&format!("{p}.mlp.gate_proj.weight"), &[i, d])?;
+                    put(&format!("{p}.mlp.up_proj.weight"), &[i, d])?;
+                    put(&format!("{p}.mlp.down_proj.weight"), &[d, i])?;
+                }
+                // RoPE tables as the CPU path computes them: inv_freq in f64 -> f32, angle in f32.
+                let (dh, half) = (c.head_dim(), c.head_dim() / 2);
+                let inv: Vec<f32> =
+                    (0..half).map(|j| 1.0 / c.rope_theta.powf(2.0 * j as f64 / dh as f64) as f32).collect();
+                let mut cs = vec![0f32; 2 * max_context * half];
+                for pos in 0..max_context {
+                    for j in 0..half {
+                        let angle = pos as f32 * inv[j];
+                        cs[pos * half + j] = angle.cos();
+                        cs[(max_context + pos) * half + j] = angle.sin();
+                    }
+                }
+                let cos_sin = upload(gpu, &cs, "rope tables")?;
+                let cache = |what: &str| -> Result<Vec<Buf>> {
+                    let bytes = (max_context * kv * 4) as u64;
+                    if bytes > gpu.max_binding_bytes() {
+                        return Err(GpuError::Unsupported(format!(
+                            "a {what} cache of {max_context} tokens takes {bytes} bytes per layer; this adapter binds at most {}",
+                            gpu.max_binding_bytes()
+                        )));
+                    }
+                    Ok((0..c.num_hidden_layers).map(|_| storage(gpu, max_context * kv, what)).collect())
+                };
+                (State::Baseline { k: cache("key")?, v: cache("value")?, cos_sin }, max_context)
+            }
+            Config::IteraLite(c) => {
+                check_itera(c)?;
+                let (d, ed, n, r, k) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel);
+                put("backbone.embeddings.weight", &[c.vocab_size, d])?;
+                put("backbone.norm_f.weight", &[d])?;
+                let mut prm = Vec::new();
+                for l in 0..c.num_hidden_layers {
+                    let p = format!("backbone.layers.{l}");
+                    put(&format!("{p}.norm.weight"), &[d])?;
+                    put(&format!("{p}.mixer.in_proj.weight"), &[2 * ed, d])?;
+                    put(&format!("{p}.mixer.conv1d.weight"), &[ed, 1, k])?;
+                    put(&format!("{p}.mixer.conv1d.bias"), &[ed])?;
+                    put(&format!("{p}.mixer.x_proj.weight"), &[r + 2 * n, ed])?;
+                    put(&format!("{p}.mixer.dt_proj.weight"), &[ed, r])?;
+                    put(&format!("{p}.mixer.out_proj.weight"), &[d, ed])?;
+                    // [A | D | dt_bias] per channel, A = -exp(A_log) in f32 as the CPU path.
+                    let a_log = values(tensors, &format!("{p}.mixer.A_log"), &[ed, n])?;
+                    let dskip = values(tensors, &format!("{p}.mixer.D"), &[ed])?;
+                    let bias = values(tensors, &format!("{p}.mixer.dt_proj.bias"), &[ed])?;
+                    let mut v = Vec::with_capacity(ed * (n + 2));
+                    for ch in 0..ed {
+                        v.extend(a_log[ch * n..(ch + 1) * n].iter().map(|x| -x.exp()));
+                        v.push(dskip[ch]);
+                        v.push(bias[ch]);
+                    }
+                    prm.push(upload(gpu, &v, "scan parameters")?);
+                    if c.moe() {
+                        let (e, h) = (c.num_experts, c.expert_intermediate_size);
+                        put(&format!("{p}.moe_norm.weight"), &[d])?;
+                        put(&format!("{p}.moe.router.weight"), &[e, d])?;
+                        for j in 0..e {
+                            put(&format!("{p}.moe.experts.{j}.gate_proj.weight"), &[h, d])?;
+                            put(&format!("{p}.moe.experts.{j}.up_proj.weight"), &[h, d])?;
+                            put(&format!("{p}.moe.experts.{j}.down_proj.weight"), &[d, h])?;
+                        }
+                    }
+                }
+                let layers = c.num_hidden_layers;
+                let window = (0..layers).map(|_| storage(gpu, (k - 1) * ed, "conv window")).collect();
+                let h = (0..layers).map(|_| storage(gpu, ed * n, "ssm state")).collect();
+                (State::IteraLite { window, h, prm }, max_context.max(1))
+            }
+        };
+        let step = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut model = GpuModel {
+            gpu: gpu.clone(),
+            cfg: cfg.clone(),
+            weights,
+            state,
+            pos: 0,
+            max_context,
+            step,
+            plans: HashMap::new(),
+        };
+        model.reset();
+        gpu.check("uploading the weights")?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Tokens seen since the last reset.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Forgets every token: zero SSM states and conv windows (the KV cache is simply overwritten).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        if let State::IteraLite { window, h, .. } = &self.state {
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            for b in window.iter().chain(h) {
+                enc.clear_buffer(b, 0, None);
+            }
+            self.gpu.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Runs the next `tokens` (one to decode, more to prefill) and returns the logits of the last
+    /// one (V values), or of every one (L × V, row-major) with `all`.
+    pub async fn forward(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
+        let (vocab, l) = (self.vocab(), tokens.len());
+        if l == 0 {
+            return Err(GpuError::Input("forward: no tokens".into()));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(GpuError::Input(format!("token id {t} is outside the vocabulary of {vocab}")));
+        }
+        if matches!(self.state, State::Baseline { .. }) && self.pos + l > self.max_context {
+            return Err(GpuError::Input(format!(
+                "{} tokens would pass this model's context of {} on the GPU",
+                self.pos + l,
+                self.max_context
+            )));
+        }
+        let key = (l, all);
+        if !self.plans.contains_key(&key) {
+            let plan = self.record(l, all)?;
+            // Keep the decode plan and the last prefill plan: prompts rarely repeat their length.
+            self.plans.retain(|k, _| k.0 == 1);
+            self.plans.insert(key, plan);
+        }
+        let plan = &self.plans[&key];
+        let gpu = &self.gpu;
+        gpu.queue.write_buffer(&plan.tokens, 0, bytemuck::cast_slice(tokens));
+        gpu.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[self.pos as u32, 0, 0, 0]));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        encode(&plan.ops, &mut enc);
+        let bytes = (plan.logits_len * 4) as u64;
+        enc.copy_buffer_to_buffer(&plan.logits, 0, &plan.readback, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let slice = plan.readback.slice(..bytes);
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Runtime(format!("waiting for the forward pass: {e}")))?;
+        let mapped = rx.await.map_err(|_| GpuError::Runtime("the read-back was dropped".into()))?;
+        mapped.map_err(|e| GpuError::Runtime(format!("reading the logits back: {e}")))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| GpuError::Runtime(format!("mapping the logits: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        plan.readback.unmap();
+        gpu.check("running the forward pass")?;
+        self.pos += l;
+        Ok(out)
+    }
+
+    fn vocab(&self) -> usize {
+        match &self.cfg {
+            Config::Baseline(c) => c.vocab_size,
+            Config::IteraLite(c) => c.vocab_size,
+        }
+    }
+
+    fn w(&self, name: &str) -> &Buf {
+        &self.weights[name] // every name was uploaded by `new` from the same config
+    }
+
+    /// Records the plan for `l` new tokens.
+    fn record(&self, l: usize, all: bool) -> Result<Plan> {
+        let gpu = &self.gpu;
+        let vocab = self.vocab();
+        let rows_out = if all { l } else { 1 };
+        let logits_len = rows_out * vocab;
+        let tokens = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tokens"),
+            size: (l * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let logits = storage(gpu, logits_len, "logits");
+        let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits read-back"),
+            size: (logits_len * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut rec = Recorder::new(&gpu.device, &gpu.kernels);
+        let (d, eps, (x, hbuf), norm, embed) = match (&self.cfg, &self.state) {
+            (Config::Baseline(c), State::Baseline { k, v, cos_sin }) => {
+                let xh = self.record_baseline(&mut rec, c, l, &tokens, k, v, cos_sin);
+                (c.hidden_size, c.rms_norm_eps, xh, "model.norm.weight", "model.embed_tokens.weight")
+            }
+            (Config::IteraLite(c), State::IteraLite { window, h, prm }) => {
+                let xh = self.record_itera(&mut rec, c, l, &tokens, window, h, prm);
+                (c.hidden_size, c.layer_norm_epsilon, xh, "backbone.norm_f.weight", "backbone.embeddings.weight")
+            }
+            _ => unreachable!("the state is built from the config"),
+        };
+        // Final norm, then the tied head on the rows asked for.
+        rec.rmsnorm(&x, self.w(norm), &hbuf, l, d, eps);
+        let first = l - rows_out;
+        rec.linear((&hbuf, d, first * d), (self.w(embed), 0), (&logits, vocab, 0), rows_out, vocab, d, false);
+        let ops = rec.ops;
+        gpu.check("recording the forward pass")?;
+        Ok(Plan { tokens, logits, readback, logits_len, ops })
+    }
+
+    /// The baseline's layers; returns (residual stream, scratch).
+    #[allow(clippy::too_many_arguments)]
+    fn record_baseline(
+        &self,
+        rec: &mut Recorder,
+        c: &BaselineConfig,
+        l: usize,
+        tokens: &Buf,
+        k_cache: &[Buf],
+        v_cache: &[Buf],
+        cos_sin: &Buf,
+    ) -> (Buf, Buf) {
+        let gpu = &self.gpu;
+        let (d, kv, i, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+        let (heads, kv_heads, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let x = storage(gpu, l * d, "x");
+        let h = storage(gpu, l * d, "h");
+        let q = storage(gpu, l * d, "q");
+        let qr = storage(gpu, l * d, "q rotated");
+        let kb = storage(gpu, l * kv, "k");
+        let vb = storage(gpu, l * kv, "v");
+        let att = storage(gpu, l * d, "attention");
+        let (g, u, m) = (storage(gpu, l * i, "gate"), storage(gpu, l * i, "up"), storage(gpu, l * i, "swiglu"));
+        rec.embed(tokens, self.w("model.embed_tokens.weight"), &x, l, d, v);
+        for layer in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{layer}");
+            let w = |s: &str| self.w(&format!("{p}.{s}.weight"));
+            rec.rmsnorm(&x, w("input_layernorm"), &h, l, d, c.rms_norm_eps);
+            rec.linear((&h, d, 0), (w("self_attn.q_proj"), 0), (&q, d, 0), l, d, d, false);
+            rec.linear((&h, d, 0), (w("self_attn.k_proj"), 0), (&kb, kv, 0), l, kv, d, false);
+            rec.linear((&h, d, 0), (w("self_attn.v_proj"), 0), (&vb, kv, 0), l, kv, d, false);
+            rec.rope(&self.step, &q, cos_sin, &qr, l, heads, dh, self.max_context, false);
+            rec.rope(&self.step, &kb, cos_sin, &k_cache[layer], l, kv_heads, dh, self.max_context, true);
+            rec.copy_rows(&self.step, &vb, &v_cache[layer], l, kv, true);
+            rec.attend(&self.step, &qr, &k_cache[layer], &v_cache[layer], &att, l, heads, kv_heads, dh);
+            rec.linear((&att, d, 0), (w("self_attn.o_proj"), 0), (&x, d, 0), l, d, d, true);
+            rec.rmsnorm(&x, w("post_attention_layernorm"), &h, l, d, c.rms_norm_eps);
+            rec.linear((&h, d, 0), (w("mlp.gate_proj"), 0), (&g, i, 0), l, i, d, false);
+            rec.linear((&h, d, 0), (w("mlp.up_proj"), 0), (&u, i, 0), l, i, d, false);
+            rec.silu_mul(&g, &u, &m, l, i);
+            rec.linear((&m, i, 0), (w("mlp.down_proj"), 0), (&x, d, 0), l, d, i, true);
+        }
+        (x, h)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_itera(
+        &self,
+        rec: &mut Recorder,
+        c: &IteraLiteConfig,
+        l: usize,
+        tokens: &Buf,
+        window: &[Buf],
+        hs: &[Buf],
+        prm: &[Buf],
+    ) -> (Buf, Buf) {
+        let gpu = &self.gpu;
+        let (d, ed, n, r, k, v) =
+            (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel, c.vocab_size);
+        let shape = (l, ed, n, k, r);
+        let x = storage(gpu, l * d, "x");
+        let h = storage(gpu, l * d, "h");
+        let xz = storage(gpu, l * 2 * ed, "xz");
+        let xc = storage(gpu, l * ed, "xc");
+        let dbl = storage(gpu, l * (r + 2 * n), "x_dbl");
+        let dt = storage(gpu, l * ed, "dt");
+        let y = storage(gpu, l * ed, "y");
+        let next = storage(gpu, (k - 1) * ed, "next window");
+        let (e, hw) = (c.num_experts, c.expert_intermediate_size);
+        let moe_bufs = c.moe().then(|| {
+            (
+                storage(gpu, l * e, "router logits"),
+                storage(gpu, l * e, "gates"),
+                storage(gpu, l * hw, "gate"),
+                storage(gpu, l * hw, "up"),
+                storage(gpu, l * hw, "swiglu"),
+                storage(gpu, l * d, "expert out"),
+            )
+        });
+        rec.embed(tokens, self.w("backbone.embeddings.weight"), &x, l, d, v);
+        for layer in 0..c.num_hidden_layers {
+            let p = format!("backbone.layers.{layer}");
+            let w = |s: &str| self.w(&format!("{p}.{s}"));
+            rec.rmsnorm(&x, w("norm.weight"), &h, l, d, c.layer_norm_epsilon);
+            rec.linear((&h, d, 0), (w("mixer.in_proj.weight"), 0), (&xz, 2 * ed, 0), l, 2 * ed, d, false);
+            rec.conv(shape, &xz, w("mixer.conv1d.weight"), w("mixer.conv1d.bias"), &window[layer], &xc);
+            rec.window(shape, &xz, &window[layer], &next);
+            rec.copy_rows(&self.step, &next, &window[layer], k - 1, ed, false);
+            rec.linear((&xc, ed, 0), (w("mixer.x_proj.weight"), 0), (&dbl, r + 2 * n, 0), l, r + 2 * n, ed, false);
+            rec.linear((&dbl, r + 2 * n, 0), (w("mixer.dt_proj.weight"), 0), (&dt, ed, 0), l, ed, r, false);
+            rec.scan(shape, &xz, &xc, &dt, &dbl, &prm[layer], &hs[layer], &y);
+            rec.linear((&y, ed, 0), (w("mixer.out_proj.weight"), 0), (&x, d, 0), l, d, ed, true);
+            if let Some((rl, gates, g, u, m, eo)) = &moe_bufs {
+                rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, c.layer_norm_epsilon);
+                rec.linear((&h, d, 0), (w("moe.router.weight"), 0), (rl, e, 0), l, e, d, false);
+                rec.route(rl, gates, l, e, c.num_experts_per_tok);
+                // Every expert on every token, weighted by the gates (zero off the chosen k).
+                for j in 0..e {
+                    let ew = |s: &str| w(&format!("moe.experts.{j}.{s}.weight"));
+                    rec.linear((&h, d, 0), (ew("gate_proj"), 0), (g, hw, 0), l, hw, d, false);
+                    rec.linear((&h, d, 0), (ew("up_proj"), 0), (u, hw, 0), l, hw, d, false);
+                    rec.silu_mul(g, u, m, l, hw);
+                    rec.linear((m, hw, 0), (ew("down_proj"), 0), (eo, d, 0), l, d, hw, false);
+                    rec.axpy(eo, gates, &x, l, d, e, j);
+                }
+            }
+        }
+        (x, h)
+    }
+}
+
+fn check_baseline(c: &BaselineConfig) -> Result<()> {
+    c.validate().map_err(|e| GpuError::Input(format!("config: {e}")))?;
+    if c.head_dim() > MAX_HEAD_DIM || c.head_dim() % 2 != 0 {
+        return Err(GpuError::Unsupported(format!(
+            "head dim {} (the kernels take even sizes up to {MAX_HEAD_DIM})",
+            c.head_dim()
+        )));
+    }
+    Ok(())
+}
+
+fn check_itera(c: &IteraLiteConfig) -> Result<()> {
+    c.validate().map_err(|e| GpuError::Input(format!("config: {e}")))?;
+    if c.state_size > MAX_STATE {
+        return Err(GpuError::Unsupported(format!(
+            "state size {} (the scan kernel takes up to {MAX_STATE})",
+            c.state_size
+        )));
+    }
+    if c.moe() && (c.num_experts > MAX_EXPERTS || c.num_experts_per_tok > c.num_experts) {
+        return Err(GpuError::Unsupported(format!(
+            "{} experts, top-{} (the router kernel takes up to {MAX_EXPERTS})",
+            c.num_experts, c.num_experts_per_tok
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The kernels (`kernels/*.wgsl`), compiled once per device, and the recorder that turns one
+//! model's forward into a list of dispatches with their bind groups (a plan, reused per token).
+
+use wgpu::util::DeviceExt;
+
+/// Every compute pipeline, by entry point. Bind group layouts are the pipelines' own (derived
+/// from the bindings each entry point uses).
+pub(crate) struct Kernels {
+    pub linear: wgpu::ComputePipeline,
+    pub gemv: wgpu::ComputePipeline,
+    pub rmsnorm: wgpu::ComputePipeline,
+    pub embed: wgpu::ComputePipeline,
+    pub rope: wgpu::ComputePipeline,
+    pub copy_rows: wgpu::ComputePipeline,
+    pub attend: wgpu::ComputePipeline,
+    pub conv: wgpu::ComputePipeline,
+    pub window: wgpu::ComputePipeline,
+    pub scan: wgpu::ComputePipeline,
+    pub silu_mul: wgpu::ComputePipeline,
+    pub route: wgpu::ComputePipeline,
+    pub axpy: wgpu::ComputePipeline,
+}
+
+impl Kernels {
+    pub fn compile(device: &wgpu::Device) -> Kernels {
+        let module = |name: &str, src: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            })
+        };
+        let linear = module("linear.wgsl", include_str!("kernels/linear.wgsl"));
+        let norm = module("norm.wgsl", include_str!("kernels/norm.wgsl"));
+        let embed = module("embed.wgsl", include_str!("kernels/embed.wgsl"));
+        let attention = module("attention.wgsl", include_str!("kernels/attention.wgsl"));
+        let mamba = module("mamba.wgsl", include_str!("kernels/mamba.wgsl"));
+        let moe = module("moe.wgsl", include_str!("kernels/moe.wgsl"));
+        let pipe = |m: &wgpu::ShaderModule, entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: m,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        Kernels {
+            linear: pipe(&linear, "main"),
+            gemv: pipe(&linear, "gemv"),
+            rmsnorm: pipe(&norm, "rmsnorm"),
+            embed: pipe(&embed, "main"),
+            rope: pipe(&attention, "rope"),
+            copy_rows: pipe(&attention, "copy_rows"),
+            attend: pipe(&attention, "attend"),
+            conv: pipe(&mamba, "conv"),
+            window: pipe(&mamba, "window"),
+            scan: pipe(&mamba, "scan"),
+            silu_mul: pipe(&moe, "silu_mul"),
+            route: pipe(&moe, "route"),
+            axpy: pipe(&moe, "axpy"),
+        }
+    }
+}
+
+/// One recorded dispatch.
+pub(crate) struct Op {
+    pipeline: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+/// A part of a storage buffer: (buffer, offset in f32 elements). Kernels take offsets as
+/// parameters instead, so this is only the buffer.
+pub(crate) type Buf = wgpu::Buffer;
+
+/// Workgroups along x at most (WebGPU's default limit); larger grids wrap into y.
+const MAX_GROUPS: u32 = 65_535;
+
+/// Records dispatches into a plan.
+pub(crate) struct Recorder<'a> {
+    device: &'a wgpu::Device,
+    kernels: &'a Kernels,
+    pub ops: Vec<Op>,
+}
+
+fn groups_1d(threads: usize) -> (u32, u32) {
+    let g = threads.div_ceil(64).max(1) as u32;
+    if g <= MAX_GROUPS {
+        (g, 1)
+    } else {
+        (MAX_GROUPS, g.div_ceil(MAX_GROUPS))
+    }
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new(device: &'a wgpu::Device, kernels: &'a Kernels) -> Self {
+        Recorder { device, kernels, ops: Vec::new() }
+    }
+
+    /// A dispatch of `pipeline` with `params` (u32 words; f32 as bits) at binding 0 and `bufs` at
+    /// their bindings.
+    fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, params: &[u32], bufs: &[(u32, &Buf)], groups: (u32, u32)) {
+        let mut words = params.to_vec();
+        words.resize(params.len().div_ceil(4).max(1) * 4, 0); // uniform structs are 16-byte multiples
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(
+            bufs.iter().map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() }),
+        );
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.ops.push(Op { pipeline: pipeline.clone(), bind, groups });
+    }
+
+    /// y[m, y_off..y_off+n] (=|+=) x[m, x_off..x_off+k] · W[n, k]ᵀ, rows at the given strides; W
+    /// from element `w_off` of `w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(
+        &mut self,
+        x: (&Buf, usize, usize),
+        w: (&Buf, usize),
+        y: (&Buf, usize, usize),
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) {
+        let (xb, x_stride, x_off) = x;
+        let (yb, y_stride, y_off) = y;
+        let (wb, w_off) = w;
+        let params = [m, n, k, x_stride, x_off, y_stride, y_off, acc as usize, w_off].map(|v| v as u32);
+        if m == 1 {
+            let g = n as u32;
+            let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
+            let kern = self.kernels.gemv.clone();
+            self.dispatch(&kern, &params, &[(1, xb), (2, wb), (3, yb)], groups);
+        } else {
+            let kern = self.kernels.linear.clone();
+            self.dispatch(&kern, &params, &[(1, xb), (2, wb), (3, yb)], (n.div_ceil(16) as u32, m.div_ceil(16) as u32));
+        }
+    }
+
+    pub fn rmsnorm(&mut self, x: &Buf, w: &Buf, y: &Buf, rows: usize, d: usize, eps: f64) {
+        let params = [rows as u32, d as u32, (eps as f32).to_bits()];
+        let kern = self.kernels.rmsnorm.clone();
+        self.dispatch(&kern, &params, &[(1, x), (2, w), (3, y)], (rows as u32, 1));
+    }
+
+    pub fn embed(&mut self, tokens: &Buf, table: &Buf, y: &Buf, rows: usize, d: usize, vocab: usize) {
+        let kern = self.kernels.embed.clone();
+        self.dispatch(
+            &kern,
+            &[rows as u32, d as u32, vocab as u32],
+            &[(1, tokens), (2, table), (3, y)],
+            groups_1d(rows * d),
+        );
+    }
+
+    /// RoPE of `src` (l, heads·dh) into `dst` (at row offset + i when `to_cache`, else i).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &mut self,
+        step: &Buf,
+        src: &Buf,
+        cos_sin: &Buf,
+        dst: &Buf,
+        l: usize,
+        heads: usize,
+        dh: usize,
+        positions: usize,
+        to_cache: bool,
+    ) {
+        let params = [l, heads, dh, 0, to_cache as usize, positions, 0, 0].map(|v| v as u32);
+        let kern = self.kernels.rope.clone();
+        self.dispatch(&kern, &params, &[(1, step), (2, src), (3, cos_sin), (5, dst)], groups_1d(l * heads * dh / 2));
+    }
+
+    /// Rows of `src` (l, width) into `dst` at row offset + i (`to_cache`) or i.
+    pub fn copy_rows(&mut self, step: &Buf, src: &Buf, dst: &Buf, l: usize, width: usize, to_cache: bool) {
+        let params = [l, 1, width, 0, to_cache as usize, 0, 0, 0].map(|v| v as u32);
+        let kern = self.kernels.copy_rows.clone();
+        self.dispatch(&kern, &params, &[(1, step), (2, src), (5, dst)], groups_1d(l * width));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(
+        &mut self,
+        step: &Buf,
+        q: &Buf,
+        k_cache: &Buf,
+        v_cache: &Buf,
+        y: &Buf,
+        l: usize,
+        heads: usize,
+        kv_heads: usize,
+        dh: usize,
+    ) {
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        let params = [l as u32, heads as u32, dh as u32, kv_heads as u32, 0, 0, scale.to_bits(), 0];
+        let kern = self.kernels.attend.clone();
+        self.dispatch(&kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups_1d(l * heads));
+    }
+
+    /// Mixer shapes: (l, ed, n, k, r).
+    fn mamba_params(s: (usize, usize, usize, usize, usize)) -> [u32; 8] {
+        [s.0 as u32, s.1 as u32, s.2 as u32, s.3 as u32, s.4 as u32, 0, 0, 0]
+    }
+
+    /// xc = silu(conv([window; x] ) + bias), x = the first half of xz.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        s: (usize, usize, usize, usize, usize),
+        xz: &Buf,
+        w: &Buf,
+        bias: &Buf,
+        window: &Buf,
+        xc: &Buf,
+    ) {
+        let kern = self.kernels.conv.clone();
+        let groups = groups_1d(s.0 * s.1);
+        self.dispatch(&kern, &Self::mamba_params(s), &[(1, xz), (2, w), (3, bias), (4, window), (7, xc)], groups);
+    }
+
+    /// The next conv window into `next` (k-1, ed).
+    pub fn window(&mut self, s: (usize, usize, usize, usize, usize), xz: &Buf, window: &Buf, next: &Buf) {
+        let kern = self.kernels.window.clone();
+        let groups = groups_1d((s.3 - 1) * s.1);
+        self.dispatch(&kern, &Self::mamba_params(s), &[(1, xz), (3, window), (7, next)], groups);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan(
+        &mut self,
+        s: (usize, usize, usize, usize, usize),
+        xz: &Buf,
+        xc: &Buf,
+        dt: &Buf,
+        x_dbl: &Buf,
+        prm: &Buf,
+        h: &Buf,
+        y: &Buf,
+    ) {
+        let kern = self.kernels.scan.clone();
+        let bufs = [(1, xz), (2, xc), (3, dt), (4, x_dbl), (5, prm), (6, h), (7, y)];
+        self.dispatch(&kern, &Self::mamba_params(s), &bufs, groups_1d(s.1));
+    }
+
+    pub fn silu_mul(&mut self, gate: &Buf, up: &Buf, y: &Buf, rows: usize, width: usize) {
+        let kern = self.kernels.silu_mul.clone();
+        self.dispatch(
+            &kern,
+            &[rows as u32, width as u32, 0, 0],
+            &[(1, gate), (2, up), (3, y)],
+            groups_1d(rows * width),
+        );
+    }
+
+    pub fn route(&mut self, logits: &Buf, gates: &Buf, rows: usize, experts: usize, top_k: usize) {
+        let kern = self.kernels.route.clone();
+        self.dispatch(
+            &kern,
+            &[rows as u32, 0, experts as u32, top_k as u32],
+            &[(1, logits), (3, gates)],
+            groups_1d(rows),
+        );
+    }
+
+    /// y += gates[:, expert] · out.
+    pub fn axpy(&mut self, out: &Buf, gates: &Buf, y: &Buf, rows: usize, width: usize, experts: usize, expert: usize) {
+        let kern = self.kernels.axpy.clone();
+        let params = [rows as u32, width as u32, experts as u32, expert as u32];
+        self.dispatch(&kern, &params, &[(1, out), (2, gates), (3, y)], groups_1d(rows * width));
+    }
+}
+
+/// Encodes `ops` into one compute pass.
+pub(crate) fn encode(ops: &[Op], encoder: &mut wgpu::CommandEncoder) {
+    let mut pass =
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+    for op in ops {
+        pass.set_pipeline(&op.pipeline);
+        pass.set_bind_group(0, &op.bind, &[]);
+        pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
+    }
+}

@@ -1,0 +1,177 @@
+//! Golden logits: the GPU forward against `itera_model::Model` on the CPU, both tiny models, on
+//! whatever adapter wgpu finds (lavapipe in scripts/test.sh, which sets ITERA_WEBGPU_REQUIRED=1
+//! so that a missing adapter fails the run instead of skipping it).
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use itera_model::config::{Config, ModelKind, Preset};
+use itera_model::{weights, Model};
+use itera_webgpu::{Gpu, GpuError, GpuModel};
+use std::collections::HashMap;
+
+const VOCAB: usize = 256;
+/// The bar: logits within 1e-3, relative to the largest logit of the row set.
+const TOLERANCE: f32 = 1e-3;
+
+fn gpu() -> Option<Gpu> {
+    match pollster::block_on(Gpu::new()) {
+        Ok(g) => {
+            eprintln!("adapter: {}", g.adapter_name());
+            Some(g)
+        }
+        Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e} (set ITERA_WEBGPU_REQUIRED=1 to fail instead)");
+            None
+        }
+    }
+}
+
+/// A fresh model, with the query, key and router weights scaled up: at init, attention scores
+/// and router logits are so small that attention is nearly uniform and the top-k nearly
+/// arbitrary, which would let a wrong RoPE or a wrong routing pass.
+fn model(cfg: &Config, seed: u64) -> Result<(Model, HashMap<String, Tensor>)> {
+    let (varmap, model) = Model::init(cfg, seed, &Device::Cpu)?;
+    let mut tensors: HashMap<String, Tensor> = weights::varmap_tensors(&varmap)?.into_iter().collect();
+    for (name, t) in tensors.iter_mut() {
+        let scale = if name.contains("q_proj") || name.contains("k_proj") {
+            12.0
+        } else if name.contains("router") {
+            40.0
+        } else {
+            1.0
+        };
+        // A copy: a variable cannot be set from a tensor that is its own value.
+        let v: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|x| x * scale).collect();
+        *t = Tensor::from_vec(v, t.shape(), &Device::Cpu)?;
+    }
+    weights::assign_varmap(&varmap, &tensors)?;
+    Ok((model, tensors))
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % VOCAB as u64) as u32
+        })
+        .collect()
+}
+
+/// Largest |a - b| over the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "logit counts differ");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn configs() -> Vec<(&'static str, Config)> {
+    let base = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
+    let itera = Config::preset(ModelKind::IteraLite, Preset::Tiny, VOCAB);
+    let mut plain = itera.clone();
+    if let Config::IteraLite(c) = &mut plain {
+        c.num_experts = 0;
+    }
+    let mut gqa = base.clone();
+    if let Config::Baseline(c) = &mut gqa {
+        c.num_key_value_heads = 1;
+    }
+    vec![("baseline", base), ("baseline (GQA)", gqa), ("itera-lite", itera), ("itera-lite, no MoE", plain)]
+}
+
+/// Prefill of 37 tokens, every position's logits, against `Model::forward`.
+#[test]
+fn prefill_logits_match_the_cpu_model() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    for (name, cfg) in configs() {
+        let (cpu, tensors) = model(&cfg, 3)?;
+        let toks = tokens(37, 1);
+        let want = cpu.forward(&Tensor::from_vec(toks.clone(), (1, toks.len()), &Device::Cpu)?)?.logits;
+        let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 64)?;
+        let got = pollster::block_on(g.forward(&toks, true))?;
+        let err = rel_err(&got, &want);
+        eprintln!("{name}: prefill max relative error {err:.2e}");
+        assert!(err <= TOLERANCE, "{name}: prefill logits differ by {err:.2e}");
+        // The last row alone is the same row.
+        g.reset();
+        let last = pollster::block_on(g.forward(&toks, false))?;
+        // (The last row alone goes through the matrix-vector kernel: another summation order.)
+        let err = rel_err(&last, &got[(toks.len() - 1) * VOCAB..]);
+        assert!(err <= 1e-5, "{name}: the last row alone differs from the full run's by {err:.2e}");
+    }
+    Ok(())
+}
+
+/// Prefill 20 tokens, then decode 6 one at a time, against `Model::forward_with_state`; then a
+/// reset and the same again gives the same logits (the state is really cleared).
+#[test]
+fn decoding_with_state_matches_the_cpu_model() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    for (name, cfg) in configs() {
+        let (cpu, tensors) = model(&cfg, 5)?;
+        let toks = tokens(26, 2);
+        let mut state = cpu.new_state(1)?;
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 32)?;
+        let mut first_pass = Vec::new();
+        for round in 0..2 {
+            let mut outs = Vec::new();
+            let pre = &toks[..20];
+            let want = cpu.forward_with_state(&Tensor::from_vec(pre.to_vec(), (1, 20), &Device::Cpu)?, &mut state)?;
+            let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+            let got = pollster::block_on(g.forward(pre, false))?;
+            let err = rel_err(&got, &want[19 * VOCAB..]);
+            assert!(err <= TOLERANCE, "{name}: prefill's last logits differ by {err:.2e}");
+            outs.push(got);
+            for (i, &t) in toks[20..].iter().enumerate() {
+                let want = cpu.forward_with_state(&Tensor::from_vec(vec![t], (1, 1), &Device::Cpu)?, &mut state)?;
+                let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+                let got = pollster::block_on(g.forward(&[t], false))?;
+                let err = rel_err(&got, &want);
+                eprintln!("{name}: round {round}, decode step {i}: max relative error {err:.2e}");
+                assert!(err <= TOLERANCE, "{name}: decode step {i} differs by {err:.2e}");
+                outs.push(got);
+            }
+            assert_eq!(g.len(), 26);
+            if round == 0 {
+                first_pass = outs;
+                g.reset();
+                state = cpu.new_state(1)?;
+            } else {
+                assert_eq!(outs, first_pass, "{name}: a reset model repeats its logits exactly");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_a_named_error() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let (name, cfg) = configs().remove(0);
+    let (_, mut tensors) = model(&cfg, 1)?;
+    let mut g = GpuModel::new(&gpu, &cfg, &tensors, 8)?;
+    let err = pollster::block_on(g.forward(&[1, VOCAB as u32], false)).unwrap_err().to_string();
+    assert!(err.contains("token id 256") && err.contains("vocabulary of 256"), "{name}: {err}");
+    let err = pollster::block_on(g.forward(&[], false)).unwrap_err().to_string();
+    assert!(err.contains("no tokens"), "{err}");
+    pollster::block_on(g.forward(&[1; 8], false))?;
+    let err = pollster::block_on(g.forward(&[1], false)).unwrap_err().to_string();
+    assert!(err.contains("9 tokens would pass this model's context of 8"), "{err}");
+    assert_eq!(g.len(), 8, "a refused call leaves the state as it was");
+
+    tensors.remove("model.layers.1.mlp.up_proj.weight");
+    let err = GpuModel::new(&gpu, &cfg, &tensors, 8).err().expect("a missing tensor is refused").to_string();
+    assert!(err.contains("`model.layers.1.mlp.up_proj.weight` is missing"), "{err}");
+    let (_, tensors) = model(&cfg, 1)?;
+    let mut wrong = tensors.clone();
+    wrong.insert("model.norm.weight".into(), Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu)?);
+    match GpuModel::new(&gpu, &cfg, &wrong, 8) {
+        Err(GpuError::Input(e)) => assert!(e.contains("`model.norm.weight` has shape [7]"), "{e}"),
+        other => panic!("expected a shape error, got {:?}", other.err()),
+    }
+    Ok(())
+}
