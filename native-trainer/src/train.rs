@@ -40,7 +40,7 @@ pub struct TrainArgs {
     pub preset: Preset,
     /// Training data: `world` (the generated corpus), `tasks` (generated MQAR, induction and selective copying; or
     /// one of `mqar`, `induction`, `selective-copy`, or a comma list), `induction-heads` or `selective-copying` (the
-    /// Mamba paper's synthetic tasks: vocabulary 16, fresh sequences every step, loss on the answers), or a .txt file /
+    /// Mamba paper's synthetic tasks: 16 symbols plus markers, fresh sequences every step, loss on the answers), or a .txt file /
     /// folder of .txt files
     #[arg(long, default_value = "world")]
     pub corpus: CorpusSpec,
