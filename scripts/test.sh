@@ -42,6 +42,8 @@ step "wasm: itera-model builds for wasm32; the worker's engine matches native in
 cargo build -p itera-model --target wasm32-unknown-unknown
 CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-web --target wasm32-unknown-unknown --tests -- --nocapture
 CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-retrieval --target wasm32-unknown-unknown --tests -- --nocapture
+# Both models on the browser's WebGPU (SwiftShader here; webdriver.json enables it) against the CPU.
+CHROMEDRIVER=/usr/bin/chromedriver cargo test -p itera-webgpu --target wasm32-unknown-unknown --tests -- --nocapture
 
 step "page: trunk build with the tiny models, then end to end in headless Chromium"
 TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist

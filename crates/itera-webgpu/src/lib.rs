@@ -104,8 +104,10 @@ impl Gpu {
     }
 
     /// The adapter's name and backend, as the page's badge shows them (e.g. "llvmpipe (Vulkan)").
+    /// A browser may keep the adapter's name to itself: then it reads "unnamed adapter".
     pub fn adapter_name(&self) -> String {
-        format!("{} ({:?})", self.info.name, self.info.backend)
+        let name = if self.info.name.trim().is_empty() { "unnamed adapter" } else { self.info.name.trim() };
+        format!("{name} ({:?})", self.info.backend)
     }
 
     /// Whether the adapter is a software one (lavapipe, SwiftShader): its speed means nothing.

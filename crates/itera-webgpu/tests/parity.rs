@@ -1,17 +1,14 @@
 //! Golden logits: the GPU forward against `itera_model::Model` on the CPU, both tiny models, on
 //! whatever adapter wgpu finds (lavapipe in scripts/test.sh, which sets ITERA_WEBGPU_REQUIRED=1
 //! so that a missing adapter fails the run instead of skipping it).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use itera_model::config::{Config, ModelKind, Preset};
-use itera_model::{weights, Model};
+use common::{configs, model, rel_err, tokens, TOLERANCE, VOCAB};
 use itera_webgpu::{Gpu, GpuError, GpuModel};
-use std::collections::HashMap;
-
-const VOCAB: usize = 256;
-/// The bar: logits within 1e-3, relative to the largest logit of the row set.
-const TOLERANCE: f32 = 1e-3;
 
 fn gpu() -> Option<Gpu> {
     match pollster::block_on(Gpu::new()) {
@@ -25,61 +22,6 @@ fn gpu() -> Option<Gpu> {
             None
         }
     }
-}
-
-/// A fresh model, with the query, key and router weights scaled up: at init, attention scores
-/// and router logits are so small that attention is nearly uniform and the top-k nearly
-/// arbitrary, which would let a wrong RoPE or a wrong routing pass.
-fn model(cfg: &Config, seed: u64) -> Result<(Model, HashMap<String, Tensor>)> {
-    let (varmap, model) = Model::init(cfg, seed, &Device::Cpu)?;
-    let mut tensors: HashMap<String, Tensor> = weights::varmap_tensors(&varmap)?.into_iter().collect();
-    for (name, t) in tensors.iter_mut() {
-        let scale = if name.contains("q_proj") || name.contains("k_proj") {
-            12.0
-        } else if name.contains("router") {
-            40.0
-        } else {
-            1.0
-        };
-        // A copy: a variable cannot be set from a tensor that is its own value.
-        let v: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|x| x * scale).collect();
-        *t = Tensor::from_vec(v, t.shape(), &Device::Cpu)?;
-    }
-    weights::assign_varmap(&varmap, &tensors)?;
-    Ok((model, tensors))
-}
-
-fn tokens(n: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % VOCAB as u64) as u32
-        })
-        .collect()
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "logit counts differ");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn configs() -> Vec<(&'static str, Config)> {
-    let base = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
-    let itera = Config::preset(ModelKind::IteraLite, Preset::Tiny, VOCAB);
-    let mut plain = itera.clone();
-    if let Config::IteraLite(c) = &mut plain {
-        c.num_experts = 0;
-    }
-    let mut gqa = base.clone();
-    if let Config::Baseline(c) = &mut gqa {
-        c.num_key_value_heads = 1;
-    }
-    vec![("baseline", base), ("baseline (GQA)", gqa), ("itera-lite", itera), ("itera-lite, no MoE", plain)]
 }
 
 /// Prefill of 37 tokens, every position's logits, against `Model::forward`.
