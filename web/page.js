@@ -39,6 +39,8 @@ class ModelView {
     card.dataset.model = spec.key;
     card.innerHTML = `
       <h3>${esc(spec.title)}</h3>
+      <div class="backend" data-role="backend" data-kind="">backend: –</div>
+      <div class="notice" data-role="notice" hidden></div>
       <div class="status" data-role="status">starting worker…</div>
       <div class="progress"><div data-role="bar"></div></div>
       <div class="retrieval" data-role="retrieval" data-state="loading">retrieval index: –</div>
@@ -93,10 +95,15 @@ class ModelView {
   onMessage(m) {
     switch (m.type) {
       case "ready":
-        $("backend").textContent = `backend: ${m.backend}`;
+        this.cpuName = m.backend;
         $("energy-formula").textContent = m.energy_formula;
         this.setStatus("loading");
-        this.send({ type: "load", base: this.spec.base });
+        // On the GPU where the browser has WebGPU (the worker falls back to the CPU and says why).
+        this.send({ type: "load", base: this.spec.base, backend: "auto" });
+        break;
+      case "backend":
+        this.backend = m.backend;
+        this.renderBackend(m.notice);
         break;
       case "status":
         if (m.status === "error") break; // the error message follows
@@ -157,6 +164,23 @@ class ModelView {
 
   get canRetrieve() { return this.retrieval?.state === "ready"; }
 
+  get backendLabel() {
+    const b = this.backend;
+    if (!b) return "starting…";
+    return b.kind === "webgpu" ? `WebGPU (${b.name})` : `CPU (${b.name})`;
+  }
+
+  // The card's badge, the notice when the GPU was asked for and not used, the page's summary.
+  renderBackend(notice) {
+    const el = this.el("backend");
+    el.dataset.kind = this.backend.kind;
+    el.textContent = `backend: ${this.backendLabel}`;
+    const n = this.el("notice");
+    n.hidden = !notice;
+    n.textContent = notice || "";
+    renderBackendSummary();
+  }
+
   // Why this model answers without retrieval, in a few words (null when it can retrieve).
   get noRetrieval() {
     const r = this.retrieval;
@@ -210,7 +234,30 @@ function updateButtons() {
   $("bench").disabled = !allReady || anyBusy();
   $("qa-ask").disabled = !allReady || anyBusy();
   $("stop").disabled = !anyBusy();
+  // The switch needs a model that is on the GPU too.
+  $("backend-choice").disabled = !allReady || anyBusy() || !views.some((v) => v.backend?.gpu_available);
 }
+
+// The header's badge: where each model runs.
+function renderBackendSummary() {
+  const labels = views.map((v) => v.backendLabel);
+  $("backend").textContent = labels.every((l) => l === labels[0])
+    ? `backend: ${labels[0]}`
+    : `backend: ${views.map((v) => `${v.spec.key} ${v.backendLabel}`).join(", ")}`;
+  const gpu = views.some((v) => v.backend?.kind === "webgpu");
+  $("backend-choice").value = gpu ? "webgpu" : "cpu";
+}
+
+// Both models to the chosen backend (between jobs); each worker answers with a `backend` message.
+$("backend-choice").addEventListener("change", async () => {
+  const choice = $("backend-choice").value;
+  await Promise.all(views.map((v) => {
+    const answered = v.next(["backend"]);
+    v.send({ type: "set_backend", backend: choice });
+    return answered.catch((e) => console.warn(e.message));
+  }));
+  updateButtons();
+});
 
 function settings() {
   const num = (id, lo, hi, int) => {
@@ -289,7 +336,8 @@ $("stop").addEventListener("click", () => views.forEach((v) => v.busy && v.send(
 // Latency vs context: one model at a time, so they do not share the CPU while measured.
 
 $("bench").addEventListener("click", async () => {
-  for (const v of views) v.bench = [];
+  // Points of the other backend stay: switch backends and measure again to compare them.
+  for (const v of views) v.bench = v.bench.filter((p) => p.backend !== v.backend?.kind);
   drawLatency();
   for (const v of views) {
     v.busy = true;
@@ -327,17 +375,23 @@ function drawLatency() {
     body += `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(v < 10 ? 1 : 0)}</text>`;
   }
   body += `<text transform="translate(12 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">ms / token</text>`;
-  views.forEach((v, i) => {
-    const ps = v.bench;
-    if (!ps.length) return;
-    const col = COLORS[v.spec.key];
-    body += `<polyline fill="none" stroke="${col}" stroke-width="2" points="${ps.map((p) => `${x(p.context)},${y(p.median_ms)}`).join(" ")}"/>`;
-    for (const p of ps) {
-      body += `<line x1="${x(p.context)}" x2="${x(p.context)}" y1="${y(p.median_ms)}" y2="${y(p.p95_ms)}" stroke="${col}" opacity=".5"/>`;
-      body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(v.spec.title)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
+  // One curve per model and backend: solid on the GPU (WebGPU), dashed on the CPU.
+  let legend = 0;
+  for (const v of views) {
+    for (const backend of ["webgpu", "cpu"]) {
+      const ps = v.bench.filter((p) => p.backend === backend);
+      if (!ps.length) continue;
+      const col = COLORS[v.spec.key];
+      const dash = backend === "cpu" ? ` stroke-dasharray="5 3"` : "";
+      const name = `${v.spec.title}, ${backend === "webgpu" ? "WebGPU" : "CPU"}`;
+      body += `<polyline fill="none" stroke="${col}" stroke-width="2"${dash} data-backend="${backend}" points="${ps.map((p) => `${x(p.context)},${y(p.median_ms)}`).join(" ")}"/>`;
+      for (const p of ps) {
+        body += `<line x1="${x(p.context)}" x2="${x(p.context)}" y1="${y(p.median_ms)}" y2="${y(p.p95_ms)}" stroke="${col}" opacity=".5"/>`;
+        body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-backend="${backend}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(name)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
+      }
+      body += `<text x="${L + 8}" y="${T + 12 + 14 * legend++}" fill="${col}">${esc(name)}</text>`;
     }
-    body += `<text x="${L + 8}" y="${T + 12 + 14 * i}" fill="${col}">${esc(v.spec.title)}</text>`;
-  });
+  }
   $("latency-chart").innerHTML = svgEl(W, H, body);
 }
 

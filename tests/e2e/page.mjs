@@ -12,6 +12,9 @@
 // 3. Served with a damaged index (a sha256 mismatch for one model, a cut-off index.json for the
 //    other), each model says what is wrong with its index and still generates and answers
 //    without retrieval.
+// 4. In a Chromium with WebGPU (`--enable-unsafe-webgpu`: SwiftShader's adapter), both models
+//    load onto the GPU and say so, generate there, switch to the CPU and generate again. (The
+//    browser of 1-3 has no WebGPU: the models say they run on the CPU, and why.)
 
 import { chromium } from "playwright-core";
 import crypto from "node:crypto";
@@ -78,6 +81,12 @@ async function happyPath(browser) {
     await page.waitForFunction(bothReady, null, { timeout: 180_000 });
     check(true, "both models load");
     check((await page.textContent("#backend")).includes("CPU"), "the backend badge names the CPU backend");
+    for (const model of ["baseline", "itera-lite"]) {
+      const kind = await page.$eval(`.card[data-model="${model}"] [data-role=backend]`, (e) => e.dataset.kind);
+      const notice = await page.textContent(`.card[data-model="${model}"] [data-role=notice]`);
+      check(kind === "cpu" && /adapter/i.test(notice) && /CPU/.test(notice), `${model}: without WebGPU it runs on the CPU and says why (${notice})`);
+    }
+    check(await page.$eval("#backend-choice", (e) => e.disabled), "the backend switch is off when no model is on the GPU");
     for (const model of ["baseline", "itera-lite"]) {
       const r = await page.$eval(`.card[data-model="${model}"] [data-role=retrieval]`, (e) => [e.dataset.state, e.textContent]);
       check(r[0] === "ready" && /\d+ documents/.test(r[1]), `${model}: its retrieval index is loaded (${r[1]})`);
@@ -269,6 +278,43 @@ async function damagedIndex(browser) {
   }
 }
 
+async function webgpuPath(browser) {
+  const server = await serve(DIST);
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  const cards = (status) => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === status);
+  const generate = async (what) => {
+    await page.click("#generate");
+    await page.waitForFunction(() => !document.querySelector("#generate").disabled && [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "done"), null, { timeout: 120_000 });
+    for (const model of ["baseline", "itera-lite"]) {
+      const out = await page.textContent(`.card[data-model="${model}"] .output`);
+      check(out.length > (await page.inputValue("#prompt")).length, `${model}: generates on ${what}`);
+    }
+  };
+  try {
+    await page.waitForFunction(cards, "ready", { timeout: 180_000 });
+    for (const model of ["baseline", "itera-lite"]) {
+      const [kind, text] = await page.$eval(`.card[data-model="${model}"] [data-role=backend]`, (e) => [e.dataset.kind, e.textContent]);
+      check(kind === "webgpu" && text.includes("WebGPU"), `${model}: runs on WebGPU (${text})`);
+    }
+    check((await page.textContent("#backend")).includes("WebGPU"), "the header badge says WebGPU");
+    check(!(await page.$eval("#backend-choice", (e) => e.disabled)), "the backend switch is on");
+    await page.fill("#max-tokens", "12");
+    await generate("the GPU");
+    await page.selectOption("#backend-choice", "cpu");
+    await page.waitForFunction(() => [...document.querySelectorAll(".card [data-role=backend]")].every((e) => e.dataset.kind === "cpu"), null, { timeout: 30_000 });
+    check(true, "both models switch to the CPU");
+    await generate("the CPU after the switch");
+    await page.selectOption("#backend-choice", "webgpu");
+    await page.waitForFunction(() => [...document.querySelectorAll(".card [data-role=backend]")].every((e) => e.dataset.kind === "webgpu"), null, { timeout: 30_000 });
+    await generate("the GPU again");
+    check(problems.console.length === 0, `no console errors with WebGPU${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -283,6 +329,19 @@ try {
   console.log(`FAIL ${e}`);
 } finally {
   await browser.close();
+}
+const gpuBrowser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  await webgpuPath(gpuBrowser);
+} catch (e) {
+  failures.push(String(e));
+  console.log(`FAIL ${e}`);
+} finally {
+  await gpuBrowser.close();
 }
 if (failures.length) {
   console.log(`\n${failures.length} e2e check(s) failed`);

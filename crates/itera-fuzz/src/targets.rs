@@ -12,7 +12,7 @@ use itera_data::prompt::ReadingOrder;
 use itera_model::weights::{read_gguf, varmap_tensors, write_gguf, write_safetensors, write_sharded, WeightFormat};
 use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model, Preset};
 use itera_retrieval::{EncoderConfig, Index};
-use itera_web::protocol::ToWorker;
+use itera_web::protocol::{BackendChoice, ToWorker};
 use itera_web::retrieval::{RetrievalSpec, Retriever};
 use native_trainer::checkpoint::{Checkpoint, CheckpointMeta, CHECKPOINT_FILE};
 use native_trainer::export::{FileEntry, Manifest, ManifestRetrieval, Training};
@@ -504,8 +504,18 @@ fn checkpoint_seeds() -> Vec<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // The worker's incoming messages (JSON strings from the page).
 
-const PROTOCOL_DICT: &[&[u8]] =
-    &[b"\"type\"", b"\"load\"", b"\"generate\"", b"\"bench\"", b"\"abort\"", b"\"answer\"", b"\"contexts\"", b"null"];
+const PROTOCOL_DICT: &[&[u8]] = &[
+    b"\"type\"",
+    b"\"load\"",
+    b"\"generate\"",
+    b"\"bench\"",
+    b"\"abort\"",
+    b"\"answer\"",
+    b"\"contexts\"",
+    b"null",
+    b"\"set_backend\"",
+    b"\"webgpu\"",
+];
 
 fn protocol(bytes: &[u8]) {
     // The worker receives a JS string: UTF-8 by construction.
@@ -517,7 +527,8 @@ fn protocol(bytes: &[u8]) {
 
 fn protocol_seeds() -> Vec<Vec<u8>> {
     let msgs = [
-        ToWorker::Load { base: "models/itera-lite/".into() },
+        ToWorker::Load { base: "models/itera-lite/".into(), backend: BackendChoice::Auto },
+        ToWorker::SetBackend { backend: BackendChoice::Webgpu },
         ToWorker::Generate {
             prompt: "Once upon a time".into(),
             max_tokens: 64,

@@ -1,11 +1,19 @@
 //! One model, ready to generate: weights, config and tokenizer from an export folder's bytes,
 //! plus the caller-owned decoding state. No browser API here, so the same code runs natively
 //! (tests compute the expected outputs with it) and in the worker.
+//!
+//! Two backends: the CPU (candle, always loaded) and, once [`Engine::attach_gpu`] succeeded, the
+//! GPU (`itera_webgpu`: WebGPU in the browser, Vulkan & co natively). The `_async` methods run on
+//! the active one; if the GPU fails mid-sequence, the engine switches to the CPU, re-reads the
+//! sequence so far there, and says why ([`Engine::take_fallback`]). The plain methods are the CPU's.
 
 use candle_core::{Device, Tensor};
 use itera_model::sample::{argmax, Sampler, SamplingConfig};
-use itera_model::weights::{WeightFormat, SHARD_INDEX};
+use itera_model::weights::{self, WeightFormat, SHARD_INDEX};
 use itera_model::{Config, Model, State};
+use itera_webgpu::{Gpu, GpuModel};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tokenizers::Tokenizer;
 
 pub const EOT: &str = "<|endoftext|>";
@@ -23,6 +31,49 @@ pub struct Engine {
     tokenizer: Tokenizer,
     eot: u32,
     state: Option<State>,
+    /// The tokens of the current sequence (leading `<|endoftext|>` included), on either backend.
+    seq: Vec<u32>,
+    gpu: Option<GpuRun>,
+    /// Why the GPU was given up during a job, until the worker reports it.
+    fallback: Option<String>,
+}
+
+/// The model on the GPU, and whether it is the backend in use.
+struct GpuRun {
+    model: GpuModel,
+    adapter: String,
+    active: bool,
+}
+
+/// Longest context on the GPU: the baseline's KV cache is allocated for it.
+pub const GPU_MAX_CONTEXT: usize = 4096;
+
+/// Which backend runs the model, as the page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// `webgpu` or `cpu`.
+    pub kind: String,
+    /// The adapter's name (WebGPU), or the CPU path's ("wasm SIMD128", "native").
+    pub name: String,
+    /// Whether the model is also on the GPU (so that the page can offer the switch).
+    pub gpu_available: bool,
+}
+
+/// The tensors of an export's weights file in `format`, for the GPU (which uploads them).
+pub fn read_tensors(weights_bytes: &[u8], format: WeightFormat) -> Result<HashMap<String, Tensor>> {
+    match format {
+        WeightFormat::F32 => weights::read_safetensors(weights_bytes, &Device::Cpu),
+        _ => weights::read_gguf(weights_bytes, &Device::Cpu),
+    }
+    .map_err(err(format.file_name()))
+}
+
+/// The tensors of a sharded export, for the GPU.
+pub fn read_sharded_tensors(
+    index_json: &[u8],
+    shard: impl FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<HashMap<String, Tensor>> {
+    weights::read_sharded(index_json, shard, &Device::Cpu).map_err(err(SHARD_INDEX))
 }
 
 impl Engine {
@@ -78,7 +129,57 @@ impl Engine {
             ));
         }
         let model = model(&config).map_err(err(weights))?;
-        Ok(Engine { model, config, tokenizer, eot, state: None })
+        Ok(Engine { model, config, tokenizer, eot, state: None, seq: Vec::new(), gpu: None, fallback: None })
+    }
+
+    /// Puts the model on `gpu` too (from the same `tensors` the CPU model was built from) and
+    /// makes it the active backend. An error leaves the engine on the CPU.
+    pub fn attach_gpu(&mut self, gpu: &Gpu, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let context = self.max_context().min(GPU_MAX_CONTEXT);
+        let model = GpuModel::new(gpu, &self.config, tensors, context).map_err(|e| e.to_string())?;
+        self.gpu = Some(GpuRun { model, adapter: gpu.adapter_name(), active: true });
+        self.state = None;
+        self.seq.clear();
+        Ok(())
+    }
+
+    /// Switches between the GPU (`true`; it must be attached) and the CPU. The current
+    /// sequence ends: the next job starts with a prefill.
+    pub fn use_gpu(&mut self, on: bool) -> Result<()> {
+        match (&mut self.gpu, on) {
+            (Some(g), _) => g.active = on,
+            (None, true) => return Err("this model is not on a GPU".into()),
+            (None, false) => {}
+        }
+        self.state = None;
+        self.seq.clear();
+        Ok(())
+    }
+
+    fn on_gpu(&self) -> bool {
+        self.gpu.as_ref().is_some_and(|g| g.active)
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendInfo {
+        let cpu = if cfg!(target_arch = "wasm32") {
+            if cfg!(target_feature = "simd128") {
+                "wasm SIMD128"
+            } else {
+                "wasm"
+            }
+        } else {
+            "native"
+        };
+        match &self.gpu {
+            Some(g) if g.active => BackendInfo { kind: "webgpu".into(), name: g.adapter.clone(), gpu_available: true },
+            g => BackendInfo { kind: "cpu".into(), name: cpu.into(), gpu_available: g.is_some() },
+        }
+    }
+
+    /// Why the GPU was given up since the last call, if it was.
+    pub fn take_fallback(&mut self) -> Option<String> {
+        self.fallback.take()
     }
 
     pub fn config(&self) -> &Config {
@@ -119,6 +220,7 @@ impl Engine {
             ));
         }
         self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+        self.seq.clear();
         self.feed(&input)
     }
 
@@ -132,16 +234,75 @@ impl Engine {
         let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).map_err(err("input"))?;
         let logits = self.model.forward_with_state(&x, state).map_err(err("forward"))?; // (1, L, V)
         let last = logits.get(0).and_then(|l| l.get(ids.len() - 1)).map_err(err("logits"))?;
+        self.seq.extend_from_slice(ids);
         last.to_vec1::<f32>().map_err(err("logits"))
+    }
+
+    /// [`Engine::prefill`] on the active backend.
+    pub async fn prefill_async(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if !self.on_gpu() {
+            return self.prefill(ids);
+        }
+        let mut input = Vec::with_capacity(ids.len() + 1);
+        input.push(self.eot);
+        input.extend_from_slice(ids);
+        let max = self.max_context();
+        if input.len() >= max {
+            return Err(format!("the prompt is {} tokens; this model reads at most {max}", input.len()));
+        }
+        self.state = None;
+        self.seq.clear();
+        self.gpu_forward(input).await
+    }
+
+    /// [`Engine::feed`] on the active backend.
+    pub async fn feed_async(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if !self.on_gpu() {
+            return self.feed(ids);
+        }
+        if self.seq.is_empty() {
+            return Err("feed before prefill".into());
+        }
+        if self.seq.len() + ids.len() > self.max_context() {
+            return Err(format!("context limit of {} tokens reached", self.max_context()));
+        }
+        self.gpu_forward(ids.to_vec()).await
+    }
+
+    /// `ids` after the sequence so far, on the GPU; on a GPU error, the CPU takes over (it
+    /// re-reads the whole sequence) and the reason is kept for [`Engine::take_fallback`].
+    async fn gpu_forward(&mut self, ids: Vec<u32>) -> Result<Vec<f32>> {
+        let g = self.gpu.as_mut().ok_or("this model is not on a GPU")?;
+        if self.seq.is_empty() {
+            g.model.reset();
+        }
+        match g.model.forward(&ids, false).await {
+            Ok(logits) => {
+                self.seq.extend_from_slice(&ids);
+                Ok(logits)
+            }
+            Err(e) => {
+                g.active = false;
+                self.fallback = Some(format!("the GPU failed ({e}); running on the CPU"));
+                let mut all = std::mem::take(&mut self.seq);
+                all.extend_from_slice(&ids);
+                self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+                self.feed(&all)
+            }
+        }
     }
 
     /// Tokens in the current sequence (including the leading `<|endoftext|>`).
     pub fn context_len(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.len())
+        self.seq.len()
     }
 
-    /// Bytes of decoding state held now: the KV cache grows, the SSM state does not.
+    /// Bytes of decoding state held now: the KV cache grows, the SSM state does not. On the GPU,
+    /// the same count for the tokens held (its buffers are allocated ahead).
     pub fn state_bytes(&self) -> usize {
+        if self.on_gpu() {
+            return self.config.state_bytes(self.seq.len());
+        }
         self.state.as_ref().map_or(0, |s| s.bytes())
     }
 
@@ -181,14 +342,14 @@ impl Engine {
     pub fn start_answer(&mut self, prompt: &str) -> Result<GreedyAnswer> {
         let ids = self.encode(prompt)?;
         let logits = self.prefill(&ids)?;
-        Ok(GreedyAnswer {
-            logits,
-            stream: TextStream::default(),
-            completion: String::new(),
-            tokens: 0,
-            prompt_tokens: ids.len() + 1,
-            end: None,
-        })
+        Ok(GreedyAnswer::new(logits, ids.len() + 1))
+    }
+
+    /// [`Engine::start_answer`] on the active backend.
+    pub async fn start_answer_async(&mut self, prompt: &str) -> Result<GreedyAnswer> {
+        let ids = self.encode(prompt)?;
+        let logits = self.prefill_async(&ids).await?;
+        Ok(GreedyAnswer::new(logits, ids.len() + 1))
     }
 
     /// The greedy answer to `prompt` (a QA or reading prompt), run to its end.
@@ -218,15 +379,43 @@ pub struct GreedyAnswer {
 }
 
 impl GreedyAnswer {
-    /// Adds one token (nothing once ended).
+    fn new(logits: Vec<f32>, prompt_tokens: usize) -> Self {
+        GreedyAnswer {
+            logits,
+            stream: TextStream::default(),
+            completion: String::new(),
+            tokens: 0,
+            prompt_tokens,
+            end: None,
+        }
+    }
+
+    /// Adds one token (nothing once ended), on the CPU.
     pub fn step(&mut self, engine: &mut Engine) -> Result<()> {
+        if let Some(next) = self.advance(engine)? {
+            self.logits = engine.feed(&[next])?;
+        }
+        Ok(())
+    }
+
+    /// Adds one token (nothing once ended), on the engine's active backend.
+    pub async fn step_async(&mut self, engine: &mut Engine) -> Result<()> {
+        if let Some(next) = self.advance(engine)? {
+            self.logits = engine.feed_async(&[next]).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next token into the answer; returns it when it must be fed to the model (the
+    /// answer goes on).
+    fn advance(&mut self, engine: &Engine) -> Result<Option<u32>> {
         if self.end.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let next = argmax(&self.logits);
         if next == engine.eot() {
             self.end = Some("end_of_text");
-            return Ok(());
+            return Ok(None);
         }
         self.completion.push_str(&self.stream.push(engine, next)?);
         self.tokens += 1;
@@ -240,10 +429,7 @@ impl GreedyAnswer {
         } else {
             None
         };
-        if self.end.is_none() {
-            self.logits = engine.feed(&[next])?;
-        }
-        Ok(())
+        Ok(self.end.is_none().then_some(next))
     }
 
     /// Why it ended: `end_of_text`, `newline`, `max_tokens`, `context_limit`; `None` while running.

@@ -1,6 +1,7 @@
 //! Messages between the page and a model worker, as JSON strings through `postMessage`.
 //! One worker per model; the page talks to both with the same messages.
 
+pub use crate::engine::BackendInfo;
 pub use crate::retrieval::Retrieved;
 use itera_data::ReadingOrder;
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
-    /// Fetch the model folder at `base` (manifest first), check every file's sha256, load it.
-    Load { base: String },
+    /// Fetch the model folder at `base` (manifest first), check every file's sha256, load it;
+    /// on the GPU too unless `backend` is `cpu` (`auto`, the default, uses it when there is one).
+    Load {
+        base: String,
+        #[serde(default)]
+        backend: BackendChoice,
+    },
+    /// Run on the GPU (`webgpu`; the model must have been put there at load) or on the `cpu`
+    /// from the next job on; a `Backend` message answers.
+    SetBackend { backend: BackendChoice },
     /// Continue `prompt`; one `Token` message per generated token.
     Generate {
         prompt: String,
@@ -35,6 +44,17 @@ pub enum ToWorker {
     Abort,
     /// Decode latency at each context length: prefill to it, then time `steps` single tokens.
     Bench { contexts: Vec<usize>, steps: usize },
+}
+
+/// Which backend the page asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// The GPU when the browser has a WebGPU adapter, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Webgpu,
 }
 
 /// Worker status, as the page shows it.
@@ -68,6 +88,14 @@ pub enum FromWorker {
         file: String,
         loaded: u64,
         total: u64,
+    },
+    /// Where the model runs now; sent at load, after `SetBackend`, and when the GPU fails and
+    /// the CPU takes over. `notice` says why the GPU is not in use where it was asked for (no
+    /// adapter, a model too large for it, a lost device), else it is absent.
+    Backend {
+        backend: BackendInfo,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        notice: Option<String>,
     },
     /// The model is loaded.
     Loaded {
@@ -120,6 +148,7 @@ pub enum FromWorker {
         median_ms: f64,
         p95_ms: f64,
         state_bytes: usize,
+        backend: String, // `cpu` or `webgpu`: the page draws one curve per model and backend
     },
     Error {
         message: String,

@@ -10,8 +10,8 @@
 //! (a `MessageChannel` round trip, which setTimeout's 4 ms clamping would not allow), so that an
 //! `abort` message gets through mid-generation.
 
-use crate::engine::{energy_mj_per_token, Engine, TextStream};
-use crate::protocol::{FromWorker, RetrievalStatus, Status, ToWorker};
+use crate::engine::{energy_mj_per_token, read_sharded_tensors, read_tensors, Engine, TextStream};
+use crate::protocol::{BackendChoice, FromWorker, RetrievalStatus, Status, ToWorker};
 use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
 use itera_model::weights::{WeightFormat, SHARD_INDEX};
@@ -101,7 +101,8 @@ async fn run_job(msg: ToWorker) {
         return;
     }
     let result = match msg {
-        ToWorker::Load { base } => load(&state, &base).await,
+        ToWorker::Load { base, backend } => load(&state, &base, backend).await,
+        ToWorker::SetBackend { backend } => set_backend(&state, backend),
         ToWorker::Generate { prompt, max_tokens, temperature, top_k, top_p, seed, stop_at_newline, retrieval } => {
             let sampling = SamplingConfig { temperature, top_k, top_p, seed };
             generate(&state, &prompt, max_tokens, sampling, stop_at_newline, retrieval).await
@@ -192,7 +193,7 @@ async fn cache_put(cache: &Cache, url: &str, bytes: &[u8]) {
     }
 }
 
-async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
+async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<(), String> {
     let t0 = now();
     let base = if base.ends_with('/') { base.to_string() } else { format!("{base}/") };
     status(Status::Loading, format!("reading {base}manifest.json"));
@@ -238,12 +239,30 @@ async fn load(state: &WorkerState, base: &str) -> Result<(), String> {
         Some(d) => WeightFormat::from_manifest_dtype(d).map_err(|e| format!("{base}manifest.json: {e}"))?,
         None => WeightFormat::F32,
     };
-    let engine = if blobs.contains_key(SHARD_INDEX) {
+    let sharded = blobs.contains_key(SHARD_INDEX);
+    let mut engine = if sharded {
         // f32 weights in shards: every shard the manifest lists was downloaded and checked above.
         Engine::load_sharded(get("config.json")?, get("tokenizer.json")?, get(SHARD_INDEX)?, |f| blobs.get(f).cloned())?
     } else {
         Engine::load_weights(get("config.json")?, get("tokenizer.json")?, get(format.file_name())?, format)?
     };
+    // The GPU too, where there is one and it was not declined: the CPU stays the fallback.
+    let notice = if choice == BackendChoice::Cpu {
+        None
+    } else {
+        status(Status::Loading, "putting the model on the GPU");
+        yield_now().await;
+        let tensors = if sharded {
+            read_sharded_tensors(get(SHARD_INDEX)?, |f| blobs.get(f).cloned())
+        } else {
+            read_tensors(get(format.file_name())?, format)
+        }?;
+        match itera_webgpu::Gpu::new().await {
+            Ok(gpu) => engine.attach_gpu(&gpu, &tensors).err().map(|e| format!("WebGPU: {e}; running on the CPU")),
+            Err(e) => Some(format!("{e}; running on the CPU")),
+        }
+    };
+    post(FromWorker::Backend { backend: engine.backend(), notice });
     *state.engine.borrow_mut() = Some(engine);
 
     let retrieval = match spec {
@@ -311,6 +330,29 @@ async fn fetch_checked(
     Ok((bytes, true))
 }
 
+/// Switches the backend of the loaded model (between jobs: the busy flag keeps them out).
+fn set_backend(state: &WorkerState, choice: BackendChoice) -> Result<(), String> {
+    let mut slot = state.engine.borrow_mut();
+    let engine = slot.as_mut().ok_or("no model is loaded")?;
+    let notice = match choice {
+        BackendChoice::Cpu => engine.use_gpu(false).err(),
+        BackendChoice::Webgpu | BackendChoice::Auto => engine
+            .use_gpu(true)
+            .err()
+            .map(|e| format!("{e} (no WebGPU adapter, or it failed at load); running on the CPU")),
+    };
+    post(FromWorker::Backend { backend: engine.backend(), notice });
+    Ok(())
+}
+
+/// Reports a switch to the CPU made by the engine during a job (the GPU failed).
+fn report_fallback(engine: &mut Engine) {
+    if let Some(notice) = engine.take_fallback() {
+        web_sys::console::warn_1(&notice.clone().into());
+        post(FromWorker::Backend { backend: engine.backend(), notice: Some(notice) });
+    }
+}
+
 /// Why `retrieval: true` cannot be honoured, in the words of `Loaded`'s report.
 fn no_retrieval(state: &WorkerState) -> String {
     match &*state.retrieval.borrow() {
@@ -364,7 +406,8 @@ async fn generate(
     status(Status::Generating, "");
     let t0 = now();
     let ids = engine.encode(&prompt)?;
-    let mut logits = engine.prefill(&ids)?;
+    let mut logits = engine.prefill_async(&ids).await?;
+    report_fallback(engine);
     post(FromWorker::Prefill { tokens: ids.len() + 1, ms: now() - t0 });
     let mut text = TextStream::default();
     let (mut n, mut reason) = (0usize, "max_tokens");
@@ -384,7 +427,8 @@ async fn generate(
         n += 1;
         let at_limit = engine.context_len() + 1 > engine.max_context();
         if !at_limit {
-            logits = engine.feed(&[next])?;
+            logits = engine.feed_async(&[next]).await?;
+            report_fallback(engine);
         }
         let context = engine.context_len();
         post(FromWorker::Token {
@@ -417,14 +461,15 @@ async fn answer(state: &WorkerState, question: &str, retrieval: bool) -> Result<
     status(Status::Generating, if retrieval { "answering with retrieval" } else { "answering" });
     let (documents, query_ms, prompt) = prepare(state, question, retrieval)?;
     let t0 = now();
-    let mut a = engine.start_answer(&prompt)?;
+    let mut a = engine.start_answer_async(&prompt).await?;
     while a.end().is_none() {
         yield_now().await;
         if state.abort.get() {
             a.stop("aborted");
             break;
         }
-        a.step(engine)?;
+        a.step_async(engine).await?;
+        report_fallback(engine);
     }
     let reason = a.end().unwrap_or("aborted");
     post(FromWorker::Answer {
@@ -458,13 +503,13 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
         // A fixed token pattern (the content does not change the cost).
         let filler: Vec<u32> = (0..(c - steps - 1) as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
         let mut chunks = filler.chunks(256);
-        engine.prefill(chunks.next().unwrap_or(&[]))?;
+        engine.prefill_async(chunks.next().unwrap_or(&[])).await?;
         for chunk in chunks {
             yield_now().await;
             if state.abort.get() {
                 break;
             }
-            engine.feed(chunk)?;
+            engine.feed_async(chunk).await?;
         }
         let mut times = Vec::with_capacity(steps);
         for i in 0..steps {
@@ -473,7 +518,7 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
                 break;
             }
             let t = now();
-            engine.feed(&[1 + (i as u32 * 31) % (vocab - 1)])?;
+            engine.feed_async(&[1 + (i as u32 * 31) % (vocab - 1)]).await?;
             times.push(now() - t);
         }
         if state.abort.get() {
@@ -488,7 +533,9 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
             median_ms: pick(0.5),
             p95_ms: pick(0.95),
             state_bytes: engine.state_bytes(),
+            backend: engine.backend().kind,
         });
+        report_fallback(engine);
     }
     post(FromWorker::Done { tokens: 0, ms: 0.0, reason: "bench".into() });
     status(Status::Done, "bench");

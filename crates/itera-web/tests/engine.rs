@@ -3,6 +3,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use itera_data::prompt::{answer_of, qa_prompt, reading_prompt};
+use itera_model::weights::WeightFormat;
 use itera_web::engine::{energy_mj_per_token, Engine, TextStream, ANSWER_MAX_TOKENS};
 use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
 use serde_json::{json, Value};
@@ -271,4 +272,48 @@ fn a_damaged_or_mismatched_index_is_a_named_error() {
     let mut none = m.clone();
     none.as_object_mut().unwrap().remove("retrieval");
     assert_eq!(RetrievalSpec::from_manifest(&none), Ok(None));
+}
+
+/// The engine on the GPU (lavapipe in scripts/test.sh, which sets ITERA_WEBGPU_REQUIRED=1)
+/// answers as on the CPU, and switches back and forth between jobs.
+#[test]
+fn on_the_gpu_the_engine_answers_as_on_the_cpu() {
+    let gpu = match pollster::block_on(itera_webgpu::Gpu::new()) {
+        Ok(g) => g,
+        Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    for name in ["baseline", "itera-lite"] {
+        let (mut cpu, mut on_gpu, m) = (engine(name), engine(name), manifest(name));
+        let tensors = itera_web::engine::read_tensors(&read(name, "model.safetensors"), WeightFormat::F32).unwrap();
+        on_gpu.attach_gpu(&gpu, &tensors).unwrap();
+        assert_eq!(on_gpu.backend().kind, "webgpu");
+        assert!(on_gpu.backend().gpu_available);
+        let ids = cpu.encode("Ulara Askowin was born in").unwrap();
+        let want = cpu.prefill(&ids).unwrap();
+        let got = pollster::block_on(on_gpu.prefill_async(&ids)).unwrap();
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = want.iter().zip(&got).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+        assert!(err < 1e-4, "{name}: GPU prefill logits differ by {err:.2e}");
+        assert_eq!(on_gpu.context_len(), cpu.context_len());
+        assert_eq!(on_gpu.state_bytes(), cpu.state_bytes(), "{name}: the state is counted alike");
+        let mut checked = 0;
+        for ex in m.pointer("/eval/world_qa/examples").and_then(|v| v.as_array()).into_iter().flatten().take(4) {
+            let prompt = question_prompt(ex["question"].as_str().unwrap(), None);
+            let want = cpu.answer(&prompt).unwrap();
+            let mut a = pollster::block_on(on_gpu.start_answer_async(&prompt)).unwrap();
+            while a.end().is_none() {
+                pollster::block_on(a.step_async(&mut on_gpu)).unwrap();
+            }
+            assert_eq!((a.answer(), a.end()), (want.answer(), want.end()), "{name}: {prompt:?}");
+            checked += 1;
+        }
+        assert!(checked > 0, "{name}: no recorded questions");
+        assert!(on_gpu.take_fallback().is_none(), "{name}: the GPU did not fail");
+        on_gpu.use_gpu(false).unwrap();
+        assert_eq!(on_gpu.backend().kind, "cpu");
+        let again = cpu.prefill(&ids).unwrap();
+        assert_eq!(pollster::block_on(on_gpu.prefill_async(&ids)).unwrap(), again, "{name}: back on the CPU");
+        assert!(cpu.use_gpu(true).unwrap_err().contains("not on a GPU"));
+    }
 }
