@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 /// the CPU.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
-    #[error("no GPU adapter is available ({0})")]
+    /// (The adapter request's own words are kept for the debug form: a list of backends.)
+    #[error("no GPU adapter is available (this browser or machine offers none)")]
     NoAdapter(String),
     #[error("the GPU device could not be opened: {0}")]
     Device(String),
