@@ -317,3 +317,36 @@ fn on_the_gpu_the_engine_answers_as_on_the_cpu() {
         assert!(cpu.use_gpu(true).unwrap_err().contains("not on a GPU"));
     }
 }
+
+/// A GPU lost mid-sequence (the device destroyed): the engine goes on on the CPU, re-reading the
+/// sequence so far, gives the CPU's logits, and says why once.
+#[test]
+fn a_lost_gpu_mid_sequence_falls_back_to_the_cpu_without_losing_the_sequence() {
+    for name in ["baseline", "itera-lite"] {
+        let gpu = match pollster::block_on(itera_webgpu::Gpu::new()) {
+            Ok(g) => g,
+            Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
+            Err(e) => return eprintln!("skipped: {e}"),
+        };
+        let (mut cpu, mut e) = (engine(name), engine(name));
+        let tensors = itera_web::engine::read_tensors(&read(name, "model.safetensors"), WeightFormat::F32).unwrap();
+        e.attach_gpu(&gpu, &tensors).unwrap();
+        let ids = cpu.encode("Ulara Askowin was born in").unwrap();
+        cpu.prefill(&ids).unwrap();
+        pollster::block_on(e.prefill_async(&ids)).unwrap();
+        assert!(e.take_fallback().is_none(), "{name}: the GPU works before it is lost");
+        gpu.destroy();
+        let next = [5u32, 9];
+        let want = cpu.feed(&next).unwrap();
+        let got = pollster::block_on(e.feed_async(&next)).unwrap();
+        let notice = e.take_fallback().expect("the engine says it gave up the GPU");
+        assert!(notice.contains("running on the CPU"), "{name}: {notice}");
+        assert_eq!(e.backend().kind, "cpu", "{name}");
+        assert_eq!(e.context_len(), cpu.context_len(), "{name}: the sequence is whole");
+        // (Re-read in one prefill rather than prefill + feed: another summation order.)
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = want.iter().zip(&got).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+        assert!(err < 1e-5, "{name}: the CPU re-read the sequence; its logits differ by {err:.2e}");
+        assert!(e.take_fallback().is_none(), "{name}: said once");
+    }
+}

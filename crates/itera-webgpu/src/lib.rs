@@ -121,6 +121,13 @@ impl Gpu {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
+    /// Gives the device up at once: its memory is freed and every model on it fails from then on
+    /// with a lost-device error (what the browser does to a page's device under memory pressure;
+    /// the tests use it to check the fallback to the CPU).
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
     /// Errors raised since the last call, or a lost device, as one [`GpuError`].
     pub(crate) fn check(&self, doing: &str) -> Result<()> {
         if let Some(why) = self.lost.lock().ok().and_then(|l| l.clone()) {

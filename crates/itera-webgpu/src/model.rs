@@ -6,7 +6,6 @@ use crate::{Gpu, GpuError, Result};
 use candle_core::Tensor;
 use itera_model::config::{BaselineConfig, Config, IteraLiteConfig};
 use std::collections::HashMap;
-use wgpu::util::DeviceExt;
 
 const MAX_HEAD_DIM: usize = 256; // attention.wgsl: MAX_DH
 const MAX_STATE: usize = 64; // mamba.wgsl: MAX_N
@@ -61,11 +60,10 @@ fn upload(gpu: &Gpu, data: &[f32], label: &str) -> Result<Buf> {
             gpu.max_binding_bytes()
         )));
     }
-    Ok(gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::cast_slice(if data.is_empty() { &[0f32] } else { data }),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-    }))
+    // Through the queue rather than mapped at creation (see ops.rs: a lost device).
+    let buf = storage(gpu, data.len(), label);
+    gpu.queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    Ok(buf)
 }
 
 /// A tensor's values as f32, checked against the shape the config implies.
@@ -238,6 +236,7 @@ impl GpuModel {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(GpuError::Input(format!("token id {t} is outside the vocabulary of {vocab}")));
         }
+        self.gpu.check("starting a forward pass")?;
         if matches!(self.state, State::Baseline { .. }) && self.pos + l > self.max_context {
             return Err(GpuError::Input(format!(
                 "{} tokens would pass this model's context of {} on the GPU",
@@ -313,7 +312,7 @@ impl GpuModel {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut rec = Recorder::new(&gpu.device, &gpu.kernels);
+        let mut rec = Recorder::new(&gpu.device, &gpu.queue, &gpu.kernels);
         let (d, eps, (x, hbuf), norm, embed) = match (&self.cfg, &self.state) {
             (Config::Baseline(c), State::Baseline { k, v, cos_sin }) => {
                 let xh = self.record_baseline(&mut rec, c, l, &tokens, k, v, cos_sin);

@@ -1,8 +1,6 @@
 //! The kernels (`kernels/*.wgsl`), compiled once per device, and the recorder that turns one
 //! model's forward into a list of dispatches with their bind groups (a plan, reused per token).
 
-use wgpu::util::DeviceExt;
-
 /// Every compute pipeline, by entry point. Bind group layouts are the pipelines' own (derived
 /// from the bindings each entry point uses).
 pub(crate) struct Kernels {
@@ -80,6 +78,7 @@ const MAX_GROUPS: u32 = 65_535;
 /// Records dispatches into a plan.
 pub(crate) struct Recorder<'a> {
     device: &'a wgpu::Device,
+    queue: &'a wgpu::Queue,
     kernels: &'a Kernels,
     pub ops: Vec<Op>,
 }
@@ -94,8 +93,8 @@ fn groups_1d(threads: usize) -> (u32, u32) {
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(device: &'a wgpu::Device, kernels: &'a Kernels) -> Self {
-        Recorder { device, kernels, ops: Vec::new() }
+    pub fn new(device: &'a wgpu::Device, queue: &'a wgpu::Queue, kernels: &'a Kernels) -> Self {
+        Recorder { device, queue, kernels, ops: Vec::new() }
     }
 
     /// A dispatch of `pipeline` with `params` (u32 words; f32 as bits) at binding 0 and `bufs` at
@@ -103,11 +102,15 @@ impl<'a> Recorder<'a> {
     fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, params: &[u32], bufs: &[(u32, &Buf)], groups: (u32, u32)) {
         let mut words = params.to_vec();
         words.resize(params.len().div_ceil(4).max(1) * 4, 0); // uniform structs are 16-byte multiples
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                                                              // Written through the queue, not mapped at creation: wgpu panics on a mapped creation
+                                                              // once the device is lost, where the queue only records an error.
+        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::UNIFORM,
+            size: (words.len() * 4) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
+        self.queue.write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
         entries.extend(
             bufs.iter().map(|(b, buf)| wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() }),
