@@ -14,5 +14,6 @@ pub mod retrieval;
 pub mod source;
 pub mod synthetic;
 pub mod tasks;
+pub mod tensorboard;
 pub mod train;
 pub use itera_data::world;

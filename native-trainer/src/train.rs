@@ -15,6 +15,7 @@ use crate::reading::{self, Reader, ReadingConfig, ReadingOrder};
 use crate::source::{CorpusSpec, Source};
 use crate::synthetic::{self, AnswerBatch, Sequence, SyntheticTask};
 use crate::tasks::task_accuracy;
+use crate::tensorboard::EventWriter;
 use crate::world::{QaItem, World, WorldConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -741,6 +742,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         metrics.clear();
     }
     let mut log = MetricsLog::create(out, &metrics)?;
+    // TensorBoard's text tab: how the run was made (the arguments and the model's config).
+    let hparams = serde_json::json!({ "args": &args, "config": &cfg, "code_version": &meta.code_version });
+    let hparams = serde_json::to_string_pretty(&hparams)?;
+    log.events.text(meta.step, "hparams", &format!("```\n{hparams}\n```"))?;
 
     let p = cfg.param_count();
     let corpus_tokens = match &data {
@@ -1026,10 +1031,40 @@ fn progress_bar(steps: usize, at: usize) -> ProgressBar {
     bar
 }
 
-/// `metrics.jsonl`, rewritten once at start (dropping lines past a resumed step), then appended.
+/// `metrics.jsonl`, rewritten once at start (dropping lines past a resumed step), then appended;
+/// the same figures as TensorBoard scalars in an event file beside it.
 struct MetricsLog {
     file: std::fs::File,
     lines: Vec<Metric>, // everything in the file, for the plot
+    events: EventWriter,
+}
+
+/// A metrics line as TensorBoard scalars (tags grouped as `train/...` and `eval/...`).
+fn write_scalars(events: &mut EventWriter, m: &Metric) -> Result<()> {
+    match m {
+        Metric::Train { step, tokens, loss, ce, aux, lr, grad_norm, tok_per_s, reading_loss, .. } => {
+            let mut v = vec![
+                ("train/loss", *loss),
+                ("train/cross_entropy", *ce),
+                ("train/moe_aux_loss", *aux),
+                ("train/lr", *lr),
+                ("train/grad_norm", *grad_norm),
+                ("train/tokens_per_s", *tok_per_s),
+                ("train/tokens", *tokens as f64),
+            ];
+            if let Some(r) = reading_loss {
+                v.push(("train/reading_loss", *r));
+            }
+            events.scalars(*step, &v)
+        }
+        Metric::Eval { step, valid_loss, valid_perplexity, accuracy } => {
+            let mut v = vec![("eval/valid_loss", *valid_loss), ("eval/valid_perplexity", *valid_perplexity)];
+            if let Some(a) = accuracy {
+                v.push(("eval/accuracy", *a));
+            }
+            events.scalars(*step, &v)
+        }
+    }
 }
 
 impl MetricsLog {
@@ -1045,13 +1080,18 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file, lines: keep.to_vec() })
+        let mut events = EventWriter::create(dir)?;
+        for m in keep {
+            write_scalars(&mut events, m)?;
+        }
+        Ok(Self { file, lines: keep.to_vec(), events })
     }
 
     fn write(&mut self, m: &Metric) -> Result<()> {
         let mut line = serde_json::to_string(m)?;
         line.push('\n');
         self.lines.push(m.clone());
-        self.file.write_all(line.as_bytes()).context("appending to metrics.jsonl")
+        self.file.write_all(line.as_bytes()).context("appending to metrics.jsonl")?;
+        write_scalars(&mut self.events, m)
     }
 }

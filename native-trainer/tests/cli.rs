@@ -125,6 +125,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_
     let out = run(&resume);
     assert_ok(&out);
     assert!(stderr(&out).contains(&format!("resuming {} at step {at_kill}", killed.display())), "{}", stderr(&out));
+    check_tensorboard_events(&killed, at_kill as u64, steps);
 
     let (a, b) = (checkpoint_values(&whole), checkpoint_values(&killed));
     assert_eq!(a.len(), b.len());
@@ -498,4 +499,177 @@ fn retrieval_index_train_eval_generate_and_export_work_together_and_mismatches_a
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--corpus world"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// --- TensorBoard event files, read back by a decoder of this test's own (bit-by-bit CRC-32C,
+// a generic protocol-buffer walk), independent of the writer's code.
+
+fn crc32c_bitwise(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+fn masked(data: &[u8]) -> u32 {
+    let c = crc32c_bitwise(data);
+    ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+}
+
+/// A protobuf field: (number, varint / fixed64 / bytes / fixed32 value).
+#[derive(Debug, Clone)]
+enum Field {
+    Varint(u64),
+    F64(f64),
+    Bytes(Vec<u8>),
+    F32(f32),
+}
+
+fn varint(b: &[u8], i: &mut usize) -> u64 {
+    let (mut v, mut shift) = (0u64, 0);
+    loop {
+        let byte = b[*i];
+        *i += 1;
+        v |= ((byte & 0x7F) as u64) << shift;
+        if byte < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+fn fields(b: &[u8]) -> Vec<(u64, Field)> {
+    let (mut i, mut out) = (0, Vec::new());
+    while i < b.len() {
+        let key = varint(b, &mut i);
+        let f = match key & 7 {
+            0 => Field::Varint(varint(b, &mut i)),
+            1 => {
+                i += 8;
+                Field::F64(f64::from_le_bytes(b[i - 8..i].try_into().unwrap()))
+            }
+            2 => {
+                let n = varint(b, &mut i) as usize;
+                i += n;
+                Field::Bytes(b[i - n..i].to_vec())
+            }
+            5 => {
+                i += 4;
+                Field::F32(f32::from_le_bytes(b[i - 4..i].try_into().unwrap()))
+            }
+            w => panic!("wire type {w} in an event"),
+        };
+        out.push((key >> 3, f));
+    }
+    out
+}
+
+fn get<'a>(fs: &'a [(u64, Field)], n: u64) -> Vec<&'a Field> {
+    fs.iter().filter(|(k, _)| *k == n).map(|(_, f)| f).collect()
+}
+
+/// Every record of an event file, CRCs checked: (step, [(tag, scalar or text)]).
+fn read_events(path: &Path) -> (String, Vec<(u64, Vec<(String, Result<f32, String>)>)>) {
+    let b = std::fs::read(path).unwrap();
+    let (mut i, mut version, mut out) = (0, String::new(), Vec::new());
+    while i < b.len() {
+        let len_bytes = &b[i..i + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        assert_eq!(u32::from_le_bytes(b[i + 8..i + 12].try_into().unwrap()), masked(len_bytes), "length CRC at {i}");
+        let data = &b[i + 12..i + 12 + len];
+        assert_eq!(
+            u32::from_le_bytes(b[i + 12 + len..i + 16 + len].try_into().unwrap()),
+            masked(data),
+            "data CRC at {i}"
+        );
+        i += 16 + len;
+        let ev = fields(data);
+        assert!(matches!(get(&ev, 1).first(), Some(Field::F64(t)) if *t > 1.6e9), "every event has a wall time");
+        if let Some(Field::Bytes(v)) = get(&ev, 3).first() {
+            version = String::from_utf8(v.clone()).unwrap();
+            continue;
+        }
+        let step = match get(&ev, 2).first() {
+            Some(Field::Varint(s)) => *s,
+            _ => 0,
+        };
+        let Some(Field::Bytes(summary)) = get(&ev, 5).first().cloned() else { panic!("an event without a summary") };
+        let mut values = Vec::new();
+        for v in get(&fields(summary), 1) {
+            let Field::Bytes(v) = v else { panic!("a summary value that is not a message") };
+            let v = fields(v);
+            let Some(Field::Bytes(tag)) = get(&v, 1).first().cloned() else { panic!("a value without a tag") };
+            let tag = String::from_utf8(tag.clone()).unwrap();
+            let value = match (get(&v, 2).first(), get(&v, 8).first()) {
+                (Some(Field::F32(x)), _) => Ok(*x),
+                (_, Some(Field::Bytes(tensor))) => {
+                    let t = fields(tensor);
+                    assert!(matches!(get(&t, 1).first(), Some(Field::Varint(7))), "a text tensor is DT_STRING");
+                    let Some(Field::Bytes(s)) = get(&t, 8).first().cloned() else { panic!("no string_val") };
+                    Err(String::from_utf8(s.clone()).unwrap())
+                }
+                _ => panic!("{tag}: neither a scalar nor a text"),
+            };
+            values.push((tag, value));
+        }
+        out.push((step, values));
+    }
+    (version, out)
+}
+
+/// The run folder's TensorBoard events after a run killed at `resumed_at` and resumed to `steps`:
+/// one event file, every metrics.jsonl line in it once with its value, the hyper-parameters as
+/// text at the resume.
+fn check_tensorboard_events(run_dir: &Path, resumed_at: u64, steps: usize) {
+    let files: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "one event file after a resume: {files:?}");
+    let (version, events) = read_events(&files[0]);
+    assert_eq!(version, "brain.Event:2");
+
+    // Every metrics.jsonl line is there, once, with its value.
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scalar = |tag: &str, step: u64| -> Vec<f32> {
+        events
+            .iter()
+            .filter(|(s, _)| *s == step)
+            .flat_map(|(_, v)| v.iter().filter(|(t, _)| t == tag).filter_map(|(_, x)| x.clone().ok()))
+            .collect()
+    };
+    let (mut train, mut eval) = (0, 0);
+    for m in &metrics {
+        let step = m["step"].as_u64().unwrap();
+        if m["kind"] == "train" {
+            assert_eq!(scalar("train/loss", step), [m["loss"].as_f64().unwrap() as f32], "train/loss at {step}");
+            assert_eq!(scalar("train/lr", step), [m["lr"].as_f64().unwrap() as f32], "train/lr at {step}");
+            assert_eq!(scalar("train/moe_aux_loss", step).len(), 1);
+            train += 1;
+        } else {
+            assert_eq!(scalar("eval/valid_loss", step), [m["valid_loss"].as_f64().unwrap() as f32], "eval at {step}");
+            eval += 1;
+        }
+    }
+    assert_eq!(train, steps, "every step once");
+    assert!(eval >= steps / 10, "the evaluations ({eval})");
+    // The hyper-parameters as text, at the start and again at the resume.
+    let texts: Vec<(u64, String)> = events
+        .iter()
+        .flat_map(|(s, v)| {
+            v.iter().filter(|(t, _)| t == "hparams").filter_map(|(_, x)| x.clone().err().map(|t| (*s, t)))
+        })
+        .collect();
+    // (The file was rewritten at the resume: its hyper-parameters are the resumed run's.)
+    assert_eq!(texts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [resumed_at], "hparams at the resume");
+    assert!(texts[0].1.contains("\"batch_size\": 4") && texts[0].1.contains("\"state_size\""), "{}", texts[0].1);
 }
