@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
 use crate::data;
-use crate::files::{read_json, sha256_hex, write_atomic, write_json_atomic};
+use crate::files::{read_json, sha256_hex, write_atomic, write_dir_atomic, write_json_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use itera_model::weights::{
@@ -178,105 +178,109 @@ pub fn export_sharded(run: &Path, out: &Path, max_shard_bytes: Option<u64>) -> R
     })
     .context("the checkpoint's weights do not fit its config")?;
 
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let tensors: Vec<_> = weights.into_iter().collect();
-    let f32_bytes = write_safetensors(&tensors)?;
-    let mut weight_bytes =
-        std::collections::BTreeMap::from([(WeightFormat::F32.name().to_string(), f32_bytes.len() as u64)]);
-    for f in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
-        weight_bytes.insert(f.name().into(), write_gguf(&tensors, f, &[])?.len() as u64);
-    }
-    let mut names: Vec<String> = Vec::new();
-    match max_shard_bytes {
-        Some(max) if f32_bytes.len() as u64 > max => {
-            let (shards, index) = write_sharded(&tensors, max)?;
-            for (file, bytes) in &shards {
-                write_atomic(&out.join(file), bytes)?;
-                names.push(file.clone());
-            }
-            write_atomic(&out.join(SHARD_INDEX), &index)?;
-            names.push(SHARD_INDEX.into());
-            // A single file left from an earlier export would be read instead of the shards.
-            let single = out.join(WeightFormat::F32.file_name());
-            if single.exists() {
-                std::fs::remove_file(&single).with_context(|| format!("removing {}", single.display()))?;
-            }
+    // The whole folder at once: a kill mid-export leaves the previous export whole.
+    write_dir_atomic(out, |out| {
+        let tensors: Vec<_> = weights.into_iter().collect();
+        let f32_bytes = write_safetensors(&tensors)?;
+        let mut weight_bytes =
+            std::collections::BTreeMap::from([(WeightFormat::F32.name().to_string(), f32_bytes.len() as u64)]);
+        for f in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
+            weight_bytes.insert(f.name().into(), write_gguf(&tensors, f, &[])?.len() as u64);
         }
-        _ => {
-            write_atomic(&out.join("model.safetensors"), &f32_bytes)?;
-            names.push("model.safetensors".into());
-        }
-    }
-    write_json_atomic(&out.join("config.json"), &hf_config(&meta.config, eot)?)?;
-    let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
-    write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
-
-    let a = &meta.args;
-    names.extend(["config.json".to_string(), "tokenizer.json".to_string()]);
-    // The index the model reads, checked and written again (atomically) inside the export.
-    let retrieval = match &a.retrieval {
-        None => None,
-        Some(dir) => {
-            let index = itera_retrieval::Index::load(dir)
-                .with_context(|| format!("loading the run's retrieval index {} to export it", dir.display()))?;
-            let index_out = out.join(INDEX_DIR);
-            index.save(&index_out).with_context(|| format!("writing {}", index_out.display()))?;
-            let index_json = std::fs::read(index_out.join(itera_retrieval::store::INDEX_JSON))?;
-            let m = itera_retrieval::store::IndexManifest::parse(&index_json)?;
-            names.push(format!("{INDEX_DIR}/{}", itera_retrieval::store::INDEX_JSON));
-            names.extend(m.expected_files().iter().map(|f| format!("{INDEX_DIR}/{f}")));
-            let c = a.reading();
-            Some(ManifestRetrieval { dir: INDEX_DIR.into(), documents: index.len(), k: c.k, order: c.order })
-        }
-    };
-    let files = names
-        .iter()
-        .map(|name| {
-            let bytes = std::fs::read(out.join(name)).with_context(|| format!("reading back {name}"))?;
-            Ok(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let manifest = Manifest {
-        // "itera-lite-demo"; "-moe-off" when its blocks are plain Mamba.
-        name: match &meta.config {
-            Config::IteraLite(c) if c.num_experts == 0 => format!("{}-{}-moe-off", a.model, a.preset),
-            _ => format!("{}-{}", a.model, a.preset),
-        },
-        architecture: a.model.to_string(),
-        model_type: match meta.config {
-            Config::Baseline(_) => "llama".into(),
-            Config::IteraLite(_) => "mamba".into(),
-        },
-        dtype: "float32".into(),
-        params: meta.config.param_count(),
-        files,
-        training: Training {
-            corpus: match &a.corpus {
-                crate::source::CorpusSpec::World => format!("world (entities {}, seed {})", a.world_entities, a.seed),
-                t @ (crate::source::CorpusSpec::Tasks(_) | crate::source::CorpusSpec::Synthetic(_)) => {
-                    format!("{t} (seed {})", a.seed)
+        let mut names: Vec<String> = Vec::new();
+        match max_shard_bytes {
+            Some(max) if f32_bytes.len() as u64 > max => {
+                let (shards, index) = write_sharded(&tensors, max)?;
+                for (file, bytes) in &shards {
+                    write_atomic(&out.join(file), bytes)?;
+                    names.push(file.clone());
                 }
-                p => p.to_string(),
+                write_atomic(&out.join(SHARD_INDEX), &index)?;
+                names.push(SHARD_INDEX.into());
+                // A single file left from an earlier export would be read instead of the shards.
+                let single = out.join(WeightFormat::F32.file_name());
+                if single.exists() {
+                    std::fs::remove_file(&single).with_context(|| format!("removing {}", single.display()))?;
+                }
+            }
+            _ => {
+                write_atomic(&out.join("model.safetensors"), &f32_bytes)?;
+                names.push("model.safetensors".into());
+            }
+        }
+        write_json_atomic(&out.join("config.json"), &hf_config(&meta.config, eot)?)?;
+        let tok_bytes = std::fs::read(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
+        write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
+
+        let a = &meta.args;
+        names.extend(["config.json".to_string(), "tokenizer.json".to_string()]);
+        // The index the model reads, checked and written again (atomically) inside the export.
+        let retrieval = match &a.retrieval {
+            None => None,
+            Some(dir) => {
+                let index = itera_retrieval::Index::load(dir)
+                    .with_context(|| format!("loading the run's retrieval index {} to export it", dir.display()))?;
+                let index_out = out.join(INDEX_DIR);
+                index.save(&index_out).with_context(|| format!("writing {}", index_out.display()))?;
+                let index_json = std::fs::read(index_out.join(itera_retrieval::store::INDEX_JSON))?;
+                let m = itera_retrieval::store::IndexManifest::parse(&index_json)?;
+                names.push(format!("{INDEX_DIR}/{}", itera_retrieval::store::INDEX_JSON));
+                names.extend(m.expected_files().iter().map(|f| format!("{INDEX_DIR}/{f}")));
+                let c = a.reading();
+                Some(ManifestRetrieval { dir: INDEX_DIR.into(), documents: index.len(), k: c.k, order: c.order })
+            }
+        };
+        let files = names
+            .iter()
+            .map(|name| {
+                let bytes = std::fs::read(out.join(name)).with_context(|| format!("reading back {name}"))?;
+                Ok(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = Manifest {
+            // "itera-lite-demo"; "-moe-off" when its blocks are plain Mamba.
+            name: match &meta.config {
+                Config::IteraLite(c) if c.num_experts == 0 => format!("{}-{}-moe-off", a.model, a.preset),
+                _ => format!("{}-{}", a.model, a.preset),
             },
-            preset: a.preset.to_string(),
-            seed: a.seed,
-            steps: meta.step,
-            tokens: meta.tokens_seen,
-            batch_size: a.batch_size,
-            seq_len: a.input_len(),
-            wall_seconds: meta.elapsed_s,
-            tokens_per_second: meta.tokens_seen as f64 / meta.elapsed_s.max(1e-9),
-            threads: meta.threads,
-            accuracy_curve: crate::train::accuracy_curve(&crate::train::read_metrics(run)?),
-        },
-        eval: meta.final_eval.clone(),
-        code_version: meta.code_version.clone(),
-        retrieval,
-        weight_bytes,
-        quantized_from: None,
-    };
-    write_json_atomic(&out.join("manifest.json"), &manifest)?;
-    Ok(manifest)
+            architecture: a.model.to_string(),
+            model_type: match meta.config {
+                Config::Baseline(_) => "llama".into(),
+                Config::IteraLite(_) => "mamba".into(),
+            },
+            dtype: "float32".into(),
+            params: meta.config.param_count(),
+            files,
+            training: Training {
+                corpus: match &a.corpus {
+                    crate::source::CorpusSpec::World => {
+                        format!("world (entities {}, seed {})", a.world_entities, a.seed)
+                    }
+                    t @ (crate::source::CorpusSpec::Tasks(_) | crate::source::CorpusSpec::Synthetic(_)) => {
+                        format!("{t} (seed {})", a.seed)
+                    }
+                    p => p.to_string(),
+                },
+                preset: a.preset.to_string(),
+                seed: a.seed,
+                steps: meta.step,
+                tokens: meta.tokens_seen,
+                batch_size: a.batch_size,
+                seq_len: a.input_len(),
+                wall_seconds: meta.elapsed_s,
+                tokens_per_second: meta.tokens_seen as f64 / meta.elapsed_s.max(1e-9),
+                threads: meta.threads,
+                accuracy_curve: crate::train::accuracy_curve(&crate::train::read_metrics(run)?),
+            },
+            eval: meta.final_eval.clone(),
+            code_version: meta.code_version.clone(),
+            retrieval,
+            weight_bytes,
+            quantized_from: None,
+        };
+        write_json_atomic(&out.join("manifest.json"), &manifest)?;
+        Ok(manifest)
+    })
 }
 
 /// Parses `manifest.json` (the bytes of `path`, named in every error) and checks that each file
@@ -400,46 +404,47 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
         .with_context(|| format!("{} lists no model.safetensors nor {SHARD_INDEX}", manifest_path.display()))?;
     let tensors = export_f32_tensors(src)?;
 
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let weights_out = match format {
-        WeightFormat::F32 => write_safetensors(&tensors)?,
-        f => write_gguf(
-            &tensors,
-            f,
-            &[
-                ("general.architecture", manifest.model_type.clone()),
-                ("general.name", manifest.name.clone()),
-                ("general.quantization", f.name().to_string()),
-                ("itera.source_sha256", source.sha256.clone()),
-            ],
-        )?,
-    };
-    write_atomic(&out.join(format.file_name()), &weights_out)?;
-    let mut files = vec![FileEntry {
-        name: format.file_name().into(),
-        bytes: weights_out.len() as u64,
-        sha256: sha256_hex(&weights_out),
-    }];
-    for f in manifest.files.iter().filter(|f| !is_weights(&f.name)) {
-        let bytes = std::fs::read(src.join(&f.name))?;
-        let to = out.join(&f.name);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    write_dir_atomic(out, |out| {
+        let weights_out = match format {
+            WeightFormat::F32 => write_safetensors(&tensors)?,
+            f => write_gguf(
+                &tensors,
+                f,
+                &[
+                    ("general.architecture", manifest.model_type.clone()),
+                    ("general.name", manifest.name.clone()),
+                    ("general.quantization", f.name().to_string()),
+                    ("itera.source_sha256", source.sha256.clone()),
+                ],
+            )?,
+        };
+        write_atomic(&out.join(format.file_name()), &weights_out)?;
+        let mut files = vec![FileEntry {
+            name: format.file_name().into(),
+            bytes: weights_out.len() as u64,
+            sha256: sha256_hex(&weights_out),
+        }];
+        for f in manifest.files.iter().filter(|f| !is_weights(&f.name)) {
+            let bytes = std::fs::read(src.join(&f.name))?;
+            let to = out.join(&f.name);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            write_atomic(&to, &bytes)?;
+            files.push(f.clone());
         }
-        write_atomic(&to, &bytes)?;
-        files.push(f.clone());
-    }
-    manifest.dtype = match format {
-        WeightFormat::F32 => "float32".into(),
-        f => f.name().into(),
-    };
-    manifest.files = files;
-    if format != WeightFormat::F32 {
-        manifest.eval = None;
-        manifest.quantized_from = Some(source);
-    }
-    write_json_atomic(&out.join("manifest.json"), &manifest)?;
-    Ok(manifest)
+        manifest.dtype = match format {
+            WeightFormat::F32 => "float32".into(),
+            f => f.name().into(),
+        };
+        manifest.files = files;
+        if format != WeightFormat::F32 {
+            manifest.eval = None;
+            manifest.quantized_from = Some(source);
+        }
+        write_json_atomic(&out.join("manifest.json"), &manifest)?;
+        Ok(manifest)
+    })
 }
 
 /// The tensors of an export's sharded f32 weights (`model.safetensors.index.json` and the

@@ -1,7 +1,8 @@
-//! File helpers: atomic writes (temp file + fsync + rename) and sha256 digests.
+//! File helpers: atomic writes (temp file + fsync + rename), atomic folder replacement, and
+//! sha256 digests.
 //!
 //! Checkpoints and exports are replaced atomically: a reader, or a run killed at any instant,
-//! sees either the old complete file or the new complete file, never a torn one.
+//! sees either the old complete file (or folder) or the new complete one, never a torn one.
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -33,6 +34,92 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Writes a whole folder at once: `fill` writes its files into a staging folder beside `out`
+/// (`.NAME.tmp-PID`), which then replaces `out` in one step (Linux `renameat2` with
+/// `RENAME_EXCHANGE`, then the old contents are removed), so that a process killed at any
+/// instant leaves either the previous `out`, whole, or the new one. Where the exchange is not
+/// available, the old folder is moved aside first (`.NAME.old-PID`), and a kill between the two
+/// renames leaves it there, whole. A failing `fill` leaves `out` untouched.
+pub fn write_dir_atomic<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let parent = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().with_context(|| format!("{} has no folder name", out.display()))?.to_string_lossy();
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    remove_stale_siblings(parent, &name);
+    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let value = match fill(&staging) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if out.exists() && !out.is_dir() {
+        let _ = fs::remove_dir_all(&staging);
+        anyhow::bail!("{} exists and is not a folder", out.display());
+    }
+    let swapped = if out.exists() {
+        exchange(&staging, out)?
+    } else {
+        fs::rename(&staging, out).with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
+        true
+    };
+    if swapped {
+        // `staging` now holds the previous contents (or nothing, after a plain rename).
+        let _ = fs::remove_dir_all(&staging);
+    } else {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
+        fs::rename(&staging, out).with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
+        let _ = fs::remove_dir_all(&old);
+    }
+    if let Ok(d) = File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(value)
+}
+
+/// Removes `.NAME.tmp-PID` and `.NAME.old-PID` folders left in `parent` by processes that were
+/// killed mid-write (their PID no longer runs; Linux only, elsewhere they stay).
+fn remove_stale_siblings(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp-", ".old-"].iter().find_map(|tag| file.strip_prefix(&format!(".{name}{tag}")));
+        let Some(Ok(pid)) = pid.map(str::parse::<u32>) else { continue };
+        if pid != std::process::id() && cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Swaps two paths atomically; `Ok(false)` where the system cannot (then nothing was changed).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).context("a path with a NUL byte");
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths; renameat2 only reads them.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(err).with_context(|| format!("exchanging {} and {}", a.display(), b.display())),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> Result<bool> {
+    Ok(false)
+}
+
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
@@ -54,6 +141,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_is_replaced_whole_and_a_failing_fill_leaves_it_untouched() {
+        let root = std::env::temp_dir().join(format!("itera-dir-atomic-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let out = root.join("export");
+        write_dir_atomic(&out, |d| write_atomic(&d.join("a.txt"), b"one")).unwrap();
+        fs::write(out.join("stale.txt"), b"from before").unwrap();
+        write_dir_atomic(&out, |d| write_atomic(&d.join("b.txt"), b"two")).unwrap();
+        let names = |dir: &Path| {
+            let mut v: Vec<String> =
+                fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&out), ["b.txt"], "the new folder replaces the old one entirely");
+        assert_eq!(names(&root), ["export"], "no staging or old folder is left behind");
+        let err = write_dir_atomic(&out, |d| -> Result<()> {
+            write_atomic(&d.join("c.txt"), b"three")?;
+            anyhow::bail!("the export failed half-way")
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("half-way"));
+        assert_eq!(names(&out), ["b.txt"], "a failed fill changes nothing");
+        assert_eq!(names(&root), ["export"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn atomic_write_replaces_the_file_and_leaves_no_temp_behind() {

@@ -216,6 +216,13 @@ struct IndexArgs {
 
 fn main() {
     itera_model::runtime::tune_allocator();
+    // A file-size limit (`ulimit -f`) hit while writing: an error naming the file (EFBIG), like
+    // a full disk (ENOSPC), instead of death by SIGXFSZ; atomic writes leave the old file whole.
+    #[cfg(target_os = "linux")]
+    // SAFETY: setting a signal's disposition to "ignore" at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // Read by rayon (gemm) and candle when they first start, which has not happened yet.

@@ -673,3 +673,124 @@ fn check_tensorboard_events(run_dir: &Path, resumed_at: u64, steps: usize) {
     assert_eq!(texts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [resumed_at], "hparams at the resume");
     assert!(texts[0].1.contains("\"batch_size\": 4") && texts[0].1.contains("\"state_size\""), "{}", texts[0].1);
 }
+
+/// A small seeded stream for kill times.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An export killed at random instants, many times, over an earlier export of the same folder:
+/// every time the folder is a whole export that loads, its files matching its manifest.
+#[test]
+fn an_export_killed_at_random_points_leaves_a_whole_export_every_time() {
+    let dir = scratch("export-kill");
+    let (run_dir, out) = (dir.join("run"), dir.join("export"));
+    assert_ok(&run(&tiny_run("itera-lite", 20, &run_dir)));
+    let export_args = vec![
+        "export".to_string(),
+        "--checkpoint".into(),
+        run_dir.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    let t = Instant::now();
+    assert_ok(&run(&export_args));
+    let took = t.elapsed().as_micros() as u64;
+    let whole = |what: &str| {
+        let loaded = load_model_dir(&out).unwrap_or_else(|e| panic!("{what}: the export does not load: {e:#}"));
+        let manifest = loaded.manifest.unwrap_or_else(|| panic!("{what}: no manifest"));
+        for f in &manifest.files {
+            let bytes = std::fs::read(out.join(&f.name)).unwrap();
+            assert_eq!(
+                native_trainer::files::sha256_hex(&bytes),
+                f.sha256,
+                "{what}: {} differs from its manifest",
+                f.name
+            );
+        }
+    };
+    whole("the first export");
+    let staged = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".export."))
+            .count()
+    };
+    let (mut rng, mut killed, mut mid_write) = (7u64, 0, 0);
+    for i in 0..40 {
+        let mut child =
+            Command::new(BIN).args(&export_args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_micros(splitmix(&mut rng) % (took + 1)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        // Its staging folder left behind: this one was killed while it wrote the new export.
+        mid_write += dir.join(format!(".export.tmp-{pid}")).exists() as usize;
+        whole(&format!("kill {i}"));
+    }
+    println!("{killed} of 40 exports killed, {mid_write} of them while writing (an export takes {took} µs here)");
+    assert!(mid_write >= 3, "too few exports were killed while writing ({mid_write}) for the test to mean anything");
+    // The next export clears what the killed ones left.
+    assert_ok(&run(&export_args));
+    assert_eq!(staged(), 0, "staging folders of killed exports are removed");
+    whole("after the clean-up");
+}
+
+/// A file-size limit (as a full disk) hit while writing a checkpoint: a clear error naming the
+/// file, a nonzero exit, the last good checkpoint byte for byte as it was; then, without the
+/// limit, the run resumes from it and completes.
+#[test]
+fn a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_last_checkpoint_survives() {
+    let dir = scratch("disk-full");
+    let run_dir = dir.join("run");
+    let steps = 60;
+    let mut child = Command::new(BIN)
+        .args(tiny_run("itera-lite", steps, &run_dir))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !Checkpoint::load(&run_dir).map(|c| c.meta.step >= 10).unwrap_or(false) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be stopped");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ck = run_dir.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck).unwrap();
+    assert!(before.len() > 300 * 1024, "the checkpoint ({} bytes) must be larger than the limit", before.len());
+
+    // bash's `ulimit -f` counts KiB: 300 KiB lets every log through, not a checkpoint.
+    let mut resume = tiny_run("itera-lite", steps, &run_dir);
+    resume.push("--resume".into());
+    let limited = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 300 && exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(!limited.status.success(), "a run that cannot write its checkpoint must fail");
+    let err = stderr(&limited);
+    assert!(err.contains("checkpoint.safetensors") && err.contains("File too large"), "{err}");
+    assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is untouched");
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+
+    let out = run(&resume);
+    assert_ok(&out);
+    assert_eq!(Checkpoint::load(&run_dir).unwrap().meta.step, steps);
+}
