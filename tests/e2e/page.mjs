@@ -315,34 +315,27 @@ async function webgpuPath(browser) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
-try {
-  await happyPath(browser);
-  await tamperedManifest(browser);
-  await damagedIndex(browser);
-} catch (e) {
-  failures.push(String(e));
-  console.log(`FAIL ${e}`);
-} finally {
-  await browser.close();
+// Runs `paths` in one Chromium started with `flag` (besides the common ones); a thrown error is
+// a failure, and the browser is closed whatever happens.
+async function inBrowser(flag, paths) {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", flag, "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    for (const path of paths) await path(browser);
+  } catch (e) {
+    failures.push(String(e));
+    console.log(`FAIL ${e}`);
+  } finally {
+    await browser.close();
+  }
 }
-const gpuBrowser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
-try {
-  await webgpuPath(gpuBrowser);
-} catch (e) {
-  failures.push(String(e));
-  console.log(`FAIL ${e}`);
-} finally {
-  await gpuBrowser.close();
-}
+
+// Without WebGPU (no GPU at all), then with it (SwiftShader's adapter).
+await inBrowser("--disable-gpu", [happyPath, tamperedManifest, damagedIndex]);
+await inBrowser("--enable-unsafe-webgpu", [webgpuPath]);
 if (failures.length) {
   console.log(`\n${failures.length} e2e check(s) failed`);
   process.exit(1);
