@@ -90,6 +90,21 @@ fn checkpoint_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// Starts a run and SIGKILLs it `after` its checkpoint reached `min_step` (mid-flight: it must
+/// not have ended by then).
+fn kill_after_checkpoint(args: &[String], run_dir: &Path, min_step: usize, after: Duration) {
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !Checkpoint::load(run_dir).map(|c| c.meta.step >= min_step).unwrap_or(false) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(after); // land somewhere between checkpoints
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+}
+
 #[test]
 fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_run() {
     let dir = scratch("resume");
@@ -98,24 +113,7 @@ fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_
     assert_ok(&run(&tiny_run("itera-lite", steps, &whole)));
 
     // Start the same run, SIGKILL it once it has checkpointed at least twice, mid-flight.
-    let mut child = Command::new(BIN)
-        .args(tiny_run("itera-lite", steps, &killed))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    loop {
-        if Checkpoint::load(&killed).map(|c| c.meta.step >= 10).unwrap_or(false) {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(30)); // land somewhere between checkpoints
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
+    kill_after_checkpoint(&tiny_run("itera-lite", steps, &killed), &killed, 10, Duration::from_millis(30));
     let at_kill = Checkpoint::load(&killed).unwrap().meta.step;
     println!("killed with the last checkpoint at step {at_kill} of {steps}");
     assert!(at_kill < steps, "killed too late (checkpoint at step {at_kill})");
@@ -751,20 +749,7 @@ fn a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_last_checkpoint_surv
     let dir = scratch("disk-full");
     let run_dir = dir.join("run");
     let steps = 60;
-    let mut child = Command::new(BIN)
-        .args(tiny_run("itera-lite", steps, &run_dir))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !Checkpoint::load(&run_dir).map(|c| c.meta.step >= 10).unwrap_or(false) {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be stopped");
-        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_checkpoint(&tiny_run("itera-lite", steps, &run_dir), &run_dir, 10, Duration::ZERO);
     let ck = run_dir.join("checkpoint.safetensors");
     let before = std::fs::read(&ck).unwrap();
     assert!(before.len() > 300 * 1024, "the checkpoint ({} bytes) must be larger than the limit", before.len());
