@@ -35,6 +35,7 @@ pub use ops::{Kernels, ScanKernel};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
 
 /// Either model, behind one interface.
 pub enum Model {
@@ -89,14 +90,17 @@ impl Model {
     /// Loads a model from safetensors bytes (f32 or f16/bf16, computed in f32). Missing,
     /// mis-shaped and unexpected tensors are [`weights::WeightsError`]s naming the tensor.
     pub fn from_safetensors(cfg: &Config, bytes: &[u8], device: &Device) -> Result<Self> {
-        let tensors = weights::read_safetensors(bytes, device)?;
+        Self::from_tensors(cfg, weights::read_safetensors(bytes, device)?, device)
+    }
+
+    /// From named tensors (any reader's of `weights`), checked against `cfg`, computed in f32.
+    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
     }
 
     /// From a GGUF file (`weights::write_gguf`), its tensors dequantized to f32.
     pub fn from_gguf(cfg: &Config, bytes: &[u8], device: &Device) -> Result<Self> {
-        let tensors = weights::read_gguf(bytes, device)?;
-        weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
+        Self::from_tensors(cfg, weights::read_gguf(bytes, device)?, device)
     }
 
     /// From a sharded `model.safetensors` (`weights::write_sharded`): the index JSON, and each
@@ -107,8 +111,7 @@ impl Model {
         shard: impl FnMut(&str) -> Option<Vec<u8>>,
         device: &Device,
     ) -> Result<Self> {
-        let tensors = weights::read_sharded(index_json, shard, device)?;
-        weights::build_checked(tensors, DType::F32, device, |vb| Model::new(cfg, vb))
+        Self::from_tensors(cfg, weights::read_sharded(index_json, shard, device)?, device)
     }
 
     /// From the weights file of an export in `format` (`WeightFormat::file_name`).

@@ -45,6 +45,19 @@ struct GpuRun {
     active: bool,
 }
 
+/// The CPU path, as the page names it.
+pub fn cpu_name() -> &'static str {
+    if cfg!(target_arch = "wasm32") {
+        if cfg!(target_feature = "simd128") {
+            "wasm SIMD128"
+        } else {
+            "wasm"
+        }
+    } else {
+        "native"
+    }
+}
+
 /// Longest context on the GPU: the baseline's KV cache is allocated for it.
 pub const GPU_MAX_CONTEXT: usize = 4096;
 
@@ -108,6 +121,17 @@ impl Engine {
         })
     }
 
+    /// As [`Engine::load`], from tensors already read (`read_tensors`, `read_sharded_tensors`):
+    /// the worker reads them once for both the CPU and the GPU. `weights` names their file in errors.
+    pub fn load_tensors(
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        weights: &str,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Engine> {
+        Self::build(config_json, tokenizer_json, weights, |c| Model::from_tensors(c, tensors, &Device::Cpu))
+    }
+
     /// Config and tokenizer checked, then the model from `model` (its errors named by `weights`).
     fn build(
         config_json: &[u8],
@@ -162,18 +186,9 @@ impl Engine {
 
     /// The backend in use.
     pub fn backend(&self) -> BackendInfo {
-        let cpu = if cfg!(target_arch = "wasm32") {
-            if cfg!(target_feature = "simd128") {
-                "wasm SIMD128"
-            } else {
-                "wasm"
-            }
-        } else {
-            "native"
-        };
         match &self.gpu {
             Some(g) if g.active => BackendInfo { kind: "webgpu".into(), name: g.adapter.clone(), gpu_available: true },
-            g => BackendInfo { kind: "cpu".into(), name: cpu.into(), gpu_available: g.is_some() },
+            g => BackendInfo { kind: "cpu".into(), name: cpu_name().into(), gpu_available: g.is_some() },
         }
     }
 

@@ -10,7 +10,7 @@
 //! (a `MessageChannel` round trip, which setTimeout's 4 ms clamping would not allow), so that an
 //! `abort` message gets through mid-generation.
 
-use crate::engine::{energy_mj_per_token, read_sharded_tensors, read_tensors, Engine, TextStream};
+use crate::engine::{cpu_name, energy_mj_per_token, read_sharded_tensors, read_tensors, Engine, TextStream};
 use crate::protocol::{BackendChoice, FromWorker, RetrievalStatus, Status, ToWorker};
 use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
@@ -67,7 +67,7 @@ fn js_err(context: &str) -> impl Fn(JsValue) -> String + '_ {
 
 /// Which backend runs the model, as the page's badge shows it.
 pub fn backend() -> String {
-    if cfg!(target_feature = "simd128") { "CPU (wasm SIMD128)" } else { "CPU (wasm)" }.to_string()
+    format!("CPU ({})", cpu_name())
 }
 
 /// Entry point: install the message handler, then say `ready`.
@@ -239,24 +239,20 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
         Some(d) => WeightFormat::from_manifest_dtype(d).map_err(|e| format!("{base}manifest.json: {e}"))?,
         None => WeightFormat::F32,
     };
-    let sharded = blobs.contains_key(SHARD_INDEX);
-    let mut engine = if sharded {
+    // The weights are read once, for the CPU model and the GPU's upload alike.
+    let (weights_file, tensors) = if blobs.contains_key(SHARD_INDEX) {
         // f32 weights in shards: every shard the manifest lists was downloaded and checked above.
-        Engine::load_sharded(get("config.json")?, get("tokenizer.json")?, get(SHARD_INDEX)?, |f| blobs.get(f).cloned())?
+        (SHARD_INDEX, read_sharded_tensors(get(SHARD_INDEX)?, |f| blobs.get(f).cloned())?)
     } else {
-        Engine::load_weights(get("config.json")?, get("tokenizer.json")?, get(format.file_name())?, format)?
+        (format.file_name(), read_tensors(get(format.file_name())?, format)?)
     };
+    let mut engine = Engine::load_tensors(get("config.json")?, get("tokenizer.json")?, weights_file, tensors.clone())?;
     // The GPU too, where there is one and it was not declined: the CPU stays the fallback.
     let notice = if choice == BackendChoice::Cpu {
         None
     } else {
         status(Status::Loading, "putting the model on the GPU");
         yield_now().await;
-        let tensors = if sharded {
-            read_sharded_tensors(get(SHARD_INDEX)?, |f| blobs.get(f).cloned())
-        } else {
-            read_tensors(get(format.file_name())?, format)
-        }?;
         match itera_webgpu::Gpu::new().await {
             Ok(gpu) => engine.attach_gpu(&gpu, &tensors).err().map(|e| format!("WebGPU: {e}; running on the CPU")),
             Err(e) => Some(format!("{e}; running on the CPU")),
