@@ -274,15 +274,24 @@ fn a_damaged_or_mismatched_index_is_a_named_error() {
     assert_eq!(RetrievalSpec::from_manifest(&none), Ok(None));
 }
 
+/// A GPU adapter (lavapipe in scripts/test.sh, which sets ITERA_WEBGPU_REQUIRED=1: then a
+/// missing one fails the test), or `None` and the test says it was skipped.
+fn gpu() -> Option<itera_webgpu::Gpu> {
+    match pollster::block_on(itera_webgpu::Gpu::new()) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
 /// The engine on the GPU (lavapipe in scripts/test.sh, which sets ITERA_WEBGPU_REQUIRED=1)
 /// answers as on the CPU, and switches back and forth between jobs.
 #[test]
 fn on_the_gpu_the_engine_answers_as_on_the_cpu() {
-    let gpu = match pollster::block_on(itera_webgpu::Gpu::new()) {
-        Ok(g) => g,
-        Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
-        Err(e) => return eprintln!("skipped: {e}"),
-    };
+    let Some(gpu) = gpu() else { return };
     for name in ["baseline", "itera-lite"] {
         let (mut cpu, mut on_gpu, m) = (engine(name), engine(name), manifest(name));
         let tensors = itera_web::engine::read_tensors(&read(name, "model.safetensors"), WeightFormat::F32).unwrap();
@@ -323,11 +332,7 @@ fn on_the_gpu_the_engine_answers_as_on_the_cpu() {
 #[test]
 fn a_lost_gpu_mid_sequence_falls_back_to_the_cpu_without_losing_the_sequence() {
     for name in ["baseline", "itera-lite"] {
-        let gpu = match pollster::block_on(itera_webgpu::Gpu::new()) {
-            Ok(g) => g,
-            Err(e) if std::env::var("ITERA_WEBGPU_REQUIRED").is_ok_and(|v| v == "1") => panic!("no GPU adapter: {e}"),
-            Err(e) => return eprintln!("skipped: {e}"),
-        };
+        let Some(gpu) = gpu() else { return };
         let (mut cpu, mut e) = (engine(name), engine(name));
         let tensors = itera_web::engine::read_tensors(&read(name, "model.safetensors"), WeightFormat::F32).unwrap();
         e.attach_gpu(&gpu, &tensors).unwrap();

@@ -143,22 +143,22 @@ impl<'a> Recorder<'a> {
         if m == 1 {
             let g = n as u32;
             let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
-            let kern = self.kernels.gemv.clone();
-            self.dispatch(&kern, &params, &[(1, xb), (2, wb), (3, yb)], groups);
+            let kern = &self.kernels.gemv;
+            self.dispatch(kern, &params, &[(1, xb), (2, wb), (3, yb)], groups);
         } else {
-            let kern = self.kernels.linear.clone();
-            self.dispatch(&kern, &params, &[(1, xb), (2, wb), (3, yb)], (n.div_ceil(16) as u32, m.div_ceil(16) as u32));
+            let kern = &self.kernels.linear;
+            self.dispatch(kern, &params, &[(1, xb), (2, wb), (3, yb)], (n.div_ceil(16) as u32, m.div_ceil(16) as u32));
         }
     }
 
     pub fn rmsnorm(&mut self, x: &Buf, w: &Buf, y: &Buf, rows: usize, d: usize, eps: f64) {
         let params = [rows as u32, d as u32, (eps as f32).to_bits()];
-        let kern = self.kernels.rmsnorm.clone();
-        self.dispatch(&kern, &params, &[(1, x), (2, w), (3, y)], (rows as u32, 1));
+        let kern = &self.kernels.rmsnorm;
+        self.dispatch(kern, &params, &[(1, x), (2, w), (3, y)], (rows as u32, 1));
     }
 
     pub fn embed(&mut self, tokens: &Buf, table: &Buf, y: &Buf, rows: usize, d: usize, vocab: usize) {
-        let kern = self.kernels.embed.clone();
+        let kern = &self.kernels.embed;
         self.dispatch(
             &kern,
             &[rows as u32, d as u32, vocab as u32],
@@ -182,15 +182,15 @@ impl<'a> Recorder<'a> {
         to_cache: bool,
     ) {
         let params = [l, heads, dh, 0, to_cache as usize, positions, 0, 0].map(|v| v as u32);
-        let kern = self.kernels.rope.clone();
-        self.dispatch(&kern, &params, &[(1, step), (2, src), (3, cos_sin), (5, dst)], groups_1d(l * heads * dh / 2));
+        let kern = &self.kernels.rope;
+        self.dispatch(kern, &params, &[(1, step), (2, src), (3, cos_sin), (5, dst)], groups_1d(l * heads * dh / 2));
     }
 
     /// Rows of `src` (l, width) into `dst` at row offset + i (`to_cache`) or i.
     pub fn copy_rows(&mut self, step: &Buf, src: &Buf, dst: &Buf, l: usize, width: usize, to_cache: bool) {
         let params = [l, 1, width, 0, to_cache as usize, 0, 0, 0].map(|v| v as u32);
-        let kern = self.kernels.copy_rows.clone();
-        self.dispatch(&kern, &params, &[(1, step), (2, src), (5, dst)], groups_1d(l * width));
+        let kern = &self.kernels.copy_rows;
+        self.dispatch(kern, &params, &[(1, step), (2, src), (5, dst)], groups_1d(l * width));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -208,8 +208,8 @@ impl<'a> Recorder<'a> {
     ) {
         let scale = (1.0 / (dh as f64).sqrt()) as f32;
         let params = [l as u32, heads as u32, dh as u32, kv_heads as u32, 0, 0, scale.to_bits(), 0];
-        let kern = self.kernels.attend.clone();
-        self.dispatch(&kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups_1d(l * heads));
+        let kern = &self.kernels.attend;
+        self.dispatch(kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups_1d(l * heads));
     }
 
     /// Mixer shapes: (l, ed, n, k, r).
@@ -228,16 +228,16 @@ impl<'a> Recorder<'a> {
         window: &Buf,
         xc: &Buf,
     ) {
-        let kern = self.kernels.conv.clone();
+        let kern = &self.kernels.conv;
         let groups = groups_1d(s.0 * s.1);
-        self.dispatch(&kern, &Self::mamba_params(s), &[(1, xz), (2, w), (3, bias), (4, window), (7, xc)], groups);
+        self.dispatch(kern, &Self::mamba_params(s), &[(1, xz), (2, w), (3, bias), (4, window), (7, xc)], groups);
     }
 
     /// The next conv window into `next` (k-1, ed).
     pub fn window(&mut self, s: (usize, usize, usize, usize, usize), xz: &Buf, window: &Buf, next: &Buf) {
-        let kern = self.kernels.window.clone();
+        let kern = &self.kernels.window;
         let groups = groups_1d((s.3 - 1) * s.1);
-        self.dispatch(&kern, &Self::mamba_params(s), &[(1, xz), (3, window), (7, next)], groups);
+        self.dispatch(kern, &Self::mamba_params(s), &[(1, xz), (3, window), (7, next)], groups);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -252,13 +252,13 @@ impl<'a> Recorder<'a> {
         h: &Buf,
         y: &Buf,
     ) {
-        let kern = self.kernels.scan.clone();
+        let kern = &self.kernels.scan;
         let bufs = [(1, xz), (2, xc), (3, dt), (4, x_dbl), (5, prm), (6, h), (7, y)];
-        self.dispatch(&kern, &Self::mamba_params(s), &bufs, groups_1d(s.1));
+        self.dispatch(kern, &Self::mamba_params(s), &bufs, groups_1d(s.1));
     }
 
     pub fn silu_mul(&mut self, gate: &Buf, up: &Buf, y: &Buf, rows: usize, width: usize) {
-        let kern = self.kernels.silu_mul.clone();
+        let kern = &self.kernels.silu_mul;
         self.dispatch(
             &kern,
             &[rows as u32, width as u32, 0, 0],
@@ -268,7 +268,7 @@ impl<'a> Recorder<'a> {
     }
 
     pub fn route(&mut self, logits: &Buf, gates: &Buf, rows: usize, experts: usize, top_k: usize) {
-        let kern = self.kernels.route.clone();
+        let kern = &self.kernels.route;
         self.dispatch(
             &kern,
             &[rows as u32, 0, experts as u32, top_k as u32],
@@ -279,9 +279,9 @@ impl<'a> Recorder<'a> {
 
     /// y += gates[:, expert] · out.
     pub fn axpy(&mut self, out: &Buf, gates: &Buf, y: &Buf, rows: usize, width: usize, experts: usize, expert: usize) {
-        let kern = self.kernels.axpy.clone();
+        let kern = &self.kernels.axpy;
         let params = [rows as u32, width as u32, experts as u32, expert as u32];
-        self.dispatch(&kern, &params, &[(1, out), (2, gates), (3, y)], groups_1d(rows * width));
+        self.dispatch(kern, &params, &[(1, out), (2, gates), (3, y)], groups_1d(rows * width));
     }
 }
 
