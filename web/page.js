@@ -20,6 +20,17 @@ const quantile = (xs, q) => {
 };
 // A single index search is often below the worker's timer resolution (Chromium: 0.1 ms).
 const fmtQueryMs = (ms) => ms < 0.1 ? "< 0.1 ms" : fmtMs(ms);
+// Text pasted or dropped in can hold lone UTF-16 surrogates (invalid UTF-8 reaches the page as
+// U+FFFD already). JSON carries them, Rust strings cannot: each becomes U+FFFD before it is sent.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+const wellFormed = (s) => s.replace(LONE_SURROGATE, "\uFFFD");
+// Why a generation ended (the worker's `done` reasons), in words.
+const REASONS = {
+  max_tokens: "reached max tokens", end_of_text: "the model ended the text", newline: "end of line",
+  context_limit: "reached the model's context limit", aborted: "stopped", bench: "benchmark done",
+};
+// A crashed worker is replaced (and its model reloaded, from the cache) this many times per visit.
+const MAX_RESTARTS = 3;
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 
 // ---------------------------------------------------------------------------------------------
@@ -41,6 +52,7 @@ class ModelView {
       <h3>${esc(spec.title)}</h3>
       <div class="backend" data-role="backend" data-kind="">backend: –</div>
       <div class="notice" data-role="notice" hidden></div>
+      <div class="notice" data-role="notes" hidden></div>
       <div class="status" data-role="status">starting worker…</div>
       <div class="progress"><div data-role="bar"></div></div>
       <div class="retrieval" data-role="retrieval" data-state="loading">retrieval index: –</div>
@@ -51,10 +63,51 @@ class ModelView {
     this.card = card;
     this.el = (role) => card.querySelector(`[data-role=${role}]`);
     this.files = {};
+    this.crashes = 0;
+    this.notes = {};
+    this.startWorker();
+    this.renderMetrics();
+  }
+
+  startWorker() {
     this.worker = new Worker("./worker_loader.js");
     this.worker.onmessage = (ev) => this.onMessage(JSON.parse(ev.data));
-    this.worker.onerror = (ev) => this.fail(`worker failed to start: ${ev.message || "unknown error"}`);
-    this.renderMetrics();
+    this.worker.onerror = (ev) => {
+      ev.preventDefault(); // handled here: the card says what happened
+      this.crashed(ev.message || "unknown error");
+    };
+  }
+
+  // The worker died (a wasm trap, out of memory, an uncaught exception): its job is lost and its
+  // state cannot be trusted. Start a new one, which reloads the model (from the cache); after
+  // MAX_RESTARTS crashes, stay stopped and say so.
+  crashed(what) {
+    this.worker.terminate();
+    this.crashes += 1;
+    const job = this.busy ? " during a job" : "";
+    this.loaded = null;
+    this.files = {};
+    if (this.crashes > MAX_RESTARTS) {
+      this.note("crash", `The worker crashed ${this.crashes} times (last${job}: ${what}); reload the page to try again.`);
+      this.fail(`the worker crashed: ${what}`);
+      return;
+    }
+    this.note("crash", `The worker crashed${job} (${what}) and was restarted; the model was loaded again.`);
+    this.ready = false;
+    this.busy = false;
+    this.setStatus("restarting", `the worker crashed (${what}); starting a new one`);
+    for (const l of this.listeners.splice(0)) l.reject(new Error(`the worker crashed: ${what}`));
+    updateButtons();
+    this.startWorker();
+  }
+
+  // A lasting remark on the card (the Cache API missing, a crash), by topic.
+  note(key, text) {
+    if (text) this.notes[key] = text;
+    else delete this.notes[key];
+    const el = this.el("notes");
+    el.textContent = Object.values(this.notes).join(" ");
+    el.hidden = !el.textContent;
   }
 
   resetRun() {
@@ -98,8 +151,9 @@ class ModelView {
         this.cpuName = m.backend;
         $("energy-formula").textContent = m.energy_formula;
         this.setStatus("loading");
-        // On the GPU where the browser has WebGPU (the worker falls back to the CPU and says why).
-        this.send({ type: "load", base: this.spec.base, backend: "auto" });
+        // On the GPU where the browser has WebGPU (the worker falls back to the CPU and says why),
+        // or where the backend switch says, for a worker that replaces a crashed one.
+        this.send({ type: "load", base: this.spec.base, backend: this.backendChoice || "auto" });
         break;
       case "backend":
         this.backend = m.backend;
@@ -107,7 +161,7 @@ class ModelView {
         break;
       case "status":
         if (m.status === "error") break; // the error message follows
-        this.setStatus(m.status, m.detail);
+        this.setStatus(m.status, m.status === "done" || m.status === "aborted" ? this.reasonText(m.detail) : m.detail);
         break;
       case "progress": {
         this.files[m.file] = m;
@@ -121,6 +175,7 @@ class ModelView {
         this.manifest = m.manifest;
         this.loaded = m;
         this.retrieval = m.retrieval;
+        this.note("cache", m.cache ? `Not cached: ${m.cache}.` : "");
         this.ready = true;
         this.el("bar").style.width = "100%";
         this.setStatus("ready");
@@ -160,6 +215,11 @@ class ModelView {
         break;
       }
     }
+  }
+
+  reasonText(reason) {
+    if (reason === "context_limit") return `${REASONS[reason]} (${this.context} tokens)`;
+    return REASONS[reason] || reason;
   }
 
   get canRetrieve() { return this.retrieval?.state === "ready"; }
@@ -253,6 +313,7 @@ $("backend-choice").addEventListener("change", async () => {
   const choice = $("backend-choice").value;
   await Promise.all(views.map((v) => {
     const answered = v.next(["backend"]);
+    v.backendChoice = choice;
     v.send({ type: "set_backend", backend: choice });
     return answered.catch((e) => console.warn(e.message));
   }));
@@ -261,10 +322,13 @@ $("backend-choice").addEventListener("change", async () => {
 
 function settings() {
   const num = (id, lo, hi, int) => {
-    let v = Number($(id).value);
-    if (!isFinite(v)) v = lo;
+    const raw = $(id).value;
+    let v = Number(raw);
+    if (!isFinite(v) || raw.trim() === "") v = lo;
     v = Math.min(hi, Math.max(lo, v));
-    return int ? Math.round(v) : v;
+    if (int) v = Math.round(v);
+    if (String(v) !== raw) $(id).value = v; // what is used is what the field shows
+    return v;
   };
   return {
     max_tokens: num("max-tokens", 1, 2000, true),
@@ -304,19 +368,36 @@ function docsHtml(docs) {
   return `<ol class="docs">${docs.map((d) => `<li data-doc="${d.doc}"><span class="score" title="retrieval score (cosine similarity)">${d.score.toFixed(3)}</span> ${esc(d.text)}</li>`).join("")}</ol>`;
 }
 
+// A prompt as the output shows it: long ones by their end.
+const PROMPT_SHOWN = 4000;
+function promptHtml(prompt) {
+  if (prompt.length <= PROMPT_SHOWN) return `<span class="prompt">${esc(prompt)}</span>`;
+  return `<span class="prompt"><span class="hint">[${prompt.length.toLocaleString("en")} characters; the last ${PROMPT_SHOWN.toLocaleString("en")}:]</span> …${esc(prompt.slice(-PROMPT_SHOWN))}</span>`;
+}
+
+// The text of an input, well-formed; says on the page when characters had to be replaced.
+function inputText(id) {
+  const raw = $(id).value;
+  const text = wellFormed(raw);
+  const replaced = (raw.match(LONE_SURROGATE) || []).length;
+  $("input-note").textContent = replaced
+    ? `${replaced} invalid character${replaced > 1 ? "s" : ""} (lone UTF-16 surrogates) in the ${id === "prompt" ? "prompt" : "question"} replaced with U+FFFD.` : "";
+  return text;
+}
+
 $("generate").addEventListener("click", async () => {
-  const prompt = $("prompt").value;
+  const prompt = inputText("prompt");
   const useRetrieval = $("use-retrieval").checked;
   for (const v of views) {
     const box = v.el("retrieved");
     box.hidden = !useRetrieval;
     box.innerHTML = useRetrieval && !v.canRetrieve
       ? `<p class="na">${esc(v.noRetrieval)}: the prompt goes to the model as it is.</p>` : "";
-    v.el("output").innerHTML = `<span class="prompt">${esc(prompt)}</span>`;
+    v.el("output").innerHTML = promptHtml(prompt);
     // With retrieval the model reads documents + question: show exactly that as the prompt.
     v.onRetrieved = (m) => {
       box.innerHTML = `<p class="who">retrieved for the question (search ${fmtQueryMs(m.query_ms)}):</p>${docsHtml(m.documents)}`;
-      v.el("output").innerHTML = `<span class="prompt">${esc(m.prompt)}</span>`;
+      v.el("output").innerHTML = promptHtml(m.prompt);
     };
   }
   try {
@@ -534,7 +615,7 @@ function renderQa(question, expected, results) {
 }
 
 $("qa-ask").addEventListener("click", async () => {
-  const q = $("qa-question").value.trim();
+  const q = inputText("qa-question").trim();
   if (!q) return;
   const expected = $("qa-question").dataset.expected;
   const results = Object.fromEntries(views.map((v) => [v.spec.key, {}]));

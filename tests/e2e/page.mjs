@@ -12,7 +12,13 @@
 // 3. Served with a damaged index (a sha256 mismatch for one model, a cut-off index.json for the
 //    other), each model says what is wrong with its index and still generates and answers
 //    without retrieval.
-// 4. In a Chromium with WebGPU (`--enable-unsafe-webgpu`: SwiftShader's adapter), both models
+// 4. Hostile input: a prompt with lone UTF-16 surrogates, one of 1 MB, max tokens past the
+//    context limit, Stop pressed over and over, a second Generate while one runs: each gets a
+//    clear message and the page keeps working.
+// 5. A model changed on the server between two visits is downloaded again (and cached anew);
+//    without the Cache API (an insecure context, a private window) the page says so and works;
+//    a worker that crashes is replaced, its model reloaded, and the card says what happened.
+// 6. In a Chromium with WebGPU (`--enable-unsafe-webgpu`: SwiftShader's adapter), both models
 //    load onto the GPU and say so, generate there, switch to the CPU and generate again. (The
 //    browser of 1-3 has no WebGPU: the models say they run on the CPU, and why.)
 
@@ -42,7 +48,8 @@ function serve(dir, rewrite = {}) {
       return;
     }
     let body = fs.readFileSync(file);
-    if (rewrite[rel]) body = Buffer.from(rewrite[rel](body.toString()));
+    // A rewrite gets text (.json, .js) or the bytes, and returns either.
+    if (rewrite[rel]) body = Buffer.from(rewrite[rel](/\.(json|js)$/.test(rel) ? body.toString() : body));
     res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream", "content-length": body.length });
     res.end(body);
   });
@@ -177,6 +184,202 @@ async function happyPath(browser) {
     }
     check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
     check(problems.foreign.length === 0, `no request leaves the origin${problems.foreign.length ? ": " + problems.foreign.join(", ") : ""}`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
+const bothReady = () => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready");
+const cardStatus = (page, model) => page.$eval(`.card[data-model="${model}"] .status`, (e) => [e.parentElement.dataset.status, e.textContent]);
+
+// Clicks Generate (or runs `click` in the page) and waits until no job runs and every card's
+// status is one of `statuses`.
+async function generateAndWait(page, statuses = ["done"], click = () => document.querySelector("#generate").click()) {
+  await page.evaluate(click);
+  await page.waitForFunction((st) => !document.querySelector("#generate").disabled
+    && [...document.querySelectorAll(".card")].every((c) => st.includes(c.dataset.status)), statuses, { timeout: 120_000 });
+}
+
+async function hostileInput(browser) {
+  const server = await serve(DIST);
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  try {
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    await page.fill("#temperature", "0");
+
+    // Lone surrogates (what a broken paste can leave), U+FFFD and an emoji.
+    await page.fill("#max-tokens", "5");
+    await page.$eval("#prompt", (e) => { e.value = "Ulara \uD800Askowin\uDC00 was born in \uFFFD🙂"; });
+    await generateAndWait(page);
+    const note = await page.textContent("#input-note");
+    check(/^2 invalid characters .* replaced with U\+FFFD/.test(note), `a prompt with lone surrogates is sent with them replaced, and the page says so ("${note}")`);
+    for (const model of ["baseline", "itera-lite"]) {
+      const out = await page.textContent(`.card[data-model="${model}"] .output`);
+      const [, status] = await cardStatus(page, model);
+      check(out.startsWith("Ulara \uFFFDAskowin\uFFFD was born in \uFFFD🙂") && status.startsWith("done: "), `${model}: runs on the repaired prompt (${status}: ${JSON.stringify(out)})`);
+    }
+
+    // Max tokens past what the field allows and past the baseline's context (4096 tokens): the
+    // field shows the 2000 used; a prompt of 3991 tokens leaves the baseline 105.
+    await page.fill("#max-tokens", "99999");
+    await page.fill("#prompt", "Ulara Askowin was born in Pimouth. ".repeat(190));
+    await generateAndWait(page);
+    check(await page.inputValue("#max-tokens") === "2000", "max tokens above the field's range is shown as the 2000 used");
+    const [, limit] = await cardStatus(page, "baseline");
+    check(limit === "done: reached the model's context limit (4096 tokens)", `the baseline stops at its context limit and says so ("${limit}")`);
+    const [, lite] = await cardStatus(page, "itera-lite");
+    check(/^done: (reached max tokens|the model ended the text)$/.test(lite) && Number((await metric(page, "itera-lite", 6)).match(/at (\d+) tokens/)[1]) > 4096,
+      `Itera-Lite (no context limit) reads past 4096 tokens (${lite}; ${await metric(page, "itera-lite", 6)})`);
+
+    // Stop pressed five times during a generation, then a new one runs to its end.
+    await page.fill("#prompt", "Ulara Askowin was born in");
+    await generateAndWait(page, ["aborted"], () => {
+      document.querySelector("#generate").click();
+      for (let i = 0; i < 5; i++) document.querySelector("#stop").click();
+    });
+    await page.fill("#max-tokens", "8");
+    await generateAndWait(page);
+    check(true, "Stop pressed five times aborts once; the next generation runs to its end");
+
+    // A second Generate while one runs is not taken: one generation, one prompt shown.
+    await generateAndWait(page, ["done"], () => {
+      document.querySelector("#generate").click();
+      document.querySelector("#generate").click();
+      document.querySelector("#qa-ask").click();
+    });
+    const prompts = await page.$$eval(".card .output .prompt", (ps) => ps.length);
+    check(prompts === 2, `a second Generate (and an Ask) while generating is not taken: one run per model (${prompts} prompts shown)`);
+
+    // A 1 MB prompt (688K tokens): the baseline says it is too long and stays usable; Itera-Lite
+    // reads it chunk by chunk, shows how far it got, and stops when asked.
+    await page.$eval("#prompt", (e) => { e.value = "Ulara Askowin was born in Pimouth. ".repeat((1 << 20) / 35 + 1).slice(0, 1 << 20); });
+    const t0 = Date.now();
+    await page.click("#generate");
+    await page.waitForFunction(() => document.querySelector('.card[data-model="baseline"]').dataset.status === "error", null, { timeout: 60_000 });
+    const [, tooLong] = await cardStatus(page, "baseline");
+    check(/the prompt is \d+ tokens; this model reads at most 4095/.test(tooLong), `a 1 MB prompt is too long for the baseline, by name ("${tooLong.slice(0, 120)}")`);
+    await page.waitForFunction(() => /reading the prompt: \d+ of \d+ tokens/.test(document.querySelector('.card[data-model="itera-lite"] .status').textContent)
+      || document.querySelector('.card[data-model="itera-lite"]').dataset.status === "done", null, { timeout: 60_000 });
+    const [, reading] = await cardStatus(page, "itera-lite");
+    await page.click("#stop");
+    await page.waitForFunction(() => !document.querySelector("#generate").disabled, null, { timeout: 60_000 });
+    const [after] = await cardStatus(page, "itera-lite");
+    check(/reading the prompt: \d+ of \d+ tokens/.test(reading) && after === "aborted", `Itera-Lite reads a 1 MB prompt in chunks, shows its progress and stops when asked ("${reading}", then ${after}, ${Date.now() - t0} ms)`);
+    check((await page.textContent('.card[data-model="itera-lite"] .output .prompt')).includes("1,048,576 characters"), "the output shows a 1 MB prompt by its end, with its length");
+    await page.fill("#prompt", "Ulara Askowin was born in");
+    await generateAndWait(page);
+    check(true, "both models generate again after the 1 MB prompt");
+    check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
+// The page's models changed on the server between two visits; then no Cache API; then a crash.
+async function changedModel(browser) {
+  let changed = false;
+  const weights = fs.readFileSync(path.join(DIST, "models/itera-lite/model.safetensors"));
+  const newer = Buffer.from(weights);
+  newer[newer.length - 1] ^= 1; // the last weight, a little different
+  const rewrite = {
+    "/models/itera-lite/model.safetensors": (bytes) => (changed ? newer : bytes),
+    "/models/itera-lite/manifest.json": (text) => {
+      if (!changed) return text;
+      const m = JSON.parse(text);
+      m.files.find((f) => f.name === "model.safetensors").sha256 = crypto.createHash("sha256").update(newer).digest("hex");
+      return JSON.stringify(m);
+    },
+  };
+  const server = await serve(DIST, rewrite);
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  try {
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    changed = true;
+    await page.reload();
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    // web/page.js's fmtBytes
+    const fmt = (b) => b >= 1 << 20 ? `${+(b / (1 << 20)).toFixed(2)} MiB` : b >= 1024 ? `${+(b / 1024).toFixed(1)} KiB` : `${b} B`;
+    const lite = await metric(page, "itera-lite", 1);
+    check(lite.startsWith(`${fmt(newer.length)} /`), `a model changed on the server is downloaded again (itera-lite: ${lite})`);
+    check((await metric(page, "baseline", 1)).startsWith("0 B /"), "an unchanged model still comes from the cache");
+    await page.fill("#max-tokens", "5");
+    await generateAndWait(page);
+    await page.reload();
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    check((await metric(page, "itera-lite", 1)).startsWith("0 B /"), "the changed model is cached in place of the old one");
+    check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
+// Each worker without a Cache API: for the first, `caches` throws (an insecure context); for the
+// second, opening a cache is refused (a private window).
+async function noCacheApi(browser) {
+  const variants = [
+    `Object.defineProperty(self, "caches", { get() { throw new DOMException("The operation is insecure.", "SecurityError"); } });`,
+    `CacheStorage.prototype.open = () => Promise.reject(new DOMException("caches are off in private windows", "SecurityError"));`,
+  ];
+  let n = 0;
+  const server = await serve(DIST, { "/worker_loader.js": (js) => variants[n++ % 2] + "\n" + js });
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  try {
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const notes = await page.$$eval(".card [data-role=notes]", (es) => es.map((e) => e.textContent));
+    check(notes.length === 2 && notes.every((t) => /^Not cached: the Cache API is unavailable \(SecurityError: .+\); the model's files are downloaded on every visit\.$/.test(t))
+      && notes.some((t) => t.includes("insecure")) && notes.some((t) => t.includes("private")), `without the Cache API each card says so: "${notes.join('" / "')}"`);
+    await page.fill("#max-tokens", "5");
+    await generateAndWait(page);
+    check(true, "both models generate without the Cache API");
+    await page.reload();
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const again = await metric(page, "baseline", 1);
+    check(!again.startsWith("0 B /"), `without the Cache API a reload downloads again (${again})`);
+    check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
+  } finally {
+    await context.close();
+    server.close();
+  }
+}
+
+// The first two workers started crash at their first generation (an exception thrown in place of
+// the wasm's message handler); the page must start new ones, which do not.
+async function workerCrash(browser) {
+  const crashing = `
+    let handler = null;
+    Object.defineProperty(self, "onmessage", { get: () => handler, set: (f) => { handler = f; } });
+    let crashed = false;
+    self.addEventListener("message", (ev) => {
+      if (!crashed && String(ev.data).includes('"type":"generate"')) {
+        crashed = true;
+        throw new Error("simulated crash of the model's worker");
+      }
+      if (handler) handler(ev);
+    });
+  `;
+  let started = 0;
+  const server = await serve(DIST, { "/worker_loader.js": (js) => (started++ < 2 ? crashing : "") + js });
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  const { context, page, problems } = await openPage(browser, origin);
+  try {
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    await page.fill("#max-tokens", "5");
+    await page.click("#generate");
+    await page.waitForFunction(() => [...document.querySelectorAll(".card [data-role=notes]")].every((e) => e.textContent.includes("crashed")), null, { timeout: 60_000 });
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const notes = await page.$$eval(".card [data-role=notes]", (es) => es.map((e) => e.textContent));
+    check(notes.every((t) => /^The worker crashed during a job \(.*simulated crash.*\) and was restarted; the model was loaded again\.$/.test(t)),
+      `a crashed worker is replaced and its model reloaded; the card says so ("${notes[0]}")`);
+    check(started === 4, `one new worker per crash (${started} started)`);
+    await generateAndWait(page);
+    check(true, "both models generate after their workers were replaced");
+    check(problems.console.length === 0, `no console errors${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
   } finally {
     await context.close();
     server.close();
@@ -324,7 +527,11 @@ async function inBrowser(flag, paths) {
       "--disable-component-update", "--disable-sync"],
   });
   try {
-    for (const path of paths) await path(browser);
+    for (const path of paths) {
+      // E2E_ONLY=hostileInput,workerCrash runs only those (while working on them).
+      if (process.env.E2E_ONLY && !process.env.E2E_ONLY.split(",").includes(path.name)) continue;
+      await path(browser);
+    }
   } catch (e) {
     failures.push(String(e));
     console.log(`FAIL ${e}`);
@@ -334,7 +541,7 @@ async function inBrowser(flag, paths) {
 }
 
 // Without WebGPU (no GPU at all), then with it (SwiftShader's adapter).
-await inBrowser("--disable-gpu", [happyPath, tamperedManifest, damagedIndex]);
+await inBrowser("--disable-gpu", [happyPath, tamperedManifest, damagedIndex, hostileInput, changedModel, noCacheApi, workerCrash]);
 await inBrowser("--enable-unsafe-webgpu", [webgpuPath]);
 if (failures.length) {
   console.log(`\n${failures.length} e2e check(s) failed`);

@@ -18,6 +18,10 @@ use tokenizers::Tokenizer;
 
 pub const EOT: &str = "<|endoftext|>";
 
+/// Tokens per forward pass when a prompt is read: bounds the memory of a long prompt, and the
+/// worker yields between chunks (progress, `abort`).
+pub const PREFILL_CHUNK: usize = 256;
+
 /// Errors cross the worker boundary as text.
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -221,36 +225,49 @@ impl Engine {
         }
     }
 
-    /// Starts a new sequence: `<|endoftext|>` then `ids`, in one prefill. Returns the logits
-    /// (V) for the next token.
+    /// Refuses a prompt of `n` tokens that would not fit with its leading `<|endoftext|>` and
+    /// room for one token after it.
+    pub fn check_prompt(&self, n: usize) -> Result<()> {
+        let max = self.max_context();
+        if n + 1 >= max {
+            return Err(format!(
+                "the prompt is {} tokens; this model reads at most {} (its context of {max} less one for the reply)",
+                n + 1,
+                max - 1
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a new sequence: `<|endoftext|>` then `ids` (read [`PREFILL_CHUNK`] tokens per
+    /// forward pass). Returns the logits (V) for the next token.
     pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_prompt(ids.len())?;
         let mut input = Vec::with_capacity(ids.len() + 1);
         input.push(self.eot);
         input.extend_from_slice(ids);
-        if input.len() >= self.max_context() {
-            return Err(format!(
-                "the prompt is {} tokens; this model reads at most {}",
-                input.len(),
-                self.max_context()
-            ));
-        }
         self.state = Some(self.model.new_state(1).map_err(err("state"))?);
         self.seq.clear();
         self.feed(&input)
     }
 
-    /// Appends tokens to the current sequence; returns the logits (V) after the last one.
+    /// Appends tokens to the current sequence; returns the logits (V) after the last one. Long
+    /// inputs go through the model [`PREFILL_CHUNK`] tokens at a time, so that memory (the
+    /// logits of every position, above all) stays bounded whatever the prompt's length.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let max = self.max_context();
         let state = self.state.as_mut().ok_or("feed before prefill")?;
         if state.len() + ids.len() > max {
             return Err(format!("context limit of {} tokens reached", self.max_context()));
         }
-        let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).map_err(err("input"))?;
-        let logits = self.model.forward_with_state(&x, state).map_err(err("forward"))?; // (1, L, V)
-        let last = logits.get(0).and_then(|l| l.get(ids.len() - 1)).map_err(err("logits"))?;
-        self.seq.extend_from_slice(ids);
-        last.to_vec1::<f32>().map_err(err("logits"))
+        let mut last = None;
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let x = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu).map_err(err("input"))?;
+            let logits = self.model.forward_with_state(&x, state).map_err(err("forward"))?; // (1, L, V)
+            last = Some(logits.get(0).and_then(|l| l.get(chunk.len() - 1)).map_err(err("logits"))?);
+            self.seq.extend_from_slice(chunk);
+        }
+        last.ok_or("feed of no tokens")?.to_vec1::<f32>().map_err(err("logits"))
     }
 
     /// [`Engine::prefill`] on the active backend.
@@ -258,16 +275,13 @@ impl Engine {
         if !self.on_gpu() {
             return self.prefill(ids);
         }
+        self.check_prompt(ids.len())?;
         let mut input = Vec::with_capacity(ids.len() + 1);
         input.push(self.eot);
         input.extend_from_slice(ids);
-        let max = self.max_context();
-        if input.len() >= max {
-            return Err(format!("the prompt is {} tokens; this model reads at most {max}", input.len()));
-        }
         self.state = None;
         self.seq.clear();
-        self.gpu_forward(input).await
+        self.gpu_feed(&input).await
     }
 
     /// [`Engine::feed`] on the active backend.
@@ -281,7 +295,20 @@ impl Engine {
         if self.seq.len() + ids.len() > self.max_context() {
             return Err(format!("context limit of {} tokens reached", self.max_context()));
         }
-        self.gpu_forward(ids.to_vec()).await
+        self.gpu_feed(ids).await
+    }
+
+    /// `ids` after the sequence so far, on the GPU, [`PREFILL_CHUNK`] tokens per pass; if the
+    /// GPU fails on one, the CPU reads the rest.
+    async fn gpu_feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut logits = None;
+        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            if !self.on_gpu() {
+                return self.feed(&ids[i * PREFILL_CHUNK..]);
+            }
+            logits = Some(self.gpu_forward(chunk.to_vec()).await?);
+        }
+        logits.ok_or_else(|| "feed of no tokens".to_string())
     }
 
     /// `ids` after the sequence so far, on the GPU; on a GPU error, the CPU takes over (it
@@ -357,14 +384,14 @@ impl Engine {
     pub fn start_answer(&mut self, prompt: &str) -> Result<GreedyAnswer> {
         let ids = self.encode(prompt)?;
         let logits = self.prefill(&ids)?;
-        Ok(GreedyAnswer::new(logits, ids.len() + 1))
+        Ok(GreedyAnswer::after_prompt(logits, ids.len() + 1))
     }
 
     /// [`Engine::start_answer`] on the active backend.
     pub async fn start_answer_async(&mut self, prompt: &str) -> Result<GreedyAnswer> {
         let ids = self.encode(prompt)?;
         let logits = self.prefill_async(&ids).await?;
-        Ok(GreedyAnswer::new(logits, ids.len() + 1))
+        Ok(GreedyAnswer::after_prompt(logits, ids.len() + 1))
     }
 
     /// The greedy answer to `prompt` (a QA or reading prompt), run to its end.
@@ -394,7 +421,9 @@ pub struct GreedyAnswer {
 }
 
 impl GreedyAnswer {
-    fn new(logits: Vec<f32>, prompt_tokens: usize) -> Self {
+    /// An answer that starts after a prompt of `prompt_tokens` tokens (its leading
+    /// `<|endoftext|>` included) whose last logits are `logits`.
+    pub fn after_prompt(logits: Vec<f32>, prompt_tokens: usize) -> Self {
         GreedyAnswer {
             logits,
             stream: TextStream::default(),

@@ -104,6 +104,10 @@ pub enum FromWorker {
         downloaded: u64, // bytes fetched from the network this time (0: all from the cache)
         load_ms: f64,    // fetch + check + build
         retrieval: RetrievalStatus,
+        /// Why the files could not be kept in the Cache API (they are fetched on every visit);
+        /// absent when they were.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache: Option<String>,
     },
     /// The documents retrieved for a `Generate` with `retrieval`, before its prefill.
     Retrieved {

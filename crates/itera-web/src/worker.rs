@@ -10,7 +10,9 @@
 //! (a `MessageChannel` round trip, which setTimeout's 4 ms clamping would not allow), so that an
 //! `abort` message gets through mid-generation.
 
-use crate::engine::{cpu_name, energy_mj_per_token, read_sharded_tensors, read_tensors, Engine, TextStream};
+use crate::engine::{
+    cpu_name, energy_mj_per_token, read_sharded_tensors, read_tensors, Engine, GreedyAnswer, TextStream, PREFILL_CHUNK,
+};
 use crate::protocol::{BackendChoice, FromWorker, RetrievalStatus, Status, ToWorker};
 use crate::retrieval::{question_prompt, RetrievalSpec, Retrieved, Retriever};
 use itera_model::sample::SamplingConfig;
@@ -86,7 +88,7 @@ pub fn start() {
                 STATE.with(|s| s.abort.set(false));
                 spawn_local(run_job(msg))
             }
-            Err(e) => post(FromWorker::Error { message: format!("bad message {text:?}: {e}") }),
+            Err(e) => post(FromWorker::Error { message: format!("bad message {}: {e}", clip(&text, 200)) }),
         }
     });
     scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
@@ -116,6 +118,18 @@ async fn run_job(msg: ToWorker) {
         status(Status::Error, message.clone());
         post(FromWorker::Error { message });
     }
+}
+
+/// `text` quoted, cut to about `max` bytes (a message may hold a 1 MB prompt).
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return format!("{text:?}");
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
 }
 
 /// Lets queued messages (an abort) run before the next token.
@@ -169,10 +183,19 @@ async fn fetch_bytes(url: &str, file: &str, expected: u64) -> Result<Vec<u8>, St
     Ok(out)
 }
 
-async fn open_cache() -> Option<Cache> {
-    // The Cache API exists only in secure contexts (https, localhost); without it, no caching.
-    let caches = scope().caches().ok()?;
-    JsFuture::from(caches.open(CACHE_NAME)).await.ok()?.dyn_into().ok()
+/// The page's model cache, or why there is none: the Cache API exists only in secure contexts
+/// (https, localhost), and private windows may refuse it. Without it the files are fetched on
+/// every visit.
+async fn open_cache() -> Result<Cache, String> {
+    let why = |e: JsValue| {
+        let text = e
+            .dyn_ref::<js_sys::Error>()
+            .map(|e| format!("{}: {}", e.name(), e.message()))
+            .unwrap_or_else(|| e.as_string().unwrap_or_else(|| format!("{e:?}")));
+        format!("the Cache API is unavailable ({text}); the model's files are downloaded on every visit")
+    };
+    let caches = scope().caches().map_err(why)?;
+    JsFuture::from(caches.open(CACHE_NAME)).await.map_err(why)?.dyn_into().map_err(why)
 }
 
 /// The cached bytes of `url`, if present and matching `sha256`.
@@ -206,6 +229,9 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
     let in_index = |name: &str| matches!(&spec, Ok(Some(s)) if s.holds(name));
     let mut index_problem: Option<String> = None;
     let cache = open_cache().await;
+    if let Err(e) = &cache {
+        web_sys::console::warn_1(&format!("{base}: {e}").into());
+    }
     let (mut blobs, mut total, mut downloaded) = (HashMap::new(), 0u64, 0u64);
     for f in files {
         let (Some(name), Some(sha)) = (f["name"].as_str(), f["sha256"].as_str()) else {
@@ -218,7 +244,7 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
         // Names may hold a folder (`index/vectors.bin`): the URL and the cache key are the path.
         let url = format!("{base}{name}");
         let expected = f["bytes"].as_u64().unwrap_or(0);
-        let (bytes, fetched) = match fetch_checked(cache.as_ref(), &url, name, sha, expected).await {
+        let (bytes, fetched) = match fetch_checked(cache.as_ref().ok(), &url, name, sha, expected).await {
             Ok(got) => got,
             Err(e) if is_index => {
                 index_problem = Some(e);
@@ -293,7 +319,8 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
         web_sys::console::warn_1(&format!("{base}: running without retrieval: {message}").into());
     }
     *state.retrieval.borrow_mut() = Some(retrieval.clone());
-    post(FromWorker::Loaded { manifest, bytes: total, downloaded, load_ms: now() - t0, retrieval });
+    let cache = cache.err();
+    post(FromWorker::Loaded { manifest, bytes: total, downloaded, load_ms: now() - t0, retrieval, cache });
     status(Status::Ready, "");
     Ok(())
 }
@@ -379,6 +406,45 @@ fn prepare(
 // ---------------------------------------------------------------------------------------------
 // Generation and the latency benchmark
 
+/// Starts a new sequence with `ids` (after `<|endoftext|>`), [`PREFILL_CHUNK`] tokens per pass,
+/// yielding between passes so that an `abort` gets through; a long prompt reports how far it
+/// got (as `busy`). Returns the logits for the next token, or `None` when aborted.
+async fn read_prompt(
+    state: &WorkerState,
+    engine: &mut Engine,
+    ids: &[u32],
+    busy: Status,
+) -> Result<Option<Vec<f32>>, String> {
+    engine.check_prompt(ids.len())?;
+    let mut chunks = ids.chunks(PREFILL_CHUNK);
+    let first = chunks.next().unwrap_or(&[]);
+    let mut logits = engine.prefill_async(first).await?;
+    report_fallback(engine);
+    let mut read = first.len();
+    for (i, chunk) in chunks.enumerate() {
+        if i % 16 == 0 && ids.len() > 16 * PREFILL_CHUNK {
+            status(busy, format!("reading the prompt: {read} of {} tokens", ids.len()));
+        }
+        yield_now().await;
+        if state.abort.get() {
+            return Ok(None);
+        }
+        logits = engine.feed_async(chunk).await?;
+        report_fallback(engine);
+        read += chunk.len();
+    }
+    if ids.len() > 16 * PREFILL_CHUNK {
+        status(busy, "");
+    }
+    Ok(Some(logits))
+}
+
+/// Ends a job that was stopped by `abort`.
+fn aborted() {
+    post(FromWorker::Done { tokens: 0, ms: 0.0, reason: "aborted".into() });
+    status(Status::Aborted, "aborted");
+}
+
 async fn generate(
     state: &WorkerState,
     prompt: &str,
@@ -402,8 +468,9 @@ async fn generate(
     status(Status::Generating, "");
     let t0 = now();
     let ids = engine.encode(&prompt)?;
-    let mut logits = engine.prefill_async(&ids).await?;
-    report_fallback(engine);
+    let Some(mut logits) = read_prompt(state, engine, &ids, Status::Generating).await? else {
+        return Ok(aborted());
+    };
     post(FromWorker::Prefill { tokens: ids.len() + 1, ms: now() - t0 });
     let mut text = TextStream::default();
     let (mut n, mut reason) = (0usize, "max_tokens");
@@ -457,7 +524,15 @@ async fn answer(state: &WorkerState, question: &str, retrieval: bool) -> Result<
     status(Status::Generating, if retrieval { "answering with retrieval" } else { "answering" });
     let (documents, query_ms, prompt) = prepare(state, question, retrieval)?;
     let t0 = now();
-    let mut a = engine.start_answer_async(&prompt).await?;
+    let ids = engine.encode(&prompt)?;
+    let mut a = match read_prompt(state, engine, &ids, Status::Generating).await? {
+        Some(logits) => GreedyAnswer::after_prompt(logits, ids.len() + 1),
+        None => {
+            let mut a = GreedyAnswer::after_prompt(Vec::new(), ids.len() + 1);
+            a.stop("aborted"); // the page waits for the answer message
+            a
+        }
+    };
     while a.end().is_none() {
         yield_now().await;
         if state.abort.get() {
@@ -498,14 +573,8 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
         }
         // A fixed token pattern (the content does not change the cost).
         let filler: Vec<u32> = (0..(c - steps - 1) as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
-        let mut chunks = filler.chunks(256);
-        engine.prefill_async(chunks.next().unwrap_or(&[])).await?;
-        for chunk in chunks {
-            yield_now().await;
-            if state.abort.get() {
-                break;
-            }
-            engine.feed_async(chunk).await?;
+        if read_prompt(state, engine, &filler, Status::Benchmarking).await?.is_none() {
+            return Ok(aborted());
         }
         let mut times = Vec::with_capacity(steps);
         for i in 0..steps {
@@ -518,9 +587,7 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
             times.push(now() - t);
         }
         if state.abort.get() {
-            post(FromWorker::Done { tokens: 0, ms: 0.0, reason: "aborted".into() });
-            status(Status::Aborted, "");
-            return Ok(());
+            return Ok(aborted());
         }
         times.sort_by(|a, b| a.total_cmp(b));
         let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];

@@ -4,7 +4,7 @@
 
 use itera_data::prompt::{answer_of, qa_prompt, reading_prompt};
 use itera_model::weights::WeightFormat;
-use itera_web::engine::{energy_mj_per_token, Engine, TextStream, ANSWER_MAX_TOKENS};
+use itera_web::engine::{energy_mj_per_token, Engine, TextStream, ANSWER_MAX_TOKENS, PREFILL_CHUNK};
 use itera_web::retrieval::{question_prompt, RetrievalSpec, Retriever};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -107,6 +107,32 @@ fn prefill_then_single_tokens_give_the_full_sequence_logits() {
         }
         assert_eq!(e.context_len(), ids.len() + 1);
     }
+}
+
+/// A long prompt is read `PREFILL_CHUNK` tokens per pass (memory stays bounded): the logits
+/// after it are those of one pass over the whole sequence. One longer than the baseline's
+/// context is refused by name, and the engine stays usable.
+#[test]
+fn a_long_prompt_is_read_in_chunks_to_the_same_logits_and_one_too_long_is_a_clear_error() {
+    for name in ["baseline", "itera-lite"] {
+        let mut e = engine(name);
+        let sentence = e.encode("Ulara Askowin was born in Pimouth. ").unwrap();
+        let room = e.max_context().min(3 * PREFILL_CHUNK + 17) - 2;
+        let ids: Vec<u32> = sentence.iter().copied().cycle().take(room).collect();
+        assert!(ids.len() > 2 * PREFILL_CHUNK, "{name}: the test needs a prompt of several chunks");
+        let want = e.logits(&ids).unwrap().pop().unwrap();
+        let got = e.prefill(&ids).unwrap();
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-4, "{name}: chunked prefill differs by {d}");
+        assert_eq!(e.context_len(), ids.len() + 1);
+    }
+    let mut b = engine("baseline");
+    let max = b.max_context();
+    let too_long = vec![1u32; max];
+    let e = b.prefill(&too_long).unwrap_err();
+    assert!(e.starts_with(&format!("the prompt is {} tokens; this model reads at most {}", max + 1, max - 1)), "{e}");
+    let ids = b.encode("Ulara Askowin was born in").unwrap();
+    assert_eq!(b.prefill(&ids).unwrap().len(), b.config().vocab_size());
 }
 
 #[test]
