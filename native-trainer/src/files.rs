@@ -10,12 +10,14 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, flushed to disk, then
-/// renamed over the destination.
+/// Writes `bytes` to `path` atomically: a temp file in the same directory (`.NAME.tmp-PID`),
+/// flushed to disk, then renamed over the destination. Temp files of the same name left by
+/// killed processes are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
     let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    remove_stale_temps(dir, Some(&name.to_string_lossy()));
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -44,7 +46,7 @@ pub fn write_dir_atomic<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) ->
     let parent = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = out.file_name().with_context(|| format!("{} has no folder name", out.display()))?.to_string_lossy();
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    remove_stale_siblings(parent, &name);
+    remove_stale_temps(parent, Some(&name));
     let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
@@ -82,16 +84,21 @@ pub fn write_dir_atomic<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) ->
     Ok(value)
 }
 
-/// Removes `.NAME.tmp-PID` and `.NAME.old-PID` folders left in `parent` by processes that were
-/// killed mid-write (their PID no longer runs; Linux only, elsewhere they stay).
-fn remove_stale_siblings(parent: &Path, name: &str) {
+/// Removes the `.NAME.tmp-PID` and `.NAME.old-PID` files and folders that processes killed
+/// mid-write left in `parent` (their PID no longer runs; Linux only, elsewhere they stay): those
+/// of `name`, or of any name.
+pub fn remove_stale_temps(parent: &Path, name: Option<&str>) {
     let Ok(entries) = fs::read_dir(parent) else { return };
     for e in entries.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
-        let pid = [".tmp-", ".old-"].iter().find_map(|tag| file.strip_prefix(&format!(".{name}{tag}")));
+        let Some(rest) = file.strip_prefix('.') else { continue };
+        let pid = [".tmp-", ".old-"].iter().find_map(|tag| {
+            let (stem, pid) = rest.rsplit_once(tag)?;
+            name.is_none_or(|n| n == stem).then_some(pid)
+        });
         let Some(Ok(pid)) = pid.map(str::parse::<u32>) else { continue };
         if pid != std::process::id() && cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(e.path());
+            let _ = if e.path().is_dir() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
         }
     }
 }

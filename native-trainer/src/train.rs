@@ -634,6 +634,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // What earlier runs killed mid-write left (their temp files) goes.
+    crate::files::remove_stale_temps(out, None);
 
     // ---- data
     let tok_path = out.join("tokenizer.json");

@@ -105,32 +105,95 @@ fn kill_after_checkpoint(args: &[String], run_dir: &Path, min_step: usize, after
     child.wait().unwrap();
 }
 
+/// SIGKILL at random instants of one run, again and again (each resume is killed too, up to 20
+/// times; then it runs to its end): every resume picks up the last checkpoint, which always loads; the
+/// run ends with every weight and optimizer moment bit-identical to an uninterrupted run, its
+/// logs hold every step once, and the temp files of killed checkpoint writes are gone.
 #[test]
-fn a_run_killed_with_sigkill_and_resumed_ends_bit_identical_to_an_uninterrupted_run() {
+fn a_run_killed_at_random_points_and_resumed_each_time_ends_bit_identical_to_an_uninterrupted_run() {
     let dir = scratch("resume");
     let (whole, killed) = (dir.join("whole"), dir.join("killed"));
     let steps = 120;
+    let t = Instant::now();
     assert_ok(&run(&tiny_run("itera-lite", steps, &whole)));
+    let took = t.elapsed().as_micros() as u64;
 
-    // Start the same run, SIGKILL it once it has checkpointed at least twice, mid-flight.
-    kill_after_checkpoint(&tiny_run("itera-lite", steps, &killed), &killed, 10, Duration::from_millis(30));
-    let at_kill = Checkpoint::load(&killed).unwrap().meta.step;
-    println!("killed with the last checkpoint at step {at_kill} of {steps}");
-    assert!(at_kill < steps, "killed too late (checkpoint at step {at_kill})");
-
-    let mut resume = tiny_run("itera-lite", steps, &killed);
-    resume.push("--resume".into());
-    let out = run(&resume);
-    assert_ok(&out);
-    assert!(stderr(&out).contains(&format!("resuming {} at step {at_kill}", killed.display())), "{}", stderr(&out));
-    check_tensorboard_events(&killed, at_kill as u64, steps);
+    let mut args = tiny_run("itera-lite", steps, &killed);
+    args.push("--resume".into());
+    let temp_files = || -> Vec<String> {
+        let names = std::fs::read_dir(&killed).into_iter().flatten().flatten();
+        names.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect()
+    };
+    // Mostly between two checkpoints (a random instant within the time of one checkpoint
+    // interval after the next checkpoint appeared, so the write of the one after may be hit);
+    // every fourth, at a random instant of the start (the world, the tokenizer, the first steps).
+    const KILLS: usize = 20;
+    let interval = Duration::from_micros(took * 5 / steps as u64); // --checkpoint-interval 5
+    let (mut rng, mut kills, mut mid_write, mut last_resume) = (11u64, Vec::new(), 0, 0u64);
+    loop {
+        let before = Checkpoint::load(&killed).ok().map(|c| c.meta.step);
+        let mut child = Command::new(BIN).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let t0 = Instant::now();
+        if kills.len() < KILLS {
+            if kills.len() % 4 == 3 {
+                std::thread::sleep(Duration::from_micros(splitmix(&mut rng) % 300_000));
+            } else {
+                while Checkpoint::load(&killed).ok().map(|c| c.meta.step) == before
+                    && child.try_wait().unwrap().is_none()
+                {
+                    assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(Duration::from_micros(splitmix(&mut rng) % interval.as_micros() as u64));
+            }
+        }
+        if kills.len() < KILLS && child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            // Whatever the instant, the run folder holds a checkpoint that loads, or none yet.
+            let after = match Checkpoint::exists(&killed) {
+                true => {
+                    Some(Checkpoint::load(&killed).unwrap_or_else(|e| panic!("kill {}: {e:#}", kills.len())).meta.step)
+                }
+                false => None,
+            };
+            assert!(after >= before, "kill {}: the checkpoint went back from {before:?} to {after:?}", kills.len());
+            mid_write += temp_files().contains(&format!(".checkpoint.safetensors.tmp-{pid}")) as usize;
+            last_resume = before.unwrap_or(0) as u64; // where the killed one started (its hparams)
+            kills.push((t0.elapsed().as_millis(), after));
+            continue;
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+        if stderr(&out).contains("already trained") {
+            // The last kill came after the run had finished its work, as it exited.
+            assert_eq!(before, Some(steps), "{}", stderr(&out));
+        } else if let Some(step) = before {
+            let said = format!("resuming {} at step {step}", killed.display());
+            assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+            last_resume = step as u64;
+        } else {
+            last_resume = 0;
+        }
+        break;
+    }
+    println!(
+        "{} kills (ms after the start, last checkpoint then): {kills:?}; {mid_write} while writing a checkpoint",
+        kills.len()
+    );
+    let distinct: std::collections::BTreeSet<_> = kills.iter().filter_map(|(_, step)| *step).collect();
+    // (A run may end before its 20th kill: each kill after a checkpoint costs it 5 steps or more.)
+    assert!(kills.len() >= 15 && distinct.len() >= 10, "too few distinct kill points: {kills:?}");
+    check_tensorboard_events(&killed, last_resume, steps);
+    assert_eq!(temp_files(), Vec::<String>::new(), "the temp files of killed writes are removed");
 
     let (a, b) = (checkpoint_values(&whole), checkpoint_values(&killed));
     assert_eq!(a.len(), b.len());
     for ((na, va), (nb, vb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
         let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "tensor {na} differs after kill at step {at_kill} + resume");
+        assert!(same, "tensor {na} differs after {} kills and resumes", kills.len());
     }
     assert_eq!(Checkpoint::load(&killed).unwrap().meta.step, steps);
     std::fs::remove_dir_all(&dir).unwrap();
