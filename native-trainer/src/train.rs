@@ -551,6 +551,10 @@ pub enum Metric {
         /// Answer loss of the step's reading examples (`--retrieval`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reading_loss: Option<f64>,
+        /// How evenly the step's tokens were routed over the experts: the entropy of each MoE
+        /// layer's expert loads over ln(experts), averaged (1 = even; absent without MoE).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expert_load_entropy: Option<f64>,
     },
     Eval {
         step: usize,
@@ -782,7 +786,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         let t0 = Instant::now();
         let batch = batcher.next()?.to_device(&device)?;
         let lr = lr_at(step, &args);
+        let loads = itera_model::moe::LoadRecording::start();
         let (losses, reading_loss) = batch.loss(&model)?;
+        let expert_load_entropy = loads.normalized_entropy();
+        drop(loads);
         let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
         let reading_loss = reading_loss.map(|t| scalar(&t)).transpose()?;
         let step_tokens = batch.tokens()?;
@@ -817,6 +824,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             tok_per_s,
             elapsed_s: meta.elapsed_s,
             reading_loss,
+            expert_load_entropy,
         })?;
         bar.set_position(meta.step as u64);
         bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
@@ -1044,7 +1052,19 @@ struct MetricsLog {
 /// A metrics line as TensorBoard scalars (tags grouped as `train/...` and `eval/...`).
 fn write_scalars(events: &mut EventWriter, m: &Metric) -> Result<()> {
     match m {
-        Metric::Train { step, tokens, loss, ce, aux, lr, grad_norm, tok_per_s, reading_loss, .. } => {
+        Metric::Train {
+            step,
+            tokens,
+            loss,
+            ce,
+            aux,
+            lr,
+            grad_norm,
+            tok_per_s,
+            reading_loss,
+            expert_load_entropy,
+            ..
+        } => {
             let mut v = vec![
                 ("train/loss", *loss),
                 ("train/cross_entropy", *ce),
@@ -1056,6 +1076,9 @@ fn write_scalars(events: &mut EventWriter, m: &Metric) -> Result<()> {
             ];
             if let Some(r) = reading_loss {
                 v.push(("train/reading_loss", *r));
+            }
+            if let Some(h) = expert_load_entropy {
+                v.push(("train/expert_load_entropy", *h));
             }
             events.scalars(*step, &v)
         }

@@ -715,6 +715,10 @@ fn check_tensorboard_events(run_dir: &Path, resumed_at: u64, steps: usize) {
             assert_eq!(scalar("train/loss", step), [m["loss"].as_f64().unwrap() as f32], "train/loss at {step}");
             assert_eq!(scalar("train/lr", step), [m["lr"].as_f64().unwrap() as f32], "train/lr at {step}");
             assert_eq!(scalar("train/moe_aux_loss", step).len(), 1);
+            // An Itera-Lite with MoE: how evenly each step's tokens went to the experts.
+            let h = m["expert_load_entropy"].as_f64().expect("expert_load_entropy in metrics.jsonl");
+            assert!(h > 0.0 && h <= 1.0, "expert-load entropy {h} at {step}");
+            assert_eq!(scalar("train/expert_load_entropy", step), [h as f32], "expert-load entropy at {step}");
             train += 1;
         } else {
             assert_eq!(scalar("eval/valid_loss", step), [m["valid_loss"].as_f64().unwrap() as f32], "eval at {step}");

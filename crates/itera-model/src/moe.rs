@@ -90,6 +90,7 @@ impl SparseMoe {
         for &j in &chosen {
             counts[j as usize] += 1.0;
         }
+        record_load(&counts);
         let f = Tensor::from_vec(counts, e, x.device())?.affine(1.0 / (t * k) as f64, 0.0)?; // (E)
         let p = probs.mean(0)?; // (E)
         let aux_loss = ((f * p)?.sum_all()? * (self.aux_coef * e as f64))?;
@@ -162,4 +163,55 @@ pub fn expert_load(routing: &Routing, num_experts: usize) -> Vec<usize> {
         load[j as usize] += 1;
     }
     load
+}
+
+thread_local! {
+    static LOADS: std::cell::RefCell<Option<Vec<Vec<f32>>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn record_load(counts: &[f32]) {
+    LOADS.with(|l| {
+        if let Some(v) = l.borrow_mut().as_mut() {
+            v.push(counts.to_vec());
+        }
+    });
+}
+
+/// Records how many tokens each routing (one per MoE layer and forward pass) sent to each
+/// expert, on this thread, while alive: the trainer's expert-load entropy. Off by default.
+pub struct LoadRecording(());
+
+impl LoadRecording {
+    pub fn start() -> Self {
+        LOADS.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        LoadRecording(())
+    }
+
+    /// Mean over the recorded routings of the entropy of their expert loads, divided by
+    /// ln(experts): 1 when every expert got the same number of tokens, 0 when one got them all.
+    /// `None` when nothing was routed (the baseline, MoE off).
+    pub fn normalized_entropy(&self) -> Option<f64> {
+        LOADS.with(|l| {
+            let loads = l.borrow();
+            let loads = loads.as_ref()?;
+            let per: Vec<f64> = loads.iter().filter(|c| c.len() > 1).map(|c| load_entropy(c)).collect();
+            (!per.is_empty()).then(|| per.iter().sum::<f64>() / per.len() as f64)
+        })
+    }
+}
+
+impl Drop for LoadRecording {
+    fn drop(&mut self) {
+        LOADS.with(|l| *l.borrow_mut() = None);
+    }
+}
+
+/// Entropy of the distribution `counts / Σ counts`, divided by ln(len).
+pub fn load_entropy(counts: &[f32]) -> f64 {
+    let total: f64 = counts.iter().map(|&c| c as f64).sum();
+    if total <= 0.0 || counts.len() < 2 {
+        return 0.0;
+    }
+    let h: f64 = counts.iter().map(|&c| c as f64 / total).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum();
+    h / (counts.len() as f64).ln()
 }

@@ -120,3 +120,40 @@ fn uniform_routing_gives_aux_loss_alpha() -> Result<()> {
     assert!((got - 0.01).abs() < 1e-7, "aux {got}");
     Ok(())
 }
+
+/// The expert-load entropy the trainer logs: 1 for equal loads, 0 for one expert taking all,
+/// and while recording, the mean over every routing of the forward pass, from its real counts.
+#[test]
+fn expert_load_entropy_is_one_when_even_zero_when_collapsed_and_recorded_per_routing() -> Result<()> {
+    use itera_model::moe::{expert_load, load_entropy, LoadRecording};
+    assert!((load_entropy(&[3.0; 8]) - 1.0).abs() < 1e-12);
+    assert_eq!(load_entropy(&[0.0, 0.0, 12.0, 0.0]), 0.0);
+    let half = load_entropy(&[1.0, 1.0, 0.0, 0.0]); // ln 2 / ln 4
+    assert!((half - 0.5).abs() < 1e-12, "{half}");
+
+    let mut rng = Rng::new(SEED);
+    let cfg = moe_cfg(24, 8, 2, 20);
+    let varmap = VarMap::new();
+    let moe = SparseMoe::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("moe"))?;
+    init_weights(&varmap, &Config::IteraLite(cfg.clone()), SEED)?;
+    varmap.data().lock().unwrap()["moe.router.weight"].set(&randn(&mut rng, &[8, 24], 1.0))?;
+    let (a, b) = (randn(&mut rng, &[2, 9, 24], 1.0), randn(&mut rng, &[1, 30, 24], 1.0));
+    let want: Vec<f64> = [&a, &b]
+        .iter()
+        .map(|x| {
+            let r = moe.route(&x.reshape(((), 24))?)?;
+            Ok(load_entropy(&expert_load(&r, 8).iter().map(|&c| c as f32).collect::<Vec<_>>()))
+        })
+        .collect::<Result<_>>()?;
+    assert!(want.iter().all(|&h| h > 0.0 && h < 1.0), "{want:?}");
+    let rec = LoadRecording::start();
+    assert_eq!(rec.normalized_entropy(), None, "nothing routed yet");
+    moe.forward(&a, MoeKernel::Sparse)?;
+    moe.forward(&b, MoeKernel::Sparse)?;
+    let got = rec.normalized_entropy().unwrap();
+    assert!((got - (want[0] + want[1]) / 2.0).abs() < 1e-12, "{got} vs {want:?}");
+    drop(rec);
+    moe.forward(&a, MoeKernel::Sparse)?; // not recording: nothing kept
+    assert_eq!(LoadRecording::start().normalized_entropy(), None);
+    Ok(())
+}
