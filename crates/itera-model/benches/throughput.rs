@@ -9,10 +9,10 @@
 //!                                    # kernels against their alternatives
 //!
 //! Each thread count runs in a child process (rayon and candle read RAYON_NUM_THREADS once).
-//! "gpt-bench" is the Llama baseline at the dimensions of
-//! ../shared/probes/candle-cpu/py/gpt_bench.py (4 layers, d 256, 4 heads, MLP 1024, vocab 4096,
-//! ctx 256, batch 16), so its figure stands beside PyTorch eager measured there; note that its
-//! SwiGLU MLP has three 256×1024 matrices where that GPT's GELU MLP has two.
+//! "gpt-bench" is the Llama baseline at the dimensions of the GPT that PyTorch eager was
+//! measured with on this machine kind (4 layers, d 256, 4 heads, MLP 1024, vocab 4096, ctx 256,
+//! batch 16; the figures are in docs/candle.md); note that its SwiGLU MLP has three 256×1024
+//! matrices where that GPT's GELU MLP has two.
 
 use candle_core::{Device, Result, Tensor, Var};
 use itera_model::init::Rng;

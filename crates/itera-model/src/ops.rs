@@ -3,7 +3,7 @@
 //! candle 0.11's fused `ops::rms_norm`, `softmax_last_dim`, `rope` and the `RmsNorm` module record
 //! no backward (gradients silently stop; candle issue #2168), and its CPU `conv1d` weight gradient
 //! is wrong for batch > 1. Everything here is built from elementary ops whose backward was checked
-//! by finite differences (../shared/RECIPES.md), so it is safe on the training path.
+//! by finite differences (docs/candle.md), so it is safe on the training path.
 
 use crate::moe::MoeKernel;
 use candle_core::{Result, Tensor, D};
@@ -94,7 +94,7 @@ pub fn softplus(x: &Tensor) -> Result<Tensor> {
 /// y[b, t, c] = bias[c] + Σ_k w[c, k] · xp[b, t + k, c]; returns (B, T, C).
 ///
 /// Written as K shifted multiply-adds: candle's CPU conv1d has a wrong weight gradient for
-/// batch > 1 (../shared/probes/candle-cpu/examples/convbug.rs) and runs groups one by one.
+/// batch > 1 (docs/candle.md) and runs groups one by one.
 pub fn causal_depthwise_conv(xp: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (_, lp, c) = xp.dims3()?;
     let (cw, k) = w.dims2()?;
