@@ -120,6 +120,9 @@ pub fn score_text(model: &Model, tok: &Tokenizer, eot: u32, text: &str) -> Resul
     })
 }
 
+/// Tokens per forward pass when [`generate`] reads its prompt.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// Generates up to `max_new` tokens after `prompt`, calling `on_token` with each; stops early when
 /// `on_token` returns false or the context limit is reached. Returns the generated ids.
 pub fn generate(
@@ -135,12 +138,22 @@ pub fn generate(
     sampling.validate().map_err(anyhow::Error::msg)?;
     let limit = max_context(&model.config());
     if prompt.len() >= limit {
-        anyhow::bail!("the prompt is {} tokens; this model reads at most {limit}", prompt.len());
+        anyhow::bail!(
+            "the prompt is {} tokens; this model reads at most {} (its context of {limit} less one for the reply)",
+            prompt.len(),
+            limit - 1
+        );
     }
     let mut sampler = Sampler::new(sampling);
     let mut state = model.new_state(1)?;
-    let x = Tensor::from_slice(prompt, (1, prompt.len()), &Device::Cpu)?;
-    let mut logits = model.forward_with_state(&x, &mut state)?.squeeze(0)?; // (L, V)
+    // The prompt PREFILL_CHUNK tokens per pass: the logits of a whole long prompt at once
+    // (L × V floats) could exhaust memory, and only the last row is needed.
+    let mut logits = None;
+    for chunk in prompt.chunks(PREFILL_CHUNK) {
+        let x = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?;
+        logits = Some(model.forward_with_state(&x, &mut state)?.squeeze(0)?); // (L, V)
+    }
+    let mut logits = logits.context("generate: no prompt")?;
     let mut out = Vec::new();
     while out.len() < max_new && state.len() < limit {
         let last = logits.get(logits.dim(0)? - 1)?.to_vec1::<f32>()?;

@@ -300,6 +300,10 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(true)
             })?;
             writeln!(out)?;
+            let limit = native_trainer::eval::max_context(&m.model.config());
+            if ids.len() + generated.len() >= limit && generated.len() < max_tokens {
+                eprintln!("stopped at the model's context limit ({limit} tokens)");
+            }
             Ok(())
         }
         Some(Command::Bench(a)) => {
