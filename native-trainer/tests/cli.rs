@@ -258,6 +258,20 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
     assert_eq!(config["model_type"], "mamba");
     assert_eq!(config["architectures"][0], "MambaForCausalLM");
 
+    // `generate` reads a long prompt 256 tokens per pass: its greedy tokens are those of one
+    // full-sequence pass each.
+    let prompt: Vec<u32> = (0..700u32).map(|i| 1 + (i * 37) % (m.config.vocab_size() as u32 - 1)).collect();
+    let greedy = itera_model::sample::SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+    let got = native_trainer::eval::generate(&m.model, &prompt, 3, greedy, |_| Ok(true)).unwrap();
+    let mut seq = prompt.clone();
+    for &id in &got {
+        let x = candle_core::Tensor::from_slice(&seq, (1, seq.len()), &candle_core::Device::Cpu).unwrap();
+        let logits = m.model.forward(&x).unwrap().logits.squeeze(0).unwrap();
+        let last = logits.get(seq.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(id, itera_model::sample::argmax(&last), "generate after a 700-token prompt");
+        seq.push(id);
+    }
+
     let text = "Q: Where was Ann born?\nA: in a city — naïve café 🚀\n";
     let text_file = dir.join("text.txt");
     std::fs::write(&text_file, text).unwrap();
