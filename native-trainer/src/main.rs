@@ -115,6 +115,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the Hugging Face `config.json` of a model preset (what `export` would write), e.g.
+    /// to build the same model in `transformers` (scripts/peer_bench.py does)
+    Config {
+        /// `baseline` (Llama) or `itera-lite` (Mamba + sparse MoE)
+        #[arg(long, default_value = "itera-lite")]
+        model: itera_model::ModelKind,
+        /// Size preset: `tiny`, `small`, `demo`, `seed`
+        #[arg(long, default_value = "demo")]
+        preset: itera_model::config::Preset,
+        /// Vocabulary size
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        /// Itera-Lite's experts per MoE layer (0: plain Mamba blocks)
+        #[arg(long)]
+        experts: Option<usize>,
+    },
     /// Export a training run as a Hugging Face folder with a manifest
     Export {
         /// Training run folder (holds checkpoint.safetensors and tokenizer.json)
@@ -332,6 +348,18 @@ fn run(cli: Cli) -> Result<()> {
                 bytes(&m) as f64 / 1e6,
                 out.display()
             );
+            Ok(())
+        }
+        Some(Command::Config { model, preset, vocab_size, experts }) => {
+            let mut cfg = itera_model::Config::preset(model, preset, vocab_size);
+            match (&mut cfg, experts) {
+                (itera_model::Config::IteraLite(c), Some(e)) => c.num_experts = e,
+                (_, Some(_)) => anyhow::bail!("--experts applies to --model itera-lite only"),
+                _ => {}
+            }
+            cfg.validate().map_err(|e| anyhow::anyhow!("model config: {e}"))?;
+            let json = native_trainer::export::hf_config(&cfg, 0)?;
+            println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
         Some(Command::Export { checkpoint, out, max_shard_mb }) => {

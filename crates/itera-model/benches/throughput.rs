@@ -4,7 +4,9 @@
 //!     cargo bench -p itera-model --bench throughput                 # 1 and 2 threads
 //!     cargo bench -p itera-model --bench throughput -- --quick      # demo presets only
 //!     cargo bench -p itera-model --bench throughput -- --only itera  # runs whose name matches
+//!     cargo bench -p itera-model --bench throughput -- --run "baseline demo"  # that run only
 //!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
+//!     cargo bench -p itera-model --bench throughput -- --threads 1   # one thread count only
 //!     throughput-cuda --device cuda  # `scripts/build-cuda.sh --bench` builds it: the GPU's
 //!                                    # kernels against their alternatives
 //!
@@ -31,6 +33,7 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let no_kernels = args.iter().any(|a| a == "--no-kernels");
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let exact = args.iter().position(|a| a == "--run").and_then(|i| args.get(i + 1)).cloned();
     let device = match args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str) {
         None | Some("cpu") => Device::Cpu,
         Some("cuda") => Device::new_cuda(0)?,
@@ -39,8 +42,12 @@ fn main() -> Result<()> {
     if !device.is_cpu() {
         return gpu(&device, only.as_deref(), no_kernels);
     }
+    let thread_counts: Vec<usize> = match args.iter().position(|a| a == "--threads").and_then(|i| args.get(i + 1)) {
+        Some(n) => vec![n.parse().map_err(|_| candle_core::Error::Msg(format!("--threads `{n}` is not a number")))?],
+        None => vec![1, 2],
+    };
     if std::env::var("ITERA_BENCH_CHILD").is_err() {
-        for threads in [1, 2] {
+        for threads in thread_counts {
             let status = std::process::Command::new(&args[0])
                 .args(&args[1..])
                 .env("ITERA_BENCH_CHILD", "1")
@@ -66,11 +73,17 @@ fn main() -> Result<()> {
             runs.push((format!("{kind} {p}"), Config::preset(kind, p, vocab), batch, 256));
         }
     }
+    // Plain Mamba blocks (the MoE-off ablation; the peer of `MambaForCausalLM`).
+    let mut plain = Config::preset(ModelKind::IteraLite, Preset::Demo, vocab);
+    if let Config::IteraLite(c) = &mut plain {
+        c.num_experts = 0;
+    }
+    runs.push(("itera-lite demo, no MoE".into(), plain, 16, 256));
     let mut gpt = BaselineConfig::preset(Preset::Demo, vocab);
     gpt.intermediate_size = 1024;
     runs.push(("baseline gpt-bench".into(), Config::Baseline(gpt), 16, 256));
     for (name, cfg, batch, ctx) in &runs {
-        if only.as_ref().is_none_or(|o| name.contains(o.as_str())) {
+        if only.as_ref().is_none_or(|o| name.contains(o.as_str())) && exact.as_ref().is_none_or(|e| e == name) {
             train_speed(name, cfg, *batch, *ctx, &Device::Cpu, None)?;
         }
     }

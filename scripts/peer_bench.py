@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Training speed side by side with what a user would pick instead (issue 13).
+
+For each pair, the project's trainer step (the throughput bench: forward, backward, clipping,
+AdamW) and the same model in PyTorch eager with Hugging Face `transformers`, at the same
+dimensions and batch (16 x 256 random tokens, vocabulary 4096), one process per measurement,
+alternating ours and theirs, at 1 and 2 threads:
+
+  baseline demo            <-> LlamaForCausalLM  (config from `native-trainer config`)
+  itera-lite demo, no MoE  <-> MambaForCausalLM  (the same config; HF's CPU path)
+  itera-lite demo          <-> JambaForCausalLM  with no attention layer and top-2 of 8 experts
+                                                 of the same width in every block
+
+Usage (from the repository root; installs torch and transformers from PyPI into
+target/peer-venv on first use, then re-runs itself there):
+
+  python3 scripts/peer_bench.py                       # every pair, 1 and 2 threads, 2 rounds
+  python3 scripts/peer_bench.py --threads 1 --pairs baseline --rounds 3
+  python3 scripts/peer_bench.py --out target/peer-bench.json
+
+Figures depend on the machine and on what else runs: use a quiet one. Not a test.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, "target", "peer-venv")
+VOCAB, BATCH, CTX = 4096, 16, 256
+PAIRS = {
+    # name: (our bench run, native-trainer config flags, peer class)
+    "baseline": ("baseline demo", ["--model", "baseline"], "LlamaForCausalLM"),
+    "mamba": ("itera-lite demo, no MoE", ["--model", "itera-lite", "--experts", "0"], "MambaForCausalLM"),
+    "jamba": ("itera-lite demo", ["--model", "itera-lite"], "JambaForCausalLM"),
+}
+
+
+def ensure_venv():
+    """Re-runs this script inside target/peer-venv (created and filled from PyPI if needed)."""
+    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
+        return
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        print(f"creating {VENV} (torch and transformers from PyPI)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+    check = subprocess.run([py, "-c", "import torch, transformers"], capture_output=True)
+    if check.returncode != 0:
+        subprocess.run([py, "-m", "pip", "install", "-q", "torch", "transformers"], check=True)
+    os.execv(py, [py] + sys.argv)
+
+
+def hf_config(flags):
+    """The Hugging Face config.json that `native-trainer export` writes for this preset."""
+    cmd = ["cargo", "run", "-q", "-p", "native-trainer", "--"]
+    out = subprocess.run(cmd + ["config", "--preset", "demo", "--vocab-size", str(VOCAB)] + flags,
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def ours(run, threads):
+    """Training tokens/s of one run of the project's throughput bench (1 warm-up, 3 timed steps)."""
+    cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--",
+           "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == run:
+            params = float(re.match(r"([\d.]+)M", cells[1]).group(1)) * 1e6
+            return {"tok_per_s": float(cells[-1]), "params": params}
+    raise RuntimeError(f"no row `{run}` in the bench's output:\n{out}")
+
+
+def peer_model(cls, cfg):
+    import transformers
+
+    if cls == "LlamaForCausalLM":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    if cls == "MambaForCausalLM":
+        return transformers.MambaForCausalLM(transformers.MambaConfig(**cfg))
+    # Jamba without attention: an attention layer would sit at `attn_layer_offset` (past the
+    # last layer here); a MoE feed-forward in every block, top-2 of the same experts.
+    layers = cfg["num_hidden_layers"]
+    jamba = transformers.JambaConfig(
+        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_hidden_layers=layers,
+        intermediate_size=cfg["expert_intermediate_size"], num_experts=cfg["num_experts"],
+        num_experts_per_tok=cfg["num_experts_per_tok"], expert_layer_period=1, expert_layer_offset=0,
+        attn_layer_period=layers + 1, attn_layer_offset=layers, num_attention_heads=4, num_key_value_heads=4,
+        mamba_d_state=cfg["state_size"], mamba_d_conv=cfg["conv_kernel"], mamba_expand=cfg["expand"],
+        mamba_dt_rank=cfg["time_step_rank"], mamba_conv_bias=cfg["use_conv_bias"], mamba_proj_bias=cfg["use_bias"],
+        tie_word_embeddings=True, use_mamba_kernels=False, output_router_logits=True,
+        router_aux_loss_coef=cfg["router_aux_loss_coef"], rms_norm_eps=cfg["layer_norm_epsilon"])
+    model = transformers.JambaForCausalLM(jamba)
+    assert not any("self_attn" in n for n, _ in model.named_parameters()), "Jamba peer has an attention layer"
+    return model
+
+
+def peer_child(cls, cfg, threads, steps):
+    """One measurement in this process: `threads` threads, 1 warm-up step, then `steps` timed."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = peer_model(cls, cfg)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(1)
+
+    def step():
+        ids = torch.randint(0, VOCAB, (BATCH, CTX), generator=gen)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # transformers shifts the labels itself
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    t = time.perf_counter()
+    step()
+    warm = time.perf_counter() - t
+    # The slow peers (Mamba's CPU path loops over time in Python) get one timed step.
+    steps = steps if warm < 20 else 1
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    took = time.perf_counter() - t
+    return {"tok_per_s": BATCH * CTX * steps / took, "params": params, "steps": steps,
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+
+
+def theirs(cls, cfg, threads, steps):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, __file__, "--peer-child", cls, json.dumps(cfg), str(threads), str(steps)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--pairs", default="baseline,mamba,jamba", help="comma-separated: baseline, mamba, jamba")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of ours and theirs per pair and thread count")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per PyTorch measurement (the slow peers: 1)")
+    p.add_argument("--out", help="also write the figures as JSON here")
+    p.add_argument("--peer-child", nargs=4, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.peer_child:
+        cls, cfg, threads, steps = a.peer_child
+        print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps))))
+        return
+    ensure_venv()
+    subprocess.run(["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--no-run"], cwd=ROOT, check=True)
+    rows = []
+    print(f"| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in a.threads:
+        for name in a.pairs.split(","):
+            run, flags, cls = PAIRS[name]
+            cfg = hf_config(flags)
+            mine, peer = [], []
+            for _ in range(a.rounds):
+                mine.append(ours(run, threads))
+                peer.append(theirs(cls, cfg, threads, a.steps))
+            m = statistics.median(r["tok_per_s"] for r in mine)
+            t = statistics.median(r["tok_per_s"] for r in peer)
+            row = {"ours": run, "peer": cls, "threads": threads, "params_ours": mine[0]["params"],
+                   "params_peer": peer[0]["params"], "ours_tok_per_s": [r["tok_per_s"] for r in mine],
+                   "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
+                   "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"], "transformers": peer[0]["transformers"]}
+            rows.append(row)
+            print(f"| {run} | {cls} | {threads} | {mine[0]['params'] / 1e6:.2f}M / {peer[0]['params'] / 1e6:.2f}M "
+                  f"| {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"batch": BATCH, "ctx": CTX, "vocab": VOCAB, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
