@@ -204,6 +204,9 @@ class ModelView {
         this.bench.push(m);
         drawLatency();
         break;
+      case "peak":
+        this.peak = m;
+        break;
       case "error":
         this.fail(m.message);
         return;
@@ -474,6 +477,23 @@ function drawLatency() {
     }
   }
   $("latency-chart").innerHTML = svgEl(W, H, body);
+  drawEfficiency();
+}
+
+// Each model's CPU decode step against the GEMV peak (the best rate any worker measured: the
+// browser swaps in optimised wasm while it runs, so an early measurement can be low), at the
+// shortest and longest context.
+function drawEfficiency() {
+  const peak = Math.max(0, ...views.map((v) => v.peak?.gflops || 0));
+  const parts = [];
+  for (const v of views) {
+    const ps = v.bench.filter((p) => p.backend === "cpu" && p.gflops > 0).sort((a, b) => a.context - b.context);
+    if (!ps.length || !peak) continue;
+    const at = (p) => `${p.gflops.toFixed(2)} GFLOP/s at ${p.context} (${(100 * p.gflops / peak).toFixed(0)}%)`;
+    parts.push(`<span data-efficiency="${v.spec.key}">${esc(v.spec.title)}: ${ps.length > 1 ? `${at(ps[0])} … ${at(ps.at(-1))}` : at(ps[0])}</span>`);
+  }
+  $("decode-efficiency").innerHTML = parts.length
+    ? `CPU decode, FLOPs per step over its median time, against a GEMV peak of <b data-peak>${peak.toFixed(2)} GFLOP/s</b> (one thread): ${parts.join("; ")}.` : "";
 }
 
 function drawSizes() {

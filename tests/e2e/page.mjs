@@ -139,6 +139,10 @@ async function happyPath(browser) {
     await page.click("#bench");
     await page.waitForFunction(() => document.querySelectorAll("#latency-chart circle").length === 8, null, { timeout: 300_000 });
     check(true, "latency vs context: 4 points for each model");
+    const eff = await page.$$eval("#decode-efficiency [data-efficiency]", (es) => es.map((e) => e.textContent));
+    const peak = await page.textContent("#decode-efficiency [data-peak]").catch(() => "");
+    check(/^[\d.]+ GFLOP\/s$/.test(peak) && eff.length === 2 && eff.every((t) => /[\d.]+ GFLOP\/s at 64 \(\d+%\) … [\d.]+ GFLOP\/s at 4096 \(\d+%\)$/.test(t)),
+      `the decode step's FLOP rate against the GEMV peak is shown (peak ${peak}: ${eff.join("; ")})`);
 
     const examples = await page.$$("#qa-examples button");
     check(examples.length > 0, "World QA offers example questions from the manifests");

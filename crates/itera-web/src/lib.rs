@@ -7,11 +7,13 @@
 //! - [`retrieval`]: the export's retrieval index (`index/`), searched for a question, and the
 //!   reading prompt (`itera_data::prompt`); no browser APIs either;
 //! - [`protocol`]: the JSON messages between page and worker;
+//! - [`peak`]: the GEMV rate one thread reaches, the bound of a batch-1 decode step;
 //! - [`analytic`]: the config's cost model for the page's charts (main thread, `src/bin/app.rs`);
 //! - `worker` (wasm32 only): fetch + sha256 check + Cache API, generation, latency benchmark.
 
 pub mod analytic;
 pub mod engine;
+pub mod peak;
 pub mod protocol;
 pub mod retrieval;
 #[cfg(target_arch = "wasm32")]

@@ -153,6 +153,15 @@ pub enum FromWorker {
         p95_ms: f64,
         state_bytes: usize,
         backend: String, // `cpu` or `webgpu`: the page draws one curve per model and backend
+        /// The decode step's FLOPs (the config's count at this context) over its median time.
+        #[serde(default)]
+        gflops: f64,
+    },
+    /// This worker's GEMV rate (`peak::gemv_gflops`, one thread), measured before a benchmark.
+    Peak {
+        gflops: f64,
+        rows: usize,
+        cols: usize,
     },
     Error {
         message: String,

@@ -565,6 +565,11 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
     let engine = slot.as_mut().ok_or("no model is loaded")?;
     let steps = steps.max(2);
     let vocab = engine.config().vocab_size() as u32;
+    status(Status::Benchmarking, "measuring this worker's GEMV rate");
+    yield_now().await;
+    // 16 MiB of f32 weights: past the caches, as a model's are.
+    let (rows, cols) = (4096, 1024);
+    post(FromWorker::Peak { gflops: crate::peak::gemv_gflops(rows, cols, 8, 60.0, now), rows, cols });
     status(Status::Benchmarking, "");
     for &c in contexts {
         if c > engine.max_context() || c <= steps + 1 {
@@ -591,12 +596,14 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
         }
         times.sort_by(|a, b| a.total_cmp(b));
         let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        let median_ms = pick(0.5);
         post(FromWorker::BenchPoint {
             context: c,
-            median_ms: pick(0.5),
+            median_ms,
             p95_ms: pick(0.95),
             state_bytes: engine.state_bytes(),
             backend: engine.backend().kind,
+            gflops: engine.config().decode_flops_per_token(c) / (median_ms * 1e-3) / 1e9,
         });
         report_fallback(engine);
     }
