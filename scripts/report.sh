@@ -7,23 +7,31 @@ cd "$(dirname "$0")/.."
 data="${ITERA_DATA_DIR:-../shared/data}"
 cargo build --release -p native-trainer
 bin=target/release/native-trainer
+# Each step's wall time goes to stderr and to runs/report-wall-times.tsv (docs/reproduce.md
+# quotes them).
+mkdir -p runs
+timed() {
+  local t0=$SECONDS
+  "$@"
+  printf '%s\t%s\n' "$((SECONDS - t0))" "$*" | tee -a runs/report-wall-times.tsv >&2
+}
 
 # The page's models (generated world corpus: speed, state, world QA).
 if [ ! -f models/baseline/manifest.json ] || [ ! -f models/itera-lite/manifest.json ]; then
-  "$bin"
+  timed "$bin"
 fi
 # A pair trained on real text, for held-out quality: TinyStories V2 train (head) only; the
 # held-out texts below are never trained on.
 for m in baseline itera-lite; do
   if [ ! -f "models/tinystories/$m/manifest.json" ]; then
-    "$bin" train --model "$m" --preset demo --corpus "$data/tinystories_v2_train_head.txt" --steps 300 \
+    timed "$bin" train --model "$m" --preset demo --corpus "$data/tinystories_v2_train_head.txt" --steps 300 \
       --out "runs/tinystories-$m" --resume --export "models/tinystories/$m"
   fi
 done
 # The same at the `tiny` preset: a second size on the quality-vs-bytes plot.
 for m in baseline itera-lite; do
   if [ ! -f "models/tinystories-tiny/$m/manifest.json" ]; then
-    "$bin" train --model "$m" --preset tiny --corpus "$data/tinystories_v2_train_head.txt" --steps 1000 \
+    timed "$bin" train --model "$m" --preset tiny --corpus "$data/tinystories_v2_train_head.txt" --steps 1000 \
       --out "runs/tinystories-tiny-$m" --resume --export "models/tinystories-tiny/$m"
   fi
 done
@@ -32,14 +40,14 @@ done
 # before the models start to use their context (the `demo` pair stayed at chance for 1.2M tokens).
 for m in baseline itera-lite; do
   if [ ! -f "models/tasks/$m/manifest.json" ]; then
-    "$bin" --threads 1 train --model "$m" --preset tiny --corpus tasks --steps 12000 --batch-size 16 --seq-len 128 \
+    timed "$bin" --threads 1 train --model "$m" --preset tiny --corpus tasks --steps 12000 --batch-size 16 --seq-len 128 \
       --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 2000 \
       --out "runs/tasks-$m" --resume --export "models/tasks/$m"
   fi
 done
 # The same Itera-Lite with MoE off (plain Mamba blocks): an ablation beside the pair.
 if [ ! -f "models/tasks/itera-lite-moe-off/manifest.json" ]; then
-  "$bin" --threads 1 train --model itera-lite --experts 0 --preset tiny --corpus tasks --steps 12000 --batch-size 16 \
+  timed "$bin" --threads 1 train --model itera-lite --experts 0 --preset tiny --corpus tasks --steps 12000 --batch-size 16 \
     --seq-len 128 --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 2000 \
     --out "runs/tasks-itera-lite-moe-off" --resume --export "models/tasks/itera-lite-moe-off"
 fi
@@ -48,7 +56,7 @@ fi
 for m in baseline itera-lite itera-lite-moe-off; do
   if [ ! -f "models/tasks-small/$m/manifest.json" ]; then
     flags="--model ${m%-moe-off}"; [ "$m" = itera-lite-moe-off ] && flags="$flags --experts 0"
-    "$bin" --threads 1 train $flags --preset small --corpus tasks --steps 12000 --batch-size 16 --seq-len 128 \
+    timed "$bin" --threads 1 train $flags --preset small --corpus tasks --steps 12000 --batch-size 16 --seq-len 128 \
       --warmup-steps 200 --eval-interval 1000 --checkpoint-interval 1000 \
       --out "runs/tasks-small-$m" --resume --export "models/tasks-small/$m"
   fi
@@ -58,7 +66,7 @@ done
 for m in baseline itera-lite itera-lite-moe-off; do
   if [ ! -f "models/induction-heads/$m/manifest.json" ]; then
     flags="--model ${m%-moe-off}"; [ "$m" = itera-lite-moe-off ] && flags="$flags --experts 0"
-    "$bin" --threads 1 train $flags --preset small --corpus induction-heads --batch-size 8 --lr 3e-3 --min-lr 3e-3 \
+    timed "$bin" --threads 1 train $flags --preset small --corpus induction-heads --batch-size 8 --lr 3e-3 --min-lr 3e-3 \
       --warmup-steps 0 --weight-decay 0 --grad-clip 0 --steps 6000 --eval-interval 250 --checkpoint-interval 1000 \
       --out "runs/induction-heads-$m" --resume --export "models/induction-heads/$m"
   fi
@@ -66,7 +74,7 @@ done
 
 # Models trained on the same corpus at the same preset form a pair; the first pair listed (the
 # page's models) is the one whose size, speed and energy the claims compare.
-"$bin" bench --out report \
+timed "$bin" bench --out report \
   --models models/baseline models/itera-lite models/tinystories/baseline models/tinystories/itera-lite \
   models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
   models/tasks-small/baseline models/tasks-small/itera-lite models/tasks-small/itera-lite-moe-off \
