@@ -2,6 +2,7 @@
 # Regenerates report/ (efficiency_report.md, results.json, plots): trains whatever models are
 # missing, then runs the benchmark harness on this machine. Every number in the report comes from
 # this run. ITERA_DATA_DIR overrides the public corpora folder (default ../shared/data).
+# `--train-only` stops after training (the benchmark wants a quiet machine: run it later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${ITERA_DATA_DIR:-../shared/data}"
@@ -71,6 +72,11 @@ for m in baseline itera-lite itera-lite-moe-off; do
       --out "runs/induction-heads-$m" --resume --export "models/induction-heads/$m"
   fi
 done
+
+if [ "${1:-}" = "--train-only" ]; then
+  echo "trained; the benchmark is the next run of this script" >&2
+  exit 0
+fi
 
 # Models trained on the same corpus at the same preset form a pair; the first pair listed (the
 # page's models) is the one whose size, speed and energy the claims compare.
