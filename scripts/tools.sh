@@ -4,7 +4,12 @@
 WASM_BINDGEN_VERSION=0.2.130 # = Cargo.lock = Trunk.toml [tools]
 TRUNK_VERSION=0.22.1
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's header also says how long the script has run and what disk and memory are left, so
+# that a failed CI log shows whether the machine ran short.
+step() {
+  printf '\n=== %s\n    (%d s in; disk free: %s; memory available: %s MiB)\n' "$*" "$SECONDS" \
+    "$(df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' ')" "$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)"
+}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
