@@ -37,25 +37,25 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// What makes two models comparable: the corpus and preset they were trained on.
-fn training_key(m: &ModelResults) -> Option<(&str, &str)> {
-    m.training.as_ref().map(|t| (t.corpus.as_str(), t.preset.as_str()))
+/// What makes two models comparable: the corpus, preset and steps they were trained with (the
+/// page's CPU-trained world pair and a longer GPU-trained one share corpus and preset).
+fn training_key(m: &ModelResults) -> Option<(&str, &str, usize)> {
+    m.training.as_ref().map(|t| (t.corpus.as_str(), t.preset.as_str(), t.steps))
 }
 
 /// Baseline / Itera-Lite pairs trained on the same corpus at the same preset, in the order the
 /// models were given. The first pair is the one whose speed, size and energy the claims compare;
 /// with no such pair, the first baseline and the first Itera-Lite given.
-fn pairs(r: &Results) -> Vec<(&ModelResults, &ModelResults)> {
+fn pairs(models: &[ModelResults]) -> Vec<(&ModelResults, &ModelResults)> {
     let key = training_key;
-    let mut out: Vec<(&ModelResults, &ModelResults)> = r
-        .models
+    let mut out: Vec<(&ModelResults, &ModelResults)> = models
         .iter()
         .filter(|b| b.architecture == "baseline" && key(b).is_some())
-        .filter_map(|b| r.models.iter().find(|i| i.architecture == "itera-lite" && key(i) == key(b)).map(|i| (b, i)))
+        .filter_map(|b| models.iter().find(|i| i.architecture == "itera-lite" && key(i) == key(b)).map(|i| (b, i)))
         .collect();
     if out.is_empty() {
-        let b = r.models.iter().find(|m| m.architecture == "baseline");
-        let i = r.models.iter().find(|m| m.architecture == "itera-lite");
+        let b = models.iter().find(|m| m.architecture == "baseline");
+        let i = models.iter().find(|m| m.architecture == "itera-lite");
         out.extend(b.zip(i));
     }
     out
@@ -181,7 +181,7 @@ fn markdown(r: &Results) -> String {
         );
     }
 
-    let all_pairs = pairs(r);
+    let all_pairs = pairs(&r.models);
     if let Some(&(b, i)) = all_pairs.first() {
         let _ = writeln!(s, "\n## {} vs {}\n", b.name, i.name);
         let _ = writeln!(s, "| figure | {} | {} | baseline / itera-lite |", b.name, i.name);
@@ -373,7 +373,7 @@ fn markdown(r: &Results) -> String {
         let max_tokens = all_pairs.iter().filter_map(|p| p.0.training.as_ref().map(|t| t.tokens)).max().unwrap_or(0);
         let _ = writeln!(
             s,
-            "\nThe quality comparisons come from pairs trained on at most {max_tokens} tokens (f32, on CPU): they say how the two architectures compare at this tiny budget, not how they compare at scale. \
+            "\nThe quality comparisons come from pairs trained on at most {max_tokens} tokens (f32): they say how the two architectures compare at this tiny budget, not how they compare at scale. \
              A targeted task at chance level for both models says the budget was too small to learn it, not that \
              either architecture cannot."
         );
@@ -795,4 +795,36 @@ fn energy_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) ->
         root.present().map_err(e)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(architecture: &str, corpus: &str, preset: &str, steps: usize) -> ModelResults {
+        serde_json::from_value(serde_json::json!({
+            "name": format!("{architecture}-{preset}-{steps}"), "architecture": architecture, "folder": "m",
+            "params": {"total": 1, "active_per_token": 1}, "bytes_f32": 4, "bytes_f16": 2, "bytes_all_files": 4,
+            "training": {"corpus": corpus, "preset": preset, "seed": 0, "steps": steps, "tokens": steps * 10,
+                "batch_size": 1, "seq_len": 10, "wall_seconds": 1.0, "tokens_per_second": 1.0, "threads": 1},
+            "train_eval": null, "per_context": [], "speed": [], "quality": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pairs_match_corpus_preset_and_steps() {
+        let models = [
+            model("baseline", "world", "demo", 140),
+            model("itera-lite", "world", "demo", 140),
+            model("baseline", "world", "demo", 2400),
+            model("itera-lite", "world", "demo", 2400),
+            model("itera-lite", "tasks", "tiny", 2400),
+        ];
+        let names: Vec<(&str, &str)> = pairs(&models).iter().map(|(b, i)| (b.name.as_str(), i.name.as_str())).collect();
+        assert_eq!(
+            names,
+            [("baseline-demo-140", "itera-lite-demo-140"), ("baseline-demo-2400", "itera-lite-demo-2400")]
+        );
+    }
 }
