@@ -43,7 +43,7 @@ fn training_key(m: &ModelResults) -> Option<(&str, &str, usize)> {
     m.training.as_ref().map(|t| (t.corpus.as_str(), t.preset.as_str(), t.steps))
 }
 
-/// Baseline / Itera-Lite pairs trained on the same corpus at the same preset, in the order the
+/// Baseline / Itera-Lite pairs trained alike (`training_key`), in the order the
 /// models were given. The first pair is the one whose speed, size and energy the claims compare;
 /// with no such pair, the first baseline and the first Itera-Lite given.
 fn pairs(models: &[ModelResults]) -> Vec<(&ModelResults, &ModelResults)> {
@@ -424,7 +424,7 @@ fn task_chance(label: &str) -> f64 {
     }
 }
 
-/// The Itera-Lite models trained like `b` (same corpus and preset): the pair's own, then any
+/// The Itera-Lite models trained like `b` (`training_key`): the pair's own, then any
 /// variants (e.g. MoE off), in the order given. Without a training record, just `i`.
 fn variants<'a>(r: &'a Results, b: &ModelResults, i: &'a ModelResults) -> Vec<&'a ModelResults> {
     let key = training_key;
