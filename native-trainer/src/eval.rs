@@ -120,8 +120,8 @@ pub fn score_text(model: &Model, tok: &Tokenizer, eot: u32, text: &str) -> Resul
     })
 }
 
-/// Tokens per forward pass when [`generate`] reads its prompt.
-pub const PREFILL_CHUNK: usize = 256;
+/// Tokens per forward pass when [`generate`] reads its prompt (the page reads by the same).
+pub use itera_model::PREFILL_CHUNK;
 
 /// Generates up to `max_new` tokens after `prompt`, calling `on_token` with each; stops early when
 /// `on_token` returns false or the context limit is reached. Returns the generated ids.

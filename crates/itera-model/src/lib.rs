@@ -37,6 +37,11 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 
+/// Tokens per forward pass when a prompt is read into a [`State`], by the trainer's `generate`
+/// and by the browser's worker alike: it bounds the memory of a long prompt (a whole prompt at
+/// once would hold every position's logits), and the worker yields between passes.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// Either model, behind one interface.
 pub enum Model {
     Baseline(Baseline),

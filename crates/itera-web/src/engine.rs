@@ -18,9 +18,9 @@ use tokenizers::Tokenizer;
 
 pub const EOT: &str = "<|endoftext|>";
 
-/// Tokens per forward pass when a prompt is read: bounds the memory of a long prompt, and the
-/// worker yields between chunks (progress, `abort`).
-pub const PREFILL_CHUNK: usize = 256;
+/// Tokens per forward pass when a prompt is read (the worker yields between passes: progress,
+/// `abort`); one definition, in the model crate.
+pub use itera_model::PREFILL_CHUNK;
 
 /// Errors cross the worker boundary as text.
 pub type Result<T> = std::result::Result<T, String>;
