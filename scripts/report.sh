@@ -78,10 +78,17 @@ if [ "${1:-}" = "--train-only" ]; then
   exit 0
 fi
 
-# Models trained on the same corpus at the same preset form a pair; the first pair listed (the
-# page's models) is the one whose size, speed and energy the claims compare.
-timed "$bin" bench --out report \
-  --models models/baseline models/itera-lite models/tinystories/baseline models/tinystories/itera-lite \
+# The demo pair trained with retrieval on a GPU, where its exports are in models/gpu-demo/
+# (docs/reproduce.md, section 4): the models that read. No GPU here, so nothing trains them.
+gpu=()
+for m in baseline itera-lite; do [ -f "models/gpu-demo/$m/manifest.json" ] && gpu+=("models/gpu-demo/$m"); done
+[ "${#gpu[@]}" = 2 ] || gpu=()
+
+# Models trained alike (corpus, preset, steps) form a pair; the first pair listed (the page's
+# models) is the one whose size, speed and energy the claims compare. World QA is asked here,
+# 200 questions of each kind (the GPU runs' manifests carry none).
+timed "$bin" bench --out report --world-qa 200 \
+  --models models/baseline models/itera-lite "${gpu[@]}" models/tinystories/baseline models/tinystories/itera-lite \
   models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
   models/tasks-small/baseline models/tasks-small/itera-lite models/tasks-small/itera-lite-moe-off \
   models/induction-heads/baseline models/induction-heads/itera-lite models/induction-heads/itera-lite-moe-off \

@@ -7,8 +7,10 @@
 
 use crate::checkpoint::FinalEval;
 use crate::data::{self, Corpus};
-use crate::eval::{stream_loss, windows};
+use crate::eval::{stream_loss, windows, QaResult};
 use crate::export::{load_model_dir, Manifest};
+use crate::reading::{self, RetrievalEval};
+use crate::world::{World, WorldConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use itera_model::flops::Counting;
@@ -62,6 +64,16 @@ pub struct BenchArgs {
     /// Batch × sequence length of the measured training step (peak RSS, tokens/s)
     #[arg(long, value_delimiter = 'x', default_value = "16x256")]
     pub train_shape: Vec<usize>,
+    /// World QA measured here for every model trained on the generated world, N questions of each
+    /// kind (held-out without retrieval; with it, and about people never trained on, when the
+    /// export carries an index), as `eval --retrieval` asks them; 0 reports the figures its
+    /// training run wrote into manifest.json (a run may have skipped them)
+    #[arg(long, default_value_t = 0)]
+    pub world_qa: usize,
+    /// With --world-qa: the share of the world's people the models never trained on (`train
+    /// --world-unseen`, which the manifest does not record; the default job's 0.1)
+    #[arg(long, default_value_t = 0.1)]
+    pub world_unseen: f64,
 }
 
 fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -140,6 +152,11 @@ pub struct Settings {
     pub precision: String,
     pub eval_seq_len: usize,
     pub train_shape: (usize, usize),
+    /// `--world-qa` and `--world-unseen` (0 and 0 in results measured before them).
+    #[serde(default)]
+    pub world_qa: usize,
+    #[serde(default)]
+    pub world_unseen: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,7 +178,13 @@ pub struct ModelResults {
     #[serde(default)]
     pub bytes_index: u64,
     pub training: Option<crate::export::Training>,
+    /// The manifest's final evaluation; its `world_qa` and `retrieval` replaced by this run's
+    /// measurement when `world_qa_questions` > 0.
     pub train_eval: Option<FinalEval>,
+    /// Questions of each kind of the world QA measured by this run (`--world-qa`); 0: the
+    /// manifest's figures.
+    #[serde(default)]
+    pub world_qa_questions: usize,
     pub per_context: Vec<ContextPoint>,
     pub speed: Vec<Speed>,
     pub quality: Vec<Quality>,
@@ -220,11 +243,15 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
     if args.train_shape.len() != 2 || args.train_shape.contains(&0) {
         bail!("--train-shape must look like 16x256, got {:?}", args.train_shape);
     }
+    if args.world_qa > 0 && !(0.0..=0.5).contains(&args.world_unseen) {
+        bail!("--world-unseen must be in 0..=0.5 (train's bound), got {}", args.world_unseen);
+    }
     let mut models = Vec::new();
     for dir in &args.models {
         eprintln!("measuring {}", dir.display());
         models.push(measure_model(dir, args).with_context(|| format!("benchmarking {}", dir.display()))?);
     }
+    distinct_names(&mut models);
     Ok(Results {
         machine: machine(),
         settings: Settings {
@@ -235,6 +262,8 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
             precision: "f32".into(),
             eval_seq_len: args.eval_seq_len,
             train_shape: (args.train_shape[0], args.train_shape[1]),
+            world_qa: args.world_qa,
+            world_unseen: if args.world_qa > 0 { args.world_unseen } else { 0.0 },
         },
         models,
         additions: Vec::new(),
@@ -288,6 +317,14 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         quality.push(held_out_quality(&loaded.model, &loaded.tokenizer, name, path, args)?);
     }
 
+    let mut train_eval = manifest.as_ref().and_then(|m| m.eval.clone());
+    let mut world_qa_questions = 0;
+    if let (true, Some(m), Some(e)) = (args.world_qa > 0, manifest.as_ref(), train_eval.as_mut()) {
+        if let Some((qa, retrieval)) = measure_world_qa(dir, m, &loaded, args)? {
+            (e.world_qa, e.retrieval, world_qa_questions) = (Some(qa), retrieval, args.world_qa);
+        }
+    }
+
     let mut speed = Vec::new();
     for &t in &args.threads {
         eprintln!("  speed at {t} thread(s)");
@@ -309,11 +346,55 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         bytes_all_files,
         bytes_index,
         training: manifest.as_ref().map(|m| m.training.clone()),
-        train_eval: manifest.and_then(|m| m.eval),
+        train_eval,
+        world_qa_questions,
         per_context,
         speed,
         quality,
     })
+}
+
+/// World QA of a model trained on the generated world, asked as `eval --retrieval` asks it:
+/// `--world-qa` held-out questions without retrieval and, when the export carries an index, the
+/// same with it and as many about people never trained on. `None` for other corpora.
+fn measure_world_qa(
+    dir: &Path,
+    m: &Manifest,
+    loaded: &crate::export::LoadedModel,
+    args: &BenchArgs,
+) -> Result<Option<(QaResult, Option<RetrievalEval>)>> {
+    let Some((entities, seed)) = world_of(&m.training.corpus) else { return Ok(None) };
+    eprintln!("  world QA, {} questions of each kind", args.world_qa);
+    let cfg = WorldConfig { entities, seed, unseen_fraction: args.world_unseen, ..Default::default() };
+    let world = World::generate(&cfg).context("generating the world the model was trained on")?;
+    let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
+    let qa = crate::eval::qa_accuracy(model, tok, eot, &reading::spread(&world.qa_heldout(), args.world_qa))?;
+    let retrieval = match &m.retrieval {
+        Some(r) => {
+            let config = reading::ReadingConfig { k: r.k, order: r.order };
+            let reader = reading::Reader::load(&dir.join(&r.dir), config, &world)?;
+            Some(reading::evaluate(model, tok, eot, &reader, &world, args.world_qa)?)
+        }
+        None => None,
+    };
+    Ok(Some((qa, retrieval)))
+}
+
+/// "world (entities 10000, seed 0)", a world model's corpus in its manifest -> (10000, 0).
+fn world_of(corpus: &str) -> Option<(usize, u64)> {
+    let (entities, seed) = corpus.strip_prefix("world (entities ")?.strip_suffix(')')?.split_once(", seed ")?;
+    Some((entities.parse().ok()?, seed.parse().ok()?))
+}
+
+/// Models that would share a name (one preset trained on one corpus for different steps: a page
+/// pair and a longer GPU-trained one) get their steps in it: "baseline-demo [world, 2400 steps]".
+fn distinct_names(models: &mut [ModelResults]) {
+    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    for m in models.iter_mut() {
+        if let (true, Some(t)) = (names.iter().filter(|n| **n == m.name).count() > 1, &m.training) {
+            m.name = format!("{}, {} steps]", m.name.trim_end_matches(']'), t.steps);
+        }
+    }
 }
 
 /// "world (entities 10000, seed 0)" -> "world"; "../data/tinystories.txt" -> "tinystories".
@@ -592,5 +673,29 @@ mod tests {
         let mut other_settings = old.clone();
         other_settings.settings.steps += 1;
         assert!(old.add(other_settings).unwrap_err().to_string().contains("settings differ"));
+    }
+
+    #[test]
+    fn a_world_models_corpus_names_its_world() {
+        assert_eq!(world_of("world (entities 10000, seed 0)"), Some((10000, 0)));
+        assert_eq!(world_of("world (entities 300, seed 7)"), Some((300, 7)));
+        assert_eq!(world_of("tasks (seed 0)"), None);
+        assert_eq!(world_of("../shared/data/world.txt"), None);
+    }
+
+    #[test]
+    fn models_of_one_name_get_their_steps_in_it() {
+        let mut models = committed().models;
+        models.truncate(3);
+        let mut longer = models[0].clone();
+        longer.training.as_mut().unwrap().steps = 2400;
+        models.push(longer);
+        let before: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        distinct_names(&mut models);
+        let steps = models[0].training.as_ref().unwrap().steps;
+        assert_eq!(models[0].name, format!("{}, {steps} steps]", before[0].trim_end_matches(']')));
+        assert_eq!(models[3].name, format!("{}, 2400 steps]", before[0].trim_end_matches(']')));
+        assert_eq!(models[1].name, before[1]);
+        assert_eq!(models[2].name, before[2]);
     }
 }

@@ -450,6 +450,15 @@ fn quality_section(s: &mut String, r: &Results, pairs: &[(&ModelResults, &ModelR
         100.0 * task_chance("induction-heads"),
         100.0 * task_chance("selective-copying")
     );
+    if r.settings.world_qa > 0 {
+        let _ = writeln!(
+            s,
+            "\nWorld QA was measured by this benchmark instead: {} questions of each kind (held-out people, whose \
+             biographies were trained on; people never trained on, a share of {} of the world, only in the index), \
+             greedy answers, exact match.",
+            r.settings.world_qa, r.settings.world_unseen
+        );
+    }
     for &(b, i) in pairs {
         let others = variants(r, b, i);
         let t = b.training.as_ref();

@@ -109,6 +109,10 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         "4",
         "--eval-seq-len",
         "32",
+        "--world-qa",
+        "3",
+        "--world-unseen",
+        "0",
     ]);
 
     // Typed parse: a missing field is an error here.
@@ -125,6 +129,16 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         assert_eq!(names, ["mqar", "induction", "selective-copy"], "{}", m.name);
         assert!(tasks.iter().all(|t| t.instances == 2 && t.answers >= 2 && t.answers_correct <= t.answers));
     }
+    // World QA asked by the bench itself (--world-qa 3) for the two world models only.
+    for (k, m) in results.models.iter().enumerate() {
+        let qa = m.train_eval.as_ref().unwrap().world_qa.as_ref();
+        if k < 2 {
+            assert_eq!((m.world_qa_questions, qa.map(|q| q.total)), (3, Some(3)), "{}", m.name);
+        } else {
+            assert_eq!((m.world_qa_questions, qa.is_none()), (0, true), "{}", m.name);
+        }
+    }
+    assert_eq!((results.settings.world_qa, results.settings.world_unseen), (3, 0.0));
     assert!(results.machine.cores >= 1 && !results.machine.cpu.is_empty());
     for m in &results.models {
         assert!(m.params.total >= m.params.active_per_token && m.params.active_per_token > 0, "{}", m.name);
@@ -170,6 +184,7 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
         "| mqar: answers right (held-out) |",
         "| selective-copy: answers right (held-out) |",
         "| world QA: answers right (held-out) |",
+        "World QA was measured by this benchmark instead: 3 questions of each kind",
         "### baseline-tiny [asyoulik] vs itera-lite-tiny [asyoulik]",
         "| alice (held-out): loss / bits per byte |",
         "| under 20% quality loss on induction (exact match,",
