@@ -15,8 +15,8 @@ pub fn write_report(results: &Results, out: &Path) -> Result<()> {
     render!(out, "latency_vs_context", latency_plot(results));
     render!(out, "quality_vs_bytes", quality_plot(results));
     render!(out, "energy_vs_params", energy_plot(results));
-    if results.models.iter().any(|m| m.training.as_ref().is_some_and(|t| !t.accuracy_curve.is_empty())) {
-        render!(out, "accuracy_vs_tokens", accuracy_plot(results));
+    for kind in [Curves::Tasks, Curves::Reading].into_iter().filter(|k| k.any(results)) {
+        render!(out, kind.stem(), accuracy_plot(results, kind));
     }
     write_atomic(&out.join("efficiency_report.md"), markdown(results).as_bytes())
 }
@@ -377,7 +377,7 @@ fn markdown(r: &Results) -> String {
              A targeted task at chance level for both models says the budget was too small to learn it, not that \
              either architecture cannot."
         );
-        if r.models.iter().any(|m| m.training.as_ref().is_some_and(|t| !t.accuracy_curve.is_empty())) {
+        if Curves::Tasks.any(r) {
             let _ = writeln!(
                 s,
                 "\nOn the Mamba paper's synthetic tasks a model learns in a sudden transition after a plateau at chance, \
@@ -406,8 +406,11 @@ fn markdown(r: &Results) -> String {
         }
     }
     let _ = writeln!(s, "\n## Plots\n\n![latency vs context](latency_vs_context.svg)\n\n![quality vs bytes](quality_vs_bytes.svg)\n\n![energy vs parameters](energy_vs_params.svg)");
-    if r.models.iter().any(|m| m.training.as_ref().is_some_and(|t| !t.accuracy_curve.is_empty())) {
+    if Curves::Tasks.any(r) {
         let _ = writeln!(s, "\n![accuracy vs tokens](accuracy_vs_tokens.svg)");
+    }
+    if Curves::Reading.any(r) {
+        let _ = writeln!(s, "\n![reading vs tokens](reading_vs_tokens.svg)");
     }
     s
 }
@@ -624,21 +627,56 @@ fn latency_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
     Ok(())
 }
 
-/// Held-out exact match at the training length against tokens trained, one curve per model
-/// whose run measured one (the paper's synthetic tasks): where each run learned its task, if it did.
-fn accuracy_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
+/// The runs' periodic accuracy curves come in two kinds: held-out instances of the paper's
+/// synthetic tasks (`accuracy_vs_tokens`), and questions about people never trained on, read
+/// with retrieval (`reading_vs_tokens`, runs on the world with an index).
+#[derive(Clone, Copy, PartialEq)]
+enum Curves {
+    Tasks,
+    Reading,
+}
+
+impl Curves {
+    fn of(m: &ModelResults) -> Option<Curves> {
+        let t = m.training.as_ref().filter(|t| !t.accuracy_curve.is_empty())?;
+        Some(if t.corpus.starts_with("world") { Curves::Reading } else { Curves::Tasks })
+    }
+
+    fn any(self, r: &Results) -> bool {
+        r.models.iter().any(|m| Curves::of(m) == Some(self))
+    }
+
+    fn stem(self) -> &'static str {
+        match self {
+            Curves::Tasks => "accuracy_vs_tokens",
+            Curves::Reading => "reading_vs_tokens",
+        }
+    }
+
+    fn caption(self) -> &'static str {
+        match self {
+            Curves::Tasks => "Held-out exact match at the training length vs tokens trained",
+            Curves::Reading => "People never trained on, answered with retrieval (32 questions) vs tokens",
+        }
+    }
+}
+
+/// Exact match against tokens trained, one curve per model whose run measured one of `kind`:
+/// where each run learned its task (or to read), if it did.
+fn accuracy_plot<DB: DrawingBackend>(r: &Results, kind: Curves, root: DrawingArea<DB, Shift>) -> Result<()> {
     let series: Vec<(String, Vec<(f64, f64)>)> = r
         .models
         .iter()
+        .filter(|m| Curves::of(m) == Some(kind))
         .filter_map(|m| {
-            let t = m.training.as_ref().filter(|t| !t.accuracy_curve.is_empty())?;
+            let t = m.training.as_ref()?;
             Some((m.name.clone(), t.accuracy_curve.iter().map(|p| (p.tokens as f64, 100.0 * p.accuracy)).collect()))
         })
         .collect();
     root.fill(&WHITE).map_err(e)?;
     let xmax = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("Held-out exact match at the training length vs tokens trained", ("sans-serif", 18))
+        .caption(kind.caption(), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
