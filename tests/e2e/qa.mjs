@@ -1,0 +1,89 @@
+// World QA in the built page, measured: asks the page (headless Chromium, the CPU backend) the
+// questions of one or more `native-trainer eval --retrieval ... --json` files (their examples:
+// held-out people and people never trained on, with the expected answers) and counts both
+// models' exact answers with retrieval on and off, as a user clicking "Ask" would get them.
+//
+//   node tests/e2e/qa.mjs DIST EVAL.json [EVAL.json ...]
+//
+// DIST is a page built with the models that EVAL.json measured (ITERA_MODELS=DIR trunk build).
+// Not part of the tests: it measures trained models, which the tests do not have.
+
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+const [DIST, ...EVALS] = process.argv.slice(2);
+if (!DIST || !fs.existsSync(path.join(DIST, "index.html")) || EVALS.length === 0) {
+  console.error("usage: node tests/e2e/qa.mjs DIST EVAL.json [EVAL.json ...] (DIST: a built page)");
+  process.exit(2);
+}
+
+// Every example of the eval files, once: [question, expected, kind].
+const questions = new Map();
+for (const file of EVALS) {
+  const ev = JSON.parse(fs.readFileSync(file, "utf8"));
+  const sets = [["held-out", ev.retrieval?.heldout?.examples], ["never trained on", ev.retrieval?.unseen?.examples],
+    ["held-out", ev.world_qa?.examples]];
+  for (const [kind, examples] of sets) {
+    for (const ex of examples || []) if (!questions.has(ex.question)) questions.set(ex.question, [ex.expected, kind]);
+  }
+}
+if (questions.size === 0) {
+  console.error(`no examples in ${EVALS.join(", ")} (expected eval --json output with world QA)`);
+  process.exit(2);
+}
+
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm",
+  ".json": "application/json", ".svg": "image/svg+xml" };
+const root = path.resolve(DIST);
+const server = http.createServer((req, res) => {
+  const rel = decodeURIComponent(new URL(req.url, "http://x").pathname);
+  const file = path.join(root, path.normalize(rel === "/" ? "/index.html" : rel));
+  if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    res.writeHead(404).end("not found");
+    return;
+  }
+  res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream" });
+  res.end(fs.readFileSync(file));
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage();
+  await page.goto(origin + "/");
+  await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled, null, { timeout: 300_000 });
+  const models = await page.$$eval(".card[data-model]", (cards) => cards.map((c) => c.dataset.model));
+  const right = {};
+  for (const m of models) right[m] = { on: 0, off: 0 };
+  for (const [question, [expected, kind]] of questions) {
+    await page.fill("#qa-question", question);
+    await page.click("#qa-ask");
+    await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled
+      && document.querySelectorAll("td[data-answer]:not(.pending)").length === 2 * document.querySelectorAll(".card[data-model]").length,
+    null, { timeout: 120_000 });
+    const line = [];
+    for (const m of models) {
+      for (const slot of ["on", "off"]) {
+        const answer = await page.$eval(`td[data-answer="${m}"][data-retrieval="${slot}"] .answer`, (e) => e.textContent)
+          .catch(() => "(no answer)");
+        if (answer === expected) right[m][slot] += 1;
+        line.push(`${m} ${slot}: ${answer === expected ? "✓" : `✗ ${JSON.stringify(answer)}`}`);
+      }
+    }
+    console.log(`${question} [${kind}] expected ${JSON.stringify(expected)}\n  ${line.join(" · ")}`);
+  }
+  const n = questions.size;
+  for (const m of models) {
+    console.log(`${m}: with retrieval ${right[m].on}/${n}, without ${right[m].off}/${n}`);
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
