@@ -15,6 +15,9 @@ pub fn write_report(results: &Results, out: &Path) -> Result<()> {
     render!(out, "latency_vs_context", latency_plot(results));
     render!(out, "quality_vs_bytes", quality_plot(results));
     render!(out, "energy_vs_params", energy_plot(results));
+    if !reading_points(results).is_empty() {
+        render!(out, "qa_vs_bytes", qa_bytes_plot(results));
+    }
     for kind in [Curves::Tasks, Curves::Reading].into_iter().filter(|k| k.any(results)) {
         render!(out, kind.stem(), accuracy_plot(results, kind));
     }
@@ -406,6 +409,15 @@ fn markdown(r: &Results) -> String {
         }
     }
     let _ = writeln!(s, "\n## Plots\n\n![latency vs context](latency_vs_context.svg)\n\n![quality vs bytes](quality_vs_bytes.svg)\n\n![energy vs parameters](energy_vs_params.svg)");
+    if !reading_points(r).is_empty() {
+        let _ = writeln!(
+            s,
+            "\n![world QA vs bytes](qa_vs_bytes.svg)\n\nWorld QA vs bytes: each model that reads a retrieval index \
+             twice, its weights alone (model.safetensors in f32, filled) and its weights with the index it reads \
+             (`index/`, hollow); the share of questions about people never trained on that it answered right with \
+             retrieval. The models table gives the weights' bytes in f16, q8_0 and q4_0 too."
+        );
+    }
     if Curves::Tasks.any(r) {
         let _ = writeln!(s, "\n![accuracy vs tokens](accuracy_vs_tokens.svg)");
     }
@@ -798,6 +810,64 @@ fn quality_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
             .map_err(e)?;
         root.present().map_err(e)?;
     }
+    Ok(())
+}
+
+/// Models read with retrieval, and the accuracy plotted for each: questions about people never
+/// trained on (held-out ones where a run has none), with retrieval.
+fn reading_points(r: &Results) -> Vec<(&ModelResults, f64)> {
+    r.models
+        .iter()
+        .filter(|m| m.bytes_index > 0)
+        .filter_map(|m| {
+            let rv = m.train_eval.as_ref()?.retrieval.as_ref()?;
+            Some((m, rv.unseen.as_ref().unwrap_or(&rv.heldout).accuracy()))
+        })
+        .collect()
+}
+
+/// World QA with retrieval against bytes, for the models that read an index: each model twice,
+/// its weights alone (model.safetensors, f32: filled) and its weights with the index it reads
+/// (hollow), joined by a line: facts in the index cost bytes too, and the plot says how many.
+fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
+    let pts = reading_points(r);
+    root.fill(&WHITE).map_err(e)?;
+    let xmax = pts.iter().map(|(m, _)| (m.bytes_f32 + m.bytes_index) as f64).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("World QA with retrieval vs bytes (filled: weights; hollow: weights + index)", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, 0.0..105.0)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("bytes: model.safetensors (f32), and with index/")
+        .y_desc("people never trained on, answered right (%)")
+        .x_labels(8)
+        .x_label_formatter(&|v| format!("{:.0} MiB", v / 1048576.0))
+        .draw()
+        .map_err(e)?;
+    for (k, (m, acc)) in pts.iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        let (w, all, y) = (m.bytes_f32 as f64, (m.bytes_f32 + m.bytes_index) as f64, 100.0 * acc);
+        chart
+            .draw_series(LineSeries::new([(w, y), (all, y)], color.stroke_width(1)))
+            .map_err(e)?
+            .label(m.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        chart
+            .draw_series([Circle::new((w, y), 5, color.filled()), Circle::new((all, y), 5, color.stroke_width(2))])
+            .map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::MiddleLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
     Ok(())
 }
 
