@@ -79,7 +79,9 @@ pub struct TrainArgs {
     pub reading_entities: usize,
     /// Names of places, universities and employers in the reading pool: `shared` draws them from the pool's own
     /// names and the trained world's alike (its people stay new, so answers still come only from the document, but
-    /// reading also learns to copy names the text made familiar), `own` from the pool's own names only
+    /// reading also learns to copy names the text made familiar), `many` half from the trained world's and half from
+    /// the names of 33 generated worlds (far more than a model learns by heart: it has to copy them, as for a world it
+    /// never saw), `own` from the pool's own names only
     #[arg(long, default_value = "shared")]
     #[serde(default = "own_places")]
     pub reading_places: ReadingPlaces,
@@ -170,7 +172,11 @@ fn own_places() -> ReadingPlaces {
 pub enum ReadingPlaces {
     Own,
     Shared,
+    Many,
 }
+
+/// Worlds besides its own whose names a `many` reading pool draws (`World::generate_with_many_places`).
+const MANY_PLACES_WORLDS: usize = 32;
 
 impl std::str::FromStr for ReadingPlaces {
     type Err = String;
@@ -178,7 +184,8 @@ impl std::str::FromStr for ReadingPlaces {
         match s {
             "own" => Ok(ReadingPlaces::Own),
             "shared" => Ok(ReadingPlaces::Shared),
-            _ => Err(format!("unknown reading places `{s}` (expected `shared` or `own`)")),
+            "many" => Ok(ReadingPlaces::Many),
+            _ => Err(format!("unknown reading places `{s}` (expected `shared`, `many` or `own`)")),
         }
     }
 }
@@ -417,6 +424,7 @@ fn reading_pool(
     let world = match places {
         ReadingPlaces::Own => World::generate(&cfg),
         ReadingPlaces::Shared => World::generate_sharing_places(&cfg, world_seed),
+        ReadingPlaces::Many => World::generate_with_many_places(&cfg, world_seed, MANY_PLACES_WORLDS),
     }
     .context("generating the reading pool's world")?;
     let index = itera_retrieval::Index::build(world.biographies(), reader.index.encoder().config().clone())

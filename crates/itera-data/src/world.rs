@@ -330,6 +330,9 @@ fn capitalise(s: &str) -> String {
 // ---- Pools -------------------------------------------------------------------------------------
 
 /// Pool sizes: a few hundred values each, so at 10,000 entities a value covers ~0.3-0.7% of them.
+/// Seeds of the further worlds of [`World::generate_with_many_places`] (xored with the world's).
+const MANY_PLACES_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
 const CITY_POOL: usize = 300;
 const UNIVERSITY_POOL: usize = 150;
 const EMPLOYER_POOL: usize = 300;
@@ -554,6 +557,35 @@ impl World {
         own.universities.extend(other.universities);
         own.employers.extend(other.employers);
         World::generate_from(cfg, own)
+    }
+
+    /// Like [`World::generate_sharing_places`], with the names of many worlds: each person's birth
+    /// city, university and employer is drawn half of the time from the names of the world of seed
+    /// `other_seed`, and half from this world's own and those of `extra` further generated worlds
+    /// (seeds derived from this one's). A reading pool built so holds far more new names of places
+    /// and organisations than a model can learn by heart (750 a world), so reading has to copy
+    /// them, as it must for a world never seen (the knowledge update of docs/retrieval.md); the
+    /// other half keeps the names the trained text made familiar.
+    pub fn generate_with_many_places(cfg: &WorldConfig, other_seed: u64, extra: usize) -> Result<World> {
+        cfg.validate()?;
+        let mut new = Pools::generate(cfg.seed)?;
+        for k in 1..=extra as u64 {
+            let more = Pools::generate(cfg.seed ^ MANY_PLACES_SEED.wrapping_mul(k))?;
+            new.cities.extend(more.cities);
+            new.universities.extend(more.universities);
+            new.employers.extend(more.employers);
+        }
+        // Half of the draws from the familiar names: their list repeated to the new names' length
+        // (a draw is uniform over the entries).
+        let other = Pools::generate(other_seed)?;
+        let familiar =
+            |names: &[String], to: usize| -> Vec<String> { names.iter().cycle().take(to).cloned().collect() };
+        let pools = Pools {
+            cities: [familiar(&other.cities, new.cities.len()), new.cities].concat(),
+            universities: [familiar(&other.universities, new.universities.len()), new.universities].concat(),
+            employers: [familiar(&other.employers, new.employers.len()), new.employers].concat(),
+        };
+        World::generate_from(cfg, pools)
     }
 
     fn generate_from(cfg: &WorldConfig, pools: Pools) -> Result<World> {
@@ -796,6 +828,45 @@ mod tests {
         }
         assert_eq!(shared.entities.len(), World::generate_sharing_places(&cfg, 0).unwrap().entities.len());
         assert_eq!(names(&shared), names(&World::generate_sharing_places(&cfg, 0).unwrap()));
+    }
+
+    #[test]
+    fn a_world_with_many_places_draws_half_familiar_names_and_many_new_ones() {
+        let cfg = WorldConfig { entities: 6_000, seed: 5, qa_train_fraction: 1.0, unseen_fraction: 0.0 };
+        let many = World::generate_with_many_places(&cfg, 0, 32).unwrap();
+        assert_eq!(
+            many.entities.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            World::generate(&cfg).unwrap().entities.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            "the people are the world's own"
+        );
+        let (familiar, own) = (Pools::generate(0).unwrap(), Pools::generate(5).unwrap());
+        for (field, theirs, mine) in [
+            ("birth city", &familiar.cities, &own.cities),
+            ("university", &familiar.universities, &own.universities),
+            ("employer", &familiar.employers, &own.employers),
+        ] {
+            let values: Vec<String> = many
+                .entities
+                .iter()
+                .map(|e| match field {
+                    "birth city" => e.birth_city.clone(),
+                    "university" => e.university.clone(),
+                    _ => e.employer.clone(),
+                })
+                .collect();
+            let from_familiar = values.iter().filter(|v| theirs.contains(v)).count();
+            assert!((2_600..=3_400).contains(&from_familiar), "{field}: {from_familiar} of 6,000 familiar");
+            let new: HashSet<&String> = values.iter().filter(|v| !theirs.contains(v)).collect();
+            let from_own = new.iter().filter(|v| mine.contains(v)).count();
+            // 33 worlds' names share the other half: far more distinct names than one world has.
+            assert!(
+                new.len() > 1_000 && from_own < 200,
+                "{field}: {} new names, {from_own} of this world's own",
+                new.len()
+            );
+        }
+        let again = World::generate_with_many_places(&cfg, 0, 32).unwrap();
+        assert!(many.entities.iter().zip(&again.entities).all(|(a, b)| a.birth_city == b.birth_city), "deterministic");
     }
 
     #[test]
