@@ -566,6 +566,41 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
     anyhow!("plot: {err:?}")
 }
 
+/// A white chart of 0-105% against 0..`xmax`: the frame of the accuracy plots.
+fn percent_chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    font: f64,
+    xmax: f64,
+) -> Result<
+    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+> {
+    root.fill(&WHITE).map_err(e)?;
+    ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", font))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, 0.0..105.0)
+        .map_err(e)
+}
+
+/// The legend (at `at`) and the finished picture: how every plot with a legend ends.
+fn legend_and_present<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, Shift>,
+    at: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
+
 const PLOT_SIZE: (u32, u32) = (720, 420);
 
 /// Draws one plot twice, `STEM.svg` (text stays text) and `STEM.png`, each written atomically.
@@ -627,14 +662,7 @@ fn latency_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
-        root.present().map_err(e)?;
+        legend_and_present(&mut chart, &root, SeriesLabelPosition::UpperLeft)?;
     }
     Ok(())
 }
@@ -685,15 +713,8 @@ fn accuracy_plot<DB: DrawingBackend>(r: &Results, kind: Curves, root: DrawingAre
             Some((m.name.clone(), t.accuracy_curve.iter().map(|p| (p.tokens as f64, 100.0 * p.accuracy)).collect()))
         })
         .collect();
-    root.fill(&WHITE).map_err(e)?;
     let xmax = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(kind.caption(), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..xmax, 0.0..105.0)
-        .map_err(e)?;
+    let mut chart = percent_chart(&root, kind.caption(), 18.0, xmax)?;
     chart
         .configure_mesh()
         .x_desc("training tokens")
@@ -709,14 +730,7 @@ fn accuracy_plot<DB: DrawingBackend>(r: &Results, kind: Curves, root: DrawingAre
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)?;
+    legend_and_present(&mut chart, &root, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -801,14 +815,7 @@ fn quality_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -
                 }))
                 .map_err(e)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
-        root.present().map_err(e)?;
+        legend_and_present(&mut chart, &root, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
 }
@@ -831,15 +838,9 @@ fn reading_points(r: &Results) -> Vec<(&ModelResults, f64)> {
 /// (hollow), joined by a line: facts in the index cost bytes too, and the plot says how many.
 fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
     let pts = reading_points(r);
-    root.fill(&WHITE).map_err(e)?;
     let xmax = pts.iter().map(|(m, _)| (m.bytes_f32 + m.bytes_index) as f64).fold(1.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("World QA with retrieval vs bytes (filled: weights; hollow: weights + index)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..xmax, 0.0..105.0)
-        .map_err(e)?;
+    let caption = "World QA with retrieval vs bytes (filled: weights; hollow: weights + index)";
+    let mut chart = percent_chart(&root, caption, 16.0, xmax)?;
     chart
         .configure_mesh()
         .x_desc("bytes: model.safetensors (f32), and with index/")
@@ -860,14 +861,7 @@ fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) 
             .draw_series([Circle::new((w, y), 5, color.filled()), Circle::new((all, y), 5, color.stroke_width(2))])
             .map_err(e)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)?;
+    legend_and_present(&mut chart, &root, SeriesLabelPosition::MiddleLeft)?;
     Ok(())
 }
 
