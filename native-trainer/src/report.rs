@@ -522,8 +522,11 @@ fn quality_section(s: &mut String, r: &Results, pairs: &[(&ModelResults, &ModelR
         );
         if generated_corpus(b) {
             for (task, _, _) in targeted(b) {
+                // Questions about people never trained on are not "held-out" ones (held-out: trained
+                // people, questions never trained on).
+                let set = if task.contains("never trained on") { "" } else { " (held-out)" };
                 row(
-                    format!("{task}: answers right (held-out)"),
+                    format!("{task}: answers right{set}"),
                     &|m| {
                         let (_, a, e) = targeted(m).into_iter().find(|t| t.0 == task)?;
                         let text = match e {
