@@ -177,6 +177,10 @@ struct EvalArgs {
     /// Also write the figures as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write the world questions asked as JSON here: each one's question, expected answer and
+    /// set (held-out; never trained on, with --retrieval), e.g. for the page's `tests/e2e/qa.mjs`
+    #[arg(long, value_name = "FILE")]
+    questions_out: Option<PathBuf>,
     /// Share of the world never trained on (must match training's --world-unseen)
     #[arg(long, default_value_t = 0.0)]
     world_unseen: f64,
@@ -458,6 +462,21 @@ fn eval(a: EvalArgs) -> Result<()> {
     );
     if let (Some(world), true) = (&source.world, a.qa_questions > 0) {
         let sample = reading::spread(&world.qa_heldout(), a.qa_questions);
+        if let Some(path) = &a.questions_out {
+            // The questions `reading::evaluate` asks too: the same seeded samples.
+            let unseen =
+                if a.retrieval.is_some() { reading::spread(&world.qa_unseen(), a.qa_questions) } else { vec![] };
+            let sets = [("held-out", &sample), ("never trained on", &unseen)];
+            let asked: Vec<serde_json::Value> = sets
+                .iter()
+                .flat_map(|(set, items)| {
+                    items
+                        .iter()
+                        .map(move |q| serde_json::json!({"question": q.question, "expected": q.answer, "set": set}))
+                })
+                .collect();
+            files::write_json_atomic(path, &asked)?;
+        }
         let qa = qa_accuracy(&m.model, &m.tokenizer, m.eot, &sample)?;
         println!("world QA (held-out): {}/{} exact match ({:.1}%)", qa.correct, qa.total, 100.0 * qa.accuracy());
         for ex in &qa.examples {

@@ -526,12 +526,23 @@ fn retrieval_index_train_eval_generate_and_export_work_together_and_mismatches_a
         idx.clone(),
         s("--json"),
         json.display().to_string(),
+        s("--questions-out"),
+        dir.join("questions.json").display().to_string(),
     ]);
     assert_ok(&o);
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(e["retrieval"]["heldout"]["total"], 5);
     assert_eq!(e["retrieval"]["unseen_off"]["total"], 5);
     assert_eq!(e["world_qa"]["total"], 5);
+    // --questions-out: the questions asked, with their expected answers (the examples among them).
+    let asked: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("questions.json")).unwrap()).unwrap();
+    let in_set = |set: &str| asked.iter().filter(|q| q["set"] == set).count();
+    assert_eq!((asked.len(), in_set("held-out"), in_set("never trained on")), (10, 5, 5));
+    for ex in e["retrieval"]["heldout"]["examples"].as_array().unwrap() {
+        let q = asked.iter().find(|q| q["question"] == ex["question"]).expect("an example question was written");
+        assert_eq!(q["expected"], ex["expected"]);
+    }
 
     // generate --retrieval prints the retrieved biography (of the person asked about) with its score.
     let person = exported_index.document(7).unwrap().split(" was ").next().unwrap().to_string();
