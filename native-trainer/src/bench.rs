@@ -367,17 +367,14 @@ fn measure_world_qa(
     eprintln!("  world QA, {} questions of each kind", args.world_qa);
     let cfg = WorldConfig { entities, seed, unseen_fraction: args.world_unseen, ..Default::default() };
     let world = World::generate(&cfg).context("generating the world the model was trained on")?;
-    let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
-    let qa = crate::eval::qa_accuracy(model, tok, eot, &reading::spread(&world.qa_heldout(), args.world_qa))?;
-    let retrieval = match &m.retrieval {
+    let reader = match &m.retrieval {
         Some(r) => {
-            let config = reading::ReadingConfig { k: r.k, order: r.order };
-            let reader = reading::Reader::load(&dir.join(&r.dir), config, &world)?;
-            Some(reading::evaluate(model, tok, eot, &reader, &world, args.world_qa)?)
+            Some(reading::Reader::load(&dir.join(&r.dir), reading::ReadingConfig { k: r.k, order: r.order }, &world)?)
         }
         None => None,
     };
-    Ok(Some((qa, retrieval)))
+    let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
+    reading::world_qa(model, tok, eot, &world, reader.as_ref(), args.world_qa).map(Some)
 }
 
 /// "world (entities 10000, seed 0)", a world model's corpus in its manifest -> (10000, 0).

@@ -461,11 +461,10 @@ fn eval(a: EvalArgs) -> Result<()> {
         loss.tokens
     );
     if let (Some(world), true) = (&source.world, a.qa_questions > 0) {
-        let sample = reading::spread(&world.qa_heldout(), a.qa_questions);
+        let (sample, unseen) = reading::questions(world, a.qa_questions);
         if let Some(path) = &a.questions_out {
-            // The questions `reading::evaluate` asks too: the same seeded samples.
-            let unseen =
-                if a.retrieval.is_some() { reading::spread(&world.qa_unseen(), a.qa_questions) } else { vec![] };
+            // Questions about people never trained on are asked only with retrieval.
+            let unseen = if a.retrieval.is_some() { unseen } else { vec![] };
             let sets = [("held-out", &sample), ("never trained on", &unseen)];
             let asked: Vec<serde_json::Value> = sets
                 .iter()

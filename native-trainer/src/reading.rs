@@ -204,6 +204,27 @@ pub fn spread<T: Clone>(items: &[T], n: usize) -> Vec<T> {
 /// Seed of the evaluation's question sample.
 const QUESTION_SAMPLE_SEED: u64 = 0x0e7a_15a3_b1e5;
 
+/// The questions an evaluation asks of `world`: `n` held-out ones and `n` about the people never
+/// trained on, the same on every call (`eval --questions-out` writes them).
+pub fn questions(world: &World, n: usize) -> (Vec<QaItem>, Vec<QaItem>) {
+    (spread(&world.qa_heldout(), n), spread(&world.qa_unseen(), n))
+}
+
+/// World QA as every evaluation asks it: `n` held-out questions without retrieval and, with a
+/// `reader`, what [`evaluate`] measures.
+pub fn world_qa(
+    model: &Model,
+    tok: &Tokenizer,
+    eot: u32,
+    world: &World,
+    reader: Option<&Reader>,
+    n: usize,
+) -> Result<(QaResult, Option<RetrievalEval>)> {
+    let qa = crate::eval::qa_accuracy(model, tok, eot, &questions(world, n).0)?;
+    let retrieval = reader.map(|r| evaluate(model, tok, eot, r, world, n)).transpose()?;
+    Ok((qa, retrieval))
+}
+
 /// Retrieval on and off for `n` held-out and `n` unseen questions of `world`.
 pub fn evaluate(
     model: &Model,
@@ -213,13 +234,12 @@ pub fn evaluate(
     world: &World,
     n: usize,
 ) -> Result<RetrievalEval> {
-    let heldout_items = spread(&world.qa_heldout(), n);
+    let (heldout_items, unseen_items) = questions(world, n);
     let (heldout, heldout_recall) = qa_with_retrieval(model, tok, eot, reader, &heldout_items)?;
     let with = |item: &QaItem| reader.prompt(&item.question);
     let without = |item: &QaItem| item.prompt();
     let heldout_answer_nll = answer_nll(model, tok, eot, &heldout_items, with)?;
     let heldout_answer_nll_off = answer_nll(model, tok, eot, &heldout_items, without)?;
-    let unseen_items = spread(&world.qa_unseen(), n);
     let (mut unseen, mut unseen_off, mut unseen_recall) = (None, None, None);
     let (mut unseen_answer_nll, mut unseen_answer_nll_off) = (None, None);
     if !unseen_items.is_empty() {

@@ -8,7 +8,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
 use crate::data::{self, encode_documents, eot_id};
-use crate::eval::{qa_accuracy, stream_loss, windows, LossSum};
+use crate::eval::{stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
 use crate::plot;
 use crate::reading::{self, Reader, ReadingConfig, ReadingOrder};
@@ -951,20 +951,16 @@ fn final_eval(
     // Bytes covered by the scored tokens, pro rata to the share of the stream scored.
     let covered = v.tokens as f64 / (valid_stream.len() - 1) as f64;
     let bytes = (source.corpus.valid_bytes() as f64 * covered).round() as usize;
-    let world_qa = match (&source.world, args.qa_questions) {
+    let (world_qa, retrieval) = match (&source.world, args.qa_questions) {
         (Some(world), n) if n > 0 => {
-            let sample = reading::spread(&world.qa_heldout(), n);
-            Some(qa_accuracy(model, tok, eot, &sample)?)
+            let (qa, retrieval) = reading::world_qa(model, tok, eot, world, reader, n)?;
+            (Some(qa), retrieval)
         }
-        _ => None,
+        _ => (None, None),
     };
     let tasks = match args.qa_questions {
         0 => Vec::new(),
         n => task_accuracy(model, tok, eot, &source.task_eval_instances(n))?,
-    };
-    let retrieval = match (reader, &source.world, args.qa_questions) {
-        (Some(r), Some(world), n) if n > 0 => Some(reading::evaluate(model, tok, eot, r, world, n)?),
-        _ => None,
     };
     Ok(FinalEval {
         retrieval,
