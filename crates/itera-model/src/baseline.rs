@@ -246,7 +246,29 @@ impl Baseline {
         self.run(tokens, offset, Some(&mut state.caches))
     }
 
-    fn run(&self, tokens: &Tensor, offset: usize, mut caches: Option<&mut Vec<KvCache>>) -> Result<Tensor> {
+    /// The final hidden states (after the last norm), before the head.
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> (B, L, D)
+    pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.trunk(tokens, 0, None)
+    }
+
+    /// The output head (tied to the token embedding).  (V, D)
+    pub fn head(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// Fused kernels or reference twins.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    fn run(&self, tokens: &Tensor, offset: usize, caches: Option<&mut Vec<KvCache>>) -> Result<Tensor> {
+        linear(&self.trunk(tokens, offset, caches)?, &self.embed_tokens) // (B, L, V), head tied to the embedding
+    }
+
+    fn trunk(&self, tokens: &Tensor, offset: usize, mut caches: Option<&mut Vec<KvCache>>) -> Result<Tensor> {
         let (b, l) = tokens.dims2()?;
         let d = self.cfg.hidden_size;
         let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
@@ -259,7 +281,6 @@ impl Baseline {
             let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
             x = (&x + layer.mlp.forward(&h)?)?;
         }
-        let x = norm(&x, &self.norm, eps, fused)?;
-        linear(&x, &self.embed_tokens) // (B, L, V), head tied to the embedding
+        norm(&x, &self.norm, eps, fused)
     }
 }

@@ -238,7 +238,25 @@ impl IteraLite {
         Ok(logits)
     }
 
-    fn run(&self, tokens: &Tensor, mut state: Option<&mut SsmState>) -> Result<(Tensor, Tensor)> {
+    /// The final hidden states (after the last norm), before the head, and the MoE loss.
+    ///
+    /// # Shapes
+    /// tokens (B, L) u32 -> ((B, L, D), ())
+    pub fn hidden(&self, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.trunk(tokens, None)
+    }
+
+    /// The output head (tied to the token embedding).  (V, D)
+    pub fn head(&self) -> &Tensor {
+        &self.embeddings
+    }
+
+    fn run(&self, tokens: &Tensor, state: Option<&mut SsmState>) -> Result<(Tensor, Tensor)> {
+        let (x, aux) = self.trunk(tokens, state)?;
+        Ok((linear(&x, &self.embeddings)?, aux)) // (B, L, V), head tied to the embedding
+    }
+
+    fn trunk(&self, tokens: &Tensor, mut state: Option<&mut SsmState>) -> Result<(Tensor, Tensor)> {
         let (b, l) = tokens.dims2()?;
         let d = self.cfg.hidden_size;
         let eps = self.cfg.layer_norm_epsilon;
@@ -257,7 +275,6 @@ impl IteraLite {
             }
         }
         let aux = (aux / self.layers.len() as f64)?;
-        let x = norm(&x, &self.norm_f, eps, self.kernels.fused_ops)?;
-        Ok((linear(&x, &self.embeddings)?, aux)) // (B, L, V), head tied to the embedding
+        Ok((norm(&x, &self.norm_f, eps, self.kernels.fused_ops)?, aux))
     }
 }

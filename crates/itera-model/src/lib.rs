@@ -159,22 +159,50 @@ impl Model {
 
     /// Next-token loss: inputs (B, L) and targets (B, L) u32, targets[t] = inputs[t + 1].
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Losses> {
-        let Output { logits, aux_loss } = self.forward(inputs)?;
-        let (b, l, v) = logits.dims3()?;
-        let ce = candle_nn::loss::cross_entropy(&logits.reshape((b * l, v))?, &targets.flatten_all()?)?;
-        Ok(Losses { total: (&ce + &aux_loss)?, ce, aux: aux_loss })
+        let (h, aux) = self.hidden_rows(inputs)?;
+        let ce = self.head_loss(&h, &targets.flatten_all()?)?;
+        Ok(Losses { total: (&ce + &aux)?, ce, aux })
     }
 
     /// Loss at chosen positions only, for tasks whose answers are a few tokens of a long
     /// sequence (the rest is unpredictable noise that would drown their gradient).
     /// inputs (B, L) u32; positions (P,) u32 flat indices `b * L + t` into the (B, L) grid;
-    /// targets (P,) u32, the token expected at each of them.
+    /// targets (P,) u32, the token expected at each of them. The head runs on those rows only.
     pub fn loss_at(&self, inputs: &Tensor, positions: &Tensor, targets: &Tensor) -> Result<Losses> {
-        let Output { logits, aux_loss } = self.forward(inputs)?;
-        let (b, l, v) = logits.dims3()?;
-        let picked = logits.reshape((b * l, v))?.index_select(positions, 0)?; // (P, V)
-        let ce = candle_nn::loss::cross_entropy(&picked, targets)?;
-        Ok(Losses { total: (&ce + &aux_loss)?, ce, aux: aux_loss })
+        let (h, aux) = self.hidden_rows(inputs)?;
+        let ce = self.head_loss(&h.index_select(positions, 0)?, targets)?;
+        Ok(Losses { total: (&ce + &aux)?, ce, aux })
+    }
+
+    /// The final hidden states of every position as rows (B·L, D), and the MoE loss.
+    fn hidden_rows(&self, inputs: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (h, aux) = match self {
+            Model::Baseline(m) => {
+                let h = m.hidden(inputs)?;
+                let aux = Tensor::zeros((), DType::F32, h.device())?;
+                (h, aux)
+            }
+            Model::IteraLite(m) => m.hidden(inputs)?,
+        };
+        let (b, l, d) = h.dims3()?;
+        Ok((h.reshape((b * l, d))?, aux))
+    }
+
+    /// Mean cross-entropy of the head's logits for rows h (N, D) against targets (N,): the fused
+    /// head + loss (`fused::linear_cross_entropy`) or its twin, candle's `cross_entropy` of the
+    /// logits.
+    fn head_loss(&self, h: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (head, fused) = match self {
+            Model::Baseline(m) => (m.head(), m.kernels().fused_ops),
+            Model::IteraLite(m) => (m.head(), m.kernels().fused_ops),
+        };
+        if fused {
+            let (n, d) = h.dims2()?;
+            crate::flops::add(2.0 * (n * d * head.dim(0)?) as f64);
+            fused::linear_cross_entropy(h, head, targets)
+        } else {
+            candle_nn::loss::cross_entropy(&ops::linear(h, head)?, targets)
+        }
     }
 
     /// A fresh decoding state for `batch` sequences.

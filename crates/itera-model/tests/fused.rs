@@ -1,11 +1,11 @@
-//! Fused RMSNorm and conv + SiLU against their elementary-op twins: outputs and every gradient.
+//! The fused CPU ops against their elementary-op twins: outputs and every gradient.
 
 mod common;
 use candle_core::{Result, Tensor, Var};
 use common::*;
-use itera_model::fused::{conv_silu_fused, rms_norm_fused};
+use itera_model::fused::{conv_silu_fused, linear_cross_entropy, rms_norm_fused};
 use itera_model::init::Rng;
-use itera_model::ops::{causal_depthwise_conv, rms_norm};
+use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
 
 /// Output and the gradients of `vars` of `f`, under a random cotangent.
 fn run(f: impl Fn() -> Result<Tensor>, vars: &[&Var], rng: &mut Rng) -> Result<(Tensor, Vec<Tensor>)> {
@@ -62,6 +62,33 @@ fn fused_conv_silu_matches_the_elementary_twin_in_output_and_gradients() -> Resu
 }
 
 #[test]
+fn linear_cross_entropy_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 3);
+    // one row; fewer rows than a chunk; several chunks with a partial last one (chunks of 256)
+    for &(n, d, v) in &[(1, 3, 5), (7, 16, 40), (600, 24, 70)] {
+        let x = Var::from_tensor(&randn(&mut rng, &[n, d], 1.5))?;
+        let w = Var::from_tensor(&randn(&mut rng, &[v, d], 1.0))?;
+        let t = tokens(&mut rng, 1, n, v).flatten_all()?;
+        let g = 0.5 + rng.uniform(); // an upstream gradient other than 1
+        let grads_of = |loss: &Tensor| -> Result<Vec<Tensor>> {
+            let grads = (loss * g)?.backward()?;
+            Ok(vec![grads.get(&x).unwrap().clone(), grads.get(&w).unwrap().clone()])
+        };
+        let fused = linear_cross_entropy(&x, &w, &t)?;
+        let twin = candle_nn::loss::cross_entropy(&linear(&x, &w)?, &t)?;
+        let what = format!("N={n} D={d} V={v}");
+        assert_close(&format!("{what} loss"), &fused, &twin)?;
+        for (name, (a, r)) in ["x", "w"].iter().zip(grads_of(&fused)?.iter().zip(&grads_of(&twin)?)) {
+            assert_close(&format!("{what} grad {name}"), a, r)?;
+        }
+        // without a variable to reach, the same loss (and no gradient prepared)
+        let plain = linear_cross_entropy(&x.as_tensor().detach(), &w.as_tensor().detach(), &t)?;
+        assert_close(&format!("{what} loss without gradient"), &plain, &twin)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn fused_ops_reject_mismatched_shapes_by_name() {
     let mut rng = Rng::new(SEED + 2);
     let x = randn(&mut rng, &[2, 3, 8], 1.0);
@@ -69,4 +96,17 @@ fn fused_ops_reject_mismatched_shapes_by_name() {
     assert!(err.contains("rms-norm") && err.contains("[7]"), "{err}");
     let err = conv_silu_fused(&x, &randn(&mut rng, &[5, 4], 1.0), &randn(&mut rng, &[8], 1.0)).unwrap_err().to_string();
     assert!(err.contains("conv-silu") && err.contains("[5, 4]"), "{err}");
+    let (x2, w2) = (randn(&mut rng, &[4, 8], 1.0), randn(&mut rng, &[10, 8], 1.0));
+    let err = linear_cross_entropy(&x2, &w2, &Tensor::new(&[1u32, 2, 10, 3], &candle_core::Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linear-cross-entropy") && err.contains("target 10"), "{err}");
+    let err = linear_cross_entropy(
+        &x2,
+        &randn(&mut rng, &[10, 7], 1.0),
+        &Tensor::new(&[1u32, 2, 3, 4], &candle_core::Device::Cpu).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("linear-cross-entropy") && err.contains("[10, 7]"), "{err}");
 }

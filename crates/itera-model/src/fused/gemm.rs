@@ -1,0 +1,131 @@
+//! Matrix products on slices for the fused CPU ops, through the `gemm` crate (what candle's CPU
+//! matmul calls): row-major operands, either of them read transposed through its strides.
+
+/// A row-major matrix stored in a slice, read as `rows × cols` (transposed: the stored matrix is
+/// `cols × rows`).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: isize, // stride between rows of the matrix as read
+    cs: isize, // stride between its columns
+}
+
+impl<'a> Mat<'a> {
+    /// `data` holds a row-major `rows × cols` matrix.
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols as isize, cs: 1 }
+    }
+
+    /// The transpose of the stored `stored_rows × stored_cols` matrix in `data`.
+    pub(crate) fn t(data: &'a [f32], stored_rows: usize, stored_cols: usize) -> Self {
+        Self { data, rows: stored_cols, cols: stored_rows, rs: 1, cs: stored_cols as isize }
+    }
+
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs as usize + (self.cols - 1) * self.cs as usize
+        }
+    }
+}
+
+/// `c = a · b` (or `c += a · b` with `accumulate`), `c` row-major `a.rows × b.cols`. `threads` > 1
+/// splits the product over that many rayon workers.
+///
+/// # Panics
+/// If the shapes disagree or a slice is too short: callers check shapes and return errors first,
+/// so a panic here is a bug, never bad input.
+pub(crate) fn matmul(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions {k} and {} differ", b.rows);
+    assert!(c.len() >= m * n, "gemm: output holds {} of {}", c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm: operand out of bounds");
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: every index gemm reads (a, b) or writes (c) is inside its slice (asserted above:
+    // the largest offset of a strided m × k / k × n / m × n matrix), and `c` is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The thread count candle's own matmul uses.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive product of row-major a (m × k) and b (k × n).
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols).flat_map(|j| (0..rows).map(move |i| x[i * cols + j])).collect()
+    }
+
+    #[test]
+    fn every_layout_matches_a_naive_product() {
+        let (m, k, n) = (37, 19, 53);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 29) as f32 / 13.0 - 1.0).collect();
+        let want = naive(&a, &b, m, k, n);
+        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+        for threads in [1, 2] {
+            for (name, am, bm) in [
+                ("nn", Mat::new(&a, m, k), Mat::new(&b, k, n)),
+                ("tn", Mat::t(&at, k, m), Mat::new(&b, k, n)),
+                ("nt", Mat::new(&a, m, k), Mat::t(&bt, n, k)),
+                ("tt", Mat::t(&at, k, m), Mat::t(&bt, n, k)),
+            ] {
+                let mut c = vec![9f32; m * n];
+                matmul(am, bm, &mut c, false, threads);
+                let d = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-4, "{name} with {threads} threads: off by {d}");
+                matmul(am, bm, &mut c, true, threads); // c += a·b
+                let d = c.iter().zip(&want).map(|(x, y)| (x - 2.0 * y).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-4, "{name} accumulated with {threads} threads: off by {d}");
+            }
+        }
+    }
+}
