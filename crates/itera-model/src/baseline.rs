@@ -36,15 +36,13 @@ impl Rope {
         Ok(Self { cos: freqs.cos()?, sin: freqs.sin()? })
     }
 
-    /// x (B, H, L, Dh) at positions offset..offset+L.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let l = x.dim(2)?;
+    /// cos and sin (L, Dh/2) at positions offset..offset+L.
+    fn at(&self, offset: usize, l: usize) -> Result<(Tensor, Tensor)> {
         let max = self.cos.dim(0)?;
         if offset + l > max {
             candle_core::bail!("baseline: position {} is past max_position_embeddings {max}", offset + l);
         }
-        // x * cos + rotate_half(x) * sin, from elementary ops (rope_slow has a backward).
-        candle_nn::rotary_emb::rope_slow(x, &self.cos.narrow(0, offset, l)?, &self.sin.narrow(0, offset, l)?)
+        Ok((self.cos.narrow(0, offset, l)?, self.sin.narrow(0, offset, l)?))
     }
 }
 
@@ -76,37 +74,72 @@ impl Attention {
     }
 
     /// x (B, L, D) at positions offset..offset+L; with a cache, keys/values of earlier positions
-    /// come from it and this call's are appended.
-    fn forward(&self, x: &Tensor, rope: &Rope, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
+    /// come from it and this call's are appended. Without one, on the CPU's fused kernels, the
+    /// attention is the fused op (`fused::causal_attention`), else its twin [`attention`].
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
         let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
-            linear(x, w)?.reshape((b, l, n, dh))?.transpose(1, 2)?.contiguous() // (B, n, L, Dh)
-        };
-        let q = rope.apply(&heads(&self.q_proj, h)?, offset)?; // (B, H, L, Dh)
-        let k = rope.apply(&heads(&self.k_proj, hkv)?, offset)?.contiguous()?; // (B, Hkv, L, Dh)
-        let v = heads(&self.v_proj, hkv)?; // (B, Hkv, L, Dh)
-        let (k, v) = match cache {
-            Some(cache) => {
-                let (k, v) = cache.append(&k, &v)?; // (B, Hkv, S, Dh)
-                (k.contiguous()?, v.contiguous()?)
-            }
-            None => (k, v),
-        };
-        let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
-        let s = k.dim(2)?;
+        let (q, k, v) = (linear(x, &self.q_proj)?, linear(x, &self.k_proj)?, linear(x, &self.v_proj)?);
+        let s = offset + l;
         // rope on q and k (3 per element); q·k and att·v (2 per multiply-add); scale, mask, softmax (5 per score)
         let n_scores = (b * h * l * s) as f64;
-        crate::flops::add(
-            3.0 * (q.elem_count() + b * hkv * l * dh) as f64 + 2.0 * 2.0 * n_scores * dh as f64 + 5.0 * n_scores,
-        );
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, L, S)
-        let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, x.device())?)? } else { scores };
-        let att = softmax_last(&scores)?;
-        let y = att.matmul(&v)?; // (B, H, L, Dh)
-        let y = y.transpose(1, 2)?.reshape((b, l, d))?; // (B, L, D)
+        crate::flops::add(3.0 * (b * (h + hkv) * l * dh) as f64 + 2.0 * 2.0 * n_scores * dh as f64 + 5.0 * n_scores);
+        let (cos, sin) = rope.at(offset, l)?;
+        let y = match cache {
+            None if fused => crate::fused::causal_attention(&q, &k, &v, &cos, &sin, h, hkv)?,
+            cache => attention(&q, &k, &v, &cos, &sin, h, hkv, cache)?,
+        };
         linear(&y, &self.o_proj)
     }
+}
+
+/// Causal self-attention with RoPE from elementary candle ops: q (B, L, H·Dh), k and v
+/// (B, L, Hkv·Dh) projected for L new tokens, cos and sin (L, Dh/2) at their positions; with a
+/// cache, the keys and values of earlier positions come from it and these are appended.
+/// Returns (B, L, H·Dh). The reference twin of `fused::causal_attention`, and the decoding path.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    n_heads: usize,
+    n_kv_heads: usize,
+    cache: Option<&mut KvCache>,
+) -> Result<Tensor> {
+    let (b, l, qd) = q.dims3()?;
+    let (h, hkv) = (n_heads, n_kv_heads);
+    let dh = qd / h;
+    let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
+        x.reshape((b, l, n, dh))?.transpose(1, 2)?.contiguous() // (B, n, L, Dh)
+    };
+    // x * cos + rotate_half(x) * sin, from elementary ops (rope_slow has a backward).
+    let rope = |x: &Tensor| candle_nn::rotary_emb::rope_slow(x, cos, sin);
+    let q = rope(&heads(q, h)?)?; // (B, H, L, Dh)
+    let k = rope(&heads(k, hkv)?)?.contiguous()?; // (B, Hkv, L, Dh)
+    let v = heads(v, hkv)?; // (B, Hkv, L, Dh)
+    let (k, v) = match cache {
+        Some(cache) => {
+            let (k, v) = cache.append(&k, &v)?; // (B, Hkv, S, Dh)
+            (k.contiguous()?, v.contiguous()?)
+        }
+        None => (k, v),
+    };
+    let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
+    let s = k.dim(2)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, L, S)
+    let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, q.device())?)? } else { scores };
+    let att = softmax_last(&scores)?;
+    let y = att.matmul(&v)?; // (B, H, L, Dh)
+    y.transpose(1, 2)?.reshape((b, l, qd)) // (B, L, H·Dh)
 }
 
 /// (L, S) additive mask: query i (absolute position S-L+i) sees keys 0..=S-L+i.
@@ -276,7 +309,7 @@ impl Baseline {
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let h = norm(&x, &layer.input_layernorm, eps, fused)?;
-            x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache)?)?;
+            x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache, fused)?)?;
             crate::flops::add(2.0 * x.elem_count() as f64); // the two residual adds
             let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
             x = (&x + layer.mlp.forward(&h)?)?;

@@ -9,9 +9,11 @@
 //! step by itself). Here each is one pass forward, one backward, with per-chunk partial sums for
 //! the weight gradients added in a fixed order (deterministic at any thread count).
 
+pub mod attention;
 pub mod cross_entropy;
 mod gemm;
 
+pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;
 
 use candle_core::backend::BackendStorage;

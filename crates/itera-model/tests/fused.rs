@@ -3,7 +3,8 @@
 mod common;
 use candle_core::{Result, Tensor, Var};
 use common::*;
-use itera_model::fused::{conv_silu_fused, linear_cross_entropy, rms_norm_fused};
+use itera_model::baseline::attention;
+use itera_model::fused::{causal_attention, conv_silu_fused, linear_cross_entropy, rms_norm_fused};
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
 
@@ -89,6 +90,29 @@ fn linear_cross_entropy_matches_the_elementary_twin() -> Result<()> {
 }
 
 #[test]
+fn fused_attention_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 4);
+    // (B, L, H, Hkv, Dh): one token; GQA; rows past one 64-row block and a partial last block
+    for &(b, l, h, hkv, dh) in &[(1, 1, 1, 1, 2), (2, 7, 2, 1, 4), (2, 70, 4, 2, 8), (1, 130, 3, 3, 16)] {
+        let q = Var::from_tensor(&randn(&mut rng, &[b, l, h * dh], 1.5))?;
+        let k = Var::from_tensor(&randn(&mut rng, &[b, l, hkv * dh], 1.5))?;
+        let v = Var::from_tensor(&randn(&mut rng, &[b, l, hkv * dh], 1.0))?;
+        let angles = uniform(&mut rng, &[l, dh / 2], -3.0, 3.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let seed = rng.next_u64();
+        let vars = [&q, &k, &v];
+        let (yf, gf) = run(|| causal_attention(&q, &k, &v, &cos, &sin, h, hkv), &vars, &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| attention(&q, &k, &v, &cos, &sin, h, hkv, None), &vars, &mut Rng::new(seed))?;
+        let what = format!("B={b} L={l} H={h} Hkv={hkv} Dh={dh}");
+        assert_close(&format!("{what} output"), &yf, &yr)?;
+        for (name, (a, r)) in ["q", "k", "v"].iter().zip(gf.iter().zip(&gr)) {
+            assert_close(&format!("{what} grad {name}"), a, r)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn fused_ops_reject_mismatched_shapes_by_name() {
     let mut rng = Rng::new(SEED + 2);
     let x = randn(&mut rng, &[2, 3, 8], 1.0);
@@ -109,4 +133,10 @@ fn fused_ops_reject_mismatched_shapes_by_name() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("linear-cross-entropy") && err.contains("[10, 7]"), "{err}");
+    let (q, kv) = (randn(&mut rng, &[1, 5, 8], 1.0), randn(&mut rng, &[1, 5, 4], 1.0));
+    let (cos, sin) = (randn(&mut rng, &[5, 2], 1.0), randn(&mut rng, &[5, 2], 1.0));
+    let err = causal_attention(&q, &kv, &kv, &cos, &sin, 3, 1).unwrap_err().to_string();
+    assert!(err.contains("causal-attention") && err.contains("3 heads"), "{err}");
+    let err = causal_attention(&q, &kv, &kv, &cos.narrow(0, 0, 4).unwrap(), &sin, 2, 1).unwrap_err().to_string();
+    assert!(err.contains("causal-attention") && err.contains("[4, 2]"), "{err}");
 }
