@@ -221,6 +221,41 @@ fn state_terms_body(
     }
 }
 
+/// [`state_terms`] at the presets' state size, on local arrays: copied in and out, the
+/// buffers cannot alias, so the body inlines and vectorises without a call per (timestep,
+/// channel). Returns Σ_k du_terms and Σ_k ddelta_terms, summed as `sum_lanes` sums them.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn state_terms_16(
+    (hc, hp, ej, a_d, bt, ct): (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
+    (gd, delta, x): (f32, f32, f32),
+    dh: &mut [f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+) -> (f32, f32) {
+    const N: usize = 16;
+    let arr = |s: &[f32]| -> [f32; N] { s[..N].try_into().expect("16 states") };
+    let (hc, hp, ej, a_d, bt, ct) = (arr(hc), arr(hp), arr(ej), arr(a_d), arr(bt), arr(ct));
+    let (mut dh_v, mut da_v, mut db_v, mut dc_v) = (arr(dh), arr(da), arr(db), arr(dc));
+    let (mut ddelta_terms, mut du_terms) = ([0f32; N], [0f32; N]);
+    state_terms_body(
+        (&hc, &hp, &ej, &a_d, &bt, &ct),
+        (gd, delta, x),
+        &mut dh_v,
+        &mut da_v,
+        &mut db_v,
+        &mut dc_v,
+        &mut ddelta_terms,
+        &mut du_terms,
+    );
+    dh[..N].copy_from_slice(&dh_v);
+    da[..N].copy_from_slice(&da_v);
+    db[..N].copy_from_slice(&db_v);
+    dc[..N].copy_from_slice(&dc_v);
+    (sum_lanes(&du_terms), sum_lanes(&ddelta_terms))
+}
+
 /// The task's D and dt_bias, gathered from the packed (ED, N + 2) parameter rows.
 fn task_params(p: &[f32], n: usize, d0: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
     let row = |j: usize| &p[(d0 + j) * (n + 2)..(d0 + j + 1) * (n + 2)];
@@ -343,6 +378,9 @@ impl Dims {
         self.forward_task_impl(task, udz, p, bc, h, y, trace)
     }
 
+    /// [`Self::forward_task_body`] with the state size as a constant where it is the presets'
+    /// (16): the per-state loops then have a known trip count, which LLVM unrolls into whole
+    /// vectors instead of a loop whose vector body needs more iterations than there are.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn forward_task_impl(
@@ -353,9 +391,29 @@ impl Dims {
         bc: &[f32],
         h: &mut [f32],
         y: &mut [f32],
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) {
-        let Dims { l, ed, n, .. } = *self;
+        if self.n == 16 {
+            self.forward_task_body(task, udz, p, bc, h, y, trace, 16)
+        } else {
+            self.forward_task_body(task, udz, p, bc, h, y, trace, self.n)
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_task_body(
+        &self,
+        task: &Task,
+        udz: &[f32],
+        p: &[f32],
+        bc: &[f32],
+        h: &mut [f32],
+        y: &mut [f32],
+        mut trace: Option<&mut Trace>,
+        n: usize,
+    ) {
+        let Dims { l, ed, .. } = *self;
         let Task { bi, d0, w } = *task;
         let (dskip, bias) = task_params(p, n, d0, w);
         let (mut delta, mut gate, mut ys) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
@@ -468,18 +526,23 @@ impl Dims {
                 let (hc, hp, ej) = (&h_cur[rows.clone()], &h_prev[rows.clone()], &e_t[rows.clone()]);
                 let (dh_j, da_j) = (&mut dh[rows.clone()], &mut g.da[rows]);
                 // Per-state terms first (no sums carried across k), then the two sums over k.
-                state_terms(
-                    (hc, hp, ej, a_d, bt, ct),
-                    (gd, delta, x),
-                    dh_j,
-                    da_j,
-                    db,
-                    dc,
-                    &mut ddelta_terms,
-                    &mut du_terms,
-                );
-                let du = gd * dskip[j] + delta * sum_lanes(&du_terms);
-                let ddt = sum_lanes(&ddelta_terms) * sig_dt[j];
+                let (du_sum, ddelta_sum) = if n == 16 {
+                    state_terms_16((hc, hp, ej, a_d, bt, ct), (gd, delta, x), dh_j, da_j, db, dc)
+                } else {
+                    state_terms(
+                        (hc, hp, ej, a_d, bt, ct),
+                        (gd, delta, x),
+                        dh_j,
+                        da_j,
+                        db,
+                        dc,
+                        &mut ddelta_terms,
+                        &mut du_terms,
+                    );
+                    (sum_lanes(&du_terms), sum_lanes(&ddelta_terms))
+                };
+                let du = gd * dskip[j] + delta * du_sum;
+                let ddt = ddelta_sum * sig_dt[j];
                 g.dbias[j] += ddt;
                 g.dudz[(t * 3) * w + j] = du;
                 g.dudz[(t * 3 + 1) * w + j] = ddt;
