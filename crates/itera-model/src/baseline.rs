@@ -174,9 +174,11 @@ impl SwiGlu {
         })
     }
 
-    /// SwiGLU: down(silu(gate x) * up x).  x (.., D) -> (.., D)
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (linear(x, &self.gate_proj)?.silu()? * linear(x, &self.up_proj)?)?; // (.., I)
+    /// SwiGLU: down(silu(gate x) * up x), the gating by the fused op (`fused::swiglu`) or
+    /// elementary ops.  x (.., D) -> (.., D)
+    pub(crate) fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let (g, u) = (linear(x, &self.gate_proj)?, linear(x, &self.up_proj)?);
+        let h = if fused { crate::fused::swiglu(&g, &u)? } else { (g.silu()? * u)? }; // (.., I)
         crate::flops::add(5.0 * h.elem_count() as f64); // silu · mul
         linear(&h, &self.down_proj)
     }
@@ -312,7 +314,7 @@ impl Baseline {
             x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache, fused)?)?;
             crate::flops::add(2.0 * x.elem_count() as f64); // the two residual adds
             let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = (&x + layer.mlp.forward(&h, fused)?)?;
         }
         norm(&x, &self.norm, eps, fused)
     }

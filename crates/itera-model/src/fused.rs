@@ -12,9 +12,11 @@
 pub mod attention;
 pub mod cross_entropy;
 mod gemm;
+pub mod swiglu;
 
 pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;
+pub use swiglu::swiglu;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};

@@ -268,7 +268,7 @@ impl IteraLite {
             x = (&x + block.mixer.forward(&norm(&x, &block.norm, eps, fused)?, self.kernels, layer_state)?)?;
             crate::flops::add(x.elem_count() as f64); // residual add
             if let Some((moe_norm, moe)) = &block.moe {
-                let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused)?, self.kernels.moe)?;
+                let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused)?, self.kernels.moe, fused)?;
                 x = (x + y)?;
                 crate::flops::add(x.elem_count() as f64); // residual add
                 aux = (aux + layer_aux)?;

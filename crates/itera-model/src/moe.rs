@@ -61,13 +61,14 @@ impl SparseMoe {
         self.experts.len()
     }
 
-    /// x (B, L, D) -> (y (B, L, D), aux loss ()).
-    pub fn forward(&self, x: &Tensor, kernel: MoeKernel) -> Result<(Tensor, Tensor)> {
+    /// x (B, L, D) -> (y (B, L, D), aux loss ()). `fused_ops`: the sparse path's experts gate
+    /// with the fused SwiGLU (CPU only); the dense reference always with elementary ops.
+    pub fn forward(&self, x: &Tensor, kernel: MoeKernel, fused_ops: bool) -> Result<(Tensor, Tensor)> {
         let (b, l, d) = x.dims3()?;
         let x2 = x.reshape((b * l, d))?; // (T, D)
         let routing = self.route(&x2)?;
         let y = match kernel {
-            MoeKernel::Sparse => self.forward_sparse(&x2, &routing)?,
+            MoeKernel::Sparse => self.forward_sparse(&x2, &routing, fused_ops)?,
             MoeKernel::Dense => self.forward_dense(&x2, &routing)?,
         };
         Ok((y.reshape((b, l, d))?, routing.aux_loss))
@@ -97,8 +98,9 @@ impl SparseMoe {
         Ok(Routing { probs, gates, chosen, aux_loss })
     }
 
-    /// Fast path: each expert runs on its own tokens only.  x (T, D) -> (T, D)
-    pub fn forward_sparse(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+    /// Fast path: each expert runs on its own tokens only (`fused_ops`: with the fused SwiGLU).
+    /// x (T, D) -> (T, D)
+    pub fn forward_sparse(&self, x: &Tensor, routing: &Routing, fused_ops: bool) -> Result<Tensor> {
         let (t, d) = x.dims2()?;
         let k = self.top_k;
         let e = self.experts.len();
@@ -121,7 +123,7 @@ impl SparseMoe {
             let ids = Tensor::from_slice(&tokens[j], n, dev)?;
             let xe = x.index_select(&ids, 0)?; // (n, D)
             let g = gates.index_select(&Tensor::from_slice(&slots[j], n, dev)?, 0)?.unsqueeze(1)?; // (n, 1)
-            outs.push(expert.forward(&xe)?.broadcast_mul(&g)?); // (n, D)
+            outs.push(expert.forward(&xe, fused_ops)?.broadcast_mul(&g)?); // (n, D)
             crate::flops::add(2.0 * (n * d) as f64); // gate scaling, then the add into the output
             dest.extend_from_slice(&tokens[j]);
         }
@@ -143,7 +145,7 @@ impl SparseMoe {
         let w = w.broadcast_div(&w.sum_keepdim(1)?)?;
         let mut y: Option<Tensor> = None;
         for (j, expert) in self.experts.iter().enumerate() {
-            let yj = expert.forward(x)?.broadcast_mul(&w.narrow(1, j, 1)?)?; // (T, D)
+            let yj = expert.forward(x, false)?.broadcast_mul(&w.narrow(1, j, 1)?)?; // (T, D)
             y = Some(match y {
                 None => yj,
                 Some(y) => (y + yj)?,

@@ -4,7 +4,7 @@ mod common;
 use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
-use itera_model::fused::{causal_attention, conv_silu_fused, linear_cross_entropy, rms_norm_fused};
+use itera_model::fused::{causal_attention, conv_silu_fused, linear_cross_entropy, rms_norm_fused, swiglu};
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
 
@@ -113,6 +113,23 @@ fn fused_attention_matches_the_elementary_twin() -> Result<()> {
 }
 
 #[test]
+fn fused_swiglu_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 5);
+    // one element; more elements than one parallel chunk (2^14) with a partial last one
+    for dims in [vec![1], vec![3, 7, 11], vec![5, 4000]] {
+        let g = Var::from_tensor(&randn(&mut rng, &dims, 3.0))?;
+        let u = Var::from_tensor(&randn(&mut rng, &dims, 1.0))?;
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| swiglu(&g, &u), &[&g, &u], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| g.silu()? * u.as_tensor(), &[&g, &u], &mut Rng::new(seed))?;
+        assert_close(&format!("{dims:?} output"), &yf, &yr)?;
+        assert_close(&format!("{dims:?} grad gate"), &gf[0], &gr[0])?;
+        assert_close(&format!("{dims:?} grad up"), &gf[1], &gr[1])?;
+    }
+    Ok(())
+}
+
+#[test]
 fn fused_ops_reject_mismatched_shapes_by_name() {
     let mut rng = Rng::new(SEED + 2);
     let x = randn(&mut rng, &[2, 3, 8], 1.0);
@@ -139,4 +156,6 @@ fn fused_ops_reject_mismatched_shapes_by_name() {
     assert!(err.contains("causal-attention") && err.contains("3 heads"), "{err}");
     let err = causal_attention(&q, &kv, &kv, &cos.narrow(0, 0, 4).unwrap(), &sin, 2, 1).unwrap_err().to_string();
     assert!(err.contains("causal-attention") && err.contains("[4, 2]"), "{err}");
+    let err = swiglu(&randn(&mut rng, &[2, 3], 1.0), &randn(&mut rng, &[3, 2], 1.0)).unwrap_err().to_string();
+    assert!(err.contains("swiglu") && err.contains("[3, 2]"), "{err}");
 }

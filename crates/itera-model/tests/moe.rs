@@ -31,15 +31,15 @@ fn sparse_moe_matches_dense_reference_output_aux_and_gradients() -> Result<()> {
         varmap.data().lock().unwrap()["moe.router.weight"].set(&randn(&mut rng, &[e, 24], 1.0))?;
         let x = randn(&mut rng, &[3, 17, 24], 1.0);
         let r = randn(&mut rng, &[3, 17, 24], 1.0);
-        let run = |kernel| -> Result<(Tensor, f32, HashMap<String, Tensor>)> {
-            let (y, aux) = moe.forward(&x, kernel)?;
+        let run = |kernel, fused| -> Result<(Tensor, f32, HashMap<String, Tensor>)> {
+            let (y, aux) = moe.forward(&x, kernel, fused)?;
             let grads = ((&y * &r)?.sum_all()? + &aux)?.backward()?;
             let data = varmap.data().lock().unwrap();
             let g = data.iter().filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.clone()))).collect();
             Ok((y, aux.to_scalar::<f32>()?, g))
         };
-        let (ys, aux_s, gs) = run(MoeKernel::Sparse)?;
-        let (yd, aux_d, gd) = run(MoeKernel::Dense)?;
+        let (ys, aux_s, gs) = run(MoeKernel::Sparse, true)?;
+        let (yd, aux_d, gd) = run(MoeKernel::Dense, false)?;
         let dy = max_diff(&ys, &yd)?;
         println!("E={e} k={k}: max |sparse - dense| = {dy:e}, aux {aux_s} vs {aux_d}");
         assert!(dy < 1e-5, "outputs differ by {dy}");
@@ -148,12 +148,12 @@ fn expert_load_entropy_is_one_when_even_zero_when_collapsed_and_recorded_per_rou
     assert!(want.iter().all(|&h| h > 0.0 && h < 1.0), "{want:?}");
     let rec = LoadRecording::start();
     assert_eq!(rec.normalized_entropy(), None, "nothing routed yet");
-    moe.forward(&a, MoeKernel::Sparse)?;
-    moe.forward(&b, MoeKernel::Sparse)?;
+    moe.forward(&a, MoeKernel::Sparse, true)?;
+    moe.forward(&b, MoeKernel::Sparse, true)?;
     let got = rec.normalized_entropy().unwrap();
     assert!((got - (want[0] + want[1]) / 2.0).abs() < 1e-12, "{got} vs {want:?}");
     drop(rec);
-    moe.forward(&a, MoeKernel::Sparse)?; // not recording: nothing kept
+    moe.forward(&a, MoeKernel::Sparse, true)?; // not recording: nothing kept
     assert_eq!(LoadRecording::start().normalized_entropy(), None);
     Ok(())
 }
