@@ -57,7 +57,7 @@ def ensure_venv():
 
 def hf_config(flags):
     """The Hugging Face config.json that `native-trainer export` writes for this preset."""
-    cmd = ["cargo", "run", "-q", "-p", "native-trainer", "--"]
+    cmd = ["cargo", "run", "-q", "--release", "-p", "native-trainer", "--"]  # the bench builds release too
     out = subprocess.run(cmd + ["config", "--preset", "demo", "--vocab-size", str(VOCAB)] + flags,
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
