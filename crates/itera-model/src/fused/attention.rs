@@ -44,11 +44,11 @@ pub fn causal_attention(
             sin.dims()
         ))
     };
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || qd % n_heads != 0 {
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) || !qd.is_multiple_of(n_heads) {
         return Err(bad());
     }
     let dh = qd / n_heads;
-    if dh % 2 != 0
+    if !dh.is_multiple_of(2)
         || k.dims() != [b, l, n_kv_heads * dh]
         || v.dims() != k.dims()
         || cos.dims() != [l, dh / 2]
