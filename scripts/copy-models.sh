@@ -1,13 +1,14 @@
 #!/usr/bin/env sh
 # trunk post-build hook: copies the exported models into the page's staging folder.
-# Source: $ITERA_MODELS (default: models/). Each model folder must hold a manifest.json; every
+# Source: $ITERA_MODELS (default: pretrained/demo/, the shipped pair; ITERA_MODELS=models for the
+# pair `native-trainer` trains). Each model folder must hold a manifest.json; every
 # file it lists is copied, in its subfolder (a retrieval index is `index/...`).
 set -eu
 dest="$1/models"
-src="${ITERA_MODELS:-models}"
+src="${ITERA_MODELS:-pretrained/demo}"
 for m in baseline itera-lite; do
   if [ ! -f "$src/$m/manifest.json" ]; then
-    echo "error: $src/$m/manifest.json is missing; train the default models first (cargo run --release -p native-trainer)" >&2
+    echo "error: $src/$m/manifest.json is missing; set ITERA_MODELS to a folder holding baseline/ and itera-lite/ exports (\`cargo run --release -p native-trainer\` trains them into models/)" >&2
     exit 1
   fi
   mkdir -p "$dest/$m"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: install what is missing, train the default models if models/
-# lacks them, build the page, and serve it on 127.0.0.1 (PORT, default 8080). ITERA_MODELS=DIR
-# serves the pair in DIR/baseline and DIR/itera-lite instead (exports made elsewhere, e.g. on a
-# GPU: docs/gpu.md), training nothing.
+# The main job, on a fresh machine: install what is missing, build the page with the default
+# models, and serve it on 127.0.0.1 (PORT, default 8080). The default models are the demo pair
+# shipped in pretrained/demo (trained with retrieval on a GPU, 4-bit: pretrained/README.md); where
+# that folder is absent, the pair in models/ is trained here if missing (`native-trainer`, about
+# 10 minutes on 2 cores) and served. ITERA_MODELS=DIR serves the pair in DIR/baseline and
+# DIR/itera-lite instead (your own exports, e.g. ITERA_MODELS=models), training nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -19,10 +21,16 @@ if [ -n "${ITERA_MODELS:-}" ]; then
     [ -f "$ITERA_MODELS/$m/manifest.json" ] || { echo "error: ITERA_MODELS=$ITERA_MODELS has no $m/manifest.json" >&2; exit 1; }
   done
   echo "serving the models in $ITERA_MODELS"
-elif [ -f models/baseline/manifest.json ] && [ -f models/itera-lite/manifest.json ]; then
-  echo "models/baseline and models/itera-lite are there (delete them to retrain)"
+elif [ -f pretrained/demo/baseline/manifest.json ] && [ -f pretrained/demo/itera-lite/manifest.json ]; then
+  export ITERA_MODELS=pretrained/demo
+  echo "serving the shipped demo pair in pretrained/demo (ITERA_MODELS=models serves your own)"
 else
-  cargo run --release -p native-trainer
+  if [ -f models/baseline/manifest.json ] && [ -f models/itera-lite/manifest.json ]; then
+    echo "models/baseline and models/itera-lite are there (delete them to retrain)"
+  else
+    cargo run --release -p native-trainer
+  fi
+  export ITERA_MODELS=models
 fi
 
 step "page"

@@ -49,4 +49,14 @@ step "page: trunk build with the tiny models, then end to end in headless Chromi
 TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist
 node tests/e2e/page.mjs target/e2e-dist
 
+step "the shipped pair (pretrained/demo): its index rebuilds bit for bit; in the page it answers its questions"
+target/debug/native-trainer index --out target/pretrained-index --queries 0
+for m in baseline itera-lite; do
+  for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
+    cmp "target/pretrained-index/$f" "pretrained/demo/$m/index/$f"
+  done
+done
+TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS=pretrained/demo trunk build --release --offline --dist target/pretrained-dist
+node tests/e2e/qa.mjs --min itera-lite=0.9 --min baseline=0.6 target/pretrained-dist pretrained/demo/questions.json
+
 step "all tests passed"
