@@ -17,9 +17,9 @@ use candle_nn::VarBuilder;
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding
 
-struct Rope {
-    cos: Tensor, // (max_pos, Dh/2)
-    sin: Tensor, // (max_pos, Dh/2)
+pub(crate) struct Rope {
+    pub(crate) cos: Tensor, // (max_pos, Dh/2)
+    pub(crate) sin: Tensor, // (max_pos, Dh/2)
 }
 
 impl Rope {
@@ -49,11 +49,11 @@ impl Rope {
 // ---------------------------------------------------------------------------------------------
 // Blocks
 
-struct Attention {
-    q_proj: Tensor, // (H*Dh, D)
-    k_proj: Tensor, // (Hkv*Dh, D)
-    v_proj: Tensor, // (Hkv*Dh, D)
-    o_proj: Tensor, // (D, H*Dh)
+pub(crate) struct Attention {
+    pub(crate) q_proj: Tensor, // (H*Dh, D)
+    pub(crate) k_proj: Tensor, // (Hkv*Dh, D)
+    pub(crate) v_proj: Tensor, // (Hkv*Dh, D)
+    pub(crate) o_proj: Tensor, // (D, H*Dh)
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -160,9 +160,9 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
 }
 
 pub(crate) struct SwiGlu {
-    gate_proj: Tensor, // (I, D)
-    up_proj: Tensor,   // (I, D)
-    down_proj: Tensor, // (D, I)
+    pub(crate) gate_proj: Tensor, // (I, D)
+    pub(crate) up_proj: Tensor,   // (I, D)
+    pub(crate) down_proj: Tensor, // (D, I)
 }
 
 impl SwiGlu {
@@ -184,11 +184,11 @@ impl SwiGlu {
     }
 }
 
-struct DecoderLayer {
-    input_layernorm: Tensor, // (D)
-    self_attn: Attention,
-    post_attention_layernorm: Tensor, // (D)
-    mlp: SwiGlu,
+pub(crate) struct DecoderLayer {
+    pub(crate) input_layernorm: Tensor, // (D)
+    pub(crate) self_attn: Attention,
+    pub(crate) post_attention_layernorm: Tensor, // (D)
+    pub(crate) mlp: SwiGlu,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,17 +197,17 @@ struct DecoderLayer {
 /// The Llama-style baseline. Build it with [`Baseline::new`] from any `VarBuilder` (a fresh
 /// `VarMap` for training, safetensors bytes for inference).
 pub struct Baseline {
-    embed_tokens: Tensor, // (V, D), also the output head
-    layers: Vec<DecoderLayer>,
-    norm: Tensor, // (D)
-    rope: Rope,
+    pub(crate) embed_tokens: Tensor, // (V, D), also the output head
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: Tensor, // (D)
+    pub(crate) rope: Rope,
     cfg: BaselineConfig,
     kernels: Kernels,
 }
 
 /// Decoding state: one KV cache per layer. It grows by 2 · Hkv · Dh values per layer and token.
 pub struct KvState {
-    caches: Vec<KvCache>,
+    pub(crate) caches: Vec<KvCache>,
 }
 
 impl KvState {

@@ -98,7 +98,7 @@ impl CustomOp2 for RmsNorm {
 }
 
 #[inline]
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.len() / 8;
     for c in 0..chunks {

@@ -30,16 +30,16 @@ use candle_nn::VarBuilder;
 // ---------------------------------------------------------------------------------------------
 // Mixer
 
-struct MambaMixer {
-    in_proj: Tensor,     // (2ED, D): x and z
-    conv_weight: Tensor, // (ED, K) — stored as HF's (ED, 1, K)
-    conv_bias: Tensor,   // (ED)
-    x_proj: Tensor,      // (R + 2N, ED): Δ-rank input, B, C
-    dt_proj_w: Tensor,   // (ED, R)
-    dt_proj_b: Tensor,   // (ED)
-    a_log: Tensor,       // (ED, N), A = -exp(A_log)
-    d_skip: Tensor,      // (ED)
-    out_proj: Tensor,    // (D, ED)
+pub(crate) struct MambaMixer {
+    pub(crate) in_proj: Tensor,     // (2ED, D): x and z
+    pub(crate) conv_weight: Tensor, // (ED, K) — stored as HF's (ED, 1, K)
+    pub(crate) conv_bias: Tensor,   // (ED)
+    pub(crate) x_proj: Tensor,      // (R + 2N, ED): Δ-rank input, B, C
+    pub(crate) dt_proj_w: Tensor,   // (ED, R)
+    pub(crate) dt_proj_b: Tensor,   // (ED)
+    pub(crate) a_log: Tensor,       // (ED, N), A = -exp(A_log)
+    pub(crate) d_skip: Tensor,      // (ED)
+    pub(crate) out_proj: Tensor,    // (D, ED)
     ed: usize,
     n: usize,
     r: usize,
@@ -47,9 +47,9 @@ struct MambaMixer {
 }
 
 /// One block's decoding memory.
-struct LayerState {
-    conv: Tensor,  // (B, K-1, ED): the last K-1 inner inputs
-    ssm: Vec<f32>, // (B, ED, N): h
+pub(crate) struct LayerState {
+    pub(crate) conv: Tensor,  // (B, K-1, ED): the last K-1 inner inputs
+    pub(crate) ssm: Vec<f32>, // (B, ED, N): h
 }
 
 impl MambaMixer {
@@ -126,25 +126,25 @@ impl MambaMixer {
 // ---------------------------------------------------------------------------------------------
 // Block and model
 
-struct Block {
-    norm: Tensor, // (D)
-    mixer: MambaMixer,
-    moe: Option<(Tensor, SparseMoe)>, // (moe_norm (D), experts)
+pub(crate) struct Block {
+    pub(crate) norm: Tensor, // (D)
+    pub(crate) mixer: MambaMixer,
+    pub(crate) moe: Option<(Tensor, SparseMoe)>, // (moe_norm (D), experts)
 }
 
 /// The hybrid model. Build it with [`IteraLite::new`] from any `VarBuilder`.
 pub struct IteraLite {
-    embeddings: Tensor, // (V, D), also the output head
-    layers: Vec<Block>,
-    norm_f: Tensor, // (D)
+    pub(crate) embeddings: Tensor, // (V, D), also the output head
+    pub(crate) layers: Vec<Block>,
+    pub(crate) norm_f: Tensor, // (D)
     cfg: IteraLiteConfig,
     kernels: Kernels,
 }
 
 /// Decoding state of every block: conv windows and SSM states, fixed size at any context.
 pub struct SsmState {
-    layers: Vec<LayerState>,
-    seen: usize,
+    pub(crate) layers: Vec<LayerState>,
+    pub(crate) seen: usize,
 }
 
 impl SsmState {

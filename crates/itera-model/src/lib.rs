@@ -8,12 +8,14 @@
 //! - [`ops`]: differentiable norms, softplus, causal conv (the reference twins), `Kernels`;
 //! - [`fused`]: fused RMSNorm and conv + SiLU with hand-written backwards; [`init`]: seeded init;
 //! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O;
-//! - [`sample`]: greedy / temperature / top-k / top-p sampling; [`runtime`]: allocator tuning.
+//! - [`sample`]: greedy / temperature / top-k / top-p sampling; [`runtime`]: allocator tuning;
+//! - [`decode`]: batch-1 decoding on plain slices, allocation-free (twin: [`Model::forward_with_state`]).
 //!
 //! [`Model`] and [`State`] wrap the two architectures behind one interface.
 
 pub mod baseline;
 pub mod config;
+pub mod decode;
 pub mod energy;
 pub mod flops;
 pub mod fused;

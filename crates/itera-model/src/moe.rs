@@ -35,9 +35,9 @@ pub enum MoeKernel {
 }
 
 pub struct SparseMoe {
-    router: Tensor, // (E, D)
-    experts: Vec<SwiGlu>,
-    top_k: usize,
+    pub(crate) router: Tensor, // (E, D)
+    pub(crate) experts: Vec<SwiGlu>,
+    pub(crate) top_k: usize,
     aux_coef: f64,
 }
 

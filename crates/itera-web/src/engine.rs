@@ -6,8 +6,13 @@
 //! GPU (`itera_webgpu`: WebGPU in the browser, Vulkan & co natively). The `_async` methods run on
 //! the active one; if the GPU fails mid-sequence, the engine switches to the CPU, re-reads the
 //! sequence so far there, and says why ([`Engine::take_fallback`]). The plain methods are the CPU's.
+//!
+//! On the CPU, prompts go through candle (`Model::forward_with_state`, batched), and single tokens
+//! through `itera_model::decode::Decoder` (plain slices, no allocation per step), which takes the
+//! sequence over from candle's state at the first token after a prompt.
 
 use candle_core::{Device, Tensor};
+use itera_model::decode::Decoder;
 use itera_model::sample::{argmax, Sampler, SamplingConfig};
 use itera_model::weights::{self, WeightFormat, SHARD_INDEX};
 use itera_model::{Config, Model, State};
@@ -35,6 +40,10 @@ pub struct Engine {
     tokenizer: Tokenizer,
     eot: u32,
     state: Option<State>,
+    /// The batch-1 decoder for single tokens on the CPU (built at the first one).
+    decoder: Option<Decoder>,
+    /// Whether the decoder holds the current sequence (then `state` is behind it).
+    decoder_ahead: bool,
     /// The tokens of the current sequence (leading `<|endoftext|>` included), on either backend.
     seq: Vec<u32>,
     gpu: Option<GpuRun>,
@@ -157,7 +166,25 @@ impl Engine {
             ));
         }
         let model = model(&config).map_err(err(weights))?;
-        Ok(Engine { model, config, tokenizer, eot, state: None, seq: Vec::new(), gpu: None, fallback: None })
+        Ok(Engine {
+            model,
+            config,
+            tokenizer,
+            eot,
+            state: None,
+            decoder: None,
+            decoder_ahead: false,
+            seq: Vec::new(),
+            gpu: None,
+            fallback: None,
+        })
+    }
+
+    /// A fresh CPU state for a new sequence (the decoder takes it over at its first token).
+    fn new_cpu_state(&mut self) -> Result<()> {
+        self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+        self.decoder_ahead = false;
+        Ok(())
     }
 
     /// Puts the model on `gpu` too (from the same `tensors` the CPU model was built from) and
@@ -167,6 +194,7 @@ impl Engine {
         let model = GpuModel::new(gpu, &self.config, tensors, context).map_err(|e| e.to_string())?;
         self.gpu = Some(GpuRun { model, adapter: gpu.adapter_name(), active: true });
         self.state = None;
+        self.decoder_ahead = false;
         self.seq.clear();
         Ok(())
     }
@@ -180,6 +208,7 @@ impl Engine {
             (None, false) => {}
         }
         self.state = None;
+        self.decoder_ahead = false;
         self.seq.clear();
         Ok(())
     }
@@ -246,7 +275,7 @@ impl Engine {
         let mut input = Vec::with_capacity(ids.len() + 1);
         input.push(self.eot);
         input.extend_from_slice(ids);
-        self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+        self.new_cpu_state()?;
         self.seq.clear();
         self.feed(&input)
     }
@@ -254,12 +283,29 @@ impl Engine {
     /// Appends tokens to the current sequence; returns the logits (V) after the last one. Long
     /// inputs go through the model [`PREFILL_CHUNK`] tokens at a time, so that memory (the
     /// logits of every position, above all) stays bounded whatever the prompt's length.
+    /// A single token goes through the decoder ([`Engine::step`]).
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let max = self.max_context();
-        let state = self.state.as_mut().ok_or("feed before prefill")?;
-        if state.len() + ids.len() > max {
+        if let [id] = ids {
+            return self.step(*id).map(<[f32]>::to_vec);
+        }
+        if self.state.is_none() {
+            return Err("feed before prefill".into());
+        }
+        if self.seq.len() + ids.len() > self.max_context() {
             return Err(format!("context limit of {} tokens reached", self.max_context()));
         }
+        if self.decoder_ahead {
+            // Tokens were decoded since candle's state was last current: it reads them again.
+            let seen = std::mem::take(&mut self.seq);
+            self.new_cpu_state()?;
+            self.feed_candle(&seen)?;
+        }
+        self.feed_candle(ids)
+    }
+
+    /// `ids` through candle's batched forward, [`PREFILL_CHUNK`] tokens per pass.
+    fn feed_candle(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let state = self.state.as_mut().ok_or("feed before prefill")?;
         let mut last = None;
         for chunk in ids.chunks(PREFILL_CHUNK) {
             let x = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu).map_err(err("input"))?;
@@ -268,6 +314,41 @@ impl Engine {
             self.seq.extend_from_slice(chunk);
         }
         last.ok_or("feed of no tokens")?.to_vec1::<f32>().map_err(err("logits"))
+    }
+
+    /// Appends one token on the CPU through the batch-1 decoder; returns the logits (V) after it,
+    /// in the decoder's own buffer (nothing is allocated per token, except when the KV cache or
+    /// the token list fills and doubles).
+    pub fn step(&mut self, id: u32) -> Result<&[f32]> {
+        if self.seq.len() + 1 > self.max_context() {
+            return Err(format!("context limit of {} tokens reached", self.max_context()));
+        }
+        if self.decoder.is_none() {
+            self.decoder = Some(Decoder::new(&self.model).map_err(err("decoder"))?);
+        }
+        let decoder = self.decoder.as_mut().ok_or("no decoder")?;
+        if !self.decoder_ahead {
+            let state = self.state.as_ref().ok_or("feed before prefill")?;
+            decoder.load(state).map_err(err("decoder"))?;
+            decoder.reserve(state.len() + PREFILL_CHUNK);
+            self.seq.reserve(PREFILL_CHUNK);
+            self.decoder_ahead = true;
+        }
+        let logits = decoder.step(id).map_err(err("decode"))?;
+        self.seq.push(id);
+        Ok(logits)
+    }
+
+    /// [`Engine::step`] on the active backend, the logits written into `logits`.
+    pub async fn step_async(&mut self, id: u32, logits: &mut Vec<f32>) -> Result<()> {
+        if self.on_gpu() {
+            *logits = self.feed_async(&[id]).await?;
+        } else {
+            let out = self.step(id)?;
+            logits.clear();
+            logits.extend_from_slice(out);
+        }
+        Ok(())
     }
 
     /// [`Engine::prefill`] on the active backend.
@@ -280,6 +361,7 @@ impl Engine {
         input.push(self.eot);
         input.extend_from_slice(ids);
         self.state = None;
+        self.decoder_ahead = false;
         self.seq.clear();
         self.gpu_feed(&input).await
     }
@@ -328,7 +410,7 @@ impl Engine {
                 self.fallback = Some(format!("the GPU failed ({e}); running on the CPU"));
                 let mut all = std::mem::take(&mut self.seq);
                 all.extend_from_slice(&ids);
-                self.state = Some(self.model.new_state(1).map_err(err("state"))?);
+                self.new_cpu_state()?;
                 self.feed(&all)
             }
         }
@@ -345,7 +427,10 @@ impl Engine {
         if self.on_gpu() {
             return self.config.state_bytes(self.seq.len());
         }
-        self.state.as_ref().map_or(0, |s| s.bytes())
+        match (&self.decoder, self.decoder_ahead) {
+            (Some(d), true) => d.state_bytes(),
+            _ => self.state.as_ref().map_or(0, |s| s.bytes()),
+        }
     }
 
     /// Full-sequence logits (L, V) of `[<|endoftext|>] + ids`, without touching the state: the
@@ -437,7 +522,9 @@ impl GreedyAnswer {
     /// Adds one token (nothing once ended), on the CPU.
     pub fn step(&mut self, engine: &mut Engine) -> Result<()> {
         if let Some(next) = self.advance(engine)? {
-            self.logits = engine.feed(&[next])?;
+            let logits = engine.step(next)?;
+            self.logits.clear();
+            self.logits.extend_from_slice(logits);
         }
         Ok(())
     }
@@ -445,7 +532,7 @@ impl GreedyAnswer {
     /// Adds one token (nothing once ended), on the engine's active backend.
     pub async fn step_async(&mut self, engine: &mut Engine) -> Result<()> {
         if let Some(next) = self.advance(engine)? {
-            self.logits = engine.feed_async(&[next]).await?;
+            engine.step_async(next, &mut self.logits).await?;
         }
         Ok(())
     }

@@ -1,26 +1,10 @@
 //! The bound of a batch-1 decode step, measured where the model runs: how many FLOP/s one
 //! thread reaches multiplying a matrix held in memory by a vector (GEMV). A decode step is a
 //! chain of such products over every weight, so `decode FLOPs / latency` against this figure
-//! says how much of the machine (here: the browser's wasm SIMD, one thread) the step uses.
+//! says how much of the machine (here: the browser's wasm SIMD, one thread) the step uses. The
+//! kernel is the decoder's own (`itera_model::decode::gemv`), so the peak is what its steps could reach.
 
-/// y = W x for a row-major `w` of shape (y.len(), x.len()). Sixteen independent accumulators per
-/// row, so that the compiler keeps them in SIMD registers (wasm `simd128`, or the host's).
-pub fn gemv(w: &[f32], x: &[f32], y: &mut [f32]) {
-    let k = x.len();
-    assert_eq!(w.len(), y.len() * k, "gemv: W is not (y, x)");
-    for (row, out) in w.chunks_exact(k).zip(y.iter_mut()) {
-        let mut acc = [0f32; 16];
-        let (rw, tw) = row.split_at(k - k % 16);
-        let (rx, tx) = x.split_at(k - k % 16);
-        for (cw, cx) in rw.chunks_exact(16).zip(rx.chunks_exact(16)) {
-            for i in 0..16 {
-                acc[i] += cw[i] * cx[i];
-            }
-        }
-        let tail: f32 = tw.iter().zip(tx).map(|(a, b)| a * b).sum();
-        *out = acc.iter().sum::<f32>() + tail;
-    }
-}
+pub use itera_model::decode::gemv;
 
 /// GFLOP/s of [`gemv`] over a (rows, cols) matrix (2 FLOPs a weight), timed with `now` (ms):
 /// the best of `rounds` rounds of repetitions, each at least `round_ms` long. The best, because

@@ -490,7 +490,7 @@ async fn generate(
         n += 1;
         let at_limit = engine.context_len() + 1 > engine.max_context();
         if !at_limit {
-            logits = engine.feed_async(&[next]).await?;
+            engine.step_async(next, &mut logits).await?;
             report_fallback(engine);
         }
         let context = engine.context_len();
@@ -577,8 +577,9 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
     if read_prompt(state, engine, &warm, Status::Benchmarking).await?.is_none() {
         return Ok(aborted());
     }
+    let mut logits = Vec::with_capacity(vocab as usize);
     for i in 0..2 * steps as u32 {
-        engine.feed_async(&[1 + (i * 31) % (vocab - 1)]).await?;
+        engine.step_async(1 + (i * 31) % (vocab - 1), &mut logits).await?;
     }
     for &c in contexts {
         if c > engine.max_context() || c <= steps + 1 {
@@ -597,7 +598,7 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
                 break;
             }
             let t = now();
-            engine.feed_async(&[1 + (i as u32 * 31) % (vocab - 1)]).await?;
+            engine.step_async(1 + (i as u32 * 31) % (vocab - 1), &mut logits).await?;
             times.push(now() - t);
         }
         if state.abort.get() {

@@ -109,6 +109,36 @@ fn prefill_then_single_tokens_give_the_full_sequence_logits() {
     }
 }
 
+/// Single tokens go through the batch-1 decoder, several through candle: mixed in any order
+/// (decoded tokens, then a multi-token feed, which candle's state must first catch up on, then
+/// more single tokens), every position's logits are the full sequence's.
+#[test]
+fn decoded_and_fed_tokens_mix_to_the_full_sequence_logits() {
+    for name in ["baseline", "itera-lite"] {
+        let mut e = engine(name);
+        let ids = e.encode("Ulara Askowin was born in Pimouth, and studied botany at Kell.").unwrap();
+        assert!(ids.len() > 12, "{name}: the test needs a longer sentence");
+        let full = e.logits(&ids).unwrap(); // rows for [EOT, ids...]
+        let mut got = vec![(2, e.prefill(&ids[..2]).unwrap())];
+        for (i, &id) in ids.iter().enumerate().take(6).skip(2) {
+            got.push((i + 1, e.step(id).unwrap().to_vec()));
+        }
+        got.push((10, e.feed(&ids[6..10]).unwrap())); // the decoder is ahead: candle catches up
+        let mut logits = Vec::new();
+        for (i, &id) in ids.iter().enumerate().skip(10) {
+            pollster::block_on(e.step_async(id, &mut logits)).unwrap();
+            got.push((i + 1, logits.clone()));
+        }
+        for (pos, row) in got {
+            let want = &full[pos];
+            let d = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "{name}: position {pos} differs by {d}");
+        }
+        assert_eq!(e.context_len(), ids.len() + 1);
+        assert_eq!(e.state_bytes(), e.config().state_bytes(e.context_len()), "{name}: state bytes");
+    }
+}
+
 /// A long prompt is read `PREFILL_CHUNK` tokens per pass (memory stays bounded): the logits
 /// after it are those of one pass over the whole sequence. One longer than the baseline's
 /// context is refused by name, and the engine stays usable.

@@ -264,13 +264,13 @@ fn task_params(p: &[f32], n: usize, d0: usize, w: usize) -> (Vec<f32>, Vec<f32>)
 
 /// 1 / (1 + e^-x), branch-free (vectorises).
 #[inline(always)]
-fn fast_sigmoid(x: f32) -> f32 {
+pub(crate) fn fast_sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fast_exp(-x))
 }
 
 /// softplus(x) = relu(x) + ln(1 + e^-|x|), branch-free (vectorises); as `ops::softplus`.
 #[inline(always)]
-fn fast_softplus(x: f32) -> f32 {
+pub(crate) fn fast_softplus(x: f32) -> f32 {
     x.max(0.0) + ln_1p_unit(fast_exp(-x.abs()))
 }
 
@@ -577,7 +577,7 @@ fn sum_lanes(a: &[f32]) -> f32 {
 
 /// Σ a_i b_i with eight independent accumulators, so the compiler can vectorise it.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8;
     for c in 0..chunks {

@@ -30,6 +30,7 @@ mod cuda;
 
 pub use chunked::{gated_selective_scan_chunked, selective_scan_chunked};
 pub use cpu::fast_exp;
+pub(crate) use cpu::{dot, fast_sigmoid, fast_softplus};
 
 use crate::fused::host_f32;
 use crate::ops::softplus;
