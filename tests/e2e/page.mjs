@@ -22,40 +22,16 @@
 //    load onto the GPU and say so, generate there, switch to the CPU and generate again. (The
 //    browser of 1-3 has no WebGPU: the models say they run on the CPU, and why.)
 
-import { chromium } from "playwright-core";
 import crypto from "node:crypto";
-import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import { launch, serve } from "./serve.mjs";
 
 const DIST = process.argv[2];
 if (!DIST || !fs.existsSync(path.join(DIST, "index.html"))) {
   console.error(`usage: node tests/e2e/page.mjs DIST_DIR (a built page; ${DIST} has no index.html)`);
   process.exit(2);
 }
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
-  ".wasm": "application/wasm", ".json": "application/json", ".svg": "image/svg+xml" };
-
-function serve(dir, rewrite = {}) {
-  const root = path.resolve(dir);
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, "http://x");
-    const rel = decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname);
-    const file = path.join(root, path.normalize(rel));
-    if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    let body = fs.readFileSync(file);
-    // A rewrite gets text (.json, .js) or the bytes, and returns either.
-    if (rewrite[rel]) body = Buffer.from(rewrite[rel](/\.(json|js)$/.test(rel) ? body.toString() : body));
-    res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream", "content-length": body.length });
-    res.end(body);
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
 const failures = [];
 function check(ok, what) {
   console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
@@ -525,11 +501,7 @@ async function webgpuPath(browser) {
 // Runs `paths` in one Chromium started with `flag` (besides the common ones); a thrown error is
 // a failure, and the browser is closed whatever happens.
 async function inBrowser(flag, paths) {
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", flag, "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch(flag);
   try {
     for (const path of paths) {
       // E2E_ONLY=hostileInput,workerCrash runs only those (while working on them).

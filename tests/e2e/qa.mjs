@@ -11,10 +11,9 @@
 // FRACTION of all the questions right with retrieval. The test command runs it that way on the
 // shipped pair (pretrained/demo, with its questions.json); elsewhere it only measures.
 
-import { chromium } from "playwright-core";
-import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import { launch, serve } from "./serve.mjs";
 
 const USAGE = "usage: node tests/e2e/qa.mjs [--min MODEL=FRACTION ...] DIST EVAL.json [EVAL.json ...] (DIST: a built page)";
 const minimum = {}; // model -> least share right with retrieval
@@ -48,30 +47,11 @@ if (questions.size === 0) {
   process.exit(2);
 }
 
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm",
-  ".json": "application/json", ".svg": "image/svg+xml" };
-const root = path.resolve(DIST);
-const server = http.createServer((req, res) => {
-  const rel = decodeURIComponent(new URL(req.url, "http://x").pathname);
-  const file = path.join(root, path.normalize(rel === "/" ? "/index.html" : rel));
-  if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-    res.writeHead(404).end("not found");
-    return;
-  }
-  res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream" });
-  res.end(fs.readFileSync(file));
-});
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-const origin = `http://127.0.0.1:${server.address().port}`;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const server = await serve(DIST);
+const browser = await launch();
 try {
   const page = await browser.newPage();
-  await page.goto(origin + "/");
+  await page.goto(`http://127.0.0.1:${server.address().port}/`);
   await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled, null, { timeout: 300_000 });
   const models = await page.$$eval(".card[data-model]", (cards) => cards.map((c) => c.dataset.model));
   const right = {}; // model -> set -> slot -> count

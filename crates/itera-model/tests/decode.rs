@@ -12,20 +12,6 @@ use itera_model::{Config, Model, ModelKind, Preset};
 
 const VOCAB: usize = 97;
 
-/// Adds N(0, 0.3²) to every weight except Mamba's A_log and Δ bias (as tests/models.rs), so that
-/// the logits are O(1) and a wrong path shows.
-fn shake(varmap: &candle_nn::VarMap, rng: &mut Rng) -> Result<()> {
-    let data = varmap.data().lock().unwrap();
-    let mut vars: Vec<_> = data.iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, var) in vars {
-        if !name.ends_with("A_log") && !name.ends_with("dt_proj.bias") {
-            var.set(&(var.as_tensor() + randn(rng, var.dims(), 0.3))?)?;
-        }
-    }
-    Ok(())
-}
-
 fn configs() -> Vec<(&'static str, Config)> {
     let tiny = |k| Config::preset(k, Preset::Tiny, VOCAB);
     let mut gqa = tiny(ModelKind::Baseline);

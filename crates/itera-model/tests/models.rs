@@ -26,22 +26,6 @@ fn tiny_mamba() -> Config {
     }
 }
 
-/// Adds N(0, 0.3²) to every weight except Mamba's A_log and Δ bias, so that logits are O(1)
-/// rather than the init's near-zero and comparisons between paths have something to compare.
-fn shake(varmap: &candle_nn::VarMap, rng: &mut Rng) -> Result<()> {
-    // In name order: the VarMap is a HashMap, whose order changes from run to run, and with it
-    // which noise each variable got (and so, rarely, a near-tie in the MoE's top-2 routing).
-    let data = varmap.data().lock().unwrap();
-    let mut vars: Vec<_> = data.iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, var) in vars {
-        if !name.ends_with("A_log") && !name.ends_with("dt_proj.bias") {
-            var.set(&(var.as_tensor() + randn(rng, var.dims(), 0.3))?)?;
-        }
-    }
-    Ok(())
-}
-
 fn all_tiny() -> Vec<(&'static str, Config)> {
     vec![
         ("baseline", tiny(ModelKind::Baseline)),

@@ -39,21 +39,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gemv_matches_the_plain_product_for_every_tail_length() {
-        for cols in [1, 15, 16, 17, 64, 100] {
-            let rows = 7;
-            let w: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 - 6.0).collect();
-            let x: Vec<f32> = (0..cols).map(|i| (i % 5) as f32 * 0.5).collect();
-            let mut y = vec![0f32; rows];
-            gemv(&w, &x, &mut y);
-            for r in 0..rows {
-                let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[c]).sum();
-                assert!((y[r] - want).abs() <= 1e-4 * (1.0 + want.abs()), "cols {cols} row {r}: {} vs {want}", y[r]);
-            }
-        }
-    }
-
-    #[test]
     fn the_peak_is_a_positive_rate() {
         let t = std::time::Instant::now();
         let g = gemv_gflops(64, 256, 3, 2.0, || t.elapsed().as_secs_f64() * 1e3);

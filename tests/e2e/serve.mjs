@@ -1,0 +1,40 @@
+// What the e2e scripts share: a static server for a built page, and headless Chromium (Debian's,
+// driven by playwright-core; nothing is downloaded).
+
+import { chromium } from "playwright-core";
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+  ".wasm": "application/wasm", ".json": "application/json", ".svg": "image/svg+xml" };
+
+/// Serves `dir` on 127.0.0.1 (a free port); `rewrite` maps a path ("/models/...") to a function
+/// that gets the file's text (.json, .js) or bytes and returns what to serve instead.
+export function serve(dir, rewrite = {}) {
+  const root = path.resolve(dir);
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    const rel = decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname);
+    const file = path.join(root, path.normalize(rel));
+    if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    let body = fs.readFileSync(file);
+    if (rewrite[rel]) body = Buffer.from(rewrite[rel](/\.(json|js)$/.test(rel) ? body.toString() : body));
+    res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream", "content-length": body.length });
+    res.end(body);
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+/// Headless Chromium with the flags every script uses, plus `flag` (e.g. "--disable-gpu").
+export function launch(flag = "--disable-gpu") {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", flag, "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+}
