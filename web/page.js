@@ -6,7 +6,7 @@ const MODELS = [
   { key: "itera-lite", title: "Itera-Lite (SSM + sparse MoE)", base: "models/itera-lite/" },
 ];
 const BENCH_CONTEXTS = [64, 256, 1024, 4096];
-const BENCH_STEPS = 8;
+const BENCH_STEPS = 16;
 const COLORS = { "baseline": "#c2410c", "itera-lite": "#1d4ed8" };
 
 const $ = (id) => document.getElementById(id);
@@ -471,7 +471,7 @@ function drawLatency() {
       body += `<polyline fill="none" stroke="${col}" stroke-width="2"${dash} data-backend="${backend}" points="${ps.map((p) => `${x(p.context)},${y(p.median_ms)}`).join(" ")}"/>`;
       for (const p of ps) {
         body += `<line x1="${x(p.context)}" x2="${x(p.context)}" y1="${y(p.median_ms)}" y2="${y(p.p95_ms)}" stroke="${col}" opacity=".5"/>`;
-        body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-backend="${backend}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(name)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
+        body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-backend="${backend}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(name)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, mean ${fmtMs(p.mean_ms || 0)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
       }
       body += `<text x="${L + 8}" y="${T + 12 + 14 * legend++}" fill="${col}">${esc(name)}</text>`;
     }
@@ -493,7 +493,7 @@ function drawEfficiency() {
     parts.push(`<span data-efficiency="${v.spec.key}">${esc(v.spec.title)}: ${ps.length > 1 ? `${at(ps[0])} … ${at(ps.at(-1))}` : at(ps[0])}</span>`);
   }
   $("decode-efficiency").innerHTML = parts.length
-    ? `CPU decode, FLOPs per step over its median time, against a GEMV peak of <b data-peak>${peak.toFixed(2)} GFLOP/s</b> (one thread): ${parts.join("; ")}.` : "";
+    ? `CPU decode, FLOPs per step over its mean time, against a GEMV peak of <b data-peak>${peak.toFixed(2)} GFLOP/s</b> (one thread): ${parts.join("; ")}.` : "";
 }
 
 function drawSizes() {

@@ -88,7 +88,9 @@ async function happyPath(browser) {
       check(/ms$/.test(m[2]), `${model}: load time shown (${m[2]})`);
       check(/ms \(\d+ tokens\)/.test(m[3]), `${model}: prefill time shown (${m[3]})`);
       const [p50, p95] = m[4].split(" / ").map(parseFloat);
-      check(p50 > 0 && p95 >= p50 && p95 < 10_000, `${model}: latency p50 ≤ p95, both plausible (${m[4]})`);
+      // A step of the tiny test models can be shorter than the browser's timer resolution
+      // (0.1 ms): p50 may read 0.
+      check(p50 >= 0 && p95 >= p50 && p95 < 10_000, `${model}: latency p50 ≤ p95, both plausible (${m[4]})`);
       check(parseFloat(m[5]) > 0, `${model}: tokens/s shown (${m[5]})`);
       check(/at (\d+) tokens/.test(m[6]) && Number(m[6].match(/at (\d+) tokens/)[1]) >= 20, `${model}: state memory at the context reached (${m[6]})`);
       check(/µJ$/.test(m[7]) && parseFloat(m[7]) > 0, `${model}: energy estimate shown (${m[7]})`);

@@ -151,9 +151,13 @@ pub enum FromWorker {
         context: usize,
         median_ms: f64,
         p95_ms: f64,
+        /// The timed steps' wall time over their number, read once around them all: exact where
+        /// one step is shorter than the browser's timer resolution (0.1 ms), unlike the median.
+        #[serde(default)]
+        mean_ms: f64,
         state_bytes: usize,
         backend: String, // `cpu` or `webgpu`: the page draws one curve per model and backend
-        /// The decode step's FLOPs (the config's count at this context) over its median time.
+        /// The decode step's FLOPs (the config's count at this context) over its mean time.
         #[serde(default)]
         gflops: f64,
     },
