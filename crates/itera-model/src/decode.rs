@@ -50,8 +50,22 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// A reduction of `x` by `f` in eight independent lanes (so that it vectorises), then across them.
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| f(a, b))
+}
+
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x * fast_sigmoid(x)
 }
 
 fn host(t: &Tensor) -> Result<Vec<f32>> {
@@ -268,13 +282,9 @@ impl Llama {
                 }
             }
             for row in self.scores.chunks_exact_mut(t) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
+                let max = lanes(row, f32::NEG_INFINITY, f32::max);
+                row.iter_mut().for_each(|s| *s = fast_exp(*s - max));
+                let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
                 row.iter_mut().for_each(|s| *s *= inv);
             }
             self.att.fill(0.0);
@@ -311,7 +321,7 @@ struct Moe {
 struct MambaLayer {
     norm: Vec<f32>,
     in_proj: Vec<f32>, // (2ED, D)
-    conv_w: Vec<f32>,  // (ED, K)
+    conv_w: Vec<f32>,  // (K, ED): tap j of every channel side by side
     conv_b: Vec<f32>,
     x_proj: Vec<f32>, // (R + 2N, ED)
     dt_w: Vec<f32>,   // (ED, R)
@@ -371,7 +381,7 @@ impl Mamba {
                 Ok(MambaLayer {
                     norm: host(&b.norm)?,
                     in_proj: host(&mx.in_proj)?,
-                    conv_w: host(&mx.conv_weight)?,
+                    conv_w: host(&mx.conv_weight.t()?.contiguous()?)?,
                     conv_b: host(&mx.conv_bias)?,
                     x_proj: host(&mx.x_proj)?,
                     dt_w: host(&mx.dt_proj_w)?,
@@ -447,15 +457,16 @@ impl Mamba {
             rms_norm(&self.x, &l.norm, self.eps, &mut self.hn);
             gemv(&l.in_proj, &self.hn, &mut self.xz);
             let (xs, z) = self.xz.split_at(ed);
-            for c in 0..ed {
-                let w = &l.conv_w[c * k..(c + 1) * k];
-                let mut acc = l.conv_b[c];
-                for (j, &wj) in w[..k - 1].iter().enumerate() {
-                    acc += l.window[j * ed + c] * wj;
+            // Tap by tap over all channels (contiguous, so the loops vectorise), then SiLU.
+            self.xc.copy_from_slice(&l.conv_b);
+            for j in 0..k {
+                let tap = &l.conv_w[j * ed..(j + 1) * ed];
+                let input = if j + 1 < k { &l.window[j * ed..(j + 1) * ed] } else { xs };
+                for ((acc, &w), &v) in self.xc.iter_mut().zip(tap).zip(input) {
+                    *acc += v * w;
                 }
-                acc += xs[c] * w[k - 1];
-                self.xc[c] = silu(acc);
             }
+            self.xc.iter_mut().for_each(|v| *v *= fast_sigmoid(*v));
             if k > 1 {
                 l.window.copy_within(ed.., 0);
                 l.window[(k - 2) * ed..].copy_from_slice(xs);
@@ -465,8 +476,15 @@ impl Mamba {
             let (b, c) = bc.split_at(n);
             gemv(&l.dt_w, dt_in, &mut self.dt);
             // h = exp(Δ A) h + Δ u B;  y = (C·h + D u) silu(z), as `scan::selective_scan_with_state`.
+            // Δ and the gate silu(z) for all channels first (vector loops), then the state update.
+            for (dt, &bias) in self.dt.iter_mut().zip(&l.dt_b) {
+                *dt = fast_softplus(*dt + bias);
+            }
+            for (y, &z) in self.y.iter_mut().zip(z) {
+                *y = z * fast_sigmoid(z);
+            }
             for ch in 0..ed {
-                let delta = fast_softplus(self.dt[ch] + l.dt_b[ch]);
+                let delta = self.dt[ch];
                 let u = self.xc[ch];
                 let dtx = delta * u;
                 let a = &l.a[ch * n..(ch + 1) * n];
@@ -474,8 +492,7 @@ impl Mamba {
                 for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
                     *h = fast_exp(delta * a) * *h + dtx * b;
                 }
-                let gate = z[ch] * fast_sigmoid(z[ch]);
-                self.y[ch] = (dot(h, c) + l.d_skip[ch] * u) * gate;
+                self.y[ch] *= dot(h, c) + l.d_skip[ch] * u;
             }
             gemv(&l.out_proj, &self.y, &mut self.o);
             self.x.iter_mut().zip(&self.o).for_each(|(x, o)| *x += o);
