@@ -7,19 +7,14 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { launch, serve } from "./serve.mjs";
+import { withPage } from "./serve.mjs";
 
 const [DIST, ROUNDS = "2"] = process.argv.slice(2);
 if (!DIST || !fs.existsSync(path.join(DIST, "index.html")) || !(Number(ROUNDS) >= 1)) {
   console.error("usage: node tests/e2e/bench.mjs DIST [ROUNDS] (DIST: a built page)");
   process.exit(2);
 }
-const server = await serve(DIST);
-const browser = await launch();
-try {
-  const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  await page.waitForFunction(() => !document.querySelector("#bench").disabled, null, { timeout: 300_000 });
+await withPage(DIST, "#bench", async (page) => {
   for (let round = 1; round <= Number(ROUNDS); round++) {
     await page.click("#bench");
     await page.waitForFunction(() => !document.querySelector("#bench").disabled
@@ -29,7 +24,4 @@ try {
     console.log(`round ${round}: ${await page.textContent("#decode-efficiency")}`);
     for (const [model, backend, context, ms] of points) console.log(`  ${model} (${backend}) at ${context}: median ${ms.toFixed(3)} ms`);
   }
-} finally {
-  await browser.close();
-  server.close();
-}
+});

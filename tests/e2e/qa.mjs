@@ -13,7 +13,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { launch, serve } from "./serve.mjs";
+import { withPage } from "./serve.mjs";
 
 const USAGE = "usage: node tests/e2e/qa.mjs [--min MODEL=FRACTION ...] DIST EVAL.json [EVAL.json ...] (DIST: a built page)";
 const minimum = {}; // model -> least share right with retrieval
@@ -47,12 +47,7 @@ if (questions.size === 0) {
   process.exit(2);
 }
 
-const server = await serve(DIST);
-const browser = await launch();
-try {
-  const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  await page.waitForFunction(() => !document.querySelector("#qa-ask").disabled, null, { timeout: 300_000 });
+await withPage(DIST, "#qa-ask", async (page) => {
   const models = await page.$$eval(".card[data-model]", (cards) => cards.map((c) => c.dataset.model));
   const right = {}; // model -> set -> slot -> count
   const asked = {};
@@ -98,7 +93,4 @@ try {
     console.log(`${verdict}: ${m} answered ${on}/${questions.size} with retrieval (at least ${least} wanted)`);
     if (share < least) process.exitCode = 1;
   }
-} finally {
-  await browser.close();
-  server.close();
-}
+});

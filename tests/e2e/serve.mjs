@@ -38,3 +38,19 @@ export function launch(flag = "--disable-gpu") {
       "--disable-component-update", "--disable-sync"],
   });
 }
+
+/// Serves `dist`, opens it in headless Chromium, waits until the button `ready` (a selector) is
+/// enabled (the models loaded), runs `fn(page)`, and closes both whatever happens.
+export async function withPage(dist, ready, fn) {
+  const server = await serve(dist);
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.waitForFunction((sel) => !document.querySelector(sel).disabled, ready, { timeout: 300_000 });
+    return await fn(page);
+  } finally {
+    await browser.close();
+    server.close();
+  }
+}
