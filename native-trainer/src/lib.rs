@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod files;
+pub mod parallel;
 pub mod plot;
 pub mod reading;
 pub mod report;

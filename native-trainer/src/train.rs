@@ -10,6 +10,7 @@ use crate::checkpoint::{Checkpoint, CheckpointMeta, FinalEval};
 use crate::data::{self, encode_documents, eot_id};
 use crate::eval::{stream_loss, windows, LossSum};
 use crate::files::{write_atomic, write_json_atomic};
+use crate::parallel::{all_reduce_grads, local_group, rows, Collective, Shares};
 use crate::plot;
 use crate::reading::{self, Reader, ReadingConfig, ReadingOrder};
 use crate::source::{CorpusSpec, Source};
@@ -155,6 +156,12 @@ pub struct TrainArgs {
     /// Held-out questions answered at the end: world questions (`--corpus world`), instances per task (task corpora); 0 skips
     #[arg(long, default_value_t = 200)]
     pub qa_questions: usize,
+    /// Data-parallel ranks: N copies of the model in threads of this process, each reading 1/N of every batch
+    /// (--batch-size and --reading-batch must divide by N), their gradients summed every step, so that a run
+    /// follows the one-rank run of the same batch; with `--device cuda:K` rank r trains on cuda:K+r (docs/gpu.md)
+    #[arg(long, default_value_t = 1)]
+    #[serde(default = "one")]
+    pub world_size: usize,
 }
 
 fn one() -> usize {
@@ -231,6 +238,14 @@ impl std::fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// Data-parallel rank `r`'s device: the CPU for every rank, or the r-th GPU from this one.
+    pub fn for_rank(self, r: usize) -> DeviceSpec {
+        match self {
+            DeviceSpec::Cpu => DeviceSpec::Cpu,
+            DeviceSpec::Cuda(n) => DeviceSpec::Cuda(n + r),
+        }
+    }
+
     /// Opens the device; a build without the `cuda` feature says so by name.
     pub fn open(self) -> Result<Device> {
         match self {
@@ -314,6 +329,12 @@ impl TrainArgs {
                 a.world_unseen
             );
         }
+        if a.world_size == 0 {
+            bail!("--world-size must be > 0");
+        }
+        if !a.batch_size.is_multiple_of(a.world_size) {
+            bail!("--batch-size {} does not divide among --world-size {} ranks", a.batch_size, a.world_size);
+        }
         if a.retrieval.is_some() {
             if a.corpus != CorpusSpec::World {
                 bail!("--retrieval reads world biographies: it needs --corpus world");
@@ -328,6 +349,9 @@ impl TrainArgs {
             }
             if a.reading_batch == Some(0) {
                 bail!("--reading-batch must be > 0");
+            }
+            if let Some(r) = a.reading_batch.filter(|r| !r.is_multiple_of(a.world_size)) {
+                bail!("--reading-batch {r} does not divide among --world-size {} ranks", a.world_size);
             }
         }
         Ok(a)
@@ -437,6 +461,7 @@ const READING_VALID: usize = 32;
 
 /// Training batches from a seeded stream, whose state is the data cursor: random windows of
 /// the token stream, or fresh instances of a synthetic task (a new draw every step).
+/// Draws every step's global batch (the same draws on every rank) and builds this rank's rows of it.
 struct Batcher<'a> {
     data: &'a Data,
     rng: Rng,
@@ -444,6 +469,8 @@ struct Batcher<'a> {
     seq_len: usize,
     tok: &'a tokenizers::Tokenizer,
     eot: u32,
+    rank: usize,
+    world: usize,
 }
 
 /// One step's batch: next-token targets everywhere, or a synthetic task's answers.
@@ -466,17 +493,18 @@ impl Batcher<'_> {
         match self.data {
             Data::Text { train_stream: stream, reading, .. } => {
                 let span = stream.len() - self.seq_len - 1;
-                let mut ids = Vec::with_capacity(self.batch * (self.seq_len + 1));
-                for _ in 0..self.batch {
-                    let s = self.rng.below(span + 1);
+                let starts: Vec<usize> = (0..self.batch).map(|_| self.rng.below(span + 1)).collect();
+                let starts = &starts[rows(self.batch, self.rank, self.world)];
+                let mut ids = Vec::with_capacity(starts.len() * (self.seq_len + 1));
+                for &s in starts {
                     ids.extend_from_slice(&stream[s..s + self.seq_len + 1]);
                 }
-                let data = Tensor::from_vec(ids, (self.batch, self.seq_len + 1), &Device::Cpu)?;
+                let data = Tensor::from_vec(ids, (starts.len(), self.seq_len + 1), &Device::Cpu)?;
                 let (inputs, targets) = (data.narrow(1, 0, self.seq_len)?, data.narrow(1, 1, self.seq_len)?);
                 let Some(r) = reading else { return Ok(Batch::Next { inputs, targets }) };
-                let mut examples = Vec::with_capacity(r.batch);
-                for _ in 0..r.batch {
-                    let item = &r.train[self.rng.below(r.train.len())];
+                let items: Vec<&QaItem> = (0..r.batch).map(|_| &r.train[self.rng.below(r.train.len())]).collect();
+                let mut examples = Vec::with_capacity(r.batch / self.world);
+                for item in &items[rows(r.batch, self.rank, self.world)] {
                     let p = r.pool.prompt(&item.question);
                     examples.push(reading::example_tokens(self.tok, self.eot, &p, &item.answer)?);
                 }
@@ -484,7 +512,7 @@ impl Batcher<'_> {
             }
             Data::Synthetic { task, .. } => {
                 let seqs: Vec<Sequence> = (0..self.batch).map(|_| task.instance(self.seq_len, &mut self.rng)).collect();
-                Ok(Batch::Answers(synthetic::batch(&seqs)?))
+                Ok(Batch::Answers(synthetic::batch(&seqs[rows(self.batch, self.rank, self.world)])?))
             }
         }
     }
@@ -516,20 +544,54 @@ impl Batch {
         })
     }
 
-    /// The losses, and the reading examples' answer loss on its own when there are some.
-    fn loss(&self, model: &Model) -> Result<(Losses, Option<Tensor>)> {
-        Ok(match self {
-            Batch::Next { inputs, targets } => (model.loss(inputs, targets)?, None),
-            Batch::Answers(b) => (model.loss_at(&b.inputs, &b.positions, &b.targets)?, None),
+    /// The losses, and the reading examples' answer loss on its own when there are some. With
+    /// `shares` (a rank of several), each term is scaled by the rank's share of the global batch,
+    /// so that the ranks' losses (and gradients) sum to the global batch's.
+    fn loss(&self, model: &Model, shares: Option<Shares>) -> Result<(Losses, Option<Tensor>)> {
+        let Some(s) = shares else {
+            return Ok(match self {
+                Batch::Next { inputs, targets } => (model.loss(inputs, targets)?, None),
+                Batch::Answers(b) => (model.loss_at(&b.inputs, &b.positions, &b.targets)?, None),
+                Batch::Reading { inputs, targets, reading: b } => {
+                    let text = model.loss(inputs, targets)?;
+                    let read = model.loss_at(&b.inputs, &b.positions, &b.targets)?;
+                    // `ce` stays the text loss (comparable with runs without retrieval); the reading
+                    // loss is logged on its own.
+                    let total = (&text.total + &read.total)?;
+                    (Losses { total, ce: text.ce, aux: (&text.aux + &read.aux)? }, Some(read.ce))
+                }
+            });
+        };
+        let (ce, aux, read) = match self {
+            Batch::Next { inputs, targets } => {
+                let l = model.loss(inputs, targets)?;
+                ((l.ce * s.text)?, l.aux, None)
+            }
+            Batch::Answers(b) => {
+                let l = model.loss_at(&b.inputs, &b.positions, &b.targets)?;
+                ((l.ce * s.answers)?, l.aux, None)
+            }
             Batch::Reading { inputs, targets, reading: b } => {
                 let text = model.loss(inputs, targets)?;
                 let read = model.loss_at(&b.inputs, &b.positions, &b.targets)?;
-                // `ce` stays the text loss (comparable with runs without retrieval); the reading loss
-                // is logged on its own.
-                let total = (&text.total + &read.total)?;
-                (Losses { total, ce: text.ce, aux: (&text.aux + &read.aux)? }, Some(read.ce))
+                ((text.ce * s.text)?, (&text.aux + &read.aux)?, Some((read.ce * s.answers)?))
             }
-        })
+        };
+        let aux = (aux * s.aux)?;
+        let total = match &read {
+            Some(r) => ((&ce + r)? + &aux)?,
+            None => (&ce + &aux)?,
+        };
+        Ok((Losses { total, ce, aux }, read))
+    }
+
+    /// Text tokens and answer tokens whose losses this batch averages.
+    fn counts(&self) -> (usize, usize) {
+        match self {
+            Batch::Next { targets, .. } => (targets.elem_count(), 0),
+            Batch::Answers(b) => (0, b.targets.elem_count()),
+            Batch::Reading { targets, reading, .. } => (targets.elem_count(), reading.targets.elem_count()),
+        }
     }
 
     /// Tokens the model read this step.
@@ -720,17 +782,18 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     }
     write_json_atomic(&out.join("config.json"), &cfg)?;
     let device = args.device.open()?;
-    let (varmap, mut model) = Model::init_with(&cfg, args.seed, args.init, &device)?;
-    model.set_kernels(Kernels::for_device(&device));
-    let mut opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
-    let mut batcher = Batcher {
+    let mut rep = Replica::new(&cfg, &args, &device)?;
+    let batcher_for = |rank: usize, rng: Rng| Batcher {
         data: &data,
-        rng: Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001),
+        rng,
         batch: args.batch_size,
         seq_len,
         tok: &tokenizer,
         eot,
+        rank,
+        world: args.world_size,
     };
+    let mut batcher = batcher_for(0, Rng::new(args.seed ^ 0x0da7_a5ee_d000_0001));
     let mut meta = CheckpointMeta {
         step: 0,
         rng_state: batcher.rng.state(),
@@ -744,11 +807,15 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         final_eval: None,
     };
     let mut metrics = read_metrics(out)?;
-    if let Some(ck) = previous {
-        assign_varmap(&varmap, &ck.weights()).context("restoring the checkpoint's weights")?;
-        opt.load_state(&ck.tensors, ck.meta.step as u64).context("restoring the optimizer state")?;
+    if let Some(ck) = &previous {
+        rep.restore(ck)?;
         batcher.rng = Rng::new(ck.meta.rng_state);
-        meta = CheckpointMeta { args: args.clone(), threads: meta.threads, code_version: meta.code_version, ..ck.meta };
+        meta = CheckpointMeta {
+            args: args.clone(),
+            threads: meta.threads,
+            code_version: meta.code_version,
+            ..ck.meta.clone()
+        };
         // Forget metrics logged after the checkpoint: the resumed run logs those steps again.
         metrics.retain(|m| m.step() <= meta.step);
         eprintln!("resuming {} at step {}", out.display(), meta.step);
@@ -787,92 +854,141 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         }
         Data::Synthetic { .. } => Vec::new(),
     };
-    let started = Instant::now();
-    let elapsed_before = meta.elapsed_s;
-    while meta.step < steps {
-        let step = meta.step;
-        let t0 = Instant::now();
-        let batch = batcher.next()?.to_device(&device)?;
-        let lr = lr_at(step, &args);
-        let loads = itera_model::moe::LoadRecording::start();
-        let (losses, reading_loss) = batch.loss(&model)?;
-        let expert_load_entropy = loads.normalized_entropy();
-        drop(loads);
-        let (loss, ce, aux) = (scalar(&losses.total)?, scalar(&losses.ce)?, scalar(&losses.aux)?);
-        let reading_loss = reading_loss.map(|t| scalar(&t)).transpose()?;
-        let step_tokens = batch.tokens()?;
-        if !loss.is_finite() {
-            bar.abandon();
-            bail!(
-                "step {}: the loss is {loss}; stopping. The last good checkpoint (step {}) in {} is intact; \
-                 try a lower --lr or a stronger --grad-clip",
-                step + 1,
-                Checkpoint::load(out).map(|c| c.meta.step).unwrap_or(0),
-                out.display()
-            );
-        }
-        let mut grads = losses.total.backward()?;
-        let grad_norm = if args.grad_clip > 0.0 { clip_grad_norm(&mut grads, &varmap, args.grad_clip)? } else { 0.0 };
-        opt.step(&grads, lr)?;
-        drop(grads);
-
-        meta.step += 1;
-        meta.tokens_seen += step_tokens;
-        meta.rng_state = batcher.rng.state();
-        meta.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let tok_per_s = step_tokens as f64 / t0.elapsed().as_secs_f64();
-        log.write(&Metric::Train {
-            step: meta.step,
-            tokens: meta.tokens_seen,
-            loss,
-            ce,
-            aux,
-            lr,
-            grad_norm,
-            tok_per_s,
-            elapsed_s: meta.elapsed_s,
-            reading_loss,
-            expert_load_entropy,
-        })?;
-        bar.set_position(meta.step as u64);
-        bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
-
-        if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
-            let cpu_copy = cpu_model(&varmap, &cfg, &device)?;
-            let model = cpu_copy.as_ref().unwrap_or(&model);
-            let (valid_loss, accuracy) = match &data {
-                Data::Text { valid_stream, reading, .. } => {
-                    let loss = stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
-                    let accuracy = match reading {
-                        Some(r) => {
-                            Some(reading::qa_with_retrieval(&model, &tokenizer, eot, &r.reader, &r.valid)?.0.accuracy())
+    // Ranks 1.. of a data-parallel run: threads that take the same steps on their rows of each
+    // batch and stop with rank 0 (which evaluates, logs and writes the checkpoints).
+    let (start_step, start_rng) = (meta.step, meta.rng_state);
+    let mut ranks = if args.world_size > 1 { local_group(args.world_size) } else { Vec::new() };
+    let rank0 = (!ranks.is_empty()).then(|| ranks.remove(0));
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let (cfg, args, previous, batcher_for) = (&cfg, &args, &previous, &batcher_for);
+                scope.spawn(move || -> Result<()> {
+                    let device = args.device.for_rank(rank.rank()).open()?;
+                    let mut rep = Replica::new(cfg, args, &device)?;
+                    if let Some(ck) = previous {
+                        rep.restore(ck)?;
+                    }
+                    let mut batcher = batcher_for(rank.rank(), Rng::new(start_rng));
+                    for step in start_step..steps {
+                        let batch = batcher.next()?.to_device(&device)?;
+                        rep.step(&batch, lr_at(step, args), args.grad_clip, Some(&rank))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let led = (|| -> Result<()> {
+            let rank0 = rank0; // dropped on the way out, error or not: the workers stop waiting
+            let group = rank0.as_ref().map(|r| r as &dyn Collective);
+            let started = Instant::now();
+            let elapsed_before = meta.elapsed_s;
+            while meta.step < steps {
+                let step = meta.step;
+                let t0 = Instant::now();
+                let batch = batcher.next()?.to_device(&device)?;
+                let lr = lr_at(step, &args);
+                let loads = itera_model::moe::LoadRecording::start();
+                let figures = rep.step(&batch, lr, args.grad_clip, group);
+                let expert_load_entropy = loads.normalized_entropy();
+                drop(loads);
+                let StepFigures { loss, ce, aux, reading_loss, tokens: step_tokens, grad_norm } = match figures {
+                    Ok(f) => f,
+                    Err(e) => {
+                        bar.abandon();
+                        if let Some(NonFiniteLoss(loss)) = e.downcast_ref::<NonFiniteLoss>() {
+                            bail!(
+                                "step {}: the loss is {loss}; stopping. The last good checkpoint (step {}) in {} is intact; \
+                                 try a lower --lr or a stronger --grad-clip",
+                                step + 1,
+                                Checkpoint::load(out).map(|c| c.meta.step).unwrap_or(0),
+                                out.display()
+                            );
                         }
-                        None => None,
+                        return Err(e);
+                    }
+                };
+
+                meta.step += 1;
+                meta.tokens_seen += step_tokens;
+                meta.rng_state = batcher.rng.state();
+                meta.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+                let tok_per_s = step_tokens as f64 / t0.elapsed().as_secs_f64();
+                log.write(&Metric::Train {
+                    step: meta.step,
+                    tokens: meta.tokens_seen,
+                    loss,
+                    ce,
+                    aux,
+                    lr,
+                    grad_norm,
+                    tok_per_s,
+                    elapsed_s: meta.elapsed_s,
+                    reading_loss,
+                    expert_load_entropy,
+                })?;
+                bar.set_position(meta.step as u64);
+                bar.set_message(format!("loss {ce:.3} | {tok_per_s:.0} tok/s"));
+
+                if meta.step.is_multiple_of(args.eval_interval) || meta.step == steps {
+                    let cpu_copy = cpu_model(&rep.varmap, &cfg, &device)?;
+                    let model = cpu_copy.as_ref().unwrap_or(&rep.model);
+                    let (valid_loss, accuracy) = match &data {
+                        Data::Text { valid_stream, reading, .. } => {
+                            let loss =
+                                stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
+                            let accuracy = match reading {
+                                Some(r) => Some(
+                                    reading::qa_with_retrieval(&model, &tokenizer, eot, &r.reader, &r.valid)?
+                                        .0
+                                        .accuracy(),
+                                ),
+                                None => None,
+                            };
+                            (loss, accuracy)
+                        }
+                        Data::Synthetic { task, valid } => {
+                            let (loss, r) = synthetic::score(&model, *task, valid, args.batch_size)?;
+                            (loss, Some(r.accuracy()))
+                        }
                     };
-                    (loss, accuracy)
+                    meta.last_valid_loss = Some(valid_loss);
+                    let valid_perplexity = valid_loss.exp();
+                    log.write(&Metric::Eval { step: meta.step, valid_loss, valid_perplexity, accuracy })?;
+                    let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
+                    say(format!("step {}: train loss {ce:.4}, val loss {valid_loss:.4}{acc}", meta.step));
+                    let title = format!("{} {} on {} (step {})", args.model, args.preset, data.name(), meta.step);
+                    plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, None)?;
                 }
-                Data::Synthetic { task, valid } => {
-                    let (loss, r) = synthetic::score(&model, *task, valid, args.batch_size)?;
-                    (loss, Some(r.accuracy()))
+                if meta.step.is_multiple_of(args.checkpoint_interval) && meta.step < steps {
+                    save_checkpoint(out, &meta, &rep.varmap, &rep.opt)?;
                 }
+            }
+            Ok(())
+        })();
+        let mut failed = None;
+        for (i, w) in workers.into_iter().enumerate() {
+            let e = match w.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.context(format!("data-parallel rank {}", i + 1)),
+                Err(_) => anyhow::anyhow!("data-parallel rank {} panicked", i + 1),
             };
-            meta.last_valid_loss = Some(valid_loss);
-            let valid_perplexity = valid_loss.exp();
-            log.write(&Metric::Eval { step: meta.step, valid_loss, valid_perplexity, accuracy })?;
-            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a));
-            say(format!("step {}: train loss {ce:.4}, val loss {valid_loss:.4}{acc}", meta.step));
-            let title = format!("{} {} on {} (step {})", args.model, args.preset, data.name(), meta.step);
-            plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, None)?;
+            failed.get_or_insert(e);
         }
-        if meta.step.is_multiple_of(args.checkpoint_interval) && meta.step < steps {
-            save_checkpoint(out, &meta, &varmap, &opt)?;
+        match (led, failed) {
+            // Rank 0 stopped because a worker left: the worker's error says why.
+            (Err(e), Some(w)) if format!("{e:#}").contains("left the group") => Err(w),
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(w)) => Err(w),
+            (Ok(()), None) => Ok(()),
         }
-    }
+    })?;
     bar.finish_and_clear();
 
     // ---- final evaluation, then the last checkpoint
-    let cpu_copy = cpu_model(&varmap, &cfg, &device)?;
-    let model = cpu_copy.as_ref().unwrap_or(&model);
+    let cpu_copy = cpu_model(&rep.varmap, &cfg, &device)?;
+    let model = cpu_copy.as_ref().unwrap_or(&rep.model);
     let final_eval = match &data {
         Data::Text { source, train_stream, valid_stream, reading } => {
             let reader = reading.as_ref().map(|r| &r.reader);
@@ -906,7 +1022,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     let title = format!("{} {} on {}", args.model, args.preset, data.name());
     plot::loss_curves_svg(&out.join(LOSS_PLOT), &title, &log.lines, Some(final_eval.unigram_loss))?;
     meta.final_eval = Some(final_eval);
-    save_checkpoint(out, &meta, &varmap, &opt)?;
+    save_checkpoint(out, &meta, &rep.varmap, &rep.opt)?;
     Ok(meta)
 }
 
@@ -927,6 +1043,93 @@ fn cpu_model(varmap: &candle_nn::VarMap, cfg: &Config, device: &Device) -> Resul
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// One rank's model, its variables (in name order, the same on every rank) and optimizer.
+struct Replica {
+    varmap: candle_nn::VarMap,
+    vars: Vec<candle_core::Var>,
+    model: Model,
+    opt: AdamW,
+}
+
+/// A training step's figures (summed over the ranks of a data-parallel run).
+struct StepFigures {
+    loss: f64,
+    ce: f64,
+    aux: f64,
+    reading_loss: Option<f64>,
+    tokens: u64,
+    grad_norm: f64,
+}
+
+/// The step's loss was not a finite number: nothing was updated.
+#[derive(Debug)]
+struct NonFiniteLoss(f64);
+
+impl std::fmt::Display for NonFiniteLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the loss is {}", self.0)
+    }
+}
+
+impl std::error::Error for NonFiniteLoss {}
+
+impl Replica {
+    /// The model initialised from `--seed` (the same weights on every rank) on `device`.
+    fn new(cfg: &Config, args: &TrainArgs, device: &Device) -> Result<Self> {
+        let (varmap, mut model) = Model::init_with(cfg, args.seed, args.init, device)?;
+        model.set_kernels(Kernels::for_device(device));
+        let opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
+        let vars = {
+            let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("var map lock poisoned"))?;
+            let mut named: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.into_iter().map(|(_, v)| v).collect()
+        };
+        Ok(Self { varmap, vars, model, opt })
+    }
+
+    /// Weights and optimizer state from a checkpoint.
+    fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        assign_varmap(&self.varmap, &ck.weights()).context("restoring the checkpoint's weights")?;
+        self.opt.load_state(&ck.tensors, ck.meta.step as u64).context("restoring the optimizer state")?;
+        Ok(())
+    }
+
+    /// Forward, backward, (with a group) the gradients summed over the ranks, clipping, update.
+    fn step(&mut self, batch: &Batch, lr: f64, clip: f64, group: Option<&dyn Collective>) -> Result<StepFigures> {
+        let shares = group
+            .map(|g| {
+                let (text, answers) = batch.counts();
+                Shares::of(text, answers, g)
+            })
+            .transpose()?;
+        let (losses, reading) = batch.loss(&self.model, shares)?;
+        let read = reading.as_ref().map(scalar).transpose()?;
+        let mut f = [
+            scalar(&losses.total)?,
+            scalar(&losses.ce)?,
+            scalar(&losses.aux)?,
+            read.unwrap_or(0.0),
+            batch.tokens()? as f64,
+        ];
+        if let Some(g) = group {
+            let sum = g.all_reduce_sum(f.iter().map(|&x| x as f32).collect())?;
+            f.iter_mut().zip(sum).for_each(|(a, b)| *a = f64::from(b));
+        }
+        let [loss, ce, aux, read_sum, tokens] = f;
+        if !loss.is_finite() {
+            return Err(NonFiniteLoss(loss).into());
+        }
+        let mut grads = losses.total.backward()?;
+        if let Some(g) = group {
+            all_reduce_grads(&mut grads, &self.vars, g)?;
+        }
+        let grad_norm = if clip > 0.0 { clip_grad_norm(&mut grads, &self.varmap, clip)? } else { 0.0 };
+        self.opt.step(&grads, lr)?;
+        Ok(StepFigures { loss, ce, aux, reading_loss: read.map(|_| read_sum), tokens: tokens as u64, grad_norm })
+    }
 }
 
 fn save_checkpoint(out: &Path, meta: &CheckpointMeta, varmap: &candle_nn::VarMap, opt: &AdamW) -> Result<()> {

@@ -873,3 +873,86 @@ fn a_full_disk_during_a_checkpoint_is_a_clear_error_and_the_last_checkpoint_surv
     assert_ok(&out);
     assert_eq!(Checkpoint::load(&run_dir).unwrap().meta.step, steps);
 }
+
+/// The training figures of every step of a run (`metrics.jsonl`): loss, text loss, reading
+/// loss and gradient norm (before clipping).
+fn step_figures(run_dir: &Path) -> Vec<[f64; 4]> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+    let f = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
+    lines
+        .filter(|m| m["kind"] == "train")
+        .map(|m| ["loss", "ce", "reading_loss", "grad_norm"].map(|k| f(&m, k)))
+        .collect()
+}
+
+/// Data parallelism: two ranks, each on half of every batch (text windows and reading examples,
+/// whose answers differ in length), follow the one-rank run of the same batch step by step — the
+/// same losses and gradient norms to float tolerance, the same weights at the end — for the
+/// baseline and for Itera-Lite with MoE off (the MoE's balancing loss is a statistic of each rank's
+/// rows, so MoE runs differ there by design); a two-rank run killed and resumed ends bit-identical
+/// to an uninterrupted two-rank run; a batch that does not divide among the ranks is refused.
+#[test]
+fn two_data_parallel_ranks_follow_the_one_rank_run_and_resume_bit_identically() {
+    let dir = scratch("parallel");
+    let index = dir.join("index");
+    index_world("300", "0", &index, &dir.join("index.json"));
+    let idx = index.display().to_string();
+    let steps = 12;
+    for (model, experts) in [("baseline", None), ("itera-lite", Some("0"))] {
+        let mut flags = vec![
+            ("--retrieval", idx.as_str()),
+            ("--world-unseen", "0.1"),
+            ("--reading-batch", "4"),
+            ("--reading-entities", "200"),
+            ("--grad-clip", "0.5"),
+        ];
+        flags.extend(experts.map(|e| ("--experts", e)));
+        let one = dir.join(format!("{model}-1"));
+        assert_ok(&run(&tiny_run_with(model, steps, &one, &flags)));
+        let two = dir.join(format!("{model}-2"));
+        flags.push(("--world-size", "2"));
+        assert_ok(&run(&tiny_run_with(model, steps, &two, &flags)));
+        let (a, b) = (step_figures(&one), step_figures(&two));
+        assert_eq!(a.len(), steps);
+        assert_eq!(b.len(), steps);
+        for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+            for (k, (p, q)) in x.iter().zip(y).enumerate() {
+                assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-3), "{model} step {}: figure {k}: {p} vs {q}", step + 1);
+            }
+        }
+        for ((name, p), (_, q)) in checkpoint_values(&one).iter().zip(checkpoint_values(&two)) {
+            if name.starts_with("adamw.") {
+                continue; // the second moments of near-zero gradients carry no tolerance to speak of
+            }
+            let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let worst = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4 * scale, "{model}: {name} differs by {worst} (scale {scale})");
+        }
+    }
+
+    // Killed mid-run and resumed at the same world size: bit-identical to the uninterrupted run.
+    let flags = [
+        ("--retrieval", idx.as_str()),
+        ("--world-unseen", "0.1"),
+        ("--reading-batch", "4"),
+        ("--reading-entities", "200"),
+        ("--world-size", "2"),
+        ("--checkpoint-interval", "1"),
+    ];
+    let (whole, killed) = (dir.join("whole"), dir.join("killed"));
+    let steps = 40;
+    assert_ok(&run(&tiny_run_with("itera-lite", steps, &whole, &flags)));
+    let mut args = tiny_run_with("itera-lite", steps, &killed, &flags);
+    kill_after_checkpoint(&args, &killed, 10, Duration::from_millis(3));
+    args.push("--resume".into());
+    assert_ok(&run(&args));
+    assert_eq!(checkpoint_values(&whole), checkpoint_values(&killed));
+    assert_eq!(step_figures(&whole), step_figures(&killed));
+
+    // A batch the ranks cannot share evenly is refused before anything runs.
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("odd"), &[("--world-size", "3")]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--batch-size 4 does not divide among --world-size 3 ranks"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
