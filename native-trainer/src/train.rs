@@ -936,11 +936,10 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
                     let model = cpu_copy.as_ref().unwrap_or(&rep.model);
                     let (valid_loss, accuracy) = match &data {
                         Data::Text { valid_stream, reading, .. } => {
-                            let loss =
-                                stream_loss(&model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
+                            let loss = stream_loss(model, valid_stream, seq_len, &eval_starts, args.batch_size)?.mean();
                             let accuracy = match reading {
                                 Some(r) => Some(
-                                    reading::qa_with_retrieval(&model, &tokenizer, eot, &r.reader, &r.valid)?
+                                    reading::qa_with_retrieval(model, &tokenizer, eot, &r.reader, &r.valid)?
                                         .0
                                         .accuracy(),
                                 ),
@@ -949,7 +948,7 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
                             (loss, accuracy)
                         }
                         Data::Synthetic { task, valid } => {
-                            let (loss, r) = synthetic::score(&model, *task, valid, args.batch_size)?;
+                            let (loss, r) = synthetic::score(model, *task, valid, args.batch_size)?;
                             (loss, Some(r.accuracy()))
                         }
                     };
@@ -992,9 +991,9 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     let final_eval = match &data {
         Data::Text { source, train_stream, valid_stream, reading } => {
             let reader = reading.as_ref().map(|r| &r.reader);
-            final_eval(&model, &tokenizer, eot, source, train_stream, valid_stream, reader, &args)?
+            final_eval(model, &tokenizer, eot, source, train_stream, valid_stream, reader, &args)?
         }
-        Data::Synthetic { task, valid } => synthetic_final_eval(&model, *task, valid, &args)?,
+        Data::Synthetic { task, valid } => synthetic_final_eval(model, *task, valid, &args)?,
     };
     say(format!(
         "done: {} steps, {} tokens in {:.0} s; valid loss {:.4} (ppl {:.2}, {:.3} bits/byte; unigram {:.4}){}",
