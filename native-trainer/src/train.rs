@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use itera_model::init::{InitScheme, Rng};
-use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::optim::{clip_grad_norm, vars_by_name, AdamW, AdamWConfig};
 use itera_model::weights::{assign_varmap, varmap_tensors};
 use itera_model::{Config, Kernels, Losses, Model, ModelKind, Preset};
 use serde::{Deserialize, Serialize};
@@ -1080,12 +1080,7 @@ impl Replica {
         let (varmap, mut model) = Model::init_with(cfg, args.seed, args.init, device)?;
         model.set_kernels(Kernels::for_device(device));
         let opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
-        let vars = {
-            let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("var map lock poisoned"))?;
-            let mut named: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            named.into_iter().map(|(_, v)| v).collect()
-        };
+        let vars = vars_by_name(&varmap)?.into_iter().map(|(_, v)| v).collect();
         Ok(Self { varmap, vars, model, opt })
     }
 

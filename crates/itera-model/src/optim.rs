@@ -169,14 +169,19 @@ impl AdamW {
     }
 }
 
+/// The variables of `varmap` with their names, sorted by name: an order that is the same in every
+/// process and run (the gradient norm's sum, data-parallel ranks' gradient buckets).
+pub fn vars_by_name(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("var map lock poisoned"))?;
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
+
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping. The sum of squares runs in a fixed (sorted-name) order.
 pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> Result<f64> {
-    let mut vars: Vec<(String, Var)> = {
-        let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("clip: var map lock poisoned"))?;
-        data.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
-    };
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars = vars_by_name(varmap)?;
     let mut sum_sq = 0f64;
     for (_, v) in &vars {
         if let Some(g) = grads.get(v.as_tensor()) {
