@@ -13,6 +13,7 @@ use crate::reading::{self, RetrievalEval};
 use crate::world::{World, WorldConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use itera_model::decode::Decoder;
 use itera_model::flops::Counting;
 use itera_model::init::Rng;
 use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
@@ -508,6 +509,7 @@ pub fn child(a: &ChildArgs) -> Result<()> {
     let prefill_tok_per_s = prefill_tokens as f64 / t.elapsed().as_secs_f64();
 
     let energy = crate::bench::EnergyCounter::open();
+    let mut decoder = Decoder::new(model)?;
     let mut decode = Vec::new();
     for &c in &a.contexts {
         if c > limit || c < 8 {
@@ -517,9 +519,11 @@ pub fn child(a: &ChildArgs) -> Result<()> {
         // samples come in rounds, each from a fresh state filled up to just before its window.
         let per_round = a.steps.min(c / 4).max(1);
         let warmup = a.warmup.min(c / 4);
-        let step = |state: &mut itera_model::State, i: usize| -> Result<()> {
+        // The steps go through the batch-1 decoder, as generation in the page does; the prefill
+        // before them through candle's batched forward (also as the page does).
+        let step = |decoder: &mut Decoder, i: usize| -> Result<()> {
             let id = 1 + (i as u32 * 31) % (vocab as u32 - 1);
-            model.forward_with_state(&Tensor::from_slice(&[id], (1, 1), &Device::Cpu)?, state)?;
+            decoder.step(id)?;
             Ok(())
         };
         let mut times = Vec::with_capacity(a.steps);
@@ -530,13 +534,15 @@ pub fn child(a: &ChildArgs) -> Result<()> {
             for chunk in filler_tokens(c - timed - warmup, vocab).chunks(512) {
                 model.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, &mut state)?;
             }
+            decoder.load(&state)?;
+            decoder.reserve(c);
             for i in 0..warmup {
-                step(&mut state, i)?;
+                step(&mut decoder, i)?;
             }
             let e0 = energy.as_ref().map(|e| e.read_uj());
             for i in 0..timed {
                 let t = Instant::now();
-                step(&mut state, i)?;
+                step(&mut decoder, i)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             energy_uj = match (&energy, e0, energy_uj) {
