@@ -269,6 +269,41 @@ pub fn tokenize(tok: &Tokenizer, inst: &Instance) -> Result<(Vec<u32>, Vec<Range
     Ok((ids, spans))
 }
 
+/// One training row of `len` input tokens for `--task-loss answers`: instances drawn fresh from
+/// `rng` (each of a kind picked at random among `kinds`), each after an end-of-text token as in
+/// scoring, until the row is full (the last one may be cut). The answers are every token of every
+/// answer word that falls in the row (or just after it: the last input's target), at the position
+/// whose output must predict it, so that no answer is asked without its whole context before it.
+pub fn answer_row(
+    kinds: &[TaskKind],
+    len: usize,
+    tok: &Tokenizer,
+    eot: u32,
+    rng: &mut Rng,
+) -> Result<crate::synthetic::Sequence> {
+    if kinds.is_empty() || len < 2 {
+        bail!("a task row needs at least one task and 2 tokens");
+    }
+    let mut tokens = Vec::with_capacity(len + 64);
+    let mut answers = Vec::new();
+    while tokens.len() <= len {
+        let inst = kinds[rng.below(kinds.len())].instance(rng);
+        let (ids, spans) = tokenize(tok, &inst)?;
+        tokens.push(eot);
+        let base = tokens.len();
+        tokens.extend_from_slice(&ids);
+        for &a in &inst.answers {
+            for p in spans[a].clone() {
+                if base + p <= len {
+                    answers.push((base + p - 1, ids[p]));
+                }
+            }
+        }
+    }
+    tokens.truncate(len);
+    Ok(crate::synthetic::Sequence { tokens, answers })
+}
+
 /// Scores instances (after an end-of-text token, as documents begin in training), one task at
 /// a time, in the order of `TaskKind::ALL`.
 pub fn task_accuracy(model: &Model, tok: &Tokenizer, eot: u32, instances: &[Instance]) -> Result<Vec<TaskResult>> {
@@ -390,6 +425,43 @@ mod tests {
                 assert_eq!(spans[a].len(), 1, "answer {:?} is one token", inst.words[a]);
             }
         }
+    }
+
+    /// Rows for `--task-loss answers`: full length, begin with an instance, and ask exactly the
+    /// answer words, each at the position before it, with its whole instance before it in the row.
+    #[test]
+    fn answer_rows_ask_the_answers_in_place() {
+        let docs: Vec<String> = generate(&TaskKind::ALL, 3000, 2).iter().map(Instance::text).collect();
+        let tok = data::train_tokenizer_up_to(&docs, 4096).unwrap();
+        let eot = data::eot_id(&tok).unwrap();
+        let mut rng = Rng::new(5);
+        let mut check = Rng::new(5);
+        for len in [24, 128, 300] {
+            let row = answer_row(&TaskKind::ALL, len, &tok, eot, &mut rng).unwrap();
+            assert_eq!(row.tokens.len(), len);
+            assert_eq!(row.tokens[0], eot);
+            // The same draws again, by hand: the answer tokens of every instance that fits.
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            while stream.len() <= len {
+                let inst = TaskKind::ALL[check.below(3)].instance(&mut check);
+                let (ids, spans) = tokenize(&tok, &inst).unwrap();
+                stream.push(eot);
+                let base = stream.len();
+                stream.extend_from_slice(&ids);
+                for &a in &inst.answers {
+                    expected.extend(spans[a].clone().map(|p| base + p).filter(|&i| i <= len));
+                }
+            }
+            assert_eq!(row.tokens, stream[..len]);
+            let asked: Vec<usize> = row.answers.iter().map(|&(p, _)| p + 1).collect();
+            assert_eq!(asked, expected, "answers asked at length {len}");
+            for &(p, t) in &row.answers {
+                assert_eq!(stream[p + 1], t, "the target is the token after the position");
+            }
+            assert!(!row.answers.is_empty());
+        }
+        assert!(answer_row(&[], 10, &tok, eot, &mut rng).is_err());
     }
 
     #[test]

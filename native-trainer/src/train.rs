@@ -15,7 +15,7 @@ use crate::plot;
 use crate::reading::{self, Reader, ReadingConfig, ReadingOrder};
 use crate::source::{CorpusSpec, Source};
 use crate::synthetic::{self, AnswerBatch, Sequence, SyntheticTask};
-use crate::tasks::task_accuracy;
+use crate::tasks::{self, task_accuracy, TaskKind};
 use crate::tensorboard::EventWriter;
 use crate::world::{QaItem, World, WorldConfig};
 use anyhow::{bail, Context, Result};
@@ -86,6 +86,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "shared")]
     #[serde(default = "own_places")]
     pub reading_places: ReadingPlaces,
+    /// With `--corpus tasks` (or a list of its tasks): `all` trains on every token of random windows of the
+    /// instance stream; `answers` on the answer tokens alone, of rows that each begin with an instance and are
+    /// filled with instances drawn fresh every step (the Mamba paper's recipe for its synthetic tasks). The
+    /// validation loss stays the stream's, every token
+    #[arg(long, default_value = "all")]
+    #[serde(default)]
+    pub task_loss: TaskLoss,
     /// Optimizer steps [default: from --tokens, else 300]
     #[arg(long)]
     pub steps: Option<usize>,
@@ -180,6 +187,26 @@ pub enum ReadingPlaces {
     Own,
     Shared,
     Many,
+}
+
+/// `--task-loss`: which tokens of the project's task corpus the loss reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskLoss {
+    #[default]
+    All,
+    Answers,
+}
+
+impl std::str::FromStr for TaskLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" => Ok(TaskLoss::All),
+            "answers" => Ok(TaskLoss::Answers),
+            _ => Err(format!("unknown task loss `{s}` (expected `all` or `answers`)")),
+        }
+    }
 }
 
 /// Worlds besides its own whose names a `many` reading pool draws (`World::generate_with_many_places`).
@@ -311,6 +338,9 @@ impl TrainArgs {
             bail!("--steps must be > 0");
         }
         a.min_lr = Some(a.min_lr.unwrap_or(a.lr / 10.0));
+        if a.task_loss == TaskLoss::Answers && !matches!(a.corpus, CorpusSpec::Tasks(_)) {
+            bail!("--task-loss answers applies to `--corpus tasks` (or a list of its tasks), not to {}", a.corpus);
+        }
         if !matches!(a.corpus, CorpusSpec::Tasks(_) | CorpusSpec::Synthetic(_)) {
             a.vocab_size = Some(a.vocab_size.unwrap_or(DEFAULT_VOCAB_SIZE));
         }
@@ -464,6 +494,8 @@ const READING_VALID: usize = 32;
 /// Draws every step's global batch (the same draws on every rank) and builds this rank's rows of it.
 struct Batcher<'a> {
     data: &'a Data,
+    /// `--task-loss answers`: rows of fresh task instances, the loss on their answers.
+    fresh_tasks: Option<&'a [TaskKind]>,
     rng: Rng,
     batch: usize,
     seq_len: usize,
@@ -490,6 +522,13 @@ enum Batch {
 
 impl Batcher<'_> {
     fn next(&mut self) -> Result<Batch> {
+        if let Some(kinds) = self.fresh_tasks {
+            // Every rank draws (and tokenizes) the whole batch, so the draws are the one-rank run's.
+            let seqs: Vec<Sequence> = (0..self.batch)
+                .map(|_| tasks::answer_row(kinds, self.seq_len, self.tok, self.eot, &mut self.rng))
+                .collect::<Result<_>>()?;
+            return Ok(Batch::Answers(synthetic::batch(&seqs[rows(self.batch, self.rank, self.world)])?));
+        }
         match self.data {
             Data::Text { train_stream: stream, reading, .. } => {
                 let span = stream.len() - self.seq_len - 1;
@@ -783,8 +822,13 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     write_json_atomic(&out.join("config.json"), &cfg)?;
     let device = args.device.open()?;
     let mut rep = Replica::new(&cfg, &args, &device)?;
+    let fresh_tasks = match (&args.corpus, args.task_loss) {
+        (CorpusSpec::Tasks(kinds), TaskLoss::Answers) => Some(kinds.as_slice()),
+        _ => None,
+    };
     let batcher_for = |rank: usize, rng: Rng| Batcher {
         data: &data,
+        fresh_tasks,
         rng,
         batch: args.batch_size,
         seq_len,

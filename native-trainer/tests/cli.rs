@@ -956,3 +956,51 @@ fn two_data_parallel_ranks_follow_the_one_rank_run_and_resume_bit_identically() 
     assert!(stderr(&o).contains("--batch-size 4 does not divide among --world-size 3 ranks"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--task-loss answers`: the task corpus trained on its answers alone, rows of fresh instances;
+/// the figures it logs are finite and the task accuracy is evaluated at the end; a run resumed
+/// from its checkpoint ends with the same weights as one that was not stopped; any other corpus
+/// is refused by name.
+#[test]
+fn task_answer_loss_trains_resumes_and_refuses_other_corpora() {
+    let dir = scratch("task-loss");
+    let args = |out: &Path, steps: usize| -> Vec<String> {
+        let mut a = tiny_run_with(
+            "itera-lite",
+            steps,
+            out,
+            &[("--corpus", "tasks"), ("--task-loss", "answers"), ("--checkpoint-interval", "4")],
+        );
+        let v = a.iter().position(|x| x == "--vocab-size").unwrap();
+        a.drain(v..v + 2); // task corpora: every merge there is
+        a
+    };
+    let (whole, cut) = (dir.join("whole"), dir.join("cut"));
+    let steps = 120;
+    assert_ok(&run(&args(&whole, steps)));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(whole.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let train: Vec<&serde_json::Value> = metrics.iter().filter(|m| m["kind"] == "train").collect();
+    assert_eq!(train.len(), steps);
+    for m in &train {
+        let ce = m["ce"].as_f64().unwrap();
+        // Chance over the task vocabulary is a few nats; the answers' loss starts near it.
+        assert!(ce.is_finite() && ce > 0.1 && ce < 10.0, "answer loss {ce}");
+    }
+    let task_eval = metrics.iter().filter(|m| m["kind"] == "eval").count();
+    assert!(task_eval > 0, "periodic evaluations logged");
+    // Killed after a checkpoint, resumed: the same weights and moments as the run that was not.
+    kill_after_checkpoint(&args(&cut, steps), &cut, 8, Duration::from_millis(3));
+    let mut resumed = args(&cut, steps);
+    resumed.push("--resume".into());
+    assert_ok(&run(&resumed));
+    assert_eq!(checkpoint_values(&whole), checkpoint_values(&cut), "resumed run");
+    // The world corpus has no answers to train on alone.
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("w"), &[("--task-loss", "answers")]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--task-loss answers applies to `--corpus tasks`"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
