@@ -12,7 +12,8 @@
 //!   asked for are read back.
 //!
 //! f32 throughout. Batch 1 (the page generates one sequence per model). Limits: head dim ≤ 256,
-//! state size ≤ 64, experts ≤ 64; every tensor within the adapter's storage-binding limit. Any of
+//! state size ≤ 64, experts ≤ 64; each KV cache and every tensor but the matrices within the
+//! adapter's storage-binding limit (matrices larger than it are uploaded in chunks of rows). Any of
 //! these, a missing adapter or a lost device is a [`GpuError`], so that the caller falls back to
 //! the CPU path.
 
@@ -119,6 +120,17 @@ impl Gpu {
     /// The largest storage buffer one kernel may bind, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// This GPU with a lower binding limit than the adapter's, as a device with smaller limits
+    /// would have: models uploaded through it split their large weights into more chunks (the
+    /// tests use it to exercise the split on any adapter). Never raises the limit.
+    pub fn with_binding_limit(&self, bytes: u64) -> Gpu {
+        let mut gpu = self.clone();
+        let bytes = bytes.min(self.max_binding_bytes());
+        gpu.limits.max_storage_buffer_binding_size = bytes;
+        gpu.limits.max_buffer_size = bytes;
+        gpu
     }
 
     /// Gives the device up at once: its memory is freed and every model on it fails from then on

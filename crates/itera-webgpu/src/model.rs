@@ -16,7 +16,10 @@ const MAX_EXPERTS: usize = 64; // moe.wgsl: MAX_E
 pub struct GpuModel {
     gpu: Gpu,
     cfg: Config,
-    weights: HashMap<String, Buf>,
+    /// Each weight in chunks of whole rows (first row, rows, buffer): one chunk unless the tensor
+    /// is larger than the adapter binds at once (then the matrices the linear kernels read, and
+    /// the embedding table, are split by rows; any other tensor that large is refused).
+    weights: HashMap<String, Vec<Chunk>>,
     state: State,
     /// Position of the next token (tokens seen since the last reset).
     pos: usize,
@@ -25,6 +28,13 @@ pub struct GpuModel {
     /// Uniform holding `pos` for the kernels that need it.
     step: Buf,
     plans: HashMap<(usize, bool), Plan>,
+}
+
+/// Rows `first..first + rows` of a weight, in a buffer of their own.
+struct Chunk {
+    first: usize,
+    rows: usize,
+    buf: Buf,
 }
 
 enum State {
@@ -66,6 +76,27 @@ fn upload(gpu: &Gpu, data: &[f32], label: &str) -> Result<Buf> {
     Ok(buf)
 }
 
+/// `data`, a (rows, row_len) matrix, in chunks of whole rows, each within the adapter's binding
+/// limit (one chunk when it fits).
+fn upload_rows(gpu: &Gpu, data: &[f32], row_len: usize, label: &str) -> Result<Vec<Chunk>> {
+    let row_bytes = (row_len.max(1) * 4) as u64;
+    let per = (gpu.max_binding_bytes() / row_bytes) as usize;
+    if per == 0 {
+        return Err(GpuError::Unsupported(format!(
+            "{label}: one row takes {row_bytes} bytes; this adapter binds at most {} per buffer",
+            gpu.max_binding_bytes()
+        )));
+    }
+    let rows = data.len() / row_len.max(1);
+    let mut chunks = Vec::with_capacity(rows.div_ceil(per));
+    for first in (0..rows).step_by(per) {
+        let n = per.min(rows - first);
+        let buf = upload(gpu, &data[first * row_len..(first + n) * row_len], label)?;
+        chunks.push(Chunk { first, rows: n, buf });
+    }
+    Ok(chunks)
+}
+
 /// A tensor's values as f32, checked against the shape the config implies.
 fn values(tensors: &HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let t = tensors.get(name).ok_or_else(|| GpuError::Input(format!("weights: `{name}` is missing")))?;
@@ -84,9 +115,16 @@ impl GpuModel {
     /// cache is allocated for it; at most its `max_position_embeddings`).
     pub fn new(gpu: &Gpu, cfg: &Config, tensors: &HashMap<String, Tensor>, max_context: usize) -> Result<GpuModel> {
         let mut weights = HashMap::new();
+        // Matrices the linear kernels read (and the embedding table) may be split by rows; the
+        // other tensors (norms, conv taps and biases) are small next to them, and stay whole.
         let mut put = |name: &str, shape: &[usize]| -> Result<()> {
             let v = values(tensors, name, shape)?;
-            weights.insert(name.to_string(), upload(gpu, &v, name)?);
+            let chunks = if shape.len() == 2 && !name.contains("conv1d") {
+                upload_rows(gpu, &v, shape[1], name)?
+            } else {
+                vec![Chunk { first: 0, rows: shape[0], buf: upload(gpu, &v, name)? }]
+            };
+            weights.insert(name.to_string(), chunks);
             Ok(())
         };
         let (state, max_context) = match cfg {
@@ -289,8 +327,33 @@ impl GpuModel {
         }
     }
 
+    /// A weight that is never split (norms, conv taps and biases).
     fn w(&self, name: &str) -> &Buf {
-        &self.weights[name] // every name was uploaded by `new` from the same config
+        &self.weights[name][0].buf // every name was uploaded by `new` from the same config
+    }
+
+    /// y[m, y_off..y_off+n] (=|+=) x · Wᵀ for the weight `name` (n, k), chunk by chunk of its rows.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        rec: &mut Recorder,
+        x: (&Buf, usize, usize),
+        name: &str,
+        y: (&Buf, usize, usize),
+        m: usize,
+        k: usize,
+        acc: bool,
+    ) {
+        for c in &self.weights[name] {
+            rec.linear(x, (&c.buf, 0), (y.0, y.1, y.2 + c.first), m, c.rows, k, acc);
+        }
+    }
+
+    /// The rows of the table `name` (vocab, d) for `tokens`, chunk by chunk.
+    fn embed(&self, rec: &mut Recorder, tokens: &Buf, name: &str, y: &Buf, l: usize, d: usize) {
+        for c in &self.weights[name] {
+            rec.embed(tokens, &c.buf, y, l, d, c.first, c.rows);
+        }
     }
 
     /// Records the plan for `l` new tokens.
@@ -327,7 +390,7 @@ impl GpuModel {
         // Final norm, then the tied head on the rows asked for.
         rec.rmsnorm(&x, self.w(norm), &hbuf, l, d, eps);
         let first = l - rows_out;
-        rec.linear((&hbuf, d, first * d), (self.w(embed), 0), (&logits, vocab, 0), rows_out, vocab, d, false);
+        self.linear(&mut rec, (&hbuf, d, first * d), embed, (&logits, vocab, 0), rows_out, d, false);
         let ops = rec.ops;
         gpu.check("recording the forward pass")?;
         Ok(Plan { tokens, logits, readback, logits_len, ops })
@@ -346,7 +409,7 @@ impl GpuModel {
         cos_sin: &Buf,
     ) -> (Buf, Buf) {
         let gpu = &self.gpu;
-        let (d, kv, i, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+        let (d, kv, i) = (c.hidden_size, c.kv_dim(), c.intermediate_size);
         let (heads, kv_heads, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let x = storage(gpu, l * d, "x");
         let h = storage(gpu, l * d, "h");
@@ -356,24 +419,24 @@ impl GpuModel {
         let vb = storage(gpu, l * kv, "v");
         let att = storage(gpu, l * d, "attention");
         let (g, u, m) = (storage(gpu, l * i, "gate"), storage(gpu, l * i, "up"), storage(gpu, l * i, "swiglu"));
-        rec.embed(tokens, self.w("model.embed_tokens.weight"), &x, l, d, v);
+        self.embed(rec, tokens, "model.embed_tokens.weight", &x, l, d);
         for layer in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer}");
             let w = |s: &str| self.w(&format!("{p}.{s}.weight"));
             rec.rmsnorm(&x, w("input_layernorm"), &h, l, d, c.rms_norm_eps);
-            rec.linear((&h, d, 0), (w("self_attn.q_proj"), 0), (&q, d, 0), l, d, d, false);
-            rec.linear((&h, d, 0), (w("self_attn.k_proj"), 0), (&kb, kv, 0), l, kv, d, false);
-            rec.linear((&h, d, 0), (w("self_attn.v_proj"), 0), (&vb, kv, 0), l, kv, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.q_proj.weight"), (&q, d, 0), l, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.k_proj.weight"), (&kb, kv, 0), l, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.v_proj.weight"), (&vb, kv, 0), l, d, false);
             rec.rope(&self.step, &q, cos_sin, &qr, l, heads, dh, self.max_context, false);
             rec.rope(&self.step, &kb, cos_sin, &k_cache[layer], l, kv_heads, dh, self.max_context, true);
             rec.copy_rows(&self.step, &vb, &v_cache[layer], l, kv, true);
             rec.attend(&self.step, &qr, &k_cache[layer], &v_cache[layer], &att, l, heads, kv_heads, dh);
-            rec.linear((&att, d, 0), (w("self_attn.o_proj"), 0), (&x, d, 0), l, d, d, true);
+            self.linear(rec, (&att, d, 0), &format!("{p}.self_attn.o_proj.weight"), (&x, d, 0), l, d, true);
             rec.rmsnorm(&x, w("post_attention_layernorm"), &h, l, d, c.rms_norm_eps);
-            rec.linear((&h, d, 0), (w("mlp.gate_proj"), 0), (&g, i, 0), l, i, d, false);
-            rec.linear((&h, d, 0), (w("mlp.up_proj"), 0), (&u, i, 0), l, i, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.mlp.gate_proj.weight"), (&g, i, 0), l, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.mlp.up_proj.weight"), (&u, i, 0), l, d, false);
             rec.silu_mul(&g, &u, &m, l, i);
-            rec.linear((&m, i, 0), (w("mlp.down_proj"), 0), (&x, d, 0), l, d, i, true);
+            self.linear(rec, (&m, i, 0), &format!("{p}.mlp.down_proj.weight"), (&x, d, 0), l, i, true);
         }
         (x, h)
     }
@@ -390,8 +453,7 @@ impl GpuModel {
         prm: &[Buf],
     ) -> (Buf, Buf) {
         let gpu = &self.gpu;
-        let (d, ed, n, r, k, v) =
-            (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel, c.vocab_size);
+        let (d, ed, n, r, k) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel);
         let shape = (l, ed, n, k, r);
         let x = storage(gpu, l * d, "x");
         let h = storage(gpu, l * d, "h");
@@ -412,30 +474,53 @@ impl GpuModel {
                 storage(gpu, l * d, "expert out"),
             )
         });
-        rec.embed(tokens, self.w("backbone.embeddings.weight"), &x, l, d, v);
+        self.embed(rec, tokens, "backbone.embeddings.weight", &x, l, d);
         for layer in 0..c.num_hidden_layers {
             let p = format!("backbone.layers.{layer}");
             let w = |s: &str| self.w(&format!("{p}.{s}"));
             rec.rmsnorm(&x, w("norm.weight"), &h, l, d, c.layer_norm_epsilon);
-            rec.linear((&h, d, 0), (w("mixer.in_proj.weight"), 0), (&xz, 2 * ed, 0), l, 2 * ed, d, false);
+            self.linear(rec, (&h, d, 0), &format!("{p}.mixer.in_proj.weight"), (&xz, 2 * ed, 0), l, d, false);
             rec.conv(shape, &xz, w("mixer.conv1d.weight"), w("mixer.conv1d.bias"), &window[layer], &xc);
             rec.window(shape, &xz, &window[layer], &next);
             rec.copy_rows(&self.step, &next, &window[layer], k - 1, ed, false);
-            rec.linear((&xc, ed, 0), (w("mixer.x_proj.weight"), 0), (&dbl, r + 2 * n, 0), l, r + 2 * n, ed, false);
-            rec.linear((&dbl, r + 2 * n, 0), (w("mixer.dt_proj.weight"), 0), (&dt, ed, 0), l, ed, r, false);
+            self.linear(rec, (&xc, ed, 0), &format!("{p}.mixer.x_proj.weight"), (&dbl, r + 2 * n, 0), l, ed, false);
+            self.linear(rec, (&dbl, r + 2 * n, 0), &format!("{p}.mixer.dt_proj.weight"), (&dt, ed, 0), l, r, false);
             rec.scan(shape, &xz, &xc, &dt, &dbl, &prm[layer], &hs[layer], &y);
-            rec.linear((&y, ed, 0), (w("mixer.out_proj.weight"), 0), (&x, d, 0), l, d, ed, true);
+            self.linear(rec, (&y, ed, 0), &format!("{p}.mixer.out_proj.weight"), (&x, d, 0), l, ed, true);
             if let Some((rl, gates, g, u, m, eo)) = &moe_bufs {
                 rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, c.layer_norm_epsilon);
-                rec.linear((&h, d, 0), (w("moe.router.weight"), 0), (rl, e, 0), l, e, d, false);
+                self.linear(rec, (&h, d, 0), &format!("{p}.moe.router.weight"), (rl, e, 0), l, d, false);
                 rec.route(rl, gates, l, e, c.num_experts_per_tok);
                 // Every expert on every token, weighted by the gates (zero off the chosen k).
                 for j in 0..e {
-                    let ew = |s: &str| w(&format!("moe.experts.{j}.{s}.weight"));
-                    rec.linear((&h, d, 0), (ew("gate_proj"), 0), (g, hw, 0), l, hw, d, false);
-                    rec.linear((&h, d, 0), (ew("up_proj"), 0), (u, hw, 0), l, hw, d, false);
+                    self.linear(
+                        rec,
+                        (&h, d, 0),
+                        &format!("{p}.moe.experts.{j}.gate_proj.weight"),
+                        (g, hw, 0),
+                        l,
+                        d,
+                        false,
+                    );
+                    self.linear(
+                        rec,
+                        (&h, d, 0),
+                        &format!("{p}.moe.experts.{j}.up_proj.weight"),
+                        (u, hw, 0),
+                        l,
+                        d,
+                        false,
+                    );
                     rec.silu_mul(g, u, m, l, hw);
-                    rec.linear((m, hw, 0), (ew("down_proj"), 0), (eo, d, 0), l, d, hw, false);
+                    self.linear(
+                        rec,
+                        (m, hw, 0),
+                        &format!("{p}.moe.experts.{j}.down_proj.weight"),
+                        (eo, d, 0),
+                        l,
+                        hw,
+                        false,
+                    );
                     rec.axpy(eo, gates, &x, l, d, e, j);
                 }
             }

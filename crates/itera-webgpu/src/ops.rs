@@ -157,11 +157,14 @@ impl<'a> Recorder<'a> {
         self.dispatch(kern, &params, &[(1, x), (2, w), (3, y)], (rows as u32, 1));
     }
 
-    pub fn embed(&mut self, tokens: &Buf, table: &Buf, y: &Buf, rows: usize, d: usize, vocab: usize) {
+    /// y[r] = table[tokens[r] - first] for the tokens in `first..first + count` (the table's rows);
+    /// rows of other tokens are left as they are (another chunk of the table writes them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed(&mut self, tokens: &Buf, table: &Buf, y: &Buf, rows: usize, d: usize, first: usize, count: usize) {
         let kern = &self.kernels.embed;
         self.dispatch(
             &kern,
-            &[rows as u32, d as u32, vocab as u32],
+            &[rows as u32, d as u32, count as u32, first as u32],
             &[(1, tokens), (2, table), (3, y)],
             groups_1d(rows * d),
         );

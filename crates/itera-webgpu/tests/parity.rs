@@ -117,3 +117,39 @@ fn bad_input_is_a_named_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// Weights larger than the adapter binds at once are split by rows: with a binding limit of
+/// 6,000 bytes the tiny models' embedding tables go up in 6 chunks and their wider matrices in 2-3,
+/// and the logits (prefill, then decode steps) are those of the unsplit upload and the CPU's. A
+/// limit below one row is a named error, which the page answers by staying on the CPU.
+#[test]
+fn weights_over_the_binding_limit_are_split_by_rows() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let small = gpu.with_binding_limit(6_000);
+    assert_eq!(small.max_binding_bytes(), 6_000);
+    for (name, cfg) in configs() {
+        let (cpu, tensors) = model(&cfg, 7)?;
+        let toks = tokens(24, 3);
+        let mut whole = GpuModel::new(&gpu, &cfg, &tensors, 32)?;
+        let mut split = GpuModel::new(&small, &cfg, &tensors, 32)?;
+        let mut state = cpu.new_state(1)?;
+        for (i, part) in [&toks[..20], &toks[20..21], &toks[21..22], &toks[22..24]].into_iter().enumerate() {
+            let a = pollster::block_on(whole.forward(part, true))?;
+            let b = pollster::block_on(split.forward(part, true))?;
+            let want =
+                cpu.forward_with_state(&Tensor::from_vec(part.to_vec(), (1, part.len()), &Device::Cpu)?, &mut state)?;
+            let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+            let err = rel_err(&b, &a);
+            assert!(err <= 1e-6, "{name}, call {i}: split weights differ from whole ones by {err:.2e}");
+            let err = rel_err(&b, &want);
+            assert!(err <= TOLERANCE, "{name}, call {i}: split weights differ from the CPU by {err:.2e}");
+        }
+    }
+    let (_, cfg) = configs().remove(0);
+    let (_, tensors) = model(&cfg, 1)?;
+    match GpuModel::new(&gpu.with_binding_limit(100), &cfg, &tensors, 8) {
+        Err(GpuError::Unsupported(e)) => assert!(e.contains("one row takes 128 bytes"), "{e}"),
+        other => panic!("expected an unsupported-limit error, got {:?}", other.err()),
+    }
+    Ok(())
+}

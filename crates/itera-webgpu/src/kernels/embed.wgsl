@@ -1,10 +1,12 @@
-// y (rows, d) = table[tokens] : one invocation per output element.
+// y (rows, d) = table[tokens - first] : one invocation per output element. The table holds rows
+// first..first + count of the embedding (all of it, or one chunk of a table split to fit the
+// adapter's binding limit); tokens outside those rows are another chunk's, left as they are.
 struct P {
-    rows: u32, d: u32, vocab: u32, pad0: u32,
+    rows: u32, d: u32, count: u32, first: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> tokens: array<u32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>; // (vocab, d)
+@group(0) @binding(2) var<storage, read> table: array<f32>; // (count, d)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(64)
@@ -13,6 +15,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= p.rows * p.d) { return; }
     let r = i / p.d;
     let c = i % p.d;
-    let t = min(tokens[r], p.vocab - 1u); // ids were checked on the host; never read out of bounds
-    y[i] = table[t * p.d + c];
+    let t = tokens[r];
+    // ids were checked on the host; a row is never read out of this chunk's bounds
+    if (t < p.first || t - p.first >= p.count) { return; }
+    y[i] = table[(t - p.first) * p.d + c];
 }
