@@ -493,34 +493,11 @@ impl GpuModel {
                 rec.route(rl, gates, l, e, c.num_experts_per_tok);
                 // Every expert on every token, weighted by the gates (zero off the chosen k).
                 for j in 0..e {
-                    self.linear(
-                        rec,
-                        (&h, d, 0),
-                        &format!("{p}.moe.experts.{j}.gate_proj.weight"),
-                        (g, hw, 0),
-                        l,
-                        d,
-                        false,
-                    );
-                    self.linear(
-                        rec,
-                        (&h, d, 0),
-                        &format!("{p}.moe.experts.{j}.up_proj.weight"),
-                        (u, hw, 0),
-                        l,
-                        d,
-                        false,
-                    );
+                    let ew = |s: &str| format!("{p}.moe.experts.{j}.{s}.weight");
+                    self.linear(rec, (&h, d, 0), &ew("gate_proj"), (g, hw, 0), l, d, false);
+                    self.linear(rec, (&h, d, 0), &ew("up_proj"), (u, hw, 0), l, d, false);
                     rec.silu_mul(g, u, m, l, hw);
-                    self.linear(
-                        rec,
-                        (m, hw, 0),
-                        &format!("{p}.moe.experts.{j}.down_proj.weight"),
-                        (eo, d, 0),
-                        l,
-                        hw,
-                        false,
-                    );
+                    self.linear(rec, (m, hw, 0), &ew("down_proj"), (eo, d, 0), l, hw, false);
                     rec.axpy(eo, gates, &x, l, d, e, j);
                 }
             }
