@@ -212,7 +212,10 @@ impl<'a> Recorder<'a> {
         let scale = (1.0 / (dh as f64).sqrt()) as f32;
         let params = [l as u32, heads as u32, dh as u32, kv_heads as u32, 0, 0, scale.to_bits(), 0];
         let kern = &self.kernels.attend;
-        self.dispatch(kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups_1d(l * heads));
+        // One workgroup per (query, head).
+        let g = (l * heads) as u32;
+        let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
+        self.dispatch(kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups);
     }
 
     /// Mixer shapes: (l, ed, n, k, r).

@@ -8,6 +8,7 @@ mod common;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use common::{configs, model, rel_err, tokens, TOLERANCE, VOCAB};
+use itera_model::config::{Config, ModelKind, Preset};
 use itera_webgpu::{Gpu, GpuError, GpuModel};
 
 fn gpu() -> Option<Gpu> {
@@ -150,6 +151,36 @@ fn weights_over_the_binding_limit_are_split_by_rows() -> Result<()> {
     match GpuModel::new(&gpu.with_binding_limit(100), &cfg, &tensors, 8) {
         Err(GpuError::Unsupported(e)) => assert!(e.contains("one row takes 128 bytes"), "{e}"),
         other => panic!("expected an unsupported-limit error, got {:?}", other.err()),
+    }
+    Ok(())
+}
+
+/// Attention takes the keys 64 at a time: contexts of several tiles with a partial last one
+/// (a 150-token prefill, then decode steps to 153), and heads wider than one workgroup's 64
+/// channels (head dim 128, GQA), against the CPU.
+#[test]
+fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let mut wide = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
+    if let Config::Baseline(c) = &mut wide {
+        (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers) = (256, 2, 1, 1);
+    }
+    let mut all = configs();
+    all.retain(|(name, _)| name.starts_with("baseline"));
+    all.push(("baseline, head dim 128", wide));
+    for (name, cfg) in all {
+        let (cpu, tensors) = model(&cfg, 11)?;
+        let toks = tokens(153, 4);
+        let mut state = cpu.new_state(1)?;
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 160)?;
+        for (i, part) in [&toks[..150], &toks[150..151], &toks[151..152], &toks[152..153]].into_iter().enumerate() {
+            let got = pollster::block_on(g.forward(part, true))?;
+            let x = Tensor::from_vec(part.to_vec(), (1, part.len()), &Device::Cpu)?;
+            let want: Vec<f32> = cpu.forward_with_state(&x, &mut state)?.flatten_all()?.to_vec1()?;
+            let err = rel_err(&got, &want);
+            eprintln!("{name}, call {i}: max relative error {err:.2e}");
+            assert!(err <= TOLERANCE, "{name}, call {i}: logits differ by {err:.2e}");
+        }
     }
     Ok(())
 }

@@ -56,34 +56,63 @@ fn copy_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     dst[dst_row(i) * w + c] = src[id];
 }
 
-// Causal attention with an online softmax: one invocation per (query i, head h); query i at
-// position offset + i sees keys 0..=offset+i. GQA: head h reads kv head h / (heads / kv_heads).
+// Causal attention with an online softmax: one workgroup of 64 per (query i, head h); query i at
+// position offset + i sees keys 0..=offset+i, taken 64 at a time: each invocation scores one key
+// of the tile (q·k over dh), then every invocation rescales its share of the output (channels
+// t, t+64, ...) and adds the tile's weighted values (reads of V rows coalesced over channels).
+// GQA: head h reads kv head h / (heads / kv_heads).
 const MAX_DH: u32 = 256u;
+const TILE: u32 = 64u;
+var<workgroup> qs: array<f32, MAX_DH>;
+var<workgroup> sc: array<f32, TILE>;
+
 @compute @workgroup_size(64)
-fn attend(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let id = gid.x;
-    if (id >= p.l * p.heads) { return; }
+fn attend(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let id = wid.x + wid.y * 65535u;
+    if (id >= p.l * p.heads) { return; } // uniform per workgroup
+    let t = lid.x;
     let h = id % p.heads;
     let i = id / p.heads;
     let kvh = h / (p.heads / p.kv_heads);
     let kv_w = p.kv_heads * p.dh;
     let qb = i * p.heads * p.dh + h * p.dh;
-    var acc: array<f32, MAX_DH>;
-    for (var c = 0u; c < p.dh; c++) { acc[c] = 0.0; }
+    for (var c = t; c < p.dh; c += TILE) { qs[c] = src[qb + c]; }
+    workgroupBarrier();
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0); // channels t, t + 64, t + 128, t + 192
     var m = -3.0e38;
     var sum = 0.0;
-    let last = step.offset + i;
-    for (var j = 0u; j <= last; j++) {
-        let kb = j * kv_w + kvh * p.dh;
-        var s = 0.0;
-        for (var c = 0u; c < p.dh; c++) { s += src[qb + c] * aux[kb + c]; }
-        s = s * p.scale;
-        let m2 = max(m, s);
-        let corr = exp(m - m2);
-        let e = exp(s - m2);
-        sum = sum * corr + e;
-        for (var c = 0u; c < p.dh; c++) { acc[c] = acc[c] * corr + e * aux2[kb + c]; }
-        m = m2;
+    let n = step.offset + i + 1u; // keys 0..n
+    for (var j0 = 0u; j0 < n; j0 += TILE) {
+        let j = j0 + t;
+        var s = -3.0e38;
+        if (j < n) {
+            let kb = j * kv_w + kvh * p.dh;
+            var d = 0.0;
+            for (var c = 0u; c < p.dh; c++) { d += qs[c] * aux[kb + c]; }
+            s = d * p.scale;
+        }
+        sc[t] = s;
+        workgroupBarrier();
+        let count = min(TILE, n - j0);
+        var tm = m;
+        for (var u = 0u; u < count; u++) { tm = max(tm, sc[u]); }
+        let corr = exp(m - tm);
+        sum = sum * corr;
+        for (var r = 0u; r < 4u; r++) { acc[r] = acc[r] * corr; }
+        for (var u = 0u; u < count; u++) {
+            let e = exp(sc[u] - tm);
+            sum += e;
+            let vb = (j0 + u) * kv_w + kvh * p.dh;
+            for (var r = 0u; r < 4u; r++) {
+                let c = t + r * TILE;
+                if (c < p.dh) { acc[r] += e * aux2[vb + c]; }
+            }
+        }
+        m = tm;
+        workgroupBarrier(); // every invocation has read sc before the next tile overwrites it
     }
-    for (var c = 0u; c < p.dh; c++) { dst[qb + c] = acc[c] / sum; }
+    for (var r = 0u; r < 4u; r++) {
+        let c = t + r * TILE;
+        if (c < p.dh) { dst[qb + c] = acc[r] / sum; }
+    }
 }
