@@ -8,11 +8,14 @@
 //! Models are freshly initialised (speed does not depend on the values). Per (model, preset,
 //! context): prefill of `context` tokens from an empty state (tokens/s, best of 3), then `steps`
 //! single-token decodes after a prefill of `context - steps` tokens (median and p95 ms per token).
-//! The GPU figures include reading the last logits back, as generation needs them.
+//! The GPU figures include reading the last logits back, as generation needs them. The CPU path
+//! is the page's: candle's batched forward for the prefill (`RAYON_NUM_THREADS` threads; the page
+//! has one) and the batch-1 decoder for the decode steps (one thread).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use itera_model::config::{Config, ModelKind, Preset};
+use itera_model::decode::Decoder;
 use itera_model::{weights, Model};
 use itera_webgpu::{Gpu, GpuModel};
 use std::collections::HashMap;
@@ -88,7 +91,9 @@ fn gpu_point(g: &mut GpuModel, context: usize, steps: usize) -> Result<(f64, f64
     Ok((context as f64 / best, quantile(&mut times, 0.5), quantile(&mut times, 0.95)))
 }
 
-/// The same on the CPU (candle, this machine's threads).
+/// The same on the CPU as the page runs it: the prefill through candle's batched forward (with
+/// `RAYON_NUM_THREADS` threads; the page has one), the decode steps through the batch-1 decoder
+/// (`itera_model::decode`, one thread).
 fn cpu_point(m: &Model, context: usize, steps: usize) -> Result<(f64, f64, f64)> {
     let toks = tokens(context);
     let input = |ids: &[u32]| Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu);
@@ -101,10 +106,13 @@ fn cpu_point(m: &Model, context: usize, steps: usize) -> Result<(f64, f64, f64)>
     }
     let mut state = m.new_state(1)?;
     m.forward_with_state(&input(&toks[..context - steps])?, &mut state)?;
+    let mut decoder = Decoder::new(m)?;
+    decoder.load(&state)?;
+    decoder.reserve(context);
     let mut times = Vec::with_capacity(steps);
     for &t in &toks[context - steps..] {
         let t0 = Instant::now();
-        m.forward_with_state(&input(&[t])?, &mut state)?;
+        decoder.step(t)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok((context as f64 / best, quantile(&mut times, 0.5), quantile(&mut times, 0.95)))
@@ -148,7 +156,7 @@ fn main() -> Result<()> {
     if let Some(path) = a.json {
         let out = serde_json::json!({
             "adapter": gpu.adapter_name(), "software_adapter": gpu.is_software(),
-            "cpu_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "cpu_prefill_threads": candle_core::utils::get_num_threads(),
             "decode_steps": a.steps, "rows": rows,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {path}"))?;
