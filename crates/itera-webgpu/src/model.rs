@@ -115,11 +115,12 @@ impl GpuModel {
     /// cache is allocated for it; at most its `max_position_embeddings`).
     pub fn new(gpu: &Gpu, cfg: &Config, tensors: &HashMap<String, Tensor>, max_context: usize) -> Result<GpuModel> {
         let mut weights = HashMap::new();
-        // Matrices the linear kernels read (and the embedding table) may be split by rows; the
-        // other tensors (norms, conv taps and biases) are small next to them, and stay whole.
+        // Matrices (2-D: what the linear kernels read, and the embedding table) may be split by
+        // rows; the other tensors (norms, biases, conv taps (ED, 1, K)) are small next to them,
+        // and stay whole.
         let mut put = |name: &str, shape: &[usize]| -> Result<()> {
             let v = values(tensors, name, shape)?;
-            let chunks = if shape.len() == 2 && !name.contains("conv1d") {
+            let chunks = if shape.len() == 2 {
                 upload_rows(gpu, &v, shape[1], name)?
             } else {
                 vec![Chunk { first: 0, rows: shape[0], buf: upload(gpu, &v, name)? }]

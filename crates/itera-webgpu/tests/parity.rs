@@ -7,7 +7,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use common::{configs, model, rel_err, tokens, TOLERANCE, VOCAB};
+use common::{configs, cpu_logits, model, rel_err, tokens, TOLERANCE, VOCAB};
 use itera_model::config::{Config, ModelKind, Preset};
 use itera_webgpu::{Gpu, GpuError, GpuModel};
 
@@ -137,9 +137,7 @@ fn weights_over_the_binding_limit_are_split_by_rows() -> Result<()> {
         for (i, part) in [&toks[..20], &toks[20..21], &toks[21..22], &toks[22..24]].into_iter().enumerate() {
             let a = pollster::block_on(whole.forward(part, true))?;
             let b = pollster::block_on(split.forward(part, true))?;
-            let want =
-                cpu.forward_with_state(&Tensor::from_vec(part.to_vec(), (1, part.len()), &Device::Cpu)?, &mut state)?;
-            let want: Vec<f32> = want.flatten_all()?.to_vec1()?;
+            let want = cpu_logits(&cpu, part, &mut state)?;
             let err = rel_err(&b, &a);
             assert!(err <= 1e-6, "{name}, call {i}: split weights differ from whole ones by {err:.2e}");
             let err = rel_err(&b, &want);
@@ -175,8 +173,7 @@ fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Re
         let mut g = GpuModel::new(&gpu, &cfg, &tensors, 160)?;
         for (i, part) in [&toks[..150], &toks[150..151], &toks[151..152], &toks[152..153]].into_iter().enumerate() {
             let got = pollster::block_on(g.forward(part, true))?;
-            let x = Tensor::from_vec(part.to_vec(), (1, part.len()), &Device::Cpu)?;
-            let want: Vec<f32> = cpu.forward_with_state(&x, &mut state)?.flatten_all()?.to_vec1()?;
+            let want = cpu_logits(&cpu, part, &mut state)?;
             let err = rel_err(&got, &want);
             eprintln!("{name}, call {i}: max relative error {err:.2e}");
             assert!(err <= TOLERANCE, "{name}, call {i}: logits differ by {err:.2e}");

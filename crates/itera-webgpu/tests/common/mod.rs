@@ -45,6 +45,12 @@ pub fn tokens(n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// The CPU model's logits (every row, flattened) for `ids` read after what `state` holds.
+pub fn cpu_logits(cpu: &Model, ids: &[u32], state: &mut itera_model::State) -> Result<Vec<f32>> {
+    let x = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
+    Ok(cpu.forward_with_state(&x, state)?.flatten_all()?.to_vec1()?)
+}
+
 /// Largest |a - b| over the largest |b|.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "logit counts differ");
