@@ -7,6 +7,7 @@
 //!     cargo bench -p itera-model --bench throughput -- --run "baseline demo"  # that run only
 //!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
 //!     cargo bench -p itera-model --bench throughput -- --threads 1   # one thread count only
+//!     ITERA_BENCH_STEPS=20 cargo bench ...                           # timed steps (default 3)
 //!     throughput-cuda --device cuda  # `scripts/build-cuda.sh --bench` builds it: the GPU's
 //!                                    # kernels against their alternatives
 //!
@@ -25,7 +26,10 @@ use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, Sca
 use std::time::Instant;
 
 const WARMUP: usize = 1;
-const STEPS: usize = 3;
+/// Timed steps per run; `ITERA_BENCH_STEPS` changes it (more for a profile of steady state).
+fn timed_steps() -> usize {
+    std::env::var("ITERA_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(3)
+}
 
 fn main() -> Result<()> {
     itera_model::runtime::tune_allocator();
@@ -175,7 +179,8 @@ fn train_speed(
     let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
     let mut rng = Rng::new(1);
     let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
-    for step in 0..WARMUP + STEPS {
+    let steps = timed_steps();
+    for step in 0..WARMUP + steps {
         let ids: Vec<u32> = (0..batch * (ctx + 1)).map(|_| rng.below(cfg.vocab_size()) as u32).collect();
         let data = Tensor::from_vec(ids, (batch, ctx + 1), dev)?;
         let (x, y) = (data.narrow(1, 0, ctx)?, data.narrow(1, 1, ctx)?);
@@ -197,7 +202,7 @@ fn train_speed(
             to += (t3 - t2).as_secs_f64();
         }
     }
-    let n = STEPS as f64;
+    let n = steps as f64;
     let step = (tf + tb + to) / n;
     let p = cfg.param_count();
     println!(
