@@ -77,10 +77,11 @@ fn matches_reference(fast: ScanFn, shapes: &[(usize, usize, usize, usize)], seed
 
 #[test]
 fn fused_scan_matches_reference_output_and_every_input_gradient() -> Result<()> {
-    // odd lengths, channel counts that do and do not fill the kernel's 32-channel blocks
+    // odd lengths, channel counts that do and do not fill the kernel's 64-channel blocks, state
+    // sizes below, at and above its groups of 16 states (dB, dC summed over channels per group)
     matches_reference(
         gated_selective_scan,
-        &[(1, 1, 1, 1), (2, 7, 5, 3), (3, 33, 40, 16), (1, 65, 64, 4), (2, 130, 33, 8)],
+        &[(1, 1, 1, 1), (2, 7, 5, 3), (3, 33, 40, 16), (1, 65, 64, 4), (2, 130, 33, 8), (2, 9, 130, 37)],
         SEED,
     )
 }

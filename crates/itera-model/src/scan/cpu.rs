@@ -1,5 +1,6 @@
 //! The fused selective scan on the CPU: plain-Rust loops over tasks of (one batch row, a block of
-//! channels), in parallel with rayon, AVX2 + FMA where the CPU has them.
+//! channels), in parallel with rayon, vectorised across the block's channels; compiled again for
+//! AVX2 + FMA and for AVX-512 where the CPU has them.
 
 use crate::fused::{f32_slice, host_f32};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
@@ -35,7 +36,8 @@ pub(super) fn backward(
     let dims = Dims { bsz, l, ed, n };
     let (udz, p, bc, gy) = (host_f32(udz_t)?, host_f32(p_t)?, host_f32(bc_t)?, host_f32(grad_y)?);
     let tasks = dims.tasks();
-    let grads: Vec<TaskGrads> = tasks.par_iter().map(|t| dims.backward_task(t, &udz, &p, &bc, &gy)).collect();
+    let grads: Vec<TaskGrads> =
+        tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| dims.backward_task(t, &udz, &p, &bc, &gy, tr)).collect();
 
     // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
     let mut dudz = vec![0f32; bsz * l * 3 * ed];
@@ -51,8 +53,8 @@ pub(super) fn backward(
         }
         for j in 0..t.w {
             let row = &mut dp[(t.d0 + j) * n2..(t.d0 + j + 1) * n2];
-            for (dst, src) in row[..n].iter_mut().zip(&g.da[j * n..(j + 1) * n]) {
-                *dst += src;
+            for (dst, da_k) in row[..n].iter_mut().zip(&g.da) {
+                *dst += da_k[j];
             }
             row[n] += g.dd[j];
             row[n + 1] += g.dbias[j];
@@ -74,6 +76,13 @@ pub(super) fn backward(
 // independent in the recurrence, so tasks run in parallel; dB and dC sum over channels, and dA,
 // dD, d(dt_bias) over the batch, so each task returns partial sums that are added afterwards in a
 // fixed order (deterministic at any thread count).
+//
+// Inside a task the vectors run across its channels, not across the states of one channel: the
+// state is kept transposed, one `Row` of channels per state k, so that for each (t, k) the update
+// e = exp(Δ A[k]), h[k] = e h[k] + (Δ x) B_t[k] and y += C_t[k] h[k] are all lane-wise, with B_t[k]
+// and C_t[k] broadcast. Only dB_t[k] and dC_t[k] (sums over channels) need a horizontal sum, one
+// per (t, k) for the whole block. A task's last block may be partial: its missing channels are
+// zeros (A = 0, x = 0, ∂loss/∂y = 0), which keep h = 0 and add exact zeros to every sum.
 
 #[derive(Clone, Copy)]
 pub(super) struct Dims {
@@ -101,8 +110,19 @@ impl Dims {
     }
 }
 
-/// Channels per task: small enough for parallelism at batch 1, large enough to amortise.
+/// Channels per task, and the lanes of the kernel's rows (four AVX-512 registers). Wide enough
+/// to amortise the horizontal sums of dB and dC and the per-timestep work; a backward's trace (h
+/// and exp(ΔA) per (t, state, channel), 2 × L N × 256 bytes: 2 MiB at L = 256, N = 16) about
+/// fills L2 (32 and 128 channels measured slower and no faster at the demo's dimensions).
 const CHANNEL_BLOCK: usize = 64;
+
+/// Lanes of the partial sums of dB and dC: a row's products are first added lane-wise in chunks
+/// of this many channels, then the chunk's lanes by halving (`halving_sum`). A fixed order, the
+/// same whatever vector width a build has.
+const PART: usize = 16;
+
+/// One value per channel of a task.
+type Row = [f32; CHANNEL_BLOCK];
 
 /// Below this many state updates a scan runs on the calling thread (decode steps are tiny).
 const PAR_MIN: usize = 1 << 14;
@@ -115,151 +135,158 @@ struct Task {
     w: usize,
 }
 
-/// What the backward keeps of a task's forward: h_t and exp(Δ_t A) per (t, channel, state),
-/// Δ_t and C_t·h_t per (t, channel).
+/// A task's parameters as rows over its channels: A transposed (N rows), D, dt_bias.
+struct TaskParams {
+    at: Vec<Row>,
+    dskip: Row,
+    bias: Row,
+}
+
+/// What the backward keeps of a task's forward: h_t and exp(Δ_t A) per (t, state) as rows over
+/// the channels, Δ_t and C_t·h_t per t. Reused across the tasks a worker runs.
 struct Trace {
-    hs: Vec<f32>,    // (L, w, N)
-    es: Vec<f32>,    // (L, w, N)
-    delta: Vec<f32>, // (L, w)
-    ys: Vec<f32>,    // (L, w)
+    hs: Vec<Row>,    // (L, N)
+    es: Vec<Row>,    // (L, N)
+    delta: Vec<Row>, // (L)
+    ys: Vec<Row>,    // (L)
+}
+
+impl Trace {
+    fn new(l: usize, n: usize) -> Trace {
+        let zero = [0f32; CHANNEL_BLOCK];
+        Trace { hs: vec![zero; l * n], es: vec![zero; l * n], delta: vec![zero; l], ys: vec![zero; l] }
+    }
 }
 
 /// One task's gradients.
 struct TaskGrads {
-    dudz: Vec<f32>,  // (L, 3, w): rows of du, d(dt), dz for the task's channels
-    da: Vec<f32>,    // (w, N)
-    dd: Vec<f32>,    // (w)
-    dbias: Vec<f32>, // (w)
-    dbc: Vec<f32>,   // (L, 2N), partial over the task's channels
+    dudz: Vec<f32>, // (L, 3, w): rows of du, d(dt), dz for the task's channels
+    da: Vec<Row>,   // (N): dA transposed
+    dd: Row,        // dD
+    dbias: Row,     // d(dt_bias)
+    dbc: Vec<f32>,  // (L, 2N), partial over the task's channels
 }
 
-/// The per-state part of the backward for one (timestep, channel), every slice of length N:
-/// accumulates dh, dA, dB, dC and writes the terms of dΔ and dx whose sums the caller takes.
-///
-/// Its own function, not inlined, so that the `&mut` slices arrive as separate parameters, which
-/// rustc marks `noalias`: only then does LLVM vectorise the loop (inlined, it cannot tell the
-/// buffers apart and runs it scalar). Dispatches to an AVX2 build of the same loop when it can.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn state_terms(
-    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
-    scalars: (f32, f32, f32),
-    dh: &mut [f32],
-    da: &mut [f32],
-    db: &mut [f32],
-    dc: &mut [f32],
-    ddelta_terms: &mut [f32],
-    du_terms: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { state_terms_avx2(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms) };
-    }
-    state_terms_generic(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline(never)]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-unsafe fn state_terms_avx2(
-    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
-    scalars: (f32, f32, f32),
-    dh: &mut [f32],
-    da: &mut [f32],
-    db: &mut [f32],
-    dc: &mut [f32],
-    ddelta_terms: &mut [f32],
-    du_terms: &mut [f32],
-) {
-    state_terms_body(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
-}
-
-#[inline(never)]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn state_terms_generic(
-    inputs: (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
-    scalars: (f32, f32, f32),
-    dh: &mut [f32],
-    da: &mut [f32],
-    db: &mut [f32],
-    dc: &mut [f32],
-    ddelta_terms: &mut [f32],
-    du_terms: &mut [f32],
-) {
-    state_terms_body(inputs, scalars, dh, da, db, dc, ddelta_terms, du_terms)
-}
-
+/// The first `src.len()` (≤ CHANNEL_BLOCK) lanes from `src`, the rest zeros.
 #[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn state_terms_body(
-    (hc, hp, ej, a_d, bt, ct): (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
-    (gd, delta, x): (f32, f32, f32),
-    dh: &mut [f32],
-    da: &mut [f32],
-    db: &mut [f32],
-    dc: &mut [f32],
-    ddelta_terms: &mut [f32],
-    du_terms: &mut [f32],
-) {
-    let n = dh.len();
-    let (hc, hp, ej, a_d, bt, ct) = (&hc[..n], &hp[..n], &ej[..n], &a_d[..n], &bt[..n], &ct[..n]);
-    let (da, db, dc, ddelta_terms, du_terms) =
-        (&mut da[..n], &mut db[..n], &mut dc[..n], &mut ddelta_terms[..n], &mut du_terms[..n]);
-    for k in 0..n {
-        // ys = Σ_k C_t[k] h_t[k]
-        dc[k] += gd * hc[k];
-        let dhk = dh[k] + gd * ct[k];
-        // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
-        let de = dhk * hp[k];
-        let ei = ej[k];
-        ddelta_terms[k] = de * ei * a_d[k] + dhk * bt[k] * x;
-        du_terms[k] = dhk * bt[k];
-        da[k] += de * ei * delta;
-        db[k] += dhk * delta * x;
-        dh[k] = dhk * ei;
+fn gather(src: &[f32]) -> Row {
+    match src.try_into() {
+        Ok(row) => row,
+        Err(_) => {
+            let mut row = [0f32; CHANNEL_BLOCK];
+            row[..src.len()].copy_from_slice(src);
+            row
+        }
     }
 }
 
-/// [`state_terms`] at the presets' state size, on local arrays: copied in and out, the
-/// buffers cannot alias, so the body inlines and vectorises without a call per (timestep,
-/// channel). Returns Σ_k du_terms and Σ_k ddelta_terms, summed as `sum_lanes` sums them.
+/// A row's partial sums: its chunks of PART channels added lane-wise, in order.
+#[inline(always)]
+fn fold(row: &Row) -> [f32; PART] {
+    let mut p = [0f32; PART];
+    p.copy_from_slice(&row[..PART]);
+    for q in 1..CHANNEL_BLOCK / PART {
+        for i in 0..PART {
+            p[i] += row[q * PART + i];
+        }
+    }
+    p
+}
+
+/// Σ_i p_i by halving: p_i + p_{i+8}, then + p_{i+4}, ... (a fixed order).
+#[inline(always)]
+fn halving_sum(mut p: [f32; PART]) -> f32 {
+    let mut m = PART / 2;
+    while m > 0 {
+        for i in 0..m {
+            p[i] += p[i + m];
+        }
+        m /= 2;
+    }
+    p[0]
+}
+
+/// [`halving_sum`] of each of PART rows. The AVX-512 build does the same additions on the rows
+/// packed together (`halving_sums_avx512`): 15 vector additions instead of 16 horizontal sums.
+#[inline(always)]
+fn halving_sums<const AVX512: bool>(rows: &[[f32; PART]; PART]) -> [f32; PART] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: only the backward's AVX-512 build, run where the CPU has AVX-512F, passes true.
+        return unsafe { halving_sums_avx512(rows) };
+    }
+    let mut out = [0f32; PART];
+    for (o, r) in out.iter_mut().zip(rows) {
+        *o = halving_sum(*r);
+    }
+    out
+}
+
+/// [`halving_sums`] in AVX-512 registers: each stage adds the halves of two rows' live lanes,
+/// packing the results into one register (the same pairs of operands as `halving_sum`, so the
+/// same bits); the last stage leaves row 4s + q at lane 4q + s, permuted back at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn halving_sums_avx512(rows: &[[f32; PART]; PART]) -> [f32; PART] {
+    use std::arch::x86_64::*;
+    let r: [__m512; PART] = std::array::from_fn(|i| _mm512_loadu_ps(rows[i].as_ptr()));
+    // p_i + p_{i+8}: rows 2m and 2m + 1 in the lower and upper 256 bits.
+    let a: [__m512; 8] = std::array::from_fn(|m| {
+        let (x, y) = (r[2 * m], r[2 * m + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y))
+    });
+    // + p_{i+4}: rows 4m .. 4m + 3, one per 128 bits.
+    let b: [__m512; 4] = std::array::from_fn(|m| {
+        let (x, y) = (a[2 * m], a[2 * m + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
+    });
+    // + p_{i+2}: in 128-bit lane q, rows q + 8m (lanes 0, 1) and q + 8m + 4 (lanes 2, 3).
+    let c: [__m512; 2] = std::array::from_fn(|m| {
+        let (x, y) = (b[2 * m], b[2 * m + 1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(x, y), _mm512_shuffle_ps::<0b11_10_11_10>(x, y))
+    });
+    // + p_{i+1}: lane 4q + s holds row q + 4s.
+    let d =
+        _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(c[0], c[1]), _mm512_shuffle_ps::<0b11_01_11_01>(c[0], c[1]));
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let mut out = [0f32; PART];
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_permutexvar_ps(idx, d));
+    out
+}
+
+/// The backward of one (timestep, state) over a task's channels: given h_t, h_{t-1}, e = exp(Δ A)
+/// and A, and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t[k], C_t[k]: carries dh back a step,
+/// accumulates dA and the state's terms of ∂loss/∂(Δ x B) and of dΔ, and writes the products
+/// whose sums over the channels are dB_t[k] and dC_t[k].
+///
+/// Every row a parameter of its own, `&mut` ones marked `noalias`, which inlining keeps: LLVM
+/// then vectorises the loop (on rows it cannot tell apart from the trace it runs it scalar).
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn state_terms_16(
-    (hc, hp, ej, a_d, bt, ct): (&[f32], &[f32], &[f32], &[f32], &[f32], &[f32]),
-    (gd, delta, x): (f32, f32, f32),
-    dh: &mut [f32],
-    da: &mut [f32],
-    db: &mut [f32],
-    dc: &mut [f32],
-) -> (f32, f32) {
-    const N: usize = 16;
-    let arr = |s: &[f32]| -> [f32; N] { s[..N].try_into().expect("16 states") };
-    let (hc, hp, ej, a_d, bt, ct) = (arr(hc), arr(hp), arr(ej), arr(a_d), arr(bt), arr(ct));
-    let (mut dh_v, mut da_v, mut db_v, mut dc_v) = (arr(dh), arr(da), arr(db), arr(dc));
-    let (mut ddelta_terms, mut du_terms) = ([0f32; N], [0f32; N]);
-    state_terms_body(
-        (&hc, &hp, &ej, &a_d, &bt, &ct),
-        (gd, delta, x),
-        &mut dh_v,
-        &mut da_v,
-        &mut db_v,
-        &mut dc_v,
-        &mut ddelta_terms,
-        &mut du_terms,
-    );
-    dh[..N].copy_from_slice(&dh_v);
-    da[..N].copy_from_slice(&da_v);
-    db[..N].copy_from_slice(&db_v);
-    dc[..N].copy_from_slice(&dc_v);
-    (sum_lanes(&du_terms), sum_lanes(&ddelta_terms))
-}
-
-/// The task's D and dt_bias, gathered from the packed (ED, N + 2) parameter rows.
-fn task_params(p: &[f32], n: usize, d0: usize, w: usize) -> (Vec<f32>, Vec<f32>) {
-    let row = |j: usize| &p[(d0 + j) * (n + 2)..(d0 + j + 1) * (n + 2)];
-    ((0..w).map(|j| row(j)[n]).collect(), (0..w).map(|j| row(j)[n + 1]).collect())
+fn state_grads(
+    (hc, hp, ek, ak): (&Row, &Row, &Row, &Row),
+    (gd, x, delta, dtx): (&Row, &Row, &Row, &Row),
+    (b, c): (f32, f32),
+    (dh, da): (&mut Row, &mut Row),
+    (dxb_sum, ddelta): (&mut Row, &mut Row),
+    (pb, pc): (&mut [f32; PART], &mut [f32; PART]),
+) {
+    let (mut prod_b, mut prod_c) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
+    for j in 0..CHANNEL_BLOCK {
+        // ys = Σ_k C_t[k] h_t[k]
+        prod_c[j] = gd[j] * hc[j];
+        let dhj = dh[j] + gd[j] * c;
+        // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
+        let dee = dhj * hp[j] * ek[j];
+        let dxb = dhj * b;
+        dxb_sum[j] += dxb;
+        ddelta[j] += dee * ak[j] + dxb * x[j];
+        da[j] += dee * delta[j];
+        prod_b[j] = dhj * dtx[j];
+        dh[j] = dhj * ek[j];
+    }
+    (*pb, *pc) = (fold(&prod_b), fold(&prod_c));
 }
 
 /// 1 / (1 + e^-x), branch-free (vectorises).
@@ -304,31 +331,66 @@ impl Dims {
         tasks
     }
 
+    /// The task's A (transposed), D and dt_bias, gathered from the packed (ED, N + 2) rows.
+    fn task_params(&self, p: &[f32], task: &Task) -> TaskParams {
+        let n = self.n;
+        let mut tp = TaskParams {
+            at: vec![[0f32; CHANNEL_BLOCK]; n],
+            dskip: [0f32; CHANNEL_BLOCK],
+            bias: [0f32; CHANNEL_BLOCK],
+        };
+        for j in 0..task.w {
+            let row = &p[(task.d0 + j) * (n + 2)..(task.d0 + j + 1) * (n + 2)];
+            for (at_k, &a) in tp.at.iter_mut().zip(&row[..n]) {
+                at_k[j] = a;
+            }
+            tp.dskip[j] = row[n];
+            tp.bias[j] = row[n + 1];
+        }
+        tp
+    }
+
     /// y (B, L, ED) from udz (B, L, 3ED), params (ED, N+2), bc (B, L, 2N); h0 = `state` or zeros.
     pub(super) fn forward(&self, udz: &[f32], p: &[f32], bc: &[f32], state: Option<&mut [f32]>) -> Vec<f32> {
         let Dims { bsz, l, ed, n } = *self;
         let tasks = self.tasks();
         let parallel = bsz * l * ed * n >= PAR_MIN;
-        let work = |task: &Task, h: &mut [f32]| -> Vec<f32> {
+        // `h` is the task's part of a state (B, ED, N): (w, N), transposed in and out.
+        let work = |task: &Task, h: Option<&mut [f32]>| -> Vec<f32> {
             let mut y = vec![0f32; l * task.w]; // (L, w)
-            self.forward_task(task, udz, p, bc, h, &mut y, None);
+            let mut ht = vec![[0f32; CHANNEL_BLOCK]; n];
+            if let Some(h) = h.as_deref() {
+                for (j, hj) in h.chunks_exact(n).enumerate() {
+                    for k in 0..n {
+                        ht[k][j] = hj[k];
+                    }
+                }
+            }
+            self.forward_task(task, &self.task_params(p, task), udz, bc, &mut ht, &mut y, None);
+            if let Some(h) = h {
+                for (j, hj) in h.chunks_exact_mut(n).enumerate() {
+                    for k in 0..n {
+                        hj[k] = ht[k][j];
+                    }
+                }
+            }
             y
         };
         let outs: Vec<Vec<f32>> = match state {
             // The state (B, ED, N) in blocks of CHANNEL_BLOCK rows lines up with the tasks.
             Some(h) if ed % CHANNEL_BLOCK == 0 && parallel => {
                 let mut hs: Vec<&mut [f32]> = h.chunks_mut(CHANNEL_BLOCK * n).collect();
-                tasks.par_iter().zip(hs.par_iter_mut()).map(|(t, h)| work(t, h)).collect()
+                tasks.par_iter().zip(hs.par_iter_mut()).map(|(t, h)| work(t, Some(h))).collect()
             }
             Some(h) => tasks
                 .iter()
                 .map(|t| {
                     let off = (t.bi * ed + t.d0) * n;
-                    work(t, &mut h[off..off + t.w * n])
+                    work(t, Some(&mut h[off..off + t.w * n]))
                 })
                 .collect(),
-            None if parallel => tasks.par_iter().map(|t| work(t, &mut vec![0f32; t.w * n])).collect(),
-            None => tasks.iter().map(|t| work(t, &mut vec![0f32; t.w * n])).collect(),
+            None if parallel => tasks.par_iter().map(|t| work(t, None)).collect(),
+            None => tasks.iter().map(|t| work(t, None)).collect(),
         };
         let mut y = vec![0f32; bsz * l * ed];
         for (t, yt) in tasks.iter().zip(outs) {
@@ -340,239 +402,277 @@ impl Dims {
         y
     }
 
-    /// Runs one task forward from `h` (w, N), writing y (L, w); with `trace`, records it.
+    /// Runs one task forward from `h` (N rows over the task's channels), writing y (L, w); with
+    /// `trace`, records it.
     #[allow(clippy::too_many_arguments)]
     fn forward_task(
         &self,
         task: &Task,
+        tp: &TaskParams,
         udz: &[f32],
-        p: &[f32],
         bc: &[f32],
-        h: &mut [f32],
+        h: &mut [Row],
         y: &mut [f32],
         trace: Option<&mut Trace>,
     ) {
+        let mut none = Trace { hs: vec![], es: vec![], delta: vec![], ys: vec![] };
+        match trace {
+            Some(tr) => self.forward_task_dispatch::<true>(task, tp, udz, bc, h, y, tr),
+            None => self.forward_task_dispatch::<false>(task, tp, udz, bc, h, y, &mut none),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_task_dispatch<const TRACE: bool>(
+        &self,
+        task: &Task,
+        tp: &TaskParams,
+        udz: &[f32],
+        bc: &[f32],
+        h: &mut [Row],
+        y: &mut [f32],
+        tr: &mut Trace,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512f() {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
+            return unsafe { self.forward_task_avx512::<TRACE>(task, tp, udz, bc, h, y, tr) };
+        }
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.forward_task_avx2(task, udz, p, bc, h, y, trace) };
+            return unsafe { self.forward_task_avx2::<TRACE>(task, tp, udz, bc, h, y, tr) };
         }
-        self.forward_task_impl(task, udz, p, bc, h, y, trace)
+        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
     }
 
-    /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4). The arithmetic is
-    /// the same (no fused multiply-adds are introduced), so both give bit-identical results.
+    /// The same loops for AVX-512 (16 lanes: a row is two registers). The arithmetic is the same
+    /// (no fused multiply-adds are introduced), so every build gives bit-identical results.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_task_avx512<const TRACE: bool>(
+        &self,
+        task: &Task,
+        tp: &TaskParams,
+        udz: &[f32],
+        bc: &[f32],
+        h: &mut [Row],
+        y: &mut [f32],
+        tr: &mut Trace,
+    ) {
+        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
+    }
+
+    /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn forward_task_avx2(
+    unsafe fn forward_task_avx2<const TRACE: bool>(
         &self,
         task: &Task,
+        tp: &TaskParams,
         udz: &[f32],
-        p: &[f32],
         bc: &[f32],
-        h: &mut [f32],
+        h: &mut [Row],
         y: &mut [f32],
-        trace: Option<&mut Trace>,
+        tr: &mut Trace,
     ) {
-        self.forward_task_impl(task, udz, p, bc, h, y, trace)
-    }
-
-    /// [`Self::forward_task_body`] with the state size as a constant where it is the presets'
-    /// (16): the per-state loops then have a known trip count, which LLVM unrolls into whole
-    /// vectors instead of a loop whose vector body needs more iterations than there are.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn forward_task_impl(
-        &self,
-        task: &Task,
-        udz: &[f32],
-        p: &[f32],
-        bc: &[f32],
-        h: &mut [f32],
-        y: &mut [f32],
-        trace: Option<&mut Trace>,
-    ) {
-        if self.n == 16 {
-            self.forward_task_body(task, udz, p, bc, h, y, trace, 16)
-        } else {
-            self.forward_task_body(task, udz, p, bc, h, y, trace, self.n)
-        }
+        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
     }
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn forward_task_body(
+    fn forward_task_body<const TRACE: bool>(
         &self,
         task: &Task,
+        tp: &TaskParams,
         udz: &[f32],
-        p: &[f32],
         bc: &[f32],
-        h: &mut [f32],
+        h: &mut [Row],
         y: &mut [f32],
-        mut trace: Option<&mut Trace>,
-        n: usize,
+        tr: &mut Trace,
     ) {
-        let Dims { l, ed, .. } = *self;
-        let Task { bi, d0, w } = *task;
-        let (dskip, bias) = task_params(p, n, d0, w);
-        let (mut delta, mut gate, mut ys) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
-        let mut e = vec![0f32; n];
-        for t in 0..l {
-            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
-            let (u, dtr, z) = (&row[d0..d0 + w], &row[ed + d0..ed + d0 + w], &row[2 * ed + d0..2 * ed + d0 + w]);
-            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
-            // Per channel, vectorised over the block: Δ = softplus(dt + bias), gate = silu(z).
-            for j in 0..w {
-                delta[j] = fast_softplus(dtr[j] + bias[j]);
-                gate[j] = z[j] * fast_sigmoid(z[j]);
-            }
-            for j in 0..w {
-                let ad = &p[(d0 + j) * (n + 2)..(d0 + j) * (n + 2) + n];
-                let dtx = delta[j] * u[j];
-                let hd = &mut h[j * n..(j + 1) * n];
-                // Zipped iterators: no bounds checks inside, so the loops vectorise.
-                for (e, &ak) in e.iter_mut().zip(ad) {
-                    *e = fast_exp(delta[j] * ak);
-                }
-                for ((h, &e), &b) in hd.iter_mut().zip(&e).zip(bt) {
-                    *h = e * *h + dtx * b;
-                }
-                ys[j] = dot(hd, ct);
-                if let Some(tr) = trace.as_deref_mut() {
-                    let o = (t * w + j) * n;
-                    tr.hs[o..o + n].copy_from_slice(hd);
-                    tr.es[o..o + n].copy_from_slice(&e);
-                }
-            }
-            for j in 0..w {
-                y[t * w + j] = (ys[j] + dskip[j] * u[j]) * gate[j];
-            }
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.delta[t * w..(t + 1) * w].copy_from_slice(&delta);
-                tr.ys[t * w..(t + 1) * w].copy_from_slice(&ys);
-            }
-        }
-    }
-
-    fn backward_task(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.backward_task_avx2(task, udz, p, bc, gy) };
-        }
-        self.backward_task_impl(task, udz, p, bc, gy)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_task_avx2(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
-        self.backward_task_impl(task, udz, p, bc, gy)
-    }
-
-    /// Gradients of one task, given ∂loss/∂y (B, L, ED).
-    #[inline(always)]
-    fn backward_task_impl(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32]) -> TaskGrads {
         let Dims { l, ed, n, .. } = *self;
         let Task { bi, d0, w } = *task;
-        // Recompute the forward, keeping what the backward reads.
-        let mut tr = Trace {
-            hs: vec![0f32; l * w * n],
-            es: vec![0f32; l * w * n],
-            delta: vec![0f32; l * w],
-            ys: vec![0f32; l * w],
-        };
-        let mut y = vec![0f32; l * w];
-        self.forward_task_impl(task, udz, p, bc, &mut vec![0f32; w * n], &mut y, Some(&mut tr));
+        let (h, at) = (&mut h[..n], &tp.at[..n]);
+        for t in 0..l {
+            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
+            let u = gather(&row[d0..d0 + w]);
+            let dtr = gather(&row[ed + d0..ed + d0 + w]);
+            let z = gather(&row[2 * ed + d0..2 * ed + d0 + w]);
+            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
+            // Δ = softplus(dt + bias), and Δ x
+            let (mut delta, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
+            for j in 0..CHANNEL_BLOCK {
+                delta[j] = fast_softplus(dtr[j] + tp.bias[j]);
+                dtx[j] = delta[j] * u[j];
+            }
+            let mut ys = [0f32; CHANNEL_BLOCK]; // Σ_k C_t[k] h_t[k], in the order of k
+            for k in 0..n {
+                let (hk, ak, b, c) = (&mut h[k], &at[k], bt[k], ct[k]);
+                let mut e = [0f32; CHANNEL_BLOCK];
+                for j in 0..CHANNEL_BLOCK {
+                    e[j] = fast_exp(delta[j] * ak[j]);
+                    hk[j] = e[j] * hk[j] + dtx[j] * b;
+                    ys[j] += c * hk[j];
+                }
+                if TRACE {
+                    tr.hs[t * n + k] = *hk;
+                    tr.es[t * n + k] = e;
+                }
+            }
+            let mut out = [0f32; CHANNEL_BLOCK];
+            for j in 0..CHANNEL_BLOCK {
+                out[j] = (ys[j] + tp.dskip[j] * u[j]) * (z[j] * fast_sigmoid(z[j]));
+            }
+            y[t * w..(t + 1) * w].copy_from_slice(&out[..w]);
+            if TRACE {
+                tr.delta[t] = delta;
+                tr.ys[t] = ys;
+            }
+        }
+    }
 
+    fn backward_task(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32], tr: &mut Trace) -> TaskGrads {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512f() {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
+            return unsafe { self.backward_task_avx512(task, udz, p, bc, gy, tr) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { self.backward_task_avx2(task, udz, p, bc, gy, tr) };
+        }
+        self.backward_task_body::<false>(task, udz, p, bc, gy, tr)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn backward_task_avx512(
+        &self,
+        task: &Task,
+        udz: &[f32],
+        p: &[f32],
+        bc: &[f32],
+        gy: &[f32],
+        tr: &mut Trace,
+    ) -> TaskGrads {
+        self.backward_task_body::<true>(task, udz, p, bc, gy, tr)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_task_avx2(
+        &self,
+        task: &Task,
+        udz: &[f32],
+        p: &[f32],
+        bc: &[f32],
+        gy: &[f32],
+        tr: &mut Trace,
+    ) -> TaskGrads {
+        self.backward_task_body::<false>(task, udz, p, bc, gy, tr)
+    }
+
+    /// Gradients of one task, given ∂loss/∂y (B, L, ED). `AVX512`: this is the AVX-512 build,
+    /// which sums dB and dC with `halving_sums_avx512`.
+    #[inline(always)]
+    fn backward_task_body<const AVX512: bool>(
+        &self,
+        task: &Task,
+        udz: &[f32],
+        p: &[f32],
+        bc: &[f32],
+        gy: &[f32],
+        tr: &mut Trace,
+    ) -> TaskGrads {
+        let Dims { l, ed, n, .. } = *self;
+        let Task { bi, d0, w } = *task;
+        let tp = self.task_params(p, task);
+        // Recompute the forward, keeping what the backward reads.
+        let mut y = vec![0f32; l * w];
+        self.forward_task_body::<true>(task, &tp, udz, bc, &mut vec![[0f32; CHANNEL_BLOCK]; n], &mut y, tr);
+
+        let zero = [0f32; CHANNEL_BLOCK];
         let mut g = TaskGrads {
             dudz: vec![0f32; l * 3 * w],
-            da: vec![0f32; w * n],
-            dd: vec![0f32; w],
-            dbias: vec![0f32; w],
+            da: vec![zero; n],
+            dd: zero,
+            dbias: zero,
             dbc: vec![0f32; l * 2 * n],
         };
-        let mut dh = vec![0f32; w * n]; // ∂loss/∂h_t, carried backwards in time
-        let zeros = vec![0f32; w * n];
-        let (mut ddelta_terms, mut du_terms) = (vec![0f32; n], vec![0f32; n]);
-        let (dskip, bias) = task_params(p, n, d0, w);
-        let (mut dz_row, mut gd_row, mut sig_dt) = (vec![0f32; w], vec![0f32; w], vec![0f32; w]);
+        let mut dh = vec![zero; n]; // ∂loss/∂h_t, carried backwards in time
+        let zeros = vec![zero; n]; // h_{-1}
+        let (at, dskip, bias) = (&tp.at[..n], &tp.dskip, &tp.bias);
         for t in (0..l).rev() {
             let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
-            let (u, rest) = row.split_at(ed);
-            let (dtr, z) = rest.split_at(ed);
+            let u = gather(&row[d0..d0 + w]);
+            let dtr = gather(&row[ed + d0..ed + d0 + w]);
+            let z = gather(&row[2 * ed + d0..2 * ed + d0 + w]);
+            let gout = gather(&gy[(bi * l + t) * ed + d0..(bi * l + t) * ed + d0 + w]);
             let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
             let (db, dc) = g.dbc[t * 2 * n..(t + 1) * 2 * n].split_at_mut(n);
-            let gy_t = &gy[(bi * l + t) * ed..(bi * l + t + 1) * ed];
-            let h_cur = &tr.hs[t * w * n..(t + 1) * w * n];
-            let h_prev = if t == 0 { &zeros[..] } else { &tr.hs[(t - 1) * w * n..t * w * n] };
-            let e_t = &tr.es[t * w * n..(t + 1) * w * n];
-            let (u, dtr, z) = (&u[d0..d0 + w], &dtr[d0..d0 + w], &z[d0..d0 + w]);
-            let (delta, ys) = (&tr.delta[t * w..(t + 1) * w], &tr.ys[t * w..(t + 1) * w]);
-            // Per channel, vectorised over the block: ∂loss/∂z, and gd = ∂loss/∂(ys + D x).
-            for j in 0..w {
+            let (delta, ys) = (&tr.delta[t], &tr.ys[t]);
+            let h_cur = &tr.hs[t * n..(t + 1) * n];
+            let h_prev = if t == 0 { &zeros[..] } else { &tr.hs[(t - 1) * n..t * n] };
+            let e_t = &tr.es[t * n..(t + 1) * n];
+            // ∂loss/∂z, gd = ∂loss/∂(ys + D x), dΔ/d(dt) of the softplus, Δ x; dD.
+            let mut dz = [0f32; CHANNEL_BLOCK];
+            let (mut gd, mut sig_dt, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
+            for j in 0..CHANNEL_BLOCK {
                 // y = (ys + D x) silu(z)
                 let sig_z = fast_sigmoid(z[j]);
-                let gout = gy_t[d0 + j];
-                dz_row[j] = gout * (ys[j] + dskip[j] * u[j]) * sig_z * (1.0 + z[j] * (1.0 - sig_z));
-                gd_row[j] = gout * z[j] * sig_z;
-                sig_dt[j] = fast_sigmoid(dtr[j] + bias[j]); // dΔ/d(dt) of the softplus
+                dz[j] = gout[j] * (ys[j] + dskip[j] * u[j]) * sig_z * (1.0 + z[j] * (1.0 - sig_z));
+                gd[j] = gout[j] * z[j] * sig_z;
+                sig_dt[j] = fast_sigmoid(dtr[j] + bias[j]);
+                dtx[j] = delta[j] * u[j];
+                g.dd[j] += gd[j] * u[j];
             }
-            for j in 0..w {
-                let a_d = &p[(d0 + j) * (n + 2)..(d0 + j) * (n + 2) + n];
-                let (x, delta, gd) = (u[j], delta[j], gd_row[j]);
-                g.dd[j] += gd * x;
-                let rows = j * n..(j + 1) * n;
-                let (hc, hp, ej) = (&h_cur[rows.clone()], &h_prev[rows.clone()], &e_t[rows.clone()]);
-                let (dh_j, da_j) = (&mut dh[rows.clone()], &mut g.da[rows]);
-                // Per-state terms first (no sums carried across k), then the two sums over k.
-                let (du_sum, ddelta_sum) = if n == 16 {
-                    state_terms_16((hc, hp, ej, a_d, bt, ct), (gd, delta, x), dh_j, da_j, db, dc)
-                } else {
-                    state_terms(
-                        (hc, hp, ej, a_d, bt, ct),
-                        (gd, delta, x),
-                        dh_j,
-                        da_j,
-                        db,
-                        dc,
-                        &mut ddelta_terms,
-                        &mut du_terms,
+            // Lane-wise over the channels for each state; Σ_k of the dΔ and dx terms in the
+            // order of k, and dB_t[k], dC_t[k] summed over the channels.
+            let (mut ddelta, mut dx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
+            let (mut pb, mut pc) = ([[0f32; PART]; PART], [[0f32; PART]; PART]);
+            for k0 in (0..n).step_by(PART) {
+                let kn = PART.min(n - k0);
+                for (i, k) in (k0..k0 + kn).enumerate() {
+                    state_grads(
+                        (&h_cur[k], &h_prev[k], &e_t[k], &at[k]),
+                        (&gd, &u, delta, &dtx),
+                        (bt[k], ct[k]),
+                        (&mut dh[k], &mut g.da[k]),
+                        (&mut dx, &mut ddelta),
+                        (&mut pb[i], &mut pc[i]),
                     );
-                    (sum_lanes(&du_terms), sum_lanes(&ddelta_terms))
-                };
-                let du = gd * dskip[j] + delta * du_sum;
-                let ddt = ddelta_sum * sig_dt[j];
-                g.dbias[j] += ddt;
-                g.dudz[(t * 3) * w + j] = du;
-                g.dudz[(t * 3 + 1) * w + j] = ddt;
+                }
+                // dB_t[k], dC_t[k] for this group of states at once
+                db[k0..k0 + kn].copy_from_slice(&halving_sums::<AVX512>(&pb)[..kn]);
+                dc[k0..k0 + kn].copy_from_slice(&halving_sums::<AVX512>(&pc)[..kn]);
             }
-            g.dudz[(t * 3 + 2) * w..(t * 3 + 3) * w].copy_from_slice(&dz_row);
+            let (mut du, mut ddt) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
+            for j in 0..CHANNEL_BLOCK {
+                du[j] = gd[j] * dskip[j] + delta[j] * dx[j];
+                ddt[j] = ddelta[j] * sig_dt[j];
+                g.dbias[j] += ddt[j];
+            }
+            let o = t * 3 * w;
+            g.dudz[o..o + w].copy_from_slice(&du[..w]);
+            g.dudz[o + w..o + 2 * w].copy_from_slice(&ddt[..w]);
+            g.dudz[o + 2 * w..o + 3 * w].copy_from_slice(&dz[..w]);
         }
         g
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+fn has_avx512f() -> bool {
+    std::is_x86_feature_detected!("avx512f") && has_avx2_fma()
 }
 
-/// Σ a_i with eight independent accumulators, so the compiler can vectorise it.
-#[inline(always)]
-fn sum_lanes(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for i in 0..8 {
-            acc[i] += a[c * 8 + i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for v in &a[chunks * 8..] {
-        s += v;
-    }
-    s
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Σ a_i b_i with eight independent accumulators, so the compiler can vectorise it.
