@@ -13,6 +13,7 @@ pub mod attention;
 pub mod cross_entropy;
 mod gemm;
 pub mod swiglu;
+mod vmath;
 
 pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;

@@ -13,6 +13,7 @@
 //! (test `fused_attention_matches_the_elementary_twin`).
 
 use super::gemm::{matmul, Mat};
+use super::vmath::{exp_affine_sum, row_max, scale_row, softmax_grad_row};
 use super::{f32_slice, host_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -164,18 +165,10 @@ impl CustomOp3 for CausalAttention {
                 matmul(Mat::new(&qr[i0 * dh..(i0 + r) * dh], r, dh), Mat::t(&kr[..n * dh], n, dh), pb, false, 1);
                 for (ri, row) in pb.chunks_exact_mut(n).enumerate() {
                     let (seen, masked) = row.split_at_mut(i0 + ri + 1);
-                    let mut max = f32::NEG_INFINITY;
-                    for z in seen.iter_mut() {
-                        *z *= scale;
-                        max = max.max(*z);
-                    }
-                    let mut sum = 0f32;
-                    for z in seen.iter_mut() {
-                        *z = (*z - max).exp();
-                        sum += *z;
-                    }
-                    let inv = 1.0 / sum;
-                    seen.iter_mut().for_each(|z| *z *= inv);
+                    // max(scale·z) = scale·max(z) exactly (scale > 0; rounding is monotonic)
+                    let max = row_max(seen) * scale;
+                    let sum = exp_affine_sum(seen, scale, max);
+                    scale_row(seen, 1.0 / sum);
                     masked.fill(0.0);
                     lse_h[i0 + ri] = max + sum.ln();
                 }
@@ -230,7 +223,7 @@ impl CustomOp3 for CausalAttention {
                         for (row_i, row) in pb.chunks_exact_mut(n).enumerate() {
                             let (seen, masked) = row.split_at_mut(i0 + row_i + 1);
                             let lse_i = lse_h[i0 + row_i];
-                            seen.iter_mut().for_each(|z| *z = (*z * scale - lse_i).exp());
+                            exp_affine_sum(seen, scale, lse_i);
                             masked.fill(0.0);
                         }
                         // dP = dy vᵀ;  dv += Pᵀ dy
@@ -238,10 +231,7 @@ impl CustomOp3 for CausalAttention {
                         matmul(Mat::t(pb, r, n), Mat::new(dy_blk, r, dh), &mut dv[..n * dh], true, 1);
                         // dS = P ⊙ (dP − Σ_j P dP) · scale, in place of dP
                         for (prow, dprow) in pb.chunks_exact(n).zip(dpb.chunks_exact_mut(n)) {
-                            let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                            for (d, &pv) in dprow.iter_mut().zip(prow) {
-                                *d = pv * (*d - dot) * scale;
-                            }
+                            softmax_grad_row(prow, dprow, scale);
                         }
                         // dq = dS k;  dk += dSᵀ q   (both before RoPE's rotation back)
                         matmul(

@@ -11,6 +11,7 @@
 
 use super::f32_slice;
 use super::gemm::{matmul, threads, Mat};
+use super::vmath::{exp_affine_sum, row_max, scale_row};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -75,18 +76,11 @@ impl CustomOp2 for LinearCrossEntropy {
                 .par_chunks_mut(v)
                 .zip(targets.par_iter())
                 .map(|(row, &t)| {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for z in row.iter_mut() {
-                        *z = (*z - max).exp();
-                        sum += *z;
-                    }
+                    let max = row_max(row);
+                    let sum = exp_affine_sum(row, 1.0, max); // row ← e^(z − max)
                     let target_p = row[t as usize];
                     if want_grad {
-                        let inv = scale / sum;
-                        for z in row.iter_mut() {
-                            *z *= inv;
-                        }
+                        scale_row(row, scale / sum);
                         row[t as usize] -= scale;
                     }
                     // -log softmax[t] = log Σ e^(z - max) - (z_t - max)

@@ -3,6 +3,7 @@
 //! with its own allocation and gradient accumulation. Reference twin: `g.silu()? * u`
 //! (test `fused_swiglu_matches_the_elementary_twin`).
 
+use super::vmath::{swiglu_bwd, swiglu_fwd};
 use super::{f32_slice, host_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -20,11 +21,6 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "swiglu"
@@ -34,9 +30,7 @@ impl CustomOp2 for SwiGlu {
         let (g, u) = (f32_slice(sg, lg, self.name())?, f32_slice(su, lu, self.name())?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
-            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
-            }
+            swiglu_fwd(y, g, u);
         });
         Ok((CpuStorage::F32(y), lg.shape().clone()))
     }
@@ -47,14 +41,7 @@ impl CustomOp2 for SwiGlu {
         dg.par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
-            .for_each(|((dg, du), ((g, u), dy))| {
-                for i in 0..g.len() {
-                    // silu'(g) = σ(g) (1 + g (1 − σ(g)))
-                    let s = sigmoid(g[i]);
-                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                    du[i] = dy[i] * g[i] * s;
-                }
-            });
+            .for_each(|((dg, du), ((g, u), dy))| swiglu_bwd(dg, du, g, u, dy));
         let dev = g_t.device();
         Ok((Some(Tensor::from_vec(dg, g_t.shape(), dev)?), Some(Tensor::from_vec(du, u_t.shape(), dev)?)))
     }
