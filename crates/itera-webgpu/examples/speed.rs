@@ -136,6 +136,9 @@ fn main() -> Result<()> {
             let (varmap, cpu) = Model::init(&cfg, 0, &Device::Cpu)?;
             let tensors: HashMap<String, Tensor> = weights::varmap_tensors(&varmap)?.into_iter().collect();
             let mut g = GpuModel::new(&gpu, &cfg, &tensors, max_context)?;
+            // The plan's dispatches per call (the same for one token or many).
+            let dispatches = g.dispatches(1, false)?;
+            eprintln!("{} {preset}: {dispatches} dispatches per forward", kind.name());
             for &c in &a.contexts {
                 let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps)?;
                 let cpu_fig = if a.cpu { Some(cpu_point(&cpu, c, a.steps)?) } else { None };
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
                     "model": kind.name(), "preset": preset.to_string(), "context": c,
                     "gpu_prefill_tok_s": gp, "gpu_decode_ms_p50": gd, "gpu_decode_ms_p95": gd95,
                     "cpu_prefill_tok_s": cpu_fig.map(|f| f.0), "cpu_decode_ms_p50": cpu_fig.map(|f| f.1),
-                    "cpu_decode_ms_p95": cpu_fig.map(|f| f.2),
+                    "cpu_decode_ms_p95": cpu_fig.map(|f| f.2), "gpu_dispatches": dispatches,
                 }));
             }
         }

@@ -28,6 +28,10 @@ pub struct GpuModel {
     /// Uniform holding `pos` for the kernels that need it.
     step: Buf,
     plans: HashMap<(usize, bool), Plan>,
+    /// Itera-Lite's experts run batched (three dispatches per layer, top-k only; their matrices
+    /// concatenated by expert) when every concatenation fits one binding; else one expert at a
+    /// time, densely, each matrix split by rows as any other.
+    batched_moe: bool,
 }
 
 /// Rows `first..first + rows` of a weight, in a buffer of their own.
@@ -115,6 +119,8 @@ impl GpuModel {
     /// cache is allocated for it; at most its `max_position_embeddings`).
     pub fn new(gpu: &Gpu, cfg: &Config, tensors: &HashMap<String, Tensor>, max_context: usize) -> Result<GpuModel> {
         let mut weights = HashMap::new();
+        // The batched experts' concatenated matrices (added to `weights` once `put` is done).
+        let mut concatenated = Vec::new();
         // Matrices (2-D: what the linear kernels read, and the embedding table) may be split by
         // rows; the other tensors (norms, biases, conv taps (ED, 1, K)) are small next to them,
         // and stay whole.
@@ -128,6 +134,7 @@ impl GpuModel {
             weights.insert(name.to_string(), chunks);
             Ok(())
         };
+        let mut batched_moe = false;
         let (state, max_context) = match cfg {
             Config::Baseline(c) => {
                 check_baseline(c)?;
@@ -200,12 +207,26 @@ impl GpuModel {
                     prm.push(upload(gpu, &v, "scan parameters")?);
                     if c.moe() {
                         let (e, h) = (c.num_experts, c.expert_intermediate_size);
+                        // (In u64: on wasm32 the product may pass usize.)
+                        let (limit, eu) = (gpu.max_binding_bytes(), e as u64);
+                        batched_moe = eu * (h * 4) as u64 * d as u64 <= limit && eu * (d * 4) as u64 <= limit;
                         put(&format!("{p}.moe_norm.weight"), &[d])?;
                         put(&format!("{p}.moe.router.weight"), &[e, d])?;
-                        for j in 0..e {
-                            put(&format!("{p}.moe.experts.{j}.gate_proj.weight"), &[h, d])?;
-                            put(&format!("{p}.moe.experts.{j}.up_proj.weight"), &[h, d])?;
-                            put(&format!("{p}.moe.experts.{j}.down_proj.weight"), &[d, h])?;
+                        for (what, shape) in [("gate_proj", [h, d]), ("up_proj", [h, d]), ("down_proj", [d, h])] {
+                            let name = |j: usize| format!("{p}.moe.experts.{j}.{what}.weight");
+                            if batched_moe {
+                                let mut all = Vec::with_capacity(e * h * d);
+                                for j in 0..e {
+                                    all.extend(values(tensors, &name(j), &shape)?);
+                                }
+                                let name = format!("{p}.moe.experts.{what}");
+                                let buf = upload(gpu, &all, &name)?;
+                                concatenated.push((name, vec![Chunk { first: 0, rows: e * shape[0], buf }]));
+                            } else {
+                                for j in 0..e {
+                                    put(&name(j), &shape)?;
+                                }
+                            }
                         }
                     }
                 }
@@ -215,6 +236,7 @@ impl GpuModel {
                 (State::IteraLite { window, h, prm }, max_context.max(1))
             }
         };
+        weights.extend(concatenated);
         let step = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step"),
             size: 16,
@@ -230,6 +252,7 @@ impl GpuModel {
             max_context,
             step,
             plans: HashMap::new(),
+            batched_moe,
         };
         model.reset();
         gpu.check("uploading the weights")?;
@@ -251,6 +274,21 @@ impl GpuModel {
 
     pub fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    /// The dispatches one forward of `tokens` new tokens records (every row's logits with `all`):
+    /// the fixed cost of a call grows with them. Records a plan to count it (not kept).
+    pub fn dispatches(&self, tokens: usize, all: bool) -> Result<usize> {
+        if tokens == 0 {
+            return Err(GpuError::Input("dispatches: no tokens".into()));
+        }
+        Ok(self.record(tokens, all)?.ops.len())
+    }
+
+    /// Whether Itera-Lite's experts run batched (top-k only, three dispatches per layer) rather
+    /// than one expert at a time (when their concatenated matrices pass the binding limit).
+    pub fn batched_experts(&self) -> bool {
+        self.batched_moe
     }
 
     /// Forgets every token: zero SSM states and conv windows (the KV cache is simply overwritten).
@@ -463,17 +501,28 @@ impl GpuModel {
         let dbl = storage(gpu, l * (r + 2 * n), "x_dbl");
         let dt = storage(gpu, l * ed, "dt");
         let y = storage(gpu, l * ed, "y");
-        let next = storage(gpu, (k - 1) * ed, "next window");
-        let (e, hw) = (c.num_experts, c.expert_intermediate_size);
+        let (e, hw, top) = (c.num_experts, c.expert_intermediate_size, c.num_experts_per_tok);
+        // Batched: the chosen experts (rows, k) and their gates, and the SwiGLU products (rows·k, H).
+        // Per expert: router logits, dense gates (rows, e), and one expert's gate, up, product, output.
         let moe_bufs = c.moe().then(|| {
-            (
-                storage(gpu, l * e, "router logits"),
-                storage(gpu, l * e, "gates"),
-                storage(gpu, l * hw, "gate"),
-                storage(gpu, l * hw, "up"),
-                storage(gpu, l * hw, "swiglu"),
-                storage(gpu, l * d, "expert out"),
-            )
+            if self.batched_moe {
+                let sel = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("chosen experts"),
+                    size: (l * top * 4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                });
+                vec![sel, storage(gpu, l * top, "gates"), storage(gpu, l * top * hw, "swiglu")]
+            } else {
+                vec![
+                    storage(gpu, l * e, "router logits"),
+                    storage(gpu, l * e, "gates"),
+                    storage(gpu, l * hw, "gate"),
+                    storage(gpu, l * hw, "up"),
+                    storage(gpu, l * hw, "swiglu"),
+                    storage(gpu, l * d, "expert out"),
+                ]
+            }
         });
         self.embed(rec, tokens, "backbone.embeddings.weight", &x, l, d);
         for layer in 0..c.num_hidden_layers {
@@ -482,25 +531,35 @@ impl GpuModel {
             rec.rmsnorm(&x, w("norm.weight"), &h, l, d, c.layer_norm_epsilon);
             self.linear(rec, (&h, d, 0), &format!("{p}.mixer.in_proj.weight"), (&xz, 2 * ed, 0), l, d, false);
             rec.conv(shape, &xz, w("mixer.conv1d.weight"), w("mixer.conv1d.bias"), &window[layer], &xc);
-            rec.window(shape, &xz, &window[layer], &next);
-            rec.copy_rows(&self.step, &next, &window[layer], k - 1, ed, false);
             self.linear(rec, (&xc, ed, 0), &format!("{p}.mixer.x_proj.weight"), (&dbl, r + 2 * n, 0), l, ed, false);
             self.linear(rec, (&dbl, r + 2 * n, 0), &format!("{p}.mixer.dt_proj.weight"), (&dt, ed, 0), l, r, false);
-            rec.scan(shape, &xz, &xc, &dt, &dbl, &prm[layer], &hs[layer], &y);
+            // (The scan also moves the conv window on.)
+            rec.scan(shape, &xz, &xc, &dt, &dbl, &prm[layer], &hs[layer], &y, &window[layer]);
             self.linear(rec, (&y, ed, 0), &format!("{p}.mixer.out_proj.weight"), (&x, d, 0), l, ed, true);
-            if let Some((rl, gates, g, u, m, eo)) = &moe_bufs {
-                rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, c.layer_norm_epsilon);
-                self.linear(rec, (&h, d, 0), &format!("{p}.moe.router.weight"), (rl, e, 0), l, d, false);
-                rec.route(rl, gates, l, e, c.num_experts_per_tok);
-                // Every expert on every token, weighted by the gates (zero off the chosen k).
-                for j in 0..e {
-                    let ew = |s: &str| format!("{p}.moe.experts.{j}.{s}.weight");
-                    self.linear(rec, (&h, d, 0), &ew("gate_proj"), (g, hw, 0), l, d, false);
-                    self.linear(rec, (&h, d, 0), &ew("up_proj"), (u, hw, 0), l, d, false);
-                    rec.silu_mul(g, u, m, l, hw);
-                    self.linear(rec, (m, hw, 0), &ew("down_proj"), (eo, d, 0), l, hw, false);
-                    rec.axpy(eo, gates, &x, l, d, e, j);
+            match moe_bufs.as_deref() {
+                Some([sel, gates, m]) => {
+                    let s = (l, d, e, top, hw);
+                    let (router, norm) = (w("moe.router.weight"), w("moe_norm.weight"));
+                    rec.experts_route(s, &x, norm, router, &h, sel, gates, c.layer_norm_epsilon);
+                    let gate = w("moe.experts.gate_proj");
+                    rec.experts_gate_up(s, &h, gate, w("moe.experts.up_proj"), sel, m);
+                    rec.experts_down(s, m, w("moe.experts.down_proj"), sel, gates, &x);
                 }
+                Some([rl, gates, g, u, m, eo]) => {
+                    rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, c.layer_norm_epsilon);
+                    self.linear(rec, (&h, d, 0), &format!("{p}.moe.router.weight"), (rl, e, 0), l, d, false);
+                    rec.route(rl, gates, l, e, top);
+                    // Every expert on every token, weighted by the gates (zero off the chosen k).
+                    for j in 0..e {
+                        let ew = |s: &str| format!("{p}.moe.experts.{j}.{s}.weight");
+                        self.linear(rec, (&h, d, 0), &ew("gate_proj"), (g, hw, 0), l, d, false);
+                        self.linear(rec, (&h, d, 0), &ew("up_proj"), (u, hw, 0), l, d, false);
+                        rec.silu_mul(g, u, m, l, hw);
+                        self.linear(rec, (m, hw, 0), &ew("down_proj"), (eo, d, 0), l, hw, false);
+                        rec.axpy(eo, gates, &x, l, d, e, j);
+                    }
+                }
+                _ => {}
             }
         }
         (x, h)

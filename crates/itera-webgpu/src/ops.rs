@@ -12,11 +12,13 @@ pub(crate) struct Kernels {
     pub copy_rows: wgpu::ComputePipeline,
     pub attend: wgpu::ComputePipeline,
     pub conv: wgpu::ComputePipeline,
-    pub window: wgpu::ComputePipeline,
     pub scan: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
     pub route: wgpu::ComputePipeline,
     pub axpy: wgpu::ComputePipeline,
+    pub experts_route: wgpu::ComputePipeline,
+    pub experts_gate_up: wgpu::ComputePipeline,
+    pub experts_down: wgpu::ComputePipeline,
 }
 
 impl Kernels {
@@ -33,6 +35,7 @@ impl Kernels {
         let attention = module("attention.wgsl", include_str!("kernels/attention.wgsl"));
         let mamba = module("mamba.wgsl", include_str!("kernels/mamba.wgsl"));
         let moe = module("moe.wgsl", include_str!("kernels/moe.wgsl"));
+        let experts = module("experts.wgsl", include_str!("kernels/experts.wgsl"));
         let pipe = |m: &wgpu::ShaderModule, entry: &str| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
@@ -52,11 +55,13 @@ impl Kernels {
             copy_rows: pipe(&attention, "copy_rows"),
             attend: pipe(&attention, "attend"),
             conv: pipe(&mamba, "conv"),
-            window: pipe(&mamba, "window"),
             scan: pipe(&mamba, "scan"),
             silu_mul: pipe(&moe, "silu_mul"),
             route: pipe(&moe, "route"),
             axpy: pipe(&moe, "axpy"),
+            experts_route: pipe(&experts, "route"),
+            experts_gate_up: pipe(&experts, "gate_up"),
+            experts_down: pipe(&experts, "down"),
         }
     }
 }
@@ -239,13 +244,6 @@ impl<'a> Recorder<'a> {
         self.dispatch(kern, &Self::mamba_params(s), &[(1, xz), (2, w), (3, bias), (4, window), (7, xc)], groups);
     }
 
-    /// The next conv window into `next` (k-1, ed).
-    pub fn window(&mut self, s: (usize, usize, usize, usize, usize), xz: &Buf, window: &Buf, next: &Buf) {
-        let kern = &self.kernels.window;
-        let groups = groups_1d((s.3 - 1) * s.1);
-        self.dispatch(kern, &Self::mamba_params(s), &[(1, xz), (3, window), (7, next)], groups);
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub fn scan(
         &mut self,
@@ -257,10 +255,14 @@ impl<'a> Recorder<'a> {
         prm: &Buf,
         h: &Buf,
         y: &Buf,
+        window: &Buf,
     ) {
         let kern = &self.kernels.scan;
-        let bufs = [(1, xz), (2, xc), (3, dt), (4, x_dbl), (5, prm), (6, h), (7, y)];
-        self.dispatch(kern, &Self::mamba_params(s), &bufs, groups_1d(s.1));
+        let bufs = [(1, xz), (2, xc), (3, dt), (4, x_dbl), (5, prm), (6, h), (7, y), (8, window)];
+        // 64 / n channels per workgroup of 64 (one invocation per channel and state).
+        let g = s.1.div_ceil(64 / s.2) as u32;
+        let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
+        self.dispatch(kern, &Self::mamba_params(s), &bufs, groups);
     }
 
     pub fn silu_mul(&mut self, gate: &Buf, up: &Buf, y: &Buf, rows: usize, width: usize) {
@@ -288,6 +290,72 @@ impl<'a> Recorder<'a> {
         let kern = &self.kernels.axpy;
         let params = [rows as u32, width as u32, experts as u32, expert as u32];
         self.dispatch(kern, &params, &[(1, out), (2, gates), (3, y)], groups_1d(rows * width));
+    }
+
+    /// The batched MoE's first step, per token: h = rmsnorm(x) (into `h`), the router's logits,
+    /// and the top-k experts (`sel`) with their renormalised gates (`gates`), both (rows, k).
+    /// Shapes: (rows, d, experts, k, expert width).
+    #[allow(clippy::too_many_arguments)]
+    pub fn experts_route(
+        &mut self,
+        s: (usize, usize, usize, usize, usize),
+        x: &Buf,
+        norm: &Buf,
+        router: &Buf,
+        h: &Buf,
+        sel: &Buf,
+        gates: &Buf,
+        eps: f64,
+    ) {
+        let kern = &self.kernels.experts_route;
+        let bufs = [(1, x), (2, norm), (3, router), (4, sel), (5, gates), (6, h)];
+        self.dispatch(kern, &Self::experts_params(s, eps), &bufs, groups_2d(s.0));
+    }
+
+    /// m (rows·k, width) = silu(h · gate[sel]ᵀ) · (h · up[sel]ᵀ), the experts' matrices
+    /// concatenated: gate and up (experts·width, d).
+    #[allow(clippy::too_many_arguments)]
+    pub fn experts_gate_up(
+        &mut self,
+        s: (usize, usize, usize, usize, usize),
+        h: &Buf,
+        gate: &Buf,
+        up: &Buf,
+        sel: &Buf,
+        m: &Buf,
+    ) {
+        let kern = &self.kernels.experts_gate_up;
+        let bufs = [(1, h), (2, gate), (3, up), (4, sel), (6, m)];
+        self.dispatch(kern, &Self::experts_params(s, 0.0), &bufs, groups_2d(s.0 * s.3 * s.4));
+    }
+
+    /// x (rows, d) += Σ_slot gates · (m · down[sel]ᵀ), down concatenated (experts·d, width).
+    pub fn experts_down(
+        &mut self,
+        s: (usize, usize, usize, usize, usize),
+        m: &Buf,
+        down: &Buf,
+        sel: &Buf,
+        gates: &Buf,
+        x: &Buf,
+    ) {
+        let kern = &self.kernels.experts_down;
+        let bufs = [(1, m), (2, down), (4, sel), (5, gates), (6, x)];
+        self.dispatch(kern, &Self::experts_params(s, 0.0), &bufs, groups_2d(s.0 * s.1));
+    }
+
+    fn experts_params(s: (usize, usize, usize, usize, usize), eps: f64) -> [u32; 8] {
+        [s.0 as u32, s.1 as u32, s.2 as u32, s.3 as u32, s.4 as u32, (eps as f32).to_bits(), 0, 0]
+    }
+}
+
+/// `g` workgroups (one per item), wrapped into y past the x limit.
+fn groups_2d(g: usize) -> (u32, u32) {
+    let g = g.max(1) as u32;
+    if g <= MAX_GROUPS {
+        (g, 1)
+    } else {
+        (MAX_GROUPS, g.div_ceil(MAX_GROUPS))
     }
 }
 

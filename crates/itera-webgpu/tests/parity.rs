@@ -133,6 +133,10 @@ fn weights_over_the_binding_limit_are_split_by_rows() -> Result<()> {
         let toks = tokens(24, 3);
         let mut whole = GpuModel::new(&gpu, &cfg, &tensors, 32)?;
         let mut split = GpuModel::new(&small, &cfg, &tensors, 32)?;
+        // The experts' concatenated matrices (16 KiB each) pass 6,000 bytes: one expert at a time.
+        if matches!(&cfg, Config::IteraLite(c) if c.moe()) {
+            assert!(whole.batched_experts() && !split.batched_experts(), "{name}: the two expert paths");
+        }
         let mut state = cpu.new_state(1)?;
         for (i, part) in [&toks[..20], &toks[20..21], &toks[21..22], &toks[22..24]].into_iter().enumerate() {
             let a = pollster::block_on(whole.forward(part, true))?;
@@ -177,6 +181,71 @@ fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Re
             let err = rel_err(&got, &want);
             eprintln!("{name}, call {i}: max relative error {err:.2e}");
             assert!(err <= TOLERANCE, "{name}, call {i}: logits differ by {err:.2e}");
+        }
+    }
+    Ok(())
+}
+
+/// The plan's dispatches per forward: Itera-Lite's experts batched take three per layer whatever
+/// their number (route, gate and up, down), against 3 + 5 per expert one expert at a time; the
+/// mixer takes seven (norm, in_proj, conv, x_proj, dt_proj, scan with the window, out_proj).
+#[test]
+fn dispatches_per_forward() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    for (name, cfg) in configs() {
+        let (_, tensors) = model(&cfg, 1)?;
+        let g = GpuModel::new(&gpu, &cfg, &tensors, 64)?;
+        let want = match &cfg {
+            Config::Baseline(c) => 3 + 14 * c.num_hidden_layers,
+            Config::IteraLite(c) => 3 + c.num_hidden_layers * (7 + if c.moe() { 3 } else { 0 }),
+        };
+        for (l, all) in [(1, false), (37, false), (37, true)] {
+            assert_eq!(g.dispatches(l, all)?, want, "{name}, {l} tokens");
+        }
+        if let Config::IteraLite(c) = &cfg {
+            if c.moe() {
+                // Concatenations over the limit, each expert's matrices within it: per expert.
+                let limit = c.num_experts * c.expert_intermediate_size * c.hidden_size * 4 - 4;
+                let g = GpuModel::new(&gpu.with_binding_limit(limit as u64), &cfg, &tensors, 64)?;
+                assert!(!g.batched_experts());
+                // Every matrix in ⌈rows / rows per binding⌉ chunks, one dispatch each.
+                let chunks = |rows: usize, cols: usize| rows.div_ceil(limit / (cols * 4));
+                let (d, ed, n, r) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank);
+                let (e, h) = (c.num_experts, c.expert_intermediate_size);
+                let mixer = 3 + chunks(2 * ed, d) + chunks(r + 2 * n, ed) + chunks(ed, r) + chunks(d, ed);
+                let experts = 2 + chunks(e, d) + e * (2 * chunks(h, d) + 1 + chunks(d, h) + 1);
+                let want = 1 + 2 * chunks(VOCAB, d) + c.num_hidden_layers * (mixer + experts);
+                assert_eq!(g.dispatches(1, false)?, want, "{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shapes the presets do not have, against the CPU: a state size that does not divide the
+/// scan's 64 invocations (12: five channels per workgroup, four invocations idle), six experts
+/// top-3 (the router's 64 invocations in 10 slices of 6), prefill in several of the scan's
+/// 16-step chunks with a partial last one, then decode steps; batched and one expert at a time.
+#[test]
+fn odd_state_and_expert_counts_match_the_cpu_model() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let mut cfg = Config::preset(ModelKind::IteraLite, Preset::Tiny, VOCAB);
+    if let Config::IteraLite(c) = &mut cfg {
+        (c.state_size, c.num_experts, c.num_experts_per_tok, c.expert_intermediate_size) = (12, 6, 3, 24);
+    }
+    let (cpu, tensors) = model(&cfg, 13)?;
+    let toks = tokens(43, 5);
+    for limit in [u64::MAX, 12_000] {
+        let gpu = gpu.with_binding_limit(limit);
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 64)?;
+        assert_eq!(g.batched_experts(), limit == u64::MAX);
+        let mut state = cpu.new_state(1)?;
+        for (i, part) in [&toks[..40], &toks[40..41], &toks[41..43]].into_iter().enumerate() {
+            let got = pollster::block_on(g.forward(part, true))?;
+            let want = cpu_logits(&cpu, part, &mut state)?;
+            let err = rel_err(&got, &want);
+            eprintln!("limit {limit}, call {i}: max relative error {err:.2e}");
+            assert!(err <= TOLERANCE, "limit {limit}, call {i}: logits differ by {err:.2e}");
         }
     }
     Ok(())

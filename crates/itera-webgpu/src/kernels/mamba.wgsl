@@ -38,42 +38,75 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[id] = silu(acc);
 }
 
-// The next window: the last k-1 rows of xp, into y (a scratch buffer; copied back after).
-// b = the current window.
-@compute @workgroup_size(64)
-fn window(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let id = gid.x;
-    if (id >= (p.k - 1u) * p.ed) { return; }
-    let r = id / p.ed;
-    let ch = id % p.ed;
-    let row = p.l + r; // in xp
-    if (row < p.k - 1u) { y[id] = b[row * p.ed + ch]; } else { y[id] = xz[(row - (p.k - 1u)) * 2u * p.ed + ch]; }
-}
-
-// One invocation per channel, sequential in time: Δ = softplus(dt + bias); h = exp(Δ·A)·h + Δ·u·B;
+// The selective scan, with the conv window's update. Δ = softplus(dt + bias); h = exp(Δ·A)·h + Δ·u·B;
 // y = (C·h + D·u) · silu(z).  a = xc (u), b = dt, c = x_dbl (B at column r, C at r + n).
+// One invocation per (channel, state), 64 / n channels per workgroup: each holds its h in a
+// register, so a time step is one multiply-add on the recurrence (the old kernel walked every state
+// of a channel in one invocation, h in private memory). The C·h terms of T steps go to workgroup
+// memory; after each T steps the workgroup sums them per (step, channel) in state order (the
+// same sums as the sequential walk) and writes y.
 const MAX_N: u32 = 64u;
+const T: u32 = 16u;
+var<workgroup> prod: array<f32, 1024>; // (T, 64 / n channels, n) at most T · 64
+@group(0) @binding(8) var<storage, read_write> win: array<f32>; // the conv window (k-1, ed), updated in place
+
 @compute @workgroup_size(64)
-fn scan(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let ch = gid.x;
-    if (ch >= p.ed) { return; }
+fn scan(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let cpw = 64u / p.n; // channels per workgroup
+    let ch0 = (wid.x + wid.y * 65535u) * cpw;
+    let cl = lid.x / p.n;
+    let s = lid.x % p.n;
+    let ch = ch0 + cl;
+    let live = cl < cpw && ch < p.ed;
     let np2 = p.n + 2u;
-    var h: array<f32, MAX_N>;
-    for (var s = 0u; s < p.n; s++) { h[s] = st[ch * p.n + s]; }
-    let dskip = prm[ch * np2 + p.n];
-    let bias = prm[ch * np2 + p.n + 1u];
     let cols = p.r + 2u * p.n;
-    for (var t = 0u; t < p.l; t++) {
-        let u = a[t * p.ed + ch];
-        let delta = softplus(b[t * p.ed + ch] + bias);
-        let du = delta * u;
-        var acc = 0.0;
-        for (var s = 0u; s < p.n; s++) {
-            h[s] = exp(delta * prm[ch * np2 + s]) * h[s] + du * c[t * cols + p.r + s];
-            acc += h[s] * c[t * cols + p.r + p.n + s];
-        }
-        let z = xz[t * 2u * p.ed + p.ed + ch];
-        y[t * p.ed + ch] = (acc + dskip * u) * silu(z);
+    var h = 0.0;
+    var a_s = 0.0;
+    var bias = 0.0;
+    if (live) {
+        h = st[ch * p.n + s];
+        a_s = prm[ch * np2 + s];
+        bias = prm[ch * np2 + p.n + 1u];
     }
-    for (var s = 0u; s < p.n; s++) { st[ch * p.n + s] = h[s]; }
+    for (var t0 = 0u; t0 < p.l; t0 += T) {
+        let steps = min(T, p.l - t0);
+        if (live) {
+            for (var i = 0u; i < steps; i++) {
+                let t = t0 + i;
+                let u = a[t * p.ed + ch];
+                let delta = softplus(b[t * p.ed + ch] + bias);
+                let du = delta * u;
+                h = exp(delta * a_s) * h + du * c[t * cols + p.r + s];
+                prod[(i * cpw + cl) * p.n + s] = h * c[t * cols + p.r + p.n + s];
+            }
+        }
+        workgroupBarrier();
+        for (var q = lid.x; q < steps * cpw; q += 64u) {
+            let i = q / cpw;
+            let c2 = q % cpw;
+            let ch2 = ch0 + c2;
+            if (ch2 < p.ed) {
+                let t = t0 + i;
+                var acc = 0.0;
+                for (var s2 = 0u; s2 < p.n; s2++) { acc += prod[(i * cpw + c2) * p.n + s2]; }
+                let u = a[t * p.ed + ch2];
+                let z = xz[t * 2u * p.ed + p.ed + ch2];
+                y[t * p.ed + ch2] = (acc + prm[ch2 * np2 + p.n] * u) * silu(z);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (live) {
+        st[ch * p.n + s] = h;
+        // The next window, the last k-1 rows of [window; x], in place: row r takes row l + r of
+        // that stack, always further down than r, so walking r upwards reads before it writes.
+        if (s == 0u) {
+            for (var r = 0u; r + 1u < p.k; r++) {
+                let row = p.l + r;
+                var v = 0.0;
+                if (row < p.k - 1u) { v = win[row * p.ed + ch]; } else { v = xz[(row - (p.k - 1u)) * 2u * p.ed + ch]; }
+                win[r * p.ed + ch] = v;
+            }
+        }
+    }
 }
