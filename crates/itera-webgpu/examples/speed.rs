@@ -3,7 +3,7 @@
 //! SwiftShader) run it too, but their figures say nothing about a GPU.
 //!
 //!     cargo run --release -p itera-webgpu --example speed -- [--presets demo,seed]
-//!         [--contexts 64,256,1024,4096] [--steps 16] [--json OUT] [--no-cpu]
+//!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--json OUT] [--no-cpu]
 //!
 //! Models are freshly initialised (speed does not depend on the values). Per (model, preset,
 //! context): prefill of `context` tokens from an empty state (tokens/s, best of 3), then `steps`
@@ -11,6 +11,11 @@
 //! The GPU figures include reading the last logits back, as generation needs them. The CPU path
 //! is the page's: candle's batched forward for the prefill (`RAYON_NUM_THREADS` threads; the page
 //! has one) and the batch-1 decoder for the decode steps (one thread).
+//!
+//! Before each GPU timing (the prefills, then the decode steps) the GPU decodes untimed for
+//! `--warmup-ms` (then the state is reset): the CPU measurements between points leave it idle,
+//! and a GPU that has gone idle lowers its clocks (on an H100, decode steps measured first took
+//! 2-3 times as long as the same steps later in the run).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -27,6 +32,7 @@ struct Args {
     presets: Vec<Preset>,
     contexts: Vec<usize>,
     steps: usize,
+    warmup_ms: u64,
     json: Option<String>,
     cpu: bool,
 }
@@ -36,6 +42,7 @@ fn args() -> Result<Args> {
         presets: vec![Preset::Demo, Preset::Seed],
         contexts: vec![64, 256, 1024, 4096],
         steps: 16,
+        warmup_ms: 300,
         json: None,
         cpu: true,
     };
@@ -50,9 +57,10 @@ fn args() -> Result<Args> {
                 a.contexts = value()?.split(',').map(|c| c.parse().context("--contexts")).collect::<Result<_>>()?
             }
             "--steps" => a.steps = value()?.parse().context("--steps")?,
+            "--warmup-ms" => a.warmup_ms = value()?.parse().context("--warmup-ms")?,
             "--json" => a.json = Some(value()?),
             "--no-cpu" => a.cpu = false,
-            _ => bail!("unknown flag {flag} (expected --presets, --contexts, --steps, --json, --no-cpu)"),
+            _ => bail!("unknown flag {flag} (expected --presets, --contexts, --steps, --warmup-ms, --json, --no-cpu)"),
         }
     }
     if a.steps < 2 || a.contexts.iter().any(|&c| c <= a.steps) {
@@ -70,9 +78,24 @@ fn quantile(xs: &mut [f64], q: f64) -> f64 {
     xs[((xs.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Keeps the GPU busy for `ms` milliseconds (single-token forwards from an empty state, reset
+/// afterwards), so that its clocks are up when a timing starts.
+fn warm_up(g: &mut GpuModel, ms: u64) -> Result<()> {
+    g.reset();
+    let (t, toks) = (Instant::now(), tokens(g.max_context()));
+    let mut i = 0;
+    while t.elapsed().as_millis() < u128::from(ms) && i + 1 < toks.len() {
+        pollster::block_on(g.forward(&toks[i..i + 1], false))?;
+        i += 1;
+    }
+    g.reset();
+    Ok(())
+}
+
 /// (prefill tokens/s, decode median ms, decode p95 ms) on the GPU.
-fn gpu_point(g: &mut GpuModel, context: usize, steps: usize) -> Result<(f64, f64, f64)> {
+fn gpu_point(g: &mut GpuModel, context: usize, steps: usize, warmup_ms: u64) -> Result<(f64, f64, f64)> {
     let toks = tokens(context);
+    warm_up(g, warmup_ms)?;
     let mut best = f64::MAX;
     for _ in 0..3 {
         g.reset();
@@ -80,7 +103,7 @@ fn gpu_point(g: &mut GpuModel, context: usize, steps: usize) -> Result<(f64, f64
         pollster::block_on(g.forward(&toks, false))?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    g.reset();
+    warm_up(g, warmup_ms)?;
     pollster::block_on(g.forward(&toks[..context - steps], false))?;
     let mut times = Vec::with_capacity(steps);
     for &t in &toks[context - steps..] {
@@ -140,7 +163,7 @@ fn main() -> Result<()> {
             let dispatches = g.dispatches(1, false)?;
             eprintln!("{} {preset}: {dispatches} dispatches per forward", kind.name());
             for &c in &a.contexts {
-                let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps)?;
+                let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps, a.warmup_ms)?;
                 let cpu_fig = if a.cpu { Some(cpu_point(&cpu, c, a.steps)?) } else { None };
                 let (cp, cd, cd95) = cpu_fig.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
                 println!(
@@ -160,7 +183,7 @@ fn main() -> Result<()> {
         let out = serde_json::json!({
             "adapter": gpu.adapter_name(), "software_adapter": gpu.is_software(),
             "cpu_prefill_threads": candle_core::utils::get_num_threads(),
-            "decode_steps": a.steps, "rows": rows,
+            "decode_steps": a.steps, "warmup_ms": a.warmup_ms, "rows": rows,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {path}"))?;
         eprintln!("wrote {path}");
