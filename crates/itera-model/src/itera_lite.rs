@@ -77,9 +77,11 @@ impl MambaMixer {
     fn forward(&self, x: &Tensor, kernels: Kernels, state: Option<&mut LayerState>) -> Result<Tensor> {
         let (_, l, _) = x.dims3()?;
         let (ed, n, r, k) = (self.ed, self.n, self.r, self.k);
-        // projected_states = self.in_proj(hidden_states); hidden_states, gate = chunk(2)
-        let xz = linear(x, &self.in_proj)?; // (B, L, 2ED)
-        let (xs, z) = (xz.narrow(2, 0, ed)?, xz.narrow(2, ed, ed)?); // (B, L, ED) each
+        // projected_states = self.in_proj(hidden_states); hidden_states, gate = chunk(2), as two
+        // products with the weight's halves (row blocks: no copy), so that neither half is a
+        // narrow of a (B, L, 2ED) activation, whose backward pads it with zeros to full size
+        let xs = linear(x, &self.in_proj.narrow(0, 0, ed)?)?; // (B, L, ED)
+        let z = linear(x, &self.in_proj.narrow(0, ed, ed)?)?; // (B, L, ED)
 
         // Causal depthwise conv over time: K-1 rows of history (zeros, or the state's window).
         let xp = match &state {
