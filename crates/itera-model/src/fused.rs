@@ -63,7 +63,8 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn bwd(&self, x_t: &Tensor, w_t: &Tensor, _y: &Tensor, gy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x, w, gy) = (host_f32(x_t)?, host_f32(w_t)?, host_f32(gy_t)?);
+        let (x, w, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(gy_t)?);
+        let (x, w, gy): (&[f32], &[f32], &[f32]) = (&x, &w, &gy);
         let d = w.len();
         let mut gx = vec![0f32; x.len()];
         // dx = inv (gy w) - x inv³ / D Σ_j (gy w x)_j;   dw = Σ_rows gy x inv
@@ -75,7 +76,7 @@ impl CustomOp2 for RmsNorm {
                 for ((gxr, xr), gyr) in gx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(gy.chunks_exact(d)) {
                     let inv = inv_rms(xr, self.eps);
                     let mut dot = 0f32;
-                    for ((&g, &x), &w) in gyr.iter().zip(xr).zip(&w) {
+                    for ((&g, &x), &w) in gyr.iter().zip(xr).zip(w) {
                         dot += g * w * x;
                     }
                     let k = inv * inv * inv * dot / d as f32;
@@ -188,7 +189,8 @@ impl CustomOp3 for ConvSilu {
         let (bsz, lp, c) = x_t.dims3()?;
         let (_, k) = w_t.dims2()?;
         let l = lp + 1 - k;
-        let (x, w, bias, gy) = (host_f32(x_t)?, host_f32(w_t)?, host_f32(b_t)?, host_f32(gy_t)?);
+        let (x, w, bias, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(b_t)?, host_f32_ref(gy_t)?);
+        let (x, w, bias, gy): (&[f32], &[f32], &[f32], &[f32]) = (&x, &w, &bias, &gy);
         let mut gx = vec![0f32; x.len()];
         // One task per batch row: its dx rows are its own; dw, dbias are partial sums.
         let partial: Vec<(Vec<f32>, Vec<f32>)> = gx
@@ -250,4 +252,37 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&
 /// A tensor's values as a flat f32 vector (copied to the host).
 pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A tensor's f32 values on the host for reading: borrowed from its storage when that is a
+/// contiguous f32 buffer on the CPU (the usual case in a backward pass: no copy), else copied
+/// by [`host_f32`]. The storage stays read-locked while this lives.
+pub(crate) enum HostF32<'a> {
+    Borrowed(candle_core::StorageRef<'a>, std::ops::Range<usize>),
+    Owned(Vec<f32>),
+}
+
+impl std::ops::Deref for HostF32<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            HostF32::Borrowed(storage, range) => match &**storage {
+                candle_core::Storage::Cpu(CpuStorage::F32(v)) => &v[range.clone()],
+                _ => unreachable!("a borrowed storage is a CPU f32 one (checked by host_f32_ref)"),
+            },
+            HostF32::Owned(v) => v,
+        }
+    }
+}
+
+/// [`HostF32`] of `t`.
+pub(crate) fn host_f32_ref(t: &Tensor) -> Result<HostF32<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        return Ok(HostF32::Borrowed(storage, start..end));
+    }
+    drop(storage);
+    Ok(HostF32::Owned(host_f32(t)?))
 }

@@ -14,7 +14,7 @@
 
 use super::gemm::{matmul, Mat};
 use super::vmath::{exp_affine_sum, row_max, scale_row, softmax_grad_row};
-use super::{f32_slice, host_f32};
+use super::{f32_slice, host_f32, host_f32_ref};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -191,7 +191,8 @@ impl CustomOp3 for CausalAttention {
         let (h, hkv, dh) = (self.h, self.hkv, self.dh);
         let rep = h / hkv;
         let scale = self.scale();
-        let (q, k, v, dy) = (host_f32(q_t)?, host_f32(k_t)?, host_f32(v_t)?, host_f32(dy_t)?);
+        let (q, k, v, dy) = (host_f32_ref(q_t)?, host_f32_ref(k_t)?, host_f32_ref(v_t)?, host_f32_ref(dy_t)?);
+        let (q, k, v, dy): (&[f32], &[f32], &[f32], &[f32]) = (&q, &k, &v, &dy);
         let lse_guard = self.lse.lock().map_err(|_| candle_core::Error::msg("causal-attention: poisoned lock"))?;
         let Some(lse) = lse_guard.as_ref() else { candle_core::bail!("causal-attention: backward before a forward") };
         // One task per (batch row, kv head): the gradients of its `rep` query heads, and of the

@@ -4,7 +4,7 @@
 //! (test `fused_swiglu_matches_the_elementary_twin`).
 
 use super::vmath::{swiglu_bwd, swiglu_fwd};
-use super::{f32_slice, host_f32};
+use super::{f32_slice, host_f32_ref};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -36,7 +36,8 @@ impl CustomOp2 for SwiGlu {
     }
 
     fn bwd(&self, g_t: &Tensor, u_t: &Tensor, _y: &Tensor, dy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (g, u, dy) = (host_f32(g_t)?, host_f32(u_t)?, host_f32(dy_t)?);
+        let (g, u, dy) = (host_f32_ref(g_t)?, host_f32_ref(u_t)?, host_f32_ref(dy_t)?);
+        let (g, u, dy): (&[f32], &[f32], &[f32]) = (&g, &u, &dy);
         let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
         dg.par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))

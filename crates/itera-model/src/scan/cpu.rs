@@ -2,7 +2,7 @@
 //! channels), in parallel with rayon, vectorised across the block's channels; compiled again for
 //! AVX2 + FMA and for AVX-512 where the CPU has them.
 
-use crate::fused::{f32_slice, host_f32};
+use crate::fused::{f32_slice, host_f32_ref};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -34,7 +34,8 @@ pub(super) fn backward(
     let (ed, n2) = p_t.dims2()?;
     let n = n2 - 2;
     let dims = Dims { bsz, l, ed, n };
-    let (udz, p, bc, gy) = (host_f32(udz_t)?, host_f32(p_t)?, host_f32(bc_t)?, host_f32(grad_y)?);
+    let (udz, p, bc, gy) = (host_f32_ref(udz_t)?, host_f32_ref(p_t)?, host_f32_ref(bc_t)?, host_f32_ref(grad_y)?);
+    let (udz, p, bc, gy): (&[f32], &[f32], &[f32], &[f32]) = (&udz, &p, &bc, &gy);
     let tasks = dims.tasks();
     let grads: Vec<TaskGrads> =
         tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| dims.backward_task(t, &udz, &p, &bc, &gy, tr)).collect();
