@@ -2,9 +2,9 @@
 # Builds native-trainer with `--features cuda` on a machine without a GPU (docs/gpu.md), into
 # target/cuda/native-trainer-cuda (stripped): copy that binary to a GPU machine and run it there.
 # Installs what it needs and skips what is there: the CUDA compiler and headers from PyPI into
-# target/cuda-venv; candle-core patched to load the CUDA driver at run time (stock 0.11.1 links it,
-# which fails where there is no driver). The build runs in a copy of the tracked files
-# (target/cuda-ws) so the patch never touches this checkout's Cargo.lock.
+# target/cuda-venv; the patched candle-core (third_party/candle-core) switched to load the CUDA
+# driver at run time (stock 0.11.1 links it, which fails where there is no driver). The build runs
+# in a copy of the tracked files (target/cuda-ws), so that switch never touches this checkout.
 # CUDA_COMPUTE_CAP (default 90: H100 / H200) picks the GPU generation the kernels are built for.
 # Flags --bench and --tests also build the throughput bench and itera-model's tests (below).
 set -euo pipefail
@@ -18,19 +18,18 @@ if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 NV=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 [ -x "$NV/bin/nvcc" ] || { echo "error: no nvcc in $NV/bin after the install" >&2; exit 1; }
 
-# The workspace's files (tracked, and untracked but not ignored), copied (the patch below rewrites the copy's Cargo.lock).
+# The workspace's files (tracked, and untracked but not ignored), copied (the switch below edits the copy).
 # (Emptied first so files deleted here vanish there; tar keeps modification times, so cargo
 # rebuilds only what changed.)
 ws=target/cuda-ws
 rm -rf "$ws" && mkdir -p "$ws"
 git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$ws"
+bash scripts/vendor-candle.sh # the patched candle-core (git-ignored, so not in the list above)
+tar -cf - third_party/candle-core | tar -xf - -C "$ws"
 
-# candle-core from the registry, with cudarc's `dynamic-linking` switched to `dynamic-loading`.
-cargo fetch -q
-version=$(sed -n '/^name = "candle-core"$/{n;s/version = "\(.*\)"/\1/p}' Cargo.lock)
-src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/candle-core-"$version" | head -n 1)
-patched=$root/target/cuda-patch/candle-core-$version
-rm -rf "$patched" && mkdir -p "$(dirname "$patched")" && cp -r "$src" "$patched"
+# The copy's candle-core (the workspace's [patch.crates-io] points at third_party/candle-core, with
+# the project's backward patch), with cudarc's `dynamic-linking` switched to `dynamic-loading`.
+patched=$ws/third_party/candle-core
 grep -q '"dynamic-linking",' "$patched/Cargo.toml" || { echo "error: $patched/Cargo.toml has no dynamic-linking feature to switch" >&2; exit 1; }
 sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
 
@@ -38,8 +37,7 @@ sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
 mkdir -p target/cuda-lib && ln -sf "$NV/lib/libcudart.so.13" target/cuda-lib/libcudart.so
 export PATH="$NV/bin:$PATH" NVCC="$NV/bin/nvcc" CUDA_HOME="$NV" CUDA_ROOT="$NV" CUDA_PATH="$NV" \
   CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" LIBRARY_PATH="$root/target/cuda-lib:${LIBRARY_PATH:-}"
-(cd "$ws" && cargo build --release -p native-trainer --features cuda --target-dir "$root/target/cuda" \
-  --config "patch.crates-io.candle-core.path=\"$patched\"")
+(cd "$ws" && cargo build --release -p native-trainer --features cuda --target-dir "$root/target/cuda")
 strip -o target/cuda/native-trainer-cuda target/cuda/release/native-trainer
 ls -l target/cuda/native-trainer-cuda
 # --bench: also the throughput bench (`throughput-cuda --device cuda`: the GPU's kernels timed);
@@ -51,7 +49,7 @@ for flag in "$@"; do
     *) echo "error: unknown flag $flag (expected --bench or --tests)" >&2; exit 1 ;;
   esac
   exes=$(cd "$ws" && cargo build --release -p itera-model --features cuda "${targets[@]}" --target-dir "$root/target/cuda" \
-    --config "patch.crates-io.candle-core.path=\"$patched\"" --message-format=json \
+    --message-format=json \
     | sed -n 's/.*"name":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
   [ -n "$exes" ] || { echo "error: cargo named no executable for $flag" >&2; exit 1; }
   mkdir -p target/cuda/itera-model-tests-cuda

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/tools.sh
 
 step "tools"
+ensure_candle
 ensure_wasm_target
 ensure_wasm_bindgen
 ensure_chromium

@@ -13,6 +13,12 @@ step() {
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# The patched candle-core every crate builds against (third_party/README.md): made from the
+# crates.io release and third_party/candle-core.patch, skipped when it is there and current.
+ensure_candle() {
+  bash scripts/vendor-candle.sh
+}
+
 ensure_wasm_target() {
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 }

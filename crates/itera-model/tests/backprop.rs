@@ -1,4 +1,4 @@
-//! The vendored candle-core's backward (third_party/README.md): a gradient's first contribution
+//! The patched candle-core's backward (third_party/README.md): a gradient's first contribution
 //! is stored instead of added into zeros. What must still hold: every contribution of a tensor
 //! with several consumers is summed, and a stored gradient is contiguous even when the first
 //! contribution was a broadcast or transposed view (a matmul's backward cannot read a broadcast).
