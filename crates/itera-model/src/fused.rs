@@ -201,7 +201,7 @@ impl CustomOp3 for ConvSilu {
                 let (mut dw, mut db) = (vec![0f32; c * k], vec![0f32; c]);
                 let mut pre = vec![0f32; c];
                 for t in 0..l {
-                    Self::preact(xb, &w, &bias, t, c, k, &mut pre);
+                    Self::preact(xb, w, bias, t, c, k, &mut pre);
                     // dpre = gy · silu'(pre),  silu'(v) = σ(v) (1 + v (1 - σ(v)))
                     let g = &gy[(b * l + t) * c..(b * l + t + 1) * c];
                     for (p, &g) in pre.iter_mut().zip(g) {

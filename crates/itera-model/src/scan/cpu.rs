@@ -38,7 +38,7 @@ pub(super) fn backward(
     let (udz, p, bc, gy): (&[f32], &[f32], &[f32], &[f32]) = (&udz, &p, &bc, &gy);
     let tasks = dims.tasks();
     let grads: Vec<TaskGrads> =
-        tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| dims.backward_task(t, &udz, &p, &bc, &gy, tr)).collect();
+        tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| dims.backward_task(t, udz, p, bc, gy, tr)).collect();
 
     // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
     let mut dudz = vec![0f32; bsz * l * 3 * ed];
