@@ -4,7 +4,7 @@
 //! time. The builds run the same arithmetic (LLVM contracts no multiply-adds on its own), so they
 //! give bit-identical results; only the baseline build runs in the browser (wasm SIMD128).
 
-use crate::scan::fast_exp;
+use crate::scan::{fast_exp, fast_sigmoid};
 
 /// Runs `$body` (an expression over the arguments) in the widest build the CPU supports.
 macro_rules! dispatch {
@@ -18,11 +18,11 @@ macro_rules! dispatch {
                 unsafe fn avx512($($arg: $ty),*) -> $ret { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { body($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                if crate::scan::has_avx512f() {
                     // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if crate::scan::has_avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA (checked above).
                     return unsafe { avx2($($arg),*) };
                 }
@@ -87,7 +87,7 @@ dispatch!(softmax_grad_row(p: &[f32], dp: &mut [f32], scale: f32) -> () {
 
 dispatch!(swiglu_fwd(y: &mut [f32], g: &[f32], u: &[f32]) -> () {
     for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-        *y = g * sigmoid(g) * u;
+        *y = g * fast_sigmoid(g) * u;
     }
 });
 
@@ -96,17 +96,11 @@ dispatch!(swiglu_bwd(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &
     let (dg, du, u, dy) = (&mut dg[..n], &mut du[..n], &u[..n], &dy[..n]);
     for i in 0..n {
         // silu'(g) = σ(g) (1 + g (1 − σ(g)))
-        let s = sigmoid(g[i]);
+        let s = fast_sigmoid(g[i]);
         dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
         du[i] = dy[i] * g[i] * s;
     }
 });
-
-/// σ(x) = 1 / (1 + e^−x) through `fast_exp` (vectorises).
-#[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fast_exp(-x))
-}
 
 #[cfg(test)]
 mod tests {

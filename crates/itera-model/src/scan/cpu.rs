@@ -666,13 +666,15 @@ impl Dims {
     }
 }
 
+/// The CPU can run the AVX-512 builds (which also use AVX2 and FMA); here and in `fused::vmath`.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512f() -> bool {
+pub(crate) fn has_avx512f() -> bool {
     std::is_x86_feature_detected!("avx512f") && has_avx2_fma()
 }
 
+/// The CPU can run the AVX2 + FMA builds; here and in `fused::vmath`.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 

@@ -31,6 +31,8 @@ mod cuda;
 pub use chunked::{gated_selective_scan_chunked, selective_scan_chunked};
 pub use cpu::fast_exp;
 pub(crate) use cpu::{dot, fast_sigmoid, fast_softplus};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use cpu::{has_avx2_fma, has_avx512f};
 
 use crate::fused::host_f32;
 use crate::ops::softplus;
