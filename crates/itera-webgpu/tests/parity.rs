@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use common::{configs, cpu_logits, model, rel_err, tokens, TOLERANCE, VOCAB};
 use itera_model::config::{Config, ModelKind, Preset};
+use itera_model::{Model, State};
 use itera_webgpu::{Gpu, GpuError, GpuModel};
 
 fn gpu() -> Option<Gpu> {
@@ -23,6 +24,19 @@ fn gpu() -> Option<Gpu> {
             None
         }
     }
+}
+
+/// Feeds `calls` one after the other to the GPU model and, after what `state` holds, to the CPU
+/// model, and fails if any call's logits (every row) differ by more than TOLERANCE.
+fn assert_calls_match(g: &mut GpuModel, cpu: &Model, state: &mut State, calls: &[&[u32]], label: &str) -> Result<()> {
+    for (i, part) in calls.iter().enumerate() {
+        let got = pollster::block_on(g.forward(part, true))?;
+        let want = cpu_logits(cpu, part, state)?;
+        let err = rel_err(&got, &want);
+        eprintln!("{label}, call {i}: max relative error {err:.2e}");
+        assert!(err <= TOLERANCE, "{label}, call {i}: logits differ by {err:.2e}");
+    }
+    Ok(())
 }
 
 /// Prefill of 37 tokens, every position's logits, against `Model::forward`.
@@ -175,13 +189,8 @@ fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Re
         let toks = tokens(153, 4);
         let mut state = cpu.new_state(1)?;
         let mut g = GpuModel::new(&gpu, &cfg, &tensors, 160)?;
-        for (i, part) in [&toks[..150], &toks[150..151], &toks[151..152], &toks[152..153]].into_iter().enumerate() {
-            let got = pollster::block_on(g.forward(part, true))?;
-            let want = cpu_logits(&cpu, part, &mut state)?;
-            let err = rel_err(&got, &want);
-            eprintln!("{name}, call {i}: max relative error {err:.2e}");
-            assert!(err <= TOLERANCE, "{name}, call {i}: logits differ by {err:.2e}");
-        }
+        let calls = [&toks[..150], &toks[150..151], &toks[151..152], &toks[152..153]];
+        assert_calls_match(&mut g, &cpu, &mut state, &calls, name)?;
     }
     Ok(())
 }
@@ -240,13 +249,8 @@ fn odd_state_and_expert_counts_match_the_cpu_model() -> Result<()> {
         let mut g = GpuModel::new(&gpu, &cfg, &tensors, 64)?;
         assert_eq!(g.batched_experts(), limit == u64::MAX);
         let mut state = cpu.new_state(1)?;
-        for (i, part) in [&toks[..40], &toks[40..41], &toks[41..43]].into_iter().enumerate() {
-            let got = pollster::block_on(g.forward(part, true))?;
-            let want = cpu_logits(&cpu, part, &mut state)?;
-            let err = rel_err(&got, &want);
-            eprintln!("limit {limit}, call {i}: max relative error {err:.2e}");
-            assert!(err <= TOLERANCE, "limit {limit}, call {i}: logits differ by {err:.2e}");
-        }
+        let calls = [&toks[..40], &toks[40..41], &toks[41..43]];
+        assert_calls_match(&mut g, &cpu, &mut state, &calls, &format!("limit {limit}"))?;
     }
     Ok(())
 }
