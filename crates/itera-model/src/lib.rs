@@ -9,6 +9,7 @@
 //! - [`fused`]: fused RMSNorm and conv + SiLU with hand-written backwards; [`init`]: seeded init;
 //! - [`optim`]: AdamW with checkpointable state, gradient clipping; [`weights`]: safetensors I/O;
 //! - [`sample`]: greedy / temperature / top-k / top-p sampling; [`runtime`]: allocator tuning;
+//! - [`energy`]: estimated energy per token; `nvml` (native only): NVIDIA's power and energy counters;
 //! - [`decode`]: batch-1 decoding on plain slices, allocation-free (twin: [`Model::forward_with_state`]).
 //!
 //! [`Model`] and [`State`] wrap the two architectures behind one interface.
@@ -22,6 +23,8 @@ pub mod fused;
 pub mod init;
 pub mod itera_lite;
 pub mod moe;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod nvml;
 pub mod ops;
 pub mod optim;
 pub mod runtime;
