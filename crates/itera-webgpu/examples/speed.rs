@@ -3,7 +3,8 @@
 //! SwiftShader) run it too, but their figures say nothing about a GPU.
 //!
 //!     cargo run --release -p itera-webgpu --example speed -- [--presets demo,seed]
-//!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--json OUT] [--no-cpu]
+//!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--energy-ms 2000]
+//!         [--json OUT] [--no-cpu]
 //!
 //! Models are freshly initialised (speed does not depend on the values). Per (model, preset,
 //! context): prefill of `context` tokens from an empty state (tokens/s, best of 3), then `steps`
@@ -16,11 +17,24 @@
 //! `--warmup-ms` (then the state is reset): the CPU measurements between points leave it idle,
 //! and a GPU that has gone idle lowers its clocks (on an H100, decode steps measured first took
 //! 2-3 times as long as the same steps later in the run).
+//!
+//! Energy per decoded token, measured (NVIDIA GPUs, through NVML; GPU `ITERA_NVML_DEVICE`, default
+//! 0): at the start, the GPU's idle power (its energy counter over `--energy-ms` with nothing
+//! running); then after each point's timed decode steps the GPU decodes on from that state (no
+//! reset, no prefill) for at least `--energy-ms` and at most 4,096 tokens, and no further than the
+//! model's context allows (the baseline's positions end at 4,096: its point there gets no figure),
+//! the energy counter read before the first token and after the last token's logits are back.
+//! Reported: joules per token gross (counter delta / tokens) and above idle ((delta - idle power ×
+//! window) / tokens), with the window's tokens and the contexts it covered (the point's context
+//! onwards: it grows by the window's tokens, and the baseline's cost with it). Without NVML (no
+//! NVIDIA driver, a software adapter) the figures are absent, and `--energy-ms 0` turns them off.
+//! The counter refreshes every few to tens of ms: hence the long window.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use itera_model::config::{Config, ModelKind, Preset};
 use itera_model::decode::Decoder;
+use itera_model::nvml::Nvml;
 use itera_model::{weights, Model};
 use itera_webgpu::{Gpu, GpuModel};
 use std::collections::HashMap;
@@ -35,7 +49,15 @@ struct Args {
     warmup_ms: u64,
     json: Option<String>,
     cpu: bool,
+    energy_ms: u64,
 }
+
+const USAGE: &str = "usage: speed [--presets demo,seed] [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] \
+                     [--energy-ms 2000 (0: no energy figures)] [--json OUT] [--no-cpu]";
+
+/// The most tokens an energy window decodes (the windows of long contexts are slow for the
+/// baseline, whose decode cost grows with the context).
+const ENERGY_MAX_TOKENS: usize = 4096;
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -45,6 +67,7 @@ fn args() -> Result<Args> {
         warmup_ms: 300,
         json: None,
         cpu: true,
+        energy_ms: 2000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,9 +81,14 @@ fn args() -> Result<Args> {
             }
             "--steps" => a.steps = value()?.parse().context("--steps")?,
             "--warmup-ms" => a.warmup_ms = value()?.parse().context("--warmup-ms")?,
+            "--energy-ms" => a.energy_ms = value()?.parse().context("--energy-ms")?,
             "--json" => a.json = Some(value()?),
             "--no-cpu" => a.cpu = false,
-            _ => bail!("unknown flag {flag} (expected --presets, --contexts, --steps, --warmup-ms, --json, --no-cpu)"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
     if a.steps < 2 || a.contexts.iter().any(|&c| c <= a.steps) {
@@ -114,6 +142,83 @@ fn gpu_point(g: &mut GpuModel, context: usize, steps: usize, warmup_ms: u64) -> 
     Ok((context as f64 / best, quantile(&mut times, 0.5), quantile(&mut times, 0.95)))
 }
 
+/// The GPU's energy counter, and its power with nothing running.
+struct Meter {
+    nvml: Nvml,
+    index: u32,
+    idle_w: f64,
+}
+
+/// Opens NVML on GPU `ITERA_NVML_DEVICE` (default 0: on a machine of one GPU, the GPU that wgpu's
+/// adapter runs on; with several, NVML's order need not be the adapter order, so compare the name
+/// printed with the adapter's) and measures its idle power: the energy counter over `ms` with
+/// nothing running. `Err` says why energy is not measured.
+fn meter(ms: u64) -> Result<Meter, String> {
+    let index = match std::env::var("ITERA_NVML_DEVICE") {
+        Ok(v) => v.trim().parse::<u32>().map_err(|e| format!("ITERA_NVML_DEVICE={v:?} is not a GPU index ({e})"))?,
+        Err(_) => 0,
+    };
+    let nvml = Nvml::open(index).map_err(|e| e.to_string())?;
+    let name = nvml.name().map_err(|e| e.to_string())?;
+    let e0 = nvml.energy_mj().map_err(|e| format!("GPU {index} ({name}): {e}"))?;
+    let t = Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let e1 = nvml.energy_mj().map_err(|e| format!("GPU {index} ({name}): {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let mj = e1.checked_sub(e0).ok_or(format!("GPU {index} ({name}): the energy counter went back"))?;
+    Ok(Meter { nvml, index, idle_w: mj as f64 * 1e-3 / secs })
+}
+
+/// One energy window: decoded tokens, the context before the first and after the last, seconds,
+/// and the counter's joules.
+struct Window {
+    tokens: usize,
+    from: usize,
+    to: usize,
+    secs: f64,
+    joules: f64,
+}
+
+impl Window {
+    fn j_per_token(&self) -> f64 {
+        self.joules / self.tokens as f64
+    }
+    fn above_idle_j_per_token(&self, idle_w: f64) -> f64 {
+        (self.joules - idle_w * self.secs) / self.tokens as f64
+    }
+}
+
+/// Decodes on from the state `g` holds (`context` tokens, no reset) for at least `ms` and at most
+/// [`ENERGY_MAX_TOKENS`] tokens, as far as the model's context allows, reading the energy counter
+/// before the first token and after the last token's logits are back. `Ok(Err(why))`: no figure
+/// (no room left, or NVML failed: the run goes on).
+fn energy_window(g: &mut GpuModel, m: &Meter, context: usize, ms: u64) -> Result<Result<Window, String>> {
+    let room = g.max_context().saturating_sub(context).min(ENERGY_MAX_TOKENS);
+    if room == 0 {
+        return Ok(Err(format!("no room: the model's context on the GPU ends at {}", g.max_context())));
+    }
+    let toks = tokens(context + room);
+    let e0 = match m.nvml.energy_mj() {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let t = Instant::now();
+    let mut n = 0;
+    while n < room && (n == 0 || t.elapsed().as_millis() < u128::from(ms)) {
+        pollster::block_on(g.forward(&toks[context + n..context + n + 1], false))?;
+        n += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let e1 = match m.nvml.energy_mj() {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let Some(mj) = e1.checked_sub(e0) else {
+        return Ok(Err(format!("the energy counter went back from {e0} to {e1} mJ")));
+    };
+    Ok(Ok(Window { tokens: n, from: context, to: context + n, secs, joules: mj as f64 * 1e-3 }))
+}
+
 /// The same on the CPU as the page runs it: the prefill through candle's batched forward (with
 /// `RAYON_NUM_THREADS` threads; the page has one), the decode steps through the batch-1 decoder
 /// (`itera_model::decode`, one thread).
@@ -149,10 +254,29 @@ fn main() -> Result<()> {
         gpu.adapter_name(),
         if gpu.is_software() { " (software: its speed means nothing)" } else { "" }
     );
-    let max_context = *a.contexts.iter().max().unwrap_or(&64);
+    let meter = if a.energy_ms == 0 { Err("--energy-ms 0".to_string()) } else { meter(a.energy_ms) };
+    let (meter, energy_unavailable) = match meter {
+        Ok(m) => {
+            eprintln!(
+                "energy: measured through NVML on GPU {} ({}; idle {:.1} W over {} ms)",
+                m.index,
+                m.nvml.name().unwrap_or_default(),
+                m.idle_w,
+                a.energy_ms
+            );
+            (Some(m), None)
+        }
+        Err(why) => {
+            eprintln!("energy: not measured ({why})");
+            (None, Some(why))
+        }
+    };
+    // Room after the largest context for the energy windows (the baseline's is capped by its
+    // positions; the attention walks the keys written so far, so the larger cache costs no time).
+    let max_context = *a.contexts.iter().max().unwrap_or(&64) + if meter.is_some() { ENERGY_MAX_TOKENS } else { 0 };
     let mut rows = Vec::new();
-    println!("| model | preset | context | GPU prefill tok/s | CPU prefill tok/s | GPU decode ms p50 / p95 | CPU decode ms p50 / p95 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| model | preset | context | GPU prefill tok/s | CPU prefill tok/s | GPU decode ms p50 / p95 | CPU decode ms p50 / p95 | GPU decode mJ/token gross / above idle (window) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for &preset in &a.presets {
         for kind in [ModelKind::Baseline, ModelKind::IteraLite] {
             let cfg = Config::preset(kind, preset, VOCAB);
@@ -164,10 +288,30 @@ fn main() -> Result<()> {
             eprintln!("{} {preset}: {dispatches} dispatches per forward", kind.name());
             for &c in &a.contexts {
                 let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps, a.warmup_ms)?;
+                // Straight after the timed steps: the state holds `c` tokens.
+                let window = match &meter {
+                    Some(m) => Some(energy_window(&mut g, m, c, a.energy_ms)?),
+                    None => None,
+                };
+                let idle_w = meter.as_ref().map_or(f64::NAN, |m| m.idle_w);
+                let energy_cell = match &window {
+                    Some(Ok(w)) => format!(
+                        "{:.3} / {:.3} ({} tokens, context {}-{}, {:.2} s)",
+                        w.j_per_token() * 1e3,
+                        w.above_idle_j_per_token(idle_w) * 1e3,
+                        w.tokens,
+                        w.from,
+                        w.to,
+                        w.secs
+                    ),
+                    Some(Err(why)) => format!("not measured: {why}"),
+                    None => "-".to_string(),
+                };
+                let w = window.as_ref().and_then(|w| w.as_ref().ok());
                 let cpu_fig = if a.cpu { Some(cpu_point(&cpu, c, a.steps)?) } else { None };
                 let (cp, cd, cd95) = cpu_fig.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
                 println!(
-                    "| {} | {preset} | {c} | {gp:.0} | {cp:.0} | {gd:.2} / {gd95:.2} | {cd:.2} / {cd95:.2} |",
+                    "| {} | {preset} | {c} | {gp:.0} | {cp:.0} | {gd:.2} / {gd95:.2} | {cd:.2} / {cd95:.2} | {energy_cell} |",
                     kind.name()
                 );
                 rows.push(serde_json::json!({
@@ -175,6 +319,13 @@ fn main() -> Result<()> {
                     "gpu_prefill_tok_s": gp, "gpu_decode_ms_p50": gd, "gpu_decode_ms_p95": gd95,
                     "cpu_prefill_tok_s": cpu_fig.map(|f| f.0), "cpu_decode_ms_p50": cpu_fig.map(|f| f.1),
                     "cpu_decode_ms_p95": cpu_fig.map(|f| f.2), "gpu_dispatches": dispatches,
+                    "energy_j_per_token": w.map(|w| w.j_per_token()),
+                    "energy_above_idle_j_per_token": w.map(|w| w.above_idle_j_per_token(idle_w)),
+                    "energy_window_tokens": w.map(|w| w.tokens),
+                    "energy_window_context_from": w.map(|w| w.from),
+                    "energy_window_context_to": w.map(|w| w.to),
+                    "energy_window_s": w.map(|w| w.secs), "energy_window_j": w.map(|w| w.joules),
+                    "energy_not_measured": window.as_ref().and_then(|w| w.as_ref().err()),
                 }));
             }
         }
@@ -183,7 +334,14 @@ fn main() -> Result<()> {
         let out = serde_json::json!({
             "adapter": gpu.adapter_name(), "software_adapter": gpu.is_software(),
             "cpu_prefill_threads": candle_core::utils::get_num_threads(),
-            "decode_steps": a.steps, "warmup_ms": a.warmup_ms, "rows": rows,
+            "decode_steps": a.steps, "warmup_ms": a.warmup_ms,
+            "nvml_gpu": meter.as_ref().and_then(|m| m.nvml.name().ok()),
+            "nvml_device": meter.as_ref().map(|m| m.index),
+            "gpu_idle_power_w": meter.as_ref().map(|m| m.idle_w),
+            "gpu_idle_power_method": meter.as_ref().map(|_| format!(
+                "NVML energy counter delta over {} ms with nothing running, at the start of the run", a.energy_ms)),
+            "energy_ms": a.energy_ms, "energy_max_tokens": ENERGY_MAX_TOKENS,
+            "energy_unavailable": energy_unavailable, "rows": rows,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {path}"))?;
         eprintln!("wrote {path}");
