@@ -3,8 +3,8 @@
 //! SwiftShader) run it too, but their figures say nothing about a GPU.
 //!
 //!     cargo run --release -p itera-webgpu --example speed -- [--presets demo,seed]
-//!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--energy-ms 2000]
-//!         [--json OUT] [--no-cpu]
+//!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--energy-ms 1000]
+//!         [--energy-tokens 1024] [--json OUT] [--no-cpu]
 //!
 //! Models are freshly initialised (speed does not depend on the values). Per (model, preset,
 //! context): prefill of `context` tokens from an empty state (tokens/s, best of 3), then `steps`
@@ -21,8 +21,8 @@
 //! Energy per decoded token, measured (NVIDIA GPUs, through NVML; GPU `ITERA_NVML_DEVICE`, default
 //! 0): at the start, the GPU's idle power (its energy counter over `--energy-ms` with nothing
 //! running); then after each point's timed decode steps the GPU decodes on from that state (no
-//! reset, no prefill) for at least `--energy-ms` and at most 4,096 tokens, and no further than the
-//! model's context allows (the baseline's positions end at 4,096: its point there gets no figure),
+//! reset, no prefill) until `--energy-ms` have passed or `--energy-tokens` tokens are decoded, and
+//! no further than the model's context allows (the baseline's positions end at 4,096: its point there gets no figure),
 //! the energy counter read before the first token and after the last token's logits are back.
 //! Reported: joules per token gross (counter delta / tokens) and above idle ((delta - idle power ×
 //! window) / tokens), with the window's tokens and the contexts it covered (the point's context
@@ -50,14 +50,11 @@ struct Args {
     json: Option<String>,
     cpu: bool,
     energy_ms: u64,
+    energy_tokens: usize,
 }
 
 const USAGE: &str = "usage: speed [--presets demo,seed] [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] \
-                     [--energy-ms 2000 (0: no energy figures)] [--json OUT] [--no-cpu]";
-
-/// The most tokens an energy window decodes (the windows of long contexts are slow for the
-/// baseline, whose decode cost grows with the context).
-const ENERGY_MAX_TOKENS: usize = 4096;
+                     [--energy-ms 1000 (0: no energy figures)] [--energy-tokens 1024] [--json OUT] [--no-cpu]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -67,7 +64,8 @@ fn args() -> Result<Args> {
         warmup_ms: 300,
         json: None,
         cpu: true,
-        energy_ms: 2000,
+        energy_ms: 1000,
+        energy_tokens: 1024,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +80,7 @@ fn args() -> Result<Args> {
             "--steps" => a.steps = value()?.parse().context("--steps")?,
             "--warmup-ms" => a.warmup_ms = value()?.parse().context("--warmup-ms")?,
             "--energy-ms" => a.energy_ms = value()?.parse().context("--energy-ms")?,
+            "--energy-tokens" => a.energy_tokens = value()?.parse().context("--energy-tokens")?,
             "--json" => a.json = Some(value()?),
             "--no-cpu" => a.cpu = false,
             "--help" | "-h" => {
@@ -189,11 +188,18 @@ impl Window {
 }
 
 /// Decodes on from the state `g` holds (`context` tokens, no reset) for at least `ms` and at most
-/// [`ENERGY_MAX_TOKENS`] tokens, as far as the model's context allows, reading the energy counter
+/// `max_tokens` tokens (the baseline's decode cost grows with the context: the window's context
+/// range is kept short and reported), as far as the model's context allows, reading the energy counter
 /// before the first token and after the last token's logits are back. `Ok(Err(why))`: no figure
 /// (no room left, or NVML failed: the run goes on).
-fn energy_window(g: &mut GpuModel, m: &Meter, context: usize, ms: u64) -> Result<Result<Window, String>> {
-    let room = g.max_context().saturating_sub(context).min(ENERGY_MAX_TOKENS);
+fn energy_window(
+    g: &mut GpuModel,
+    m: &Meter,
+    context: usize,
+    ms: u64,
+    max_tokens: usize,
+) -> Result<Result<Window, String>> {
+    let room = g.max_context().saturating_sub(context).min(max_tokens);
     if room == 0 {
         return Ok(Err(format!("no room: the model's context on the GPU ends at {}", g.max_context())));
     }
@@ -273,7 +279,7 @@ fn main() -> Result<()> {
     };
     // Room after the largest context for the energy windows (the baseline's is capped by its
     // positions; the attention walks the keys written so far, so the larger cache costs no time).
-    let max_context = *a.contexts.iter().max().unwrap_or(&64) + if meter.is_some() { ENERGY_MAX_TOKENS } else { 0 };
+    let max_context = *a.contexts.iter().max().unwrap_or(&64) + if meter.is_some() { a.energy_tokens } else { 0 };
     let mut rows = Vec::new();
     println!("| model | preset | context | GPU prefill tok/s | CPU prefill tok/s | GPU decode ms p50 / p95 | CPU decode ms p50 / p95 | GPU decode mJ/token gross / above idle (window) |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -290,7 +296,7 @@ fn main() -> Result<()> {
                 let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps, a.warmup_ms)?;
                 // Straight after the timed steps: the state holds `c` tokens.
                 let window = match &meter {
-                    Some(m) => Some(energy_window(&mut g, m, c, a.energy_ms)?),
+                    Some(m) => Some(energy_window(&mut g, m, c, a.energy_ms, a.energy_tokens)?),
                     None => None,
                 };
                 let idle_w = meter.as_ref().map_or(f64::NAN, |m| m.idle_w);
@@ -340,7 +346,7 @@ fn main() -> Result<()> {
             "gpu_idle_power_w": meter.as_ref().map(|m| m.idle_w),
             "gpu_idle_power_method": meter.as_ref().map(|_| format!(
                 "NVML energy counter delta over {} ms with nothing running, at the start of the run", a.energy_ms)),
-            "energy_ms": a.energy_ms, "energy_max_tokens": ENERGY_MAX_TOKENS,
+            "energy_ms": a.energy_ms, "energy_max_tokens": a.energy_tokens,
             "energy_unavailable": energy_unavailable, "rows": rows,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {path}"))?;
