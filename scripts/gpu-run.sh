@@ -13,7 +13,9 @@
 # folder under runs/, so that several runs of one model can go side by side (each with its own
 # OUT); UPDATE=1 also evaluates the export on another world's index (seed 1, a knowledge update
 # without retraining); PACK=0 leaves an unfinished run in place without packing it (a machine kept warm between
-# commands resumes it from there). The world is the default one (10,000 people, 10% never trained
+# commands resumes it from there); BACK=q8_0 (or q4_0, f16) also quantizes the export, evaluates
+# that copy and packs it instead of the f32 one (for a model too large to come back in f32: the
+# seed preset's ~100 MB). The world is the default one (10,000 people, 10% never trained
 # on) and its index is built in runs/world-index if missing.
 set -euo pipefail
 model=${1:?usage: gpu-run.sh MODEL STEPS SECONDS [train flags...]}
@@ -63,6 +65,13 @@ if [ "${UPDATE:-0}" = 1 ]; then
   "$trainer" eval --model "$export_dir" --seed 1 --retrieval runs/world-index-seed1 --qa-questions "${QUESTIONS:-200}" \
     --json "$out/eval-update.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
 fi
+back="export-$name"
+if [ -n "${BACK:-}" ]; then
+  back="export-$name-$BACK"
+  "$trainer" quantize --model "$export_dir" --format "$BACK" --out "runs/$back" 2>&1 | tail -n 1 | tee -a "$out/log.txt"
+  "$trainer" eval --model "runs/$back" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
+    --json "$out/eval-$BACK.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
+fi
 # The index is rebuilt bit for bit by `native-trainer index` (same world): it stays behind.
-tar -C runs -cf - --exclude=index "export-$name" | xz -T0 -3 | split -b 15M - "$out/export-$name.tar.xz."
+tar -C runs -cf - --exclude=index "$back" | xz -T0 -3 | split -b 15M - "$out/$back.tar.xz."
 log "done; back: $(ls "$out" | tr '\n' ' ')"
