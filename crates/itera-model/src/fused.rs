@@ -121,28 +121,42 @@ pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
 /// silu(causal depthwise conv + bias), fused. `xp` (B, K-1+L, C) holds K-1 rows of history in
 /// front; `w` (C, K), `bias` (C); returns (B, L, C). Same as `silu(ops::causal_depthwise_conv(..))`.
 pub fn conv_silu_fused(xp: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let (_, lp, c) = xp.dims3()?;
-    let (cw, k) = w.dims2()?;
-    if cw != c || bias.dims() != [c] || lp + 1 < k {
-        candle_core::bail!("conv-silu: input {:?}, weight {:?}, bias {:?} disagree", xp.dims(), w.dims(), bias.dims());
-    }
-    xp.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, ConvSilu)
+    conv_silu(xp, w, bias, 0)
 }
 
-struct ConvSilu;
+/// [`conv_silu_fused`] of `x` (B, L, C) after K-1 zero rows of history: the same as
+/// `conv_silu_fused(&x.pad_with_zeros(1, K - 1, 0)?, ..)`, without making the padded copy (nor,
+/// backward, narrowing its gradient back to x). Returns (B, L, C).
+pub fn conv_silu_fused_zero_history(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let k = w.dims2()?.1;
+    conv_silu(x, w, bias, k.saturating_sub(1))
+}
 
-impl ConvSilu {
-    /// Pre-activation of one output row: bias + Σ_k w[:, k] ⊙ xp[t + k].  xb (K-1+L, C).
-    #[inline]
-    fn preact(xb: &[f32], w: &[f32], bias: &[f32], t: usize, c: usize, k: usize, out: &mut [f32]) {
-        out.copy_from_slice(bias);
-        for tap in 0..k {
-            let xr = &xb[(t + tap) * c..(t + tap + 1) * c];
-            for ((o, &x), ch) in out.iter_mut().zip(xr).zip(0..c) {
-                *o += w[ch * k + tap] * x;
-            }
+fn conv_silu(x: &Tensor, w: &Tensor, bias: &Tensor, pad: usize) -> Result<Tensor> {
+    let (_, lx, c) = x.dims3()?;
+    let (cw, k) = w.dims2()?;
+    if cw != c || bias.dims() != [c] || k == 0 || lx + pad + 1 < k {
+        candle_core::bail!("conv-silu: input {:?}, weight {:?}, bias {:?} disagree", x.dims(), w.dims(), bias.dims());
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, ConvSilu { pad })
+}
+
+/// The op: input x (B, Lx, C) read as if `pad` zero rows preceded it; output L = Lx + pad + 1 − K
+/// rows. The arithmetic is in `vmath` (`conv_silu_fwd`, `conv_silu_bwd`), lane-wise over the
+/// channels with the taps transposed to (K, C); one task per batch row.
+struct ConvSilu {
+    pad: usize,
+}
+
+/// (C, K) -> (K, C).
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for q in 0..cols {
+            t[q * rows + r] = w[r * cols + q];
         }
     }
+    t
 }
 
 impl CustomOp3 for ConvSilu {
@@ -159,22 +173,22 @@ impl CustomOp3 for ConvSilu {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (bsz, lp, c) = lx.shape().dims3()?;
+        let (bsz, lxn, c) = lx.shape().dims3()?;
         let (_, k) = lw.shape().dims2()?;
-        let l = lp + 1 - k;
+        let l = lxn + self.pad + 1 - k;
         let (x, w, bias) =
             (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?, f32_slice(sb, lb, self.name())?);
+        let wt = transpose(w, c, k);
         let mut y = vec![0f32; bsz * l * c];
-        y.par_chunks_mut(l * c).enumerate().for_each(|(b, yb)| {
-            let xb = &x[b * lp * c..(b + 1) * lp * c];
-            for t in 0..l {
-                let yr = &mut yb[t * c..(t + 1) * c];
-                Self::preact(xb, w, bias, t, c, k, yr);
-                for v in yr.iter_mut() {
-                    *v = *v / (1.0 + (-*v).exp()); // silu, as candle's
-                }
+        if bsz * l * c < PAR_MIN_ELEMS {
+            for (b, yb) in y.chunks_mut(l * c).enumerate() {
+                vmath::conv_silu_fwd(&x[b * lxn * c..(b + 1) * lxn * c], &wt, bias, self.pad, yb);
             }
-        });
+        } else {
+            y.par_chunks_mut(l * c).enumerate().for_each(|(b, yb)| {
+                vmath::conv_silu_fwd(&x[b * lxn * c..(b + 1) * lxn * c], &wt, bias, self.pad, yb);
+            });
+        }
         Ok((CpuStorage::F32(y), Shape::from((bsz, l, c))))
     }
 
@@ -186,56 +200,40 @@ impl CustomOp3 for ConvSilu {
         _y: &Tensor,
         gy_t: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (bsz, lp, c) = x_t.dims3()?;
+        let (bsz, lxn, c) = x_t.dims3()?;
         let (_, k) = w_t.dims2()?;
-        let l = lp + 1 - k;
+        let l = lxn + self.pad + 1 - k;
         let (x, w, bias, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(b_t)?, host_f32_ref(gy_t)?);
-        let (x, w, bias, gy): (&[f32], &[f32], &[f32], &[f32]) = (&x, &w, &bias, &gy);
+        let (x, bias, gy): (&[f32], &[f32], &[f32]) = (&x, &bias, &gy);
+        let wt = transpose(&w, c, k);
         let mut gx = vec![0f32; x.len()];
         // One task per batch row: its dx rows are its own; dw, dbias are partial sums.
         let partial: Vec<(Vec<f32>, Vec<f32>)> = gx
-            .par_chunks_mut(lp * c)
+            .par_chunks_mut(lxn * c)
             .enumerate()
             .map(|(b, gxb)| {
-                let xb = &x[b * lp * c..(b + 1) * lp * c];
-                let (mut dw, mut db) = (vec![0f32; c * k], vec![0f32; c]);
-                let mut pre = vec![0f32; c];
-                for t in 0..l {
-                    Self::preact(xb, w, bias, t, c, k, &mut pre);
-                    // dpre = gy · silu'(pre),  silu'(v) = σ(v) (1 + v (1 - σ(v)))
-                    let g = &gy[(b * l + t) * c..(b * l + t + 1) * c];
-                    for (p, &g) in pre.iter_mut().zip(g) {
-                        let s = 1.0 / (1.0 + (-*p).exp());
-                        *p = g * s * (1.0 + *p * (1.0 - s));
-                    }
-                    for (d, &p) in db.iter_mut().zip(&pre) {
-                        *d += p;
-                    }
-                    for tap in 0..k {
-                        let xr = &xb[(t + tap) * c..(t + tap + 1) * c];
-                        let gxr = &mut gxb[(t + tap) * c..(t + tap + 1) * c];
-                        for ch in 0..c {
-                            gxr[ch] += pre[ch] * w[ch * k + tap];
-                            dw[ch * k + tap] += pre[ch] * xr[ch];
-                        }
-                    }
-                }
-                (dw, db)
+                let (mut dwt, mut db) = (vec![0f32; k * c], vec![0f32; c]);
+                let (xb, gyb) = (&x[b * lxn * c..(b + 1) * lxn * c], &gy[b * l * c..(b + 1) * l * c]);
+                vmath::conv_silu_bwd(xb, &wt, bias, self.pad, gyb, gxb, &mut dwt, &mut db);
+                (dwt, db)
             })
             .collect();
-        let (mut dw, mut db) = (vec![0f32; c * k], vec![0f32; c]);
+        let (mut dwt, mut db) = (vec![0f32; k * c], vec![0f32; c]);
         for (pw, pb) in partial {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            dwt.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
         }
         let dev = x_t.device();
         Ok((
-            Some(Tensor::from_vec(gx, (bsz, lp, c), dev)?),
-            Some(Tensor::from_vec(dw, (c, k), dev)?),
+            Some(Tensor::from_vec(gx, (bsz, lxn, c), dev)?),
+            Some(Tensor::from_vec(transpose(&dwt, k, c), (c, k), dev)?),
             Some(Tensor::from_vec(db, c, dev)?),
         ))
     }
 }
+
+/// Below this many output values the conv runs on the calling thread (decode steps are tiny).
+const PAR_MIN_ELEMS: usize = 1 << 14;
 
 /// The f32 data of a contiguous CPU storage; errors name the op.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

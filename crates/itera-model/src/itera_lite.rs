@@ -17,7 +17,7 @@
 //! width, V vocab.
 
 use crate::config::IteraLiteConfig;
-use crate::fused::conv_silu_fused;
+use crate::fused::{conv_silu_fused, conv_silu_fused_zero_history};
 use crate::moe::SparseMoe;
 use crate::ops::{causal_depthwise_conv, linear, norm};
 use crate::ops::{Kernels, ScanKernel};
@@ -84,15 +84,16 @@ impl MambaMixer {
         let z = linear(x, &self.in_proj.narrow(0, ed, ed)?)?; // (B, L, ED)
 
         // Causal depthwise conv over time: K-1 rows of history (zeros, or the state's window).
+        // The fused op reads zero history without a padded copy.
         let xp = match &state {
-            Some(s) => Tensor::cat(&[&s.conv, &xs], 1)?, // (B, K-1+L, ED)
-            None => xs.pad_with_zeros(1, k - 1, 0)?,     // (B, K-1+L, ED)
+            Some(s) => Some(Tensor::cat(&[&s.conv, &xs], 1)?), // (B, K-1+L, ED)
+            None if kernels.fused_ops => None,
+            None => Some(xs.pad_with_zeros(1, k - 1, 0)?), // (B, K-1+L, ED)
         };
-        let xc = if kernels.fused_ops {
-            conv_silu_fused(&xp, &self.conv_weight, &self.conv_bias)? // (B, L, ED)
-        } else {
-            causal_depthwise_conv(&xp, &self.conv_weight, &self.conv_bias)?.silu()?
-            // (B, L, ED)
+        let xc = match (&xp, kernels.fused_ops) {
+            (None, _) => conv_silu_fused_zero_history(&xs, &self.conv_weight, &self.conv_bias)?, // (B, L, ED)
+            (Some(xp), true) => conv_silu_fused(xp, &self.conv_weight, &self.conv_bias)?,
+            (Some(xp), false) => causal_depthwise_conv(xp, &self.conv_weight, &self.conv_bias)?.silu()?,
         };
 
         // ssm_parameters = self.x_proj(hidden_states); time_step, B, C = split([R, N, N])
@@ -112,6 +113,7 @@ impl MambaMixer {
             ScanInputs { u: &xc, dt: &dt, a: &a, b: &b, c: &c, d: &self.d_skip, dt_bias: &self.dt_proj_b, z: &z };
         let y = match state {
             Some(s) => {
+                let xp = xp.as_ref().expect("the state's window was put in front");
                 s.conv = xp.narrow(1, l, k - 1)?.contiguous()?; // keep the last K-1 inputs
                 selective_scan_with_state(inputs, &mut s.ssm)?
             }

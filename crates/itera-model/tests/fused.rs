@@ -4,7 +4,9 @@ mod common;
 use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
-use itera_model::fused::{causal_attention, conv_silu_fused, linear_cross_entropy, rms_norm_fused, swiglu};
+use itera_model::fused::{
+    causal_attention, conv_silu_fused, conv_silu_fused_zero_history, linear_cross_entropy, rms_norm_fused, swiglu,
+};
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
 
@@ -56,6 +58,29 @@ fn fused_conv_silu_matches_the_elementary_twin_in_output_and_gradients() -> Resu
         let what = format!("B={b} L={l} C={c} K={k}");
         assert_close(&format!("{what} output"), &yf, &yr)?;
         for (name, (a, r)) in ["xp", "w", "bias"].iter().zip(gf.iter().zip(&gr)) {
+            assert_close(&format!("{what} grad {name}"), a, r)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_conv_silu_with_zero_history_matches_the_padded_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 7);
+    // L shorter than, equal to and longer than the K-1 rows of history; C not a multiple of 16
+    for &(b, l, c, k) in &[(1, 1, 1, 1), (2, 2, 5, 4), (1, 3, 9, 4), (3, 33, 40, 4), (2, 20, 64, 3)] {
+        let x = Var::from_tensor(&randn(&mut rng, &[b, l, c], 1.0))?;
+        let w = Var::from_tensor(&randn(&mut rng, &[c, k], 0.5))?;
+        let bias = Var::from_tensor(&randn(&mut rng, &[c], 0.5))?;
+        let seed = rng.next_u64();
+        let vars = [&x, &w, &bias];
+        let (yf, gf) = run(|| conv_silu_fused_zero_history(&x, &w, &bias), &vars, &mut Rng::new(seed))?;
+        let padded = || causal_depthwise_conv(&x.pad_with_zeros(1, k - 1, 0)?, &w, &bias)?.silu();
+        let (yr, gr) = run(padded, &vars, &mut Rng::new(seed))?;
+        let what = format!("zero history B={b} L={l} C={c} K={k}");
+        assert_eq!(yf.dims(), [b, l, c], "{what}");
+        assert_close(&format!("{what} output"), &yf, &yr)?;
+        for (name, (a, r)) in ["x", "w", "bias"].iter().zip(gf.iter().zip(&gr)) {
             assert_close(&format!("{what} grad {name}"), a, r)?;
         }
     }

@@ -102,6 +102,56 @@ dispatch!(swiglu_bwd(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &
     }
 });
 
+dispatch!(conv_silu_fwd(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, y: &mut [f32]) -> () {
+    // One batch row of silu(bias + Σ_tap wt[tap] ⊙ x[t + tap − pad]): x (Lx, C) with `pad` zero
+    // rows in front of it (skipped, not read), wt (K, C), y (L, C); lane-wise over the channels.
+    let c = bias.len();
+    for (t, yr) in y.chunks_exact_mut(c).enumerate() {
+        conv_preact(x, wt, bias, pad, t, yr);
+        for v in yr.iter_mut() {
+            *v *= fast_sigmoid(*v);
+        }
+    }
+});
+
+dispatch!(conv_silu_bwd(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, gy: &[f32], gx: &mut [f32], dwt: &mut [f32], db: &mut [f32]) -> () {
+    // The backward of `conv_silu_fwd` for one batch row: adds into gx (Lx, C), dwt (K, C), db (C).
+    let c = bias.len();
+    let mut pre = vec![0f32; c];
+    for (t, g) in gy.chunks_exact(c).enumerate() {
+        conv_preact(x, wt, bias, pad, t, &mut pre);
+        // dpre = gy · silu'(pre),  silu'(v) = σ(v) (1 + v (1 − σ(v)))
+        for ((p, &g), d) in pre.iter_mut().zip(g).zip(db.iter_mut()) {
+            let s = fast_sigmoid(*p);
+            *p = g * s * (1.0 + *p * (1.0 - s));
+            *d += *p;
+        }
+        for (tap, (wr, dwr)) in wt.chunks_exact(c).zip(dwt.chunks_exact_mut(c)).enumerate() {
+            let Some(row) = (t + tap).checked_sub(pad) else { continue };
+            let (xr, gxr) = (&x[row * c..(row + 1) * c], &mut gx[row * c..(row + 1) * c]);
+            let (p, wr, dwr) = (&pre[..c], &wr[..c], &mut dwr[..c]);
+            for i in 0..c {
+                gxr[i] += p[i] * wr[i];
+                dwr[i] += p[i] * xr[i];
+            }
+        }
+    }
+});
+
+/// Pre-activation of output row t: bias + Σ_tap wt[tap] ⊙ x[t + tap − pad], taps in order.
+#[inline(always)]
+fn conv_preact(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, t: usize, out: &mut [f32]) {
+    let c = bias.len();
+    out.copy_from_slice(bias);
+    for (tap, wr) in wt.chunks_exact(c).enumerate() {
+        let Some(row) = (t + tap).checked_sub(pad) else { continue };
+        let (xr, wr, out) = (&x[row * c..(row + 1) * c], &wr[..c], &mut out[..c]);
+        for i in 0..c {
+            out[i] += wr[i] * xr[i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
