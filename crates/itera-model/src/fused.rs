@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub(crate) mod experts;
 mod gemm;
 pub mod swiglu;
 mod vmath;

@@ -14,12 +14,15 @@
 //! Two kernels with one signature: [`SparseMoe::forward_sparse`] gathers each expert's tokens
 //! (`index_select`), runs the expert on them only, and adds the weighted outputs back with
 //! `index_add` (candle's `scatter_add` backward fails); [`SparseMoe::forward_dense`], the reference
-//! twin, runs every expert on every token and multiplies by the dense routing weights.
+//! twin, runs every expert on every token and multiplies by the dense routing weights. On the CPU
+//! with fused ops, the sparse kernel is [`SparseMoe::forward_grouped`]: the same, as one op with a
+//! hand-written backward (`fused::experts`).
 //!
 //! Shape letters: T tokens (B·L), D hidden, E experts, K top-k, H expert width.
 
 use crate::baseline::SwiGlu;
 use crate::config::IteraLiteConfig;
+use crate::fused::experts::{moe_experts, ExpertPlan};
 use crate::ops::{linear, softmax_last};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -68,6 +71,7 @@ impl SparseMoe {
         let x2 = x.reshape((b * l, d))?; // (T, D)
         let routing = self.route(&x2)?;
         let y = match kernel {
+            MoeKernel::Sparse if fused_ops && x.device().is_cpu() => self.forward_grouped(&x2, &routing)?,
             MoeKernel::Sparse => self.forward_sparse(&x2, &routing, fused_ops)?,
             MoeKernel::Dense => self.forward_dense(&x2, &routing)?,
         };
@@ -98,8 +102,32 @@ impl SparseMoe {
         Ok(Routing { probs, gates, chosen, aux_loss })
     }
 
-    /// Fast path: each expert runs on its own tokens only (`fused_ops`: with the fused SwiGLU).
-    /// x (T, D) -> (T, D)
+    /// Fast path on the CPU (`fused_ops`): the experts as one op with a hand-written backward
+    /// (`fused::experts`), each on its own tokens, gathered and summed back in place; the same
+    /// function as [`Self::forward_sparse`], its twin. x (T, D) -> (T, D)
+    pub fn forward_grouped(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (_, d) = x.dims2()?;
+        let plan = ExpertPlan::new(&routing.chosen, self.experts.len(), self.top_k);
+        let mut parts = Vec::with_capacity(3 * plan.active.len());
+        for &j in &plan.active {
+            parts.push(self.experts[j].gate_proj.flatten_all()?);
+            parts.push(self.experts[j].up_proj.flatten_all()?);
+        }
+        for &j in &plan.active {
+            parts.push(self.experts[j].down_proj.flatten_all()?);
+        }
+        let h = match plan.active.first() {
+            Some(&j) => self.experts[j].gate_proj.dim(0)?,
+            None => candle_core::bail!("moe: no tokens routed"),
+        };
+        // What the twin counts: gate and up, SwiGLU, down, gate scaling and the add.
+        let pairs = routing.chosen.len() as f64;
+        crate::flops::add(pairs * (6.0 * (d * h) as f64 + 5.0 * h as f64 + 2.0 * d as f64));
+        moe_experts(x, &Tensor::cat(&parts, 0)?, &routing.gates, plan, h)
+    }
+
+    /// Each expert runs on its own tokens only, gathered with `index_select` and added back with
+    /// `index_add` (`fused_ops`: with the fused SwiGLU). x (T, D) -> (T, D)
     pub fn forward_sparse(&self, x: &Tensor, routing: &Routing, fused_ops: bool) -> Result<Tensor> {
         let (t, d) = x.dims2()?;
         let k = self.top_k;

@@ -22,15 +22,16 @@ fn moe_cfg(d: usize, e: usize, k: usize, h: usize) -> IteraLiteConfig {
 #[test]
 fn sparse_moe_matches_dense_reference_output_aux_and_gradients() -> Result<()> {
     let mut rng = Rng::new(SEED);
-    for &(e, k) in &[(8, 2), (16, 2), (4, 1), (5, 3)] {
+    // the last: 4 tokens for 16 experts, so that most get none
+    for &(e, k, b, l) in &[(8, 2, 3, 17), (16, 2, 3, 17), (4, 1, 3, 17), (5, 3, 3, 17), (16, 2, 2, 2)] {
         let cfg = moe_cfg(24, e, k, 20);
         let varmap = VarMap::new();
         let moe = SparseMoe::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("moe"))?;
         // A wider router than the init's makes routing decisive and varied.
         init_weights(&varmap, &Config::IteraLite(cfg.clone()), SEED)?;
         varmap.data().lock().unwrap()["moe.router.weight"].set(&randn(&mut rng, &[e, 24], 1.0))?;
-        let x = randn(&mut rng, &[3, 17, 24], 1.0);
-        let r = randn(&mut rng, &[3, 17, 24], 1.0);
+        let x = randn(&mut rng, &[b, l, 24], 1.0);
+        let r = randn(&mut rng, &[b, l, 24], 1.0);
         let run = |kernel, fused| -> Result<(Tensor, f32, HashMap<String, Tensor>)> {
             let (y, aux) = moe.forward(&x, kernel, fused)?;
             let grads = ((&y * &r)?.sum_all()? + &aux)?.backward()?;
@@ -38,24 +39,36 @@ fn sparse_moe_matches_dense_reference_output_aux_and_gradients() -> Result<()> {
             let g = data.iter().filter_map(|(n, v)| grads.get(v).map(|g| (n.clone(), g.clone()))).collect();
             Ok((y, aux.to_scalar::<f32>()?, g))
         };
-        let (ys, aux_s, gs) = run(MoeKernel::Sparse, true)?;
         let (yd, aux_d, gd) = run(MoeKernel::Dense, false)?;
-        let dy = max_diff(&ys, &yd)?;
-        println!("E={e} k={k}: max |sparse - dense| = {dy:e}, aux {aux_s} vs {aux_d}");
-        assert!(dy < 1e-5, "outputs differ by {dy}");
-        assert!((aux_s - aux_d).abs() < 1e-7);
-        // The dense path also reaches experts no token chose (with a zero weight); compare the
-        // gradients the sparse path produces, and check the others are zero in the dense one.
-        for (name, g) in &gd {
-            match gs.get(name) {
-                Some(s) => {
-                    let d = max_diff(s, g)?;
-                    assert!(d < 1e-5 * (1.0 + max_abs(g)), "grad {name} differs by {d}");
+        // Sparse with fused ops: the grouped experts op (`fused::experts`); without: its twin,
+        // an index_select per expert and autograd.
+        let (_, _, gt) = run(MoeKernel::Sparse, false)?;
+        for fused in [true, false] {
+            let (ys, aux_s, gs) = run(MoeKernel::Sparse, fused)?;
+            let dy = max_diff(&ys, &yd)?;
+            println!("E={e} k={k} fused {fused}: max |sparse - dense| = {dy:e}, aux {aux_s} vs {aux_d}");
+            assert!(dy < 1e-5, "outputs differ by {dy}");
+            assert!((aux_s - aux_d).abs() < 1e-7);
+            // The dense path also reaches experts no token chose (with a zero weight); compare the
+            // gradients the sparse path produces, and check the others are zero in the dense one.
+            for (name, g) in &gd {
+                match gs.get(name) {
+                    Some(s) => {
+                        let d = max_diff(s, g)?;
+                        assert!(d < 1e-5 * (1.0 + max_abs(g)), "grad {name} differs by {d}");
+                    }
+                    None => assert_eq!(max_abs(g), 0.0, "{name}: dense grad nonzero but sparse has none"),
                 }
-                None => assert_eq!(max_abs(g), 0.0, "{name}: dense grad nonzero but sparse has none"),
             }
+            assert!(gs.keys().all(|n| gd.contains_key(n)));
+            // Both sparse paths leave the same experts without a gradient (the optimizer skips them).
+            let mut names: Vec<_> = gs.keys().collect();
+            let mut twin: Vec<_> = gt.keys().collect();
+            names.sort();
+            twin.sort();
+            assert_eq!(names, twin, "fused {fused}: parameters with a gradient");
+            println!("  {} of {} parameters with a gradient", names.len(), gd.len());
         }
-        assert!(gs.keys().all(|n| gd.contains_key(n)));
     }
     Ok(())
 }
