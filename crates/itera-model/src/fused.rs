@@ -215,7 +215,7 @@ impl CustomOp3 for ConvSilu {
             .map(|(b, gxb)| {
                 let (mut dwt, mut db) = (vec![0f32; k * c], vec![0f32; c]);
                 let (xb, gyb) = (&x[b * lxn * c..(b + 1) * lxn * c], &gy[b * l * c..(b + 1) * l * c]);
-                vmath::conv_silu_bwd(xb, &wt, bias, self.pad, gyb, gxb, &mut dwt, &mut db);
+                vmath::conv_silu_bwd(xb, &wt, bias, self.pad, gyb, (gxb, &mut dwt, &mut db));
                 (dwt, db)
             })
             .collect();

@@ -114,7 +114,8 @@ dispatch!(conv_silu_fwd(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, y: &mut
     }
 });
 
-dispatch!(conv_silu_bwd(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, gy: &[f32], gx: &mut [f32], dwt: &mut [f32], db: &mut [f32]) -> () {
+dispatch!(conv_silu_bwd(x: &[f32], wt: &[f32], bias: &[f32], pad: usize, gy: &[f32], grads: (&mut [f32], &mut [f32], &mut [f32])) -> () {
+    let (gx, dwt, db) = grads;
     // The backward of `conv_silu_fwd` for one batch row: adds into gx (Lx, C), dwt (K, C), db (C).
     let c = bias.len();
     let mut pre = vec![0f32; c];
