@@ -12,7 +12,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub(crate) mod experts;
-mod gemm;
+pub(crate) mod gemm;
 pub mod swiglu;
 mod vmath;
 

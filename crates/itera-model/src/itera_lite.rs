@@ -22,7 +22,8 @@ use crate::moe::SparseMoe;
 use crate::ops::{causal_depthwise_conv, linear, norm};
 use crate::ops::{Kernels, ScanKernel};
 use crate::scan::{
-    gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, selective_scan_with_state, ScanInputs,
+    gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, mixer_scan,
+    selective_scan_with_state, MixerInputs, ScanInputs,
 };
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -98,17 +99,24 @@ impl MambaMixer {
 
         // ssm_parameters = self.x_proj(hidden_states); time_step, B, C = split([R, N, N])
         let x_dbl = linear(&xc, &self.x_proj)?; // (B, L, R + 2N)
-        let dt = x_dbl.narrow(2, 0, r)?; // (B, L, R)
-        let b = x_dbl.narrow(2, r, n)?; // (B, L, N)
-        let c = x_dbl.narrow(2, r + n, n)?; // (B, L, N)
-        let dt = linear(&dt, &self.dt_proj_w)?; // (B, L, ED), before bias and softplus
         let a = self.a_log.exp()?.neg()?; // (ED, N)
 
         // conv taps + bias + SiLU; dt bias + softplus; scan (Δ·x, then per state exp(Δ·A),
         // h = e·h + (Δx)·B, y += C·h); D skip; SiLU(z) gate
         let elems = xc.elem_count() as f64;
         crate::flops::add(elems * ((2 * k + 1 + 4) as f64 + 4.0 + 1.0 + 7.0 * n as f64 + 2.0 + 5.0));
-        // y = (scan(x, softplus(dt + dt_bias), A, B, C) + D x) * silu(z), fused in one kernel
+        if state.is_none() && kernels.scan == ScanKernel::Fused && xc.device().is_cpu() {
+            // Training on the CPU: Δ's projection and the scan in one op, nothing packed.
+            crate::flops::add(2.0 * elems * r as f64); // dt_proj
+            let (w, d, dt_bias) = (&self.dt_proj_w, &self.d_skip, &self.dt_proj_b);
+            let y = mixer_scan(MixerInputs { u: &xc, z: &z, x_dbl: &x_dbl, dt_proj_w: w, a: &a, d, dt_bias })?;
+            return linear(&y, &self.out_proj); // (B, L, D)
+        }
+        let dt = x_dbl.narrow(2, 0, r)?; // (B, L, R)
+        let b = x_dbl.narrow(2, r, n)?; // (B, L, N)
+        let c = x_dbl.narrow(2, r + n, n)?; // (B, L, N)
+        let dt = linear(&dt, &self.dt_proj_w)?; // (B, L, ED), before bias and softplus
+                                                // y = (scan(x, softplus(dt + dt_bias), A, B, C) + D x) * silu(z), fused in one kernel
         let inputs =
             ScanInputs { u: &xc, dt: &dt, a: &a, b: &b, c: &c, d: &self.d_skip, dt_bias: &self.dt_proj_b, z: &z };
         let y = match state {

@@ -5,7 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::init::Rng;
 use itera_model::scan::{
-    gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, selective_scan_with_state, ScanInputs,
+    gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, mixer_scan, mixer_scan_ref,
+    selective_scan_with_state, MixerInputs, ScanInputs,
 };
 
 /// The eight inputs of the scan, as variables.
@@ -145,6 +146,50 @@ fn stateful_scan_in_chunks_continues_exactly_where_the_full_scan_is() -> Result<
         let d = max_diff(&full, &stepped)?;
         println!("ED={ed} prefill {prefill}: max |full - chunked| = {d:e}");
         assert!(d < 1e-5, "chunked scan differs by {d}");
+    }
+    Ok(())
+}
+
+/// The mixer's op (Δ's projection inside, B and C read from x_proj's output) against its twin:
+/// the output and the gradient of each of its seven inputs, to the fused scan's tolerance.
+#[test]
+fn mixer_scan_matches_its_reference_twin_in_output_and_every_input_gradient() -> Result<()> {
+    const MIXER: [&str; 7] = ["u", "z", "x_dbl", "dt_proj_w", "A", "D", "dt_bias"];
+    let mut rng = Rng::new(SEED + 9);
+    // channel counts that do and do not fill the 64-channel blocks; R = 1 and wider; N past 16
+    for &(bsz, l, ed, n, r) in &[(1, 1, 1, 1, 1), (2, 7, 5, 3, 2), (3, 33, 40, 16, 4), (2, 65, 130, 17, 9)] {
+        let tensors = [
+            randn(&mut rng, &[bsz, l, ed], 1.0),
+            randn(&mut rng, &[bsz, l, ed], 1.0),
+            randn(&mut rng, &[bsz, l, r + 2 * n], 1.0),
+            randn(&mut rng, &[ed, r], 0.5),
+            uniform(&mut rng, &[ed, n], -2.0, -0.1),
+            randn(&mut rng, &[ed], 1.0),
+            uniform(&mut rng, &[ed], -3.0, 0.0),
+        ];
+        let vars: Vec<Var> = tensors.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+        let v: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let inputs =
+            MixerInputs { u: &v[0], z: &v[1], x_dbl: &v[2], dt_proj_w: &v[3], a: &v[4], d: &v[5], dt_bias: &v[6] };
+        let cot = randn(&mut rng, &[bsz, l, ed], 1.0);
+        let run = |f: fn(MixerInputs) -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let y = f(inputs)?;
+            let grads = (&y * &cot)?.sum_all()?.backward()?;
+            let g: Result<Vec<Tensor>> =
+                vars.iter().map(|v| grads.get(v).cloned().map_or_else(|| v.zeros_like(), Ok)).collect();
+            Ok((y, g?))
+        };
+        let (y_fast, g_fast) = run(mixer_scan)?;
+        let (y_ref, g_ref) = run(mixer_scan_ref)?;
+        let dy = max_diff(&y_fast, &y_ref)?;
+        println!("B={bsz} L={l} ED={ed} N={n} R={r}: max |y - y_ref| = {dy:e}");
+        assert!(dy <= 1e-4 * (1.0 + max_abs(&y_ref)), "output differs by {dy}");
+        for (name, (gf, gr)) in MIXER.iter().zip(g_fast.iter().zip(&g_ref)) {
+            let d = max_diff(gf, gr)?;
+            let scale = max_abs(gr);
+            println!("  grad {name}: max diff {d:e} (max |grad| {scale:.3})");
+            assert!(d <= 1e-4 * (1.0 + scale), "grad {name} differs by {d} (scale {scale})");
+        }
     }
     Ok(())
 }

@@ -18,6 +18,11 @@ impl<'a> Mat<'a> {
         Self { data, rows, cols, rs: cols as isize, cs: 1 }
     }
 
+    /// A `rows × cols` matrix whose rows lie `row_stride` apart in `data` (columns of a wider one).
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self { data, rows, cols, rs: row_stride as isize, cs: 1 }
+    }
+
     /// The transpose of the stored `stored_rows × stored_cols` matrix in `data`.
     pub(crate) fn t(data: &'a [f32], stored_rows: usize, stored_cols: usize) -> Self {
         Self { data, rows: stored_cols, cols: stored_rows, rs: 1, cs: stored_cols as isize }
@@ -39,15 +44,22 @@ impl<'a> Mat<'a> {
 /// If the shapes disagree or a slice is too short: callers check shapes and return errors first,
 /// so a panic here is a bug, never bad input.
 pub(crate) fn matmul(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: usize) {
+    matmul_strided(a, b, c, b.cols, accumulate, threads)
+}
+
+/// [`matmul`] into the `a.rows × b.cols` matrix whose rows lie `c_rs` (≥ b.cols) apart in `c`
+/// (columns of a wider one); the values between are left as they are.
+pub(crate) fn matmul_strided(a: Mat, b: Mat, c: &mut [f32], c_rs: usize, accumulate: bool, threads: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions {k} and {} differ", b.rows);
-    assert!(c.len() >= m * n, "gemm: output holds {} of {}", c.len(), m * n);
+    assert!(c_rs >= n, "gemm: output rows {c_rs} apart hold {n} columns");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(c.len() >= (m - 1) * c_rs + n, "gemm: output holds {} of {}", c.len(), (m - 1) * c_rs + n);
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(c_rs).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -62,7 +74,7 @@ pub(crate) fn matmul(a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: u
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs,
@@ -108,6 +120,8 @@ mod tests {
     fn every_layout_matches_a_naive_product() {
         let (m, k, n) = (37, 19, 53);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+        let a_wide: Vec<f32> =
+            (0..m).flat_map(|i| [9.0, 9.0].into_iter().chain(a[i * k..(i + 1) * k].iter().copied())).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 29) as f32 / 13.0 - 1.0).collect();
         let want = naive(&a, &b, m, k, n);
         let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
@@ -117,6 +131,7 @@ mod tests {
                 ("tn", Mat::t(&at, k, m), Mat::new(&b, k, n)),
                 ("nt", Mat::new(&a, m, k), Mat::t(&bt, n, k)),
                 ("tt", Mat::t(&at, k, m), Mat::t(&bt, n, k)),
+                ("strided", Mat::strided(&a_wide[2..], m, k, k + 2), Mat::new(&b, k, n)),
             ] {
                 let mut c = vec![9f32; m * n];
                 matmul(am, bm, &mut c, false, threads);
@@ -125,6 +140,14 @@ mod tests {
                 matmul(am, bm, &mut c, true, threads); // c += a·b
                 let d = c.iter().zip(&want).map(|(x, y)| (x - 2.0 * y).abs()).fold(0f32, f32::max);
                 assert!(d < 1e-4, "{name} accumulated with {threads} threads: off by {d}");
+                // into columns 2..2 + n of an m × (n + 5) matrix, the others untouched
+                let mut wide = vec![7f32; m * (n + 5)];
+                matmul_strided(am, bm, &mut wide[2..], n + 5, false, threads);
+                for (i, row) in wide.chunks_exact(n + 5).enumerate() {
+                    assert!(row[..2].iter().chain(&row[2 + n..]).all(|&v| v == 7.0), "{name}: row {i} outside");
+                    let d = row[2..2 + n].iter().zip(&want[i * n..]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    assert!(d < 1e-4, "{name} strided with {threads} threads: row {i} off by {d}");
+                }
             }
         }
     }

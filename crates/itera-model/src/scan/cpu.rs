@@ -1,10 +1,99 @@
 //! The fused selective scan on the CPU: plain-Rust loops over tasks of (one batch row, a block of
 //! channels), in parallel with rayon, vectorised across the block's channels; compiled again for
 //! AVX2 + FMA and for AVX-512 where the CPU has them.
+//!
+//! The kernel reads its operands where they lie ([`Operands`]: each (B·L, ·) stream with its own
+//! row stride and column offset), so that callers need not pack them: `GatedScan` passes views
+//! of its packed [u|dt|z] and [B|C], the mixer's op (`mixer.rs`) u, z and Δ apart and B, C inside
+//! x_proj's output.
 
 use crate::fused::{f32_slice, host_f32_ref};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// One of the scan's (B·L, ·) row-major streams: row r's element j at data[r·stride + offset + j].
+#[derive(Clone, Copy)]
+pub(super) struct Stream<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl<'a> Stream<'a> {
+    /// A packed (B·L, width) array.
+    pub(super) fn rows(data: &'a [f32], width: usize) -> Self {
+        Self { data, stride: width, offset: 0 }
+    }
+
+    /// Columns `offset..` of a (B·L, stride) array.
+    pub(super) fn cols(data: &'a [f32], stride: usize, offset: usize) -> Self {
+        Self { data, stride, offset }
+    }
+
+    /// Elements j0..j0 + w of row r.
+    #[inline(always)]
+    fn at(&self, r: usize, j0: usize, w: usize) -> &'a [f32] {
+        let s = r * self.stride + self.offset + j0;
+        &self.data[s..s + w]
+    }
+}
+
+/// The scan's operands, wherever they lie: u, dt (before bias and softplus), z of width ED; B, C
+/// of width N; A (ED, N) (negative), D and dt_bias (ED).
+#[derive(Clone, Copy)]
+pub(super) struct Operands<'a> {
+    pub u: Stream<'a>,
+    pub dt: Stream<'a>,
+    pub z: Stream<'a>,
+    pub b: Stream<'a>,
+    pub c: Stream<'a>,
+    pub a: &'a [f32],
+    pub d: &'a [f32],
+    pub bias: &'a [f32],
+}
+
+impl<'a> Operands<'a> {
+    /// Views of `GatedScan`'s packed operands [u|dt|z] (B·L, 3ED), [A|D|bias] (ED, N + 2) (split
+    /// into `params`' three parts by the caller), [B|C] (B·L, 2N).
+    fn packed(dims: &Dims, udz: &'a [f32], a: &'a [f32], d: &'a [f32], bias: &'a [f32], bc: &'a [f32]) -> Self {
+        let (ed, n) = (dims.ed, dims.n);
+        Operands {
+            u: Stream::cols(udz, 3 * ed, 0),
+            dt: Stream::cols(udz, 3 * ed, ed),
+            z: Stream::cols(udz, 3 * ed, 2 * ed),
+            b: Stream::cols(bc, 2 * n, 0),
+            c: Stream::cols(bc, 2 * n, n),
+            a,
+            d,
+            bias,
+        }
+    }
+}
+
+/// Every gradient of the scan, each packed: du, ddt (of dt before bias and softplus), dz
+/// (B·L, ED); dA (ED, N); dD, d(dt_bias) (ED); dB, dC (B·L, N).
+pub(super) struct Grads {
+    pub du: Vec<f32>,
+    pub ddt: Vec<f32>,
+    pub dz: Vec<f32>,
+    pub da: Vec<f32>,
+    pub dd: Vec<f32>,
+    pub dbias: Vec<f32>,
+    pub db: Vec<f32>,
+    pub dc: Vec<f32>,
+}
+
+/// [A|D|bias] (ED, N + 2) split into A (ED, N), D, bias (ED).
+fn split_params(p: &[f32], ed: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut a = Vec::with_capacity(ed * n);
+    let (mut d, mut bias) = (Vec::with_capacity(ed), Vec::with_capacity(ed));
+    for row in p.chunks_exact(n + 2) {
+        a.extend_from_slice(&row[..n]);
+        d.push(row[n]);
+        bias.push(row[n + 1]);
+    }
+    (a, d, bias)
+}
 
 /// y (B, L, ED) from the packed operands (`GatedScan`'s forward).
 pub(super) fn forward(
@@ -17,13 +106,14 @@ pub(super) fn forward(
     op: &str,
 ) -> Result<(CpuStorage, Shape)> {
     let dims = Dims::of(l_udz, l_p, l_bc, op)?;
-    let Dims { bsz, l, ed, .. } = dims;
-    let y = dims.forward(f32_slice(s_udz, l_udz, op)?, f32_slice(s_p, l_p, op)?, f32_slice(s_bc, l_bc, op)?, None);
+    let Dims { bsz, l, ed, n } = dims;
+    let (a, d, bias) = split_params(f32_slice(s_p, l_p, op)?, ed, n);
+    let ops = Operands::packed(&dims, f32_slice(s_udz, l_udz, op)?, &a, &d, &bias, f32_slice(s_bc, l_bc, op)?);
+    let y = dims.forward(&ops, None);
     Ok((CpuStorage::F32(y), Shape::from((bsz, l, ed))))
 }
 
-/// ∂loss/∂([u|dt|z], [A|D|bias], [B|C]) given ∂loss/∂y, on the host: tasks in parallel, their
-/// partial sums added in task order (bit-reproducible at any thread count).
+/// ∂loss/∂([u|dt|z], [A|D|bias], [B|C]) given ∂loss/∂y (`GatedScan`'s backward).
 pub(super) fn backward(
     udz_t: &Tensor,
     p_t: &Tensor,
@@ -35,34 +125,24 @@ pub(super) fn backward(
     let n = n2 - 2;
     let dims = Dims { bsz, l, ed, n };
     let (udz, p, bc, gy) = (host_f32_ref(udz_t)?, host_f32_ref(p_t)?, host_f32_ref(bc_t)?, host_f32_ref(grad_y)?);
-    let (udz, p, bc, gy): (&[f32], &[f32], &[f32], &[f32]) = (&udz, &p, &bc, &gy);
-    let tasks = dims.tasks();
-    let grads: Vec<TaskGrads> =
-        tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| dims.backward_task(t, udz, p, bc, gy, tr)).collect();
-
-    // Reassemble in task order: a fixed summation order keeps runs bit-reproducible.
-    let mut dudz = vec![0f32; bsz * l * 3 * ed];
-    let mut dp = vec![0f32; ed * n2];
-    let mut dbc = vec![0f32; bsz * l * 2 * n];
-    for (t, g) in tasks.iter().zip(grads) {
-        for s in 0..l {
-            for part in 0..3 {
-                let src = &g.dudz[(s * 3 + part) * t.w..(s * 3 + part + 1) * t.w];
-                let o = (t.bi * l + s) * 3 * ed + part * ed + t.d0;
-                dudz[o..o + t.w].copy_from_slice(src);
-            }
+    let (a, d, bias) = split_params(&p, ed, n);
+    let g = dims.backward(&Operands::packed(&dims, &udz, &a, &d, &bias, &bc), &gy);
+    // Pack the gradients as the operands are.
+    let rows = bsz * l;
+    let mut dudz = Vec::with_capacity(rows * 3 * ed);
+    let mut dbc = Vec::with_capacity(rows * 2 * n);
+    for r in 0..rows {
+        for part in [&g.du, &g.ddt, &g.dz] {
+            dudz.extend_from_slice(&part[r * ed..(r + 1) * ed]);
         }
-        for j in 0..t.w {
-            let row = &mut dp[(t.d0 + j) * n2..(t.d0 + j + 1) * n2];
-            for (dst, da_k) in row[..n].iter_mut().zip(&g.da) {
-                *dst += da_k[j];
-            }
-            row[n] += g.dd[j];
-            row[n + 1] += g.dbias[j];
-        }
-        for (dst, src) in dbc[t.bi * l * 2 * n..(t.bi + 1) * l * 2 * n].iter_mut().zip(&g.dbc) {
-            *dst += src;
-        }
+        dbc.extend_from_slice(&g.db[r * n..(r + 1) * n]);
+        dbc.extend_from_slice(&g.dc[r * n..(r + 1) * n]);
+    }
+    let mut dp = Vec::with_capacity(ed * n2);
+    for j in 0..ed {
+        dp.extend_from_slice(&g.da[j * n..(j + 1) * n]);
+        dp.push(g.dd[j]);
+        dp.push(g.dbias[j]);
     }
     let dev = udz_t.device();
     Ok((
@@ -70,6 +150,45 @@ pub(super) fn backward(
         Tensor::from_vec(dp, (ed, n2), dev)?,
         Tensor::from_vec(dbc, (bsz, l, 2 * n), dev)?,
     ))
+}
+
+/// A (B·L, ED) output that the tasks fill in parallel, each its own (batch row, channel block)
+/// rows: written through a raw pointer because those parts interleave in memory.
+struct TaskOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint parts (see `write`); the buffer outlives the parallel loop.
+unsafe impl Send for TaskOut {}
+unsafe impl Sync for TaskOut {}
+
+impl TaskOut {
+    /// An output of `len` values, uninitialised until every one is written ([`TaskOut::finish`]).
+    fn new(len: usize) -> (Vec<f32>, TaskOut) {
+        let mut v: Vec<f32> = Vec::with_capacity(len);
+        let out = TaskOut { ptr: v.as_mut_ptr(), len };
+        (v, out)
+    }
+
+    /// Copies `src` to `offset..`.
+    ///
+    /// # Safety
+    /// No two calls, on any threads, write overlapping ranges.
+    #[inline(always)]
+    unsafe fn write(&self, offset: usize, src: &[f32]) {
+        assert!(offset + src.len() <= self.len, "task output out of bounds");
+        std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len());
+    }
+
+    /// `v` (made by [`TaskOut::new`]) once its every value has been written.
+    ///
+    /// # Safety
+    /// Every one of the `len` values has been written.
+    unsafe fn finish(mut v: Vec<f32>, len: usize) -> Vec<f32> {
+        v.set_len(len);
+        v
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,15 +276,6 @@ impl Trace {
         let zero = [0f32; CHANNEL_BLOCK];
         Trace { hs: vec![zero; l * n], es: vec![zero; l * n], delta: vec![zero; l], ys: vec![zero; l] }
     }
-}
-
-/// One task's gradients.
-struct TaskGrads {
-    dudz: Vec<f32>, // (L, 3, w): rows of du, d(dt), dz for the task's channels
-    da: Vec<Row>,   // (N): dA transposed
-    dd: Row,        // dD
-    dbias: Row,     // d(dt_bias)
-    dbc: Vec<f32>,  // (L, 2N), partial over the task's channels
 }
 
 /// The first `src.len()` (≤ CHANNEL_BLOCK) lanes from `src`, the rest zeros.
@@ -318,6 +428,21 @@ fn ln_1p_unit(y: f32) -> f32 {
     2.0 * s * p
 }
 
+/// One task's partial sums (its own rows of du, ddt, dz go straight to the outputs).
+struct TaskGrads {
+    da: Vec<Row>,  // (N): dA transposed
+    dd: Row,       // dD
+    dbias: Row,    // d(dt_bias)
+    dbc: Vec<f32>, // (L, 2N), partial over the task's channels
+}
+
+/// The outputs a backward task writes its rows of.
+struct GradOut {
+    du: TaskOut,
+    ddt: TaskOut,
+    dz: TaskOut,
+}
+
 impl Dims {
     fn tasks(&self) -> Vec<Task> {
         let mut tasks = Vec::new();
@@ -332,8 +457,8 @@ impl Dims {
         tasks
     }
 
-    /// The task's A (transposed), D and dt_bias, gathered from the packed (ED, N + 2) rows.
-    fn task_params(&self, p: &[f32], task: &Task) -> TaskParams {
+    /// The task's A (transposed), D and dt_bias.
+    fn task_params(&self, ops: &Operands, task: &Task) -> TaskParams {
         let n = self.n;
         let mut tp = TaskParams {
             at: vec![[0f32; CHANNEL_BLOCK]; n],
@@ -341,24 +466,24 @@ impl Dims {
             bias: [0f32; CHANNEL_BLOCK],
         };
         for j in 0..task.w {
-            let row = &p[(task.d0 + j) * (n + 2)..(task.d0 + j + 1) * (n + 2)];
-            for (at_k, &a) in tp.at.iter_mut().zip(&row[..n]) {
+            let ch = task.d0 + j;
+            for (at_k, &a) in tp.at.iter_mut().zip(&ops.a[ch * n..(ch + 1) * n]) {
                 at_k[j] = a;
             }
-            tp.dskip[j] = row[n];
-            tp.bias[j] = row[n + 1];
+            tp.dskip[j] = ops.d[ch];
+            tp.bias[j] = ops.bias[ch];
         }
         tp
     }
 
-    /// y (B, L, ED) from udz (B, L, 3ED), params (ED, N+2), bc (B, L, 2N); h0 = `state` or zeros.
-    pub(super) fn forward(&self, udz: &[f32], p: &[f32], bc: &[f32], state: Option<&mut [f32]>) -> Vec<f32> {
+    /// y (B·L, ED) from the operands; h0 = `state` (B, ED, N) or zeros, the final state left there.
+    pub(super) fn forward(&self, ops: &Operands, state: Option<&mut [f32]>) -> Vec<f32> {
         let Dims { bsz, l, ed, n } = *self;
         let tasks = self.tasks();
         let parallel = bsz * l * ed * n >= PAR_MIN;
+        let (y, out) = TaskOut::new(bsz * l * ed);
         // `h` is the task's part of a state (B, ED, N): (w, N), transposed in and out.
-        let work = |task: &Task, h: Option<&mut [f32]>| -> Vec<f32> {
-            let mut y = vec![0f32; l * task.w]; // (L, w)
+        let work = |task: &Task, h: Option<&mut [f32]>| {
             let mut ht = vec![[0f32; CHANNEL_BLOCK]; n];
             if let Some(h) = h.as_deref() {
                 for (j, hj) in h.chunks_exact(n).enumerate() {
@@ -367,7 +492,7 @@ impl Dims {
                     }
                 }
             }
-            self.forward_task(task, &self.task_params(p, task), udz, bc, &mut ht, &mut y, None);
+            self.forward_task(task, &self.task_params(ops, task), ops, &mut ht, &out, None);
             if let Some(h) = h {
                 for (j, hj) in h.chunks_exact_mut(n).enumerate() {
                     for k in 0..n {
@@ -375,134 +500,115 @@ impl Dims {
                     }
                 }
             }
-            y
         };
-        let outs: Vec<Vec<f32>> = match state {
+        match state {
             // The state (B, ED, N) in blocks of CHANNEL_BLOCK rows lines up with the tasks.
             Some(h) if ed % CHANNEL_BLOCK == 0 && parallel => {
                 let mut hs: Vec<&mut [f32]> = h.chunks_mut(CHANNEL_BLOCK * n).collect();
-                tasks.par_iter().zip(hs.par_iter_mut()).map(|(t, h)| work(t, Some(h))).collect()
+                tasks.par_iter().zip(hs.par_iter_mut()).for_each(|(t, h)| work(t, Some(h)));
             }
-            Some(h) => tasks
-                .iter()
-                .map(|t| {
-                    let off = (t.bi * ed + t.d0) * n;
-                    work(t, Some(&mut h[off..off + t.w * n]))
-                })
-                .collect(),
-            None if parallel => tasks.par_iter().map(|t| work(t, None)).collect(),
-            None => tasks.iter().map(|t| work(t, None)).collect(),
-        };
-        let mut y = vec![0f32; bsz * l * ed];
-        for (t, yt) in tasks.iter().zip(outs) {
-            for (s, row) in yt.chunks_exact(t.w).enumerate() {
-                let o = (t.bi * l + s) * ed + t.d0;
-                y[o..o + t.w].copy_from_slice(row);
-            }
+            Some(h) => tasks.iter().for_each(|t| {
+                let off = (t.bi * ed + t.d0) * n;
+                work(t, Some(&mut h[off..off + t.w * n]))
+            }),
+            None if parallel => tasks.par_iter().for_each(|t| work(t, None)),
+            None => tasks.iter().for_each(|t| work(t, None)),
         }
-        y
+        // SAFETY: the tasks cover every (batch row, channel) once, and each wrote its rows at every t.
+        unsafe { TaskOut::finish(y, bsz * l * ed) }
     }
 
-    /// Runs one task forward from `h` (N rows over the task's channels), writing y (L, w); with
-    /// `trace`, records it.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs one task forward from `h` (N rows over the task's channels), writing its part of y;
+    /// with `trace`, records it.
     fn forward_task(
         &self,
         task: &Task,
         tp: &TaskParams,
-        udz: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         h: &mut [Row],
-        y: &mut [f32],
+        y: &TaskOut,
         trace: Option<&mut Trace>,
     ) {
         let mut none = Trace { hs: vec![], es: vec![], delta: vec![], ys: vec![] };
         match trace {
-            Some(tr) => self.forward_task_dispatch::<true>(task, tp, udz, bc, h, y, tr),
-            None => self.forward_task_dispatch::<false>(task, tp, udz, bc, h, y, &mut none),
+            Some(tr) => self.forward_task_dispatch::<true>(task, tp, ops, h, Some(y), tr),
+            None => self.forward_task_dispatch::<false>(task, tp, ops, h, Some(y), &mut none),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward_task_dispatch<const TRACE: bool>(
         &self,
         task: &Task,
         tp: &TaskParams,
-        udz: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         h: &mut [Row],
-        y: &mut [f32],
+        y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
         #[cfg(target_arch = "x86_64")]
         if has_avx512f() {
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
-            return unsafe { self.forward_task_avx512::<TRACE>(task, tp, udz, bc, h, y, tr) };
+            return unsafe { self.forward_task_avx512::<TRACE>(task, tp, ops, h, y, tr) };
         }
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.forward_task_avx2::<TRACE>(task, tp, udz, bc, h, y, tr) };
+            return unsafe { self.forward_task_avx2::<TRACE>(task, tp, ops, h, y, tr) };
         }
-        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
+        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
     }
 
     /// The same loops for AVX-512 (16 lanes: a row is two registers). The arithmetic is the same
     /// (no fused multiply-adds are introduced), so every build gives bit-identical results.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn forward_task_avx512<const TRACE: bool>(
         &self,
         task: &Task,
         tp: &TaskParams,
-        udz: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         h: &mut [Row],
-        y: &mut [f32],
+        y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
-        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
+        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
     }
 
     /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn forward_task_avx2<const TRACE: bool>(
         &self,
         task: &Task,
         tp: &TaskParams,
-        udz: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         h: &mut [Row],
-        y: &mut [f32],
+        y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
-        self.forward_task_body::<TRACE>(task, tp, udz, bc, h, y, tr)
+        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
     }
 
+    /// The recurrence over the task's L steps; writes y's rows of the task's channels when given.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn forward_task_body<const TRACE: bool>(
         &self,
         task: &Task,
         tp: &TaskParams,
-        udz: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         h: &mut [Row],
-        y: &mut [f32],
+        y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
         let Dims { l, ed, n, .. } = *self;
         let Task { bi, d0, w } = *task;
         let (h, at) = (&mut h[..n], &tp.at[..n]);
         for t in 0..l {
-            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
-            let u = gather(&row[d0..d0 + w]);
-            let dtr = gather(&row[ed + d0..ed + d0 + w]);
-            let z = gather(&row[2 * ed + d0..2 * ed + d0 + w]);
-            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
+            let r = bi * l + t;
+            let u = gather(ops.u.at(r, d0, w));
+            let dtr = gather(ops.dt.at(r, d0, w));
+            let z = gather(ops.z.at(r, d0, w));
+            let (bt, ct) = (ops.b.at(r, 0, n), ops.c.at(r, 0, n));
             // Δ = softplus(dt + bias), and Δ x
             let (mut delta, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
             for j in 0..CHANNEL_BLOCK {
@@ -523,11 +629,14 @@ impl Dims {
                     tr.es[t * n + k] = e;
                 }
             }
-            let mut out = [0f32; CHANNEL_BLOCK];
-            for j in 0..CHANNEL_BLOCK {
-                out[j] = (ys[j] + tp.dskip[j] * u[j]) * (z[j] * fast_sigmoid(z[j]));
+            if let Some(y) = y {
+                let mut out = [0f32; CHANNEL_BLOCK];
+                for j in 0..CHANNEL_BLOCK {
+                    out[j] = (ys[j] + tp.dskip[j] * u[j]) * (z[j] * fast_sigmoid(z[j]));
+                }
+                // SAFETY: this task alone writes row r's channels d0..d0 + w.
+                unsafe { y.write(r * ed + d0, &out[..w]) };
             }
-            y[t * w..(t + 1) * w].copy_from_slice(&out[..w]);
             if TRACE {
                 tr.delta[t] = delta;
                 tr.ys[t] = ys;
@@ -535,18 +644,57 @@ impl Dims {
         }
     }
 
-    fn backward_task(&self, task: &Task, udz: &[f32], p: &[f32], bc: &[f32], gy: &[f32], tr: &mut Trace) -> TaskGrads {
+    /// Every gradient given ∂loss/∂y (B·L, ED): tasks in parallel, their partial sums added in
+    /// task order (bit-reproducible at any thread count).
+    pub(super) fn backward(&self, ops: &Operands, gy: &[f32]) -> Grads {
+        let Dims { bsz, l, ed, n } = *self;
+        let tasks = self.tasks();
+        let len = bsz * l * ed;
+        let ((du, du_out), (ddt, ddt_out), (dz, dz_out)) = (TaskOut::new(len), TaskOut::new(len), TaskOut::new(len));
+        let out = GradOut { du: du_out, ddt: ddt_out, dz: dz_out };
+        let partial: Vec<TaskGrads> =
+            tasks.par_iter().map_init(|| Trace::new(l, n), |tr, t| self.backward_task(t, ops, gy, &out, tr)).collect();
+        // SAFETY: the tasks cover every (batch row, channel) once, and each wrote its rows at every t.
+        let (du, ddt, dz) = unsafe { (TaskOut::finish(du, len), TaskOut::finish(ddt, len), TaskOut::finish(dz, len)) };
+
+        // Partial sums in task order: a fixed summation order keeps runs bit-reproducible.
+        let mut da = vec![0f32; ed * n];
+        let (mut dd, mut dbias) = (vec![0f32; ed], vec![0f32; ed]);
+        let (mut db, mut dc) = (vec![0f32; bsz * l * n], vec![0f32; bsz * l * n]);
+        for (t, g) in tasks.iter().zip(partial) {
+            for j in 0..t.w {
+                let row = &mut da[(t.d0 + j) * n..(t.d0 + j + 1) * n];
+                for (dst, da_k) in row.iter_mut().zip(&g.da) {
+                    *dst += da_k[j];
+                }
+                dd[t.d0 + j] += g.dd[j];
+                dbias[t.d0 + j] += g.dbias[j];
+            }
+            for (s, src) in g.dbc.chunks_exact(2 * n).enumerate() {
+                let r = t.bi * l + s;
+                for (dst, v) in db[r * n..(r + 1) * n].iter_mut().zip(&src[..n]) {
+                    *dst += v;
+                }
+                for (dst, v) in dc[r * n..(r + 1) * n].iter_mut().zip(&src[n..]) {
+                    *dst += v;
+                }
+            }
+        }
+        Grads { du, ddt, dz, da, dd, dbias, db, dc }
+    }
+
+    fn backward_task(&self, task: &Task, ops: &Operands, gy: &[f32], out: &GradOut, tr: &mut Trace) -> TaskGrads {
         #[cfg(target_arch = "x86_64")]
         if has_avx512f() {
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
-            return unsafe { self.backward_task_avx512(task, udz, p, bc, gy, tr) };
+            return unsafe { self.backward_task_avx512(task, ops, gy, out, tr) };
         }
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { self.backward_task_avx2(task, udz, p, bc, gy, tr) };
+            return unsafe { self.backward_task_avx2(task, ops, gy, out, tr) };
         }
-        self.backward_task_body::<false>(task, udz, p, bc, gy, tr)
+        self.backward_task_body::<false>(task, ops, gy, out, tr)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -554,13 +702,12 @@ impl Dims {
     unsafe fn backward_task_avx512(
         &self,
         task: &Task,
-        udz: &[f32],
-        p: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         gy: &[f32],
+        out: &GradOut,
         tr: &mut Trace,
     ) -> TaskGrads {
-        self.backward_task_body::<true>(task, udz, p, bc, gy, tr)
+        self.backward_task_body::<true>(task, ops, gy, out, tr)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -568,52 +715,44 @@ impl Dims {
     unsafe fn backward_task_avx2(
         &self,
         task: &Task,
-        udz: &[f32],
-        p: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         gy: &[f32],
+        out: &GradOut,
         tr: &mut Trace,
     ) -> TaskGrads {
-        self.backward_task_body::<false>(task, udz, p, bc, gy, tr)
+        self.backward_task_body::<false>(task, ops, gy, out, tr)
     }
 
-    /// Gradients of one task, given ∂loss/∂y (B, L, ED). `AVX512`: this is the AVX-512 build,
-    /// which sums dB and dC with `halving_sums_avx512`.
+    /// Gradients of one task, given ∂loss/∂y (B·L, ED): its rows of du, ddt, dz written to `out`,
+    /// its partial sums returned. `AVX512`: this is the AVX-512 build, which sums dB and dC with
+    /// `halving_sums_avx512`.
     #[inline(always)]
     fn backward_task_body<const AVX512: bool>(
         &self,
         task: &Task,
-        udz: &[f32],
-        p: &[f32],
-        bc: &[f32],
+        ops: &Operands,
         gy: &[f32],
+        out: &GradOut,
         tr: &mut Trace,
     ) -> TaskGrads {
         let Dims { l, ed, n, .. } = *self;
         let Task { bi, d0, w } = *task;
-        let tp = self.task_params(p, task);
+        let tp = self.task_params(ops, task);
         // Recompute the forward, keeping what the backward reads.
-        let mut y = vec![0f32; l * w];
-        self.forward_task_body::<true>(task, &tp, udz, bc, &mut vec![[0f32; CHANNEL_BLOCK]; n], &mut y, tr);
+        self.forward_task_body::<true>(task, &tp, ops, &mut vec![[0f32; CHANNEL_BLOCK]; n], None, tr);
 
         let zero = [0f32; CHANNEL_BLOCK];
-        let mut g = TaskGrads {
-            dudz: vec![0f32; l * 3 * w],
-            da: vec![zero; n],
-            dd: zero,
-            dbias: zero,
-            dbc: vec![0f32; l * 2 * n],
-        };
+        let mut g = TaskGrads { da: vec![zero; n], dd: zero, dbias: zero, dbc: vec![0f32; l * 2 * n] };
         let mut dh = vec![zero; n]; // ∂loss/∂h_t, carried backwards in time
         let zeros = vec![zero; n]; // h_{-1}
         let (at, dskip, bias) = (&tp.at[..n], &tp.dskip, &tp.bias);
         for t in (0..l).rev() {
-            let row = &udz[(bi * l + t) * 3 * ed..(bi * l + t + 1) * 3 * ed];
-            let u = gather(&row[d0..d0 + w]);
-            let dtr = gather(&row[ed + d0..ed + d0 + w]);
-            let z = gather(&row[2 * ed + d0..2 * ed + d0 + w]);
-            let gout = gather(&gy[(bi * l + t) * ed + d0..(bi * l + t) * ed + d0 + w]);
-            let (bt, ct) = bc[(bi * l + t) * 2 * n..(bi * l + t + 1) * 2 * n].split_at(n);
+            let r = bi * l + t;
+            let u = gather(ops.u.at(r, d0, w));
+            let dtr = gather(ops.dt.at(r, d0, w));
+            let z = gather(ops.z.at(r, d0, w));
+            let gout = gather(&gy[r * ed + d0..r * ed + d0 + w]);
+            let (bt, ct) = (ops.b.at(r, 0, n), ops.c.at(r, 0, n));
             let (db, dc) = g.dbc[t * 2 * n..(t + 1) * 2 * n].split_at_mut(n);
             let (delta, ys) = (&tr.delta[t], &tr.ys[t]);
             let h_cur = &tr.hs[t * n..(t + 1) * n];
@@ -657,10 +796,12 @@ impl Dims {
                 ddt[j] = ddelta[j] * sig_dt[j];
                 g.dbias[j] += ddt[j];
             }
-            let o = t * 3 * w;
-            g.dudz[o..o + w].copy_from_slice(&du[..w]);
-            g.dudz[o + w..o + 2 * w].copy_from_slice(&ddt[..w]);
-            g.dudz[o + 2 * w..o + 3 * w].copy_from_slice(&dz[..w]);
+            // SAFETY: this task alone writes row r's channels d0..d0 + w of each output.
+            unsafe {
+                out.du.write(r * ed + d0, &du[..w]);
+                out.ddt.write(r * ed + d0, &ddt[..w]);
+                out.dz.write(r * ed + d0, &dz[..w]);
+            }
         }
         g
     }

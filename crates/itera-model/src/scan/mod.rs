@@ -17,6 +17,9 @@
 //!   [`selective_scan_ref`] (one op per timestep; autograd gives the backward);
 //! - [`gated_selective_scan_chunked`]: the same from whole-tensor candle ops, a two-level
 //!   parallel scan (for devices with neither kernel);
+//! - [`mixer_scan`]: the CPU training path of the mixer, the same kernel with Δ's projection
+//!   inside and its operands read where the mixer makes them (no packing; `mixer.rs`); its twin
+//!   [`mixer_scan_ref`];
 //! - [`selective_scan_with_state`]: inference (CPU loops) (prefill and decode) from a caller-owned state `h`
 //!   (B, ED, N) that it updates — constant size, whatever the context length.
 //!
@@ -27,17 +30,19 @@ mod chunked;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod mixer;
 
 pub use chunked::{gated_selective_scan_chunked, selective_scan_chunked};
 pub use cpu::fast_exp;
 pub(crate) use cpu::{dot, fast_sigmoid, fast_softplus};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use cpu::{has_avx2_fma, has_avx512f};
+pub use mixer::{mixer_scan, mixer_scan_ref, MixerInputs};
 
 use crate::fused::host_f32;
 use crate::ops::softplus;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use cpu::Dims;
+use cpu::{Dims, Operands, Stream};
 
 /// The scan's inputs. Shapes: u, dt, z (B, L, ED); a (ED, N) (A itself: negative); b, c
 /// (B, L, N); d, dt_bias (ED).
@@ -143,9 +148,20 @@ pub fn selective_scan_with_state(x: ScanInputs, h: &mut [f32]) -> Result<Tensor>
     if h.len() != bsz * ed * n {
         candle_core::bail!("selective-scan state holds {} values, expected B*ED*N = {bsz}*{ed}*{n}", h.len());
     }
-    let (udz, params, bc) = x.pack()?;
     let dims = Dims { bsz, l, ed, n };
-    let y = dims.forward(&host_f32(&udz)?, &host_f32(&params)?, &host_f32(&bc)?, Some(h));
+    let [u, dt, z, a, b, c, d, bias] = [x.u, x.dt, x.z, x.a, x.b, x.c, x.d, x.dt_bias].map(host_f32);
+    let (u, dt, z, a, b, c, d, bias) = (u?, dt?, z?, a?, b?, c?, d?, bias?);
+    let ops = Operands {
+        u: Stream::rows(&u, ed),
+        dt: Stream::rows(&dt, ed),
+        z: Stream::rows(&z, ed),
+        b: Stream::rows(&b, n),
+        c: Stream::rows(&c, n),
+        a: &a,
+        d: &d,
+        bias: &bias,
+    };
+    let y = dims.forward(&ops, Some(h));
     Tensor::from_vec(y, (bsz, l, ed), x.u.device())?.to_dtype(x.u.dtype())
 }
 
