@@ -12,7 +12,7 @@
 //! Shape letters: T tokens, D hidden, K top-k, H expert width; P = T·K routed (token, slot) pairs,
 //! sorted by expert.
 
-use super::gemm::{matmul, threads, Mat};
+use super::gemm::{matmul, Mat};
 use super::vmath::{swiglu_bwd, swiglu_fwd};
 use super::{f32_slice, host_f32_ref};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -79,13 +79,20 @@ pub(crate) fn moe_experts(x: &Tensor, weights: &Tensor, gates: &Tensor, plan: Ex
     x.contiguous()?.apply_op3(&weights.contiguous()?, &gates.contiguous()?, op)
 }
 
+/// What the experts' forward computes on the sorted pairs: x's rows xs (P, D), the
+/// pre-activations hs = [gate x | up x] (P, 2H), the outputs (P, D).
+struct Activations {
+    xs: Vec<f32>,
+    hs: Vec<f32>,
+    out: Vec<f32>,
+}
+
 struct Experts {
     plan: ExpertPlan,
     d: usize,
     h: usize,
-    /// The forward's (P, 2H) pre-activations [gate x | up x] and (P, D) expert outputs, for the
-    /// backward (which recomputes them if they are missing).
-    saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    /// The forward's [`Activations`], for the backward (which recomputes them if missing).
+    saved: Mutex<Option<Activations>>,
 }
 
 impl Experts {
@@ -111,37 +118,32 @@ impl Experts {
         (w_in, w_out)
     }
 
-    /// silu(gate) ⊙ up of each row of `hs` (P, 2H) -> (P, H).
-    fn activate(&self, hs: &[f32]) -> Vec<f32> {
-        let h = self.h;
-        let mut a = vec![0f32; hs.len() / 2];
-        a.par_chunks_mut(ROWS_PER_TASK * h).zip(hs.par_chunks(ROWS_PER_TASK * 2 * h)).for_each(|(a, hs)| {
-            for (ar, hr) in a.chunks_exact_mut(h).zip(hs.chunks_exact(2 * h)) {
-                swiglu_fwd(ar, &hr[..h], &hr[h..]);
-            }
-        });
-        a
-    }
-
-    /// The experts on their tokens: ((P, 2H) pre-activations, (P, D) outputs).
-    fn experts_forward(&self, x: &[f32], w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    /// The experts on their tokens. One task per expert (their rows are disjoint), each product
+    /// on its own thread.
+    fn experts_forward(&self, x: &[f32], w: &[f32]) -> Activations {
         let (d, h, p) = (self.d, self.h, self.plan.slot.len());
         let xs = self.gather(x);
         let mut hs = vec![0f32; p * 2 * h];
-        for (i, r) in self.plan.groups.iter().enumerate() {
-            let (w_in, _) = self.expert(w, i);
-            let n = r.len();
-            let xs_j = Mat::new(&xs[r.start * d..r.end * d], n, d);
-            matmul(xs_j, Mat::t(w_in, 2 * h, d), &mut hs[r.start * 2 * h..r.end * 2 * h], false, threads());
-        }
-        let a = self.activate(&hs);
         let mut out = vec![0f32; p * d];
+        let mut tasks = Vec::with_capacity(self.plan.groups.len());
+        let (mut hs_rest, mut out_rest) = (&mut hs[..], &mut out[..]);
         for (i, r) in self.plan.groups.iter().enumerate() {
-            let (_, w_out) = self.expert(w, i);
-            let a_j = Mat::new(&a[r.start * h..r.end * h], r.len(), h);
-            matmul(a_j, Mat::t(w_out, d, h), &mut out[r.start * d..r.end * d], false, threads());
+            let (hs_j, hs_tail) = hs_rest.split_at_mut(r.len() * 2 * h);
+            let (out_j, out_tail) = out_rest.split_at_mut(r.len() * d);
+            (hs_rest, out_rest) = (hs_tail, out_tail);
+            tasks.push((i, r.clone(), hs_j, out_j));
         }
-        (hs, out)
+        tasks.into_par_iter().for_each(|(i, r, hs_j, out_j)| {
+            let (w_in, w_out) = self.expert(w, i);
+            let n = r.len();
+            matmul(Mat::new(&xs[r.start * d..r.end * d], n, d), Mat::t(w_in, 2 * h, d), hs_j, false, 1);
+            let mut a = vec![0f32; n * h];
+            for (ar, hr) in a.chunks_exact_mut(h).zip(hs_j.chunks_exact(2 * h)) {
+                swiglu_fwd(ar, &hr[..h], &hr[h..]);
+            }
+            matmul(Mat::new(&a, n, h), Mat::t(w_out, d, h), out_j, false, 1);
+        });
+        Activations { xs, hs, out }
     }
 }
 
@@ -162,7 +164,8 @@ impl CustomOp3 for Experts {
         let (x, w, g) =
             (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?, f32_slice(sg, lg, self.name())?);
         let (d, k) = (self.d, self.plan.k);
-        let (hs, out) = self.experts_forward(x, w);
+        let acts = self.experts_forward(x, w);
+        let out = &acts.out;
         // y[t] = Σ_s gates[t, s] · out[pos(t, s)], slots in order
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, chunk)| {
@@ -176,7 +179,7 @@ impl CustomOp3 for Experts {
                 }
             }
         });
-        *self.saved.lock().unwrap() = Some((hs, out));
+        *self.saved.lock().unwrap() = Some(acts);
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
 
@@ -192,7 +195,7 @@ impl CustomOp3 for Experts {
         let (x, w, g, dy): (&[f32], &[f32], &[f32], &[f32]) = (&x, &w, &g, &dy);
         let (d, h, k, p) = (self.d, self.h, self.plan.k, self.plan.slot.len());
         let saved = self.saved.lock().unwrap().take();
-        let (hs, out) = match saved {
+        let Activations { xs, hs, out } = match saved {
             Some(s) => s,
             None => self.experts_forward(x, w),
         };
@@ -218,45 +221,48 @@ impl CustomOp3 for Experts {
             }
         });
         // Through each expert: da = dout W_down, dW_down = doutᵀ a, dh by SwiGLU's backward,
-        // dW_in = dhᵀ xs, dxs = dh W_in.
-        let a = self.activate(&hs);
-        let xs = self.gather(x);
+        // dW_in = dhᵀ xs, dxs = dh W_in. One task per expert (their rows and weights are
+        // disjoint), each product on its own thread.
         let e = self.plan.groups.len();
         let mut dw = vec![0f32; w.len()];
-        let (dw_in_all, dw_out_all) = dw.split_at_mut(e * 2 * h * d);
         let mut dxs = vec![0f32; p * d];
-        let mut dh = vec![0f32; p * 2 * h];
-        let mut da = vec![0f32; p * h];
-        for (i, r) in self.plan.groups.iter().enumerate() {
-            let (w_in, w_out) = self.expert(w, i);
-            let n = r.len();
-            let dout_j = &dout[r.start * d..r.end * d];
-            let da_j = &mut da[r.start * h..r.end * h];
-            matmul(Mat::new(dout_j, n, d), Mat::new(w_out, d, h), da_j, false, threads());
-            let dw_out_j = &mut dw_out_all[i * d * h..(i + 1) * d * h];
-            matmul(Mat::t(dout_j, n, d), Mat::new(&a[r.start * h..r.end * h], n, h), dw_out_j, false, threads());
-            let dh_j = &mut dh[r.start * 2 * h..r.end * 2 * h];
-            let hs_j = &hs[r.start * 2 * h..r.end * 2 * h];
-            dh_j.par_chunks_mut(ROWS_PER_TASK * 2 * h)
-                .zip(hs_j.par_chunks(ROWS_PER_TASK * 2 * h).zip(da_j.par_chunks(ROWS_PER_TASK * h)))
-                .for_each(|(dh, (hs, da))| {
-                    for ((dhr, hr), dar) in
-                        dh.chunks_exact_mut(2 * h).zip(hs.chunks_exact(2 * h)).zip(da.chunks_exact(h))
-                    {
-                        let (dgate, dup) = dhr.split_at_mut(h);
-                        swiglu_bwd(dgate, dup, &hr[..h], &hr[h..], dar);
-                    }
-                });
-            let dh_j = &dh[r.start * 2 * h..r.end * 2 * h];
-            let dw_in_j = &mut dw_in_all[i * 2 * h * d..(i + 1) * 2 * h * d];
-            matmul(Mat::t(dh_j, n, 2 * h), Mat::new(&xs[r.start * d..r.end * d], n, d), dw_in_j, false, threads());
-            matmul(
-                Mat::new(dh_j, n, 2 * h),
-                Mat::new(w_in, 2 * h, d),
-                &mut dxs[r.start * d..r.end * d],
-                false,
-                threads(),
-            );
+        {
+            let (dw_in_all, dw_out_all) = dw.split_at_mut(e * 2 * h * d);
+            let mut rest = &mut dxs[..];
+            let mut tasks = Vec::with_capacity(e);
+            for (i, ((r, dw_in_j), dw_out_j)) in self
+                .plan
+                .groups
+                .iter()
+                .zip(dw_in_all.chunks_exact_mut(2 * h * d))
+                .zip(dw_out_all.chunks_exact_mut(d * h))
+                .enumerate()
+            {
+                let (dxs_j, tail) = rest.split_at_mut(r.len() * d);
+                rest = tail;
+                tasks.push((i, r.clone(), dw_in_j, dw_out_j, dxs_j));
+            }
+            tasks.into_par_iter().for_each(|(i, r, dw_in_j, dw_out_j, dxs_j)| {
+                let (w_in, w_out) = self.expert(w, i);
+                let n = r.len();
+                let hs_j = &hs[r.start * 2 * h..r.end * 2 * h];
+                let mut a = vec![0f32; n * h];
+                for (ar, hr) in a.chunks_exact_mut(h).zip(hs_j.chunks_exact(2 * h)) {
+                    swiglu_fwd(ar, &hr[..h], &hr[h..]);
+                }
+                let dout_j = &dout[r.start * d..r.end * d];
+                let mut da = vec![0f32; n * h];
+                matmul(Mat::new(dout_j, n, d), Mat::new(w_out, d, h), &mut da, false, 1);
+                matmul(Mat::t(dout_j, n, d), Mat::new(&a, n, h), dw_out_j, false, 1);
+                let mut dh = vec![0f32; n * 2 * h];
+                for ((dhr, hr), dar) in dh.chunks_exact_mut(2 * h).zip(hs_j.chunks_exact(2 * h)).zip(da.chunks_exact(h))
+                {
+                    let (dgate, dup) = dhr.split_at_mut(h);
+                    swiglu_bwd(dgate, dup, &hr[..h], &hr[h..], dar);
+                }
+                matmul(Mat::t(&dh, n, 2 * h), Mat::new(&xs[r.start * d..r.end * d], n, d), dw_in_j, false, 1);
+                matmul(Mat::new(&dh, n, 2 * h), Mat::new(w_in, 2 * h, d), dxs_j, false, 1);
+            });
         }
         // dx[t] = Σ_s dxs[pos(t, s)], slots in order
         let mut dx = vec![0f32; x.len()];
