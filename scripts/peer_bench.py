@@ -18,6 +18,17 @@ target/peer-venv on first use, then re-runs itself there):
   python3 scripts/peer_bench.py --threads 1 --pairs baseline --rounds 3
   python3 scripts/peer_bench.py --out target/peer-bench.json
 
+On a GPU machine without a Rust toolchain (docs/gpu.md): write the Hugging Face configs here,
+carry them and the CUDA throughput bench (`scripts/build-cuda.sh --bench`), and run there with a
+Python that has torch and transformers (`--no-venv`):
+
+  python3 scripts/peer_bench.py --write-configs .bin/peer-configs.json          # here
+  python3 scripts/peer_bench.py --no-venv --device cuda --configs .bin/peer-configs.json \
+      --ours-bin throughput-cuda --presets demo,seed --pairs baseline,mamba --rounds 2   # there
+
+On CUDA both sides train at the GPU bench's batch, 32 x 256 of vocabulary 2048, in f32 (PyTorch's
+TF32 matmuls left off, its default), each timed span ended by a device synchronisation.
+
 Figures depend on the machine and on what else runs: use a quiet one. Not a test.
 """
 
@@ -32,18 +43,19 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, "target", "peer-venv")
-VOCAB, BATCH, CTX = 4096, 16, 256
+# The throughput bench's shapes: on the CPU 16 x 256 of vocabulary 4096, on CUDA 32 x 256 of 2048.
+SHAPES = {"cpu": (4096, 16, 256), "cuda": (2048, 32, 256)}
 PAIRS = {
-    # name: (our bench run, native-trainer config flags, peer class)
-    "baseline": ("baseline demo", ["--model", "baseline"], "LlamaForCausalLM"),
-    "mamba": ("itera-lite demo, no MoE", ["--model", "itera-lite", "--experts", "0"], "MambaForCausalLM"),
-    "jamba": ("itera-lite demo", ["--model", "itera-lite"], "JambaForCausalLM"),
+    # name: (our bench run, with {} for the preset; native-trainer config flags; peer class)
+    "baseline": ("baseline {}", ["--model", "baseline"], "LlamaForCausalLM"),
+    "mamba": ("itera-lite {}, no MoE", ["--model", "itera-lite", "--experts", "0"], "MambaForCausalLM"),
+    "jamba": ("itera-lite {}", ["--model", "itera-lite"], "JambaForCausalLM"),
 }
 
 
 def ensure_venv():
     """Re-runs this script inside target/peer-venv (created and filled from PyPI if needed)."""
-    if os.path.abspath(sys.prefix) == os.path.abspath(VENV):
+    if os.path.abspath(sys.prefix) == os.path.abspath(VENV) or "--no-venv" in sys.argv:
         return
     py = os.path.join(VENV, "bin", "python")
     if not os.path.exists(py):
@@ -55,18 +67,26 @@ def ensure_venv():
     os.execv(py, [py] + sys.argv)
 
 
-def hf_config(flags):
+def hf_config(flags, preset, vocab):
     """The Hugging Face config.json that `native-trainer export` writes for this preset."""
     cmd = ["cargo", "run", "-q", "--release", "-p", "native-trainer", "--"]  # the bench builds release too
-    out = subprocess.run(cmd + ["config", "--preset", "demo", "--vocab-size", str(VOCAB)] + flags,
+    out = subprocess.run(cmd + ["config", "--preset", preset, "--vocab-size", str(vocab)] + flags,
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
-def ours(run, threads):
-    """Training tokens/s of one run of the project's throughput bench (1 warm-up, 3 timed steps)."""
-    cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--",
-           "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
+def config_key(name, preset, device):
+    return f"{name} {preset} {device}"
+
+
+def ours(run, threads, ours_bin=None):
+    """Training tokens/s of one run of the project's throughput bench (1 warm-up, then
+    ITERA_BENCH_STEPS timed steps, default 3); with `ours_bin`, that binary on CUDA."""
+    if ours_bin:
+        cmd = [ours_bin, "--device", "cuda", "--no-kernels", "--run", run]
+    else:
+        cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--",
+               "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -100,84 +120,140 @@ def peer_model(cls, cfg):
     return model
 
 
-def peer_child(cls, cfg, threads, steps):
-    """One measurement in this process: `threads` threads, 1 warm-up step, then `steps` timed."""
+def peer_child(cls, cfg, threads, steps, device):
+    """One measurement in this process: `threads` threads (CPU), 1 warm-up step, then `steps` timed."""
     import torch
 
-    torch.set_num_threads(threads)
+    if device == "cpu":
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = peer_model(cls, cfg)
+    model = peer_model(cls, cfg).to(device)
     model.train()
+    vocab, batch, ctx = SHAPES[device]
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     gen = torch.Generator().manual_seed(1)
 
     def step():
-        ids = torch.randint(0, VOCAB, (BATCH, CTX), generator=gen)
+        ids = torch.randint(0, vocab, (batch, ctx), generator=gen).to(device)
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # transformers shifts the labels itself
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    sync()
     t = time.perf_counter()
     step()
+    sync()
     warm = time.perf_counter() - t
     # The slow peers (Mamba's CPU path loops over time in Python) get one timed step.
     steps = steps if warm < 20 else 1
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     took = time.perf_counter() - t
-    return {"tok_per_s": BATCH * CTX * steps / took, "params": params, "steps": steps,
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+    return {"tok_per_s": batch * ctx * steps / took, "params": params, "steps": steps,
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
 
-def theirs(cls, cfg, threads, steps):
+def theirs(cls, cfg, threads, steps, device):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, __file__, "--peer-child", cls, json.dumps(cfg), str(threads), str(steps)],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    cmd = [sys.executable, __file__, "--no-venv", "--peer-child", cls, json.dumps(cfg), str(threads), str(steps), device]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (CPU only)")
     p.add_argument("--pairs", default="baseline,mamba,jamba", help="comma-separated: baseline, mamba, jamba")
+    p.add_argument("--presets", default="demo", help="comma-separated model presets (the CPU bench: demo only)")
     p.add_argument("--rounds", type=int, default=2, help="alternations of ours and theirs per pair and thread count")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per PyTorch measurement (the slow peers: 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per PyTorch measurement (default: 3 on the "
+                   "CPU, 10 on CUDA; the slow peers: 1)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--ours-bin", help="CUDA: the throughput bench binary (`scripts/build-cuda.sh --bench`)")
+    p.add_argument("--configs", help="read the Hugging Face configs from this JSON (written by --write-configs) "
+                   "instead of asking `native-trainer config` (a machine without cargo)")
+    p.add_argument("--write-configs", metavar="FILE", help="write the configs of every pair and preset, for both "
+                   "devices' shapes, to FILE and stop")
+    p.add_argument("--no-venv", action="store_true", help="use this Python (it must have torch and transformers)")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--peer-child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--peer-child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peer_child:
-        cls, cfg, threads, steps = a.peer_child
-        print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps))))
+        cls, cfg, threads, steps, device = a.peer_child
+        print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps), device)))
         return
+    presets = a.presets.split(",")
+    pairs = a.pairs.split(",")
+    for name in pairs:
+        if name not in PAIRS:
+            sys.exit(f"error: unknown pair `{name}` (expected baseline, mamba or jamba)")
+    if a.write_configs:
+        configs = {config_key(n, pr, dev): hf_config(PAIRS[n][1], pr, SHAPES[dev][0])
+                   for n in pairs for pr in presets for dev in SHAPES}
+        with open(a.write_configs, "w") as f:
+            json.dump(configs, f, indent=1)
+        print(f"wrote {len(configs)} configs to {a.write_configs}")
+        return
+    if a.device == "cpu" and presets != ["demo"]:
+        sys.exit("error: on the CPU the throughput bench runs the peers' shapes for the demo preset only")
+    if a.device == "cuda" and not a.ours_bin:
+        sys.exit("error: --device cuda needs --ours-bin (the CUDA throughput bench; scripts/build-cuda.sh --bench)")
+    configs = None
+    if a.configs:
+        with open(a.configs) as f:
+            configs = json.load(f)
+    steps = a.steps or (10 if a.device == "cuda" else 3)
     ensure_venv()
-    subprocess.run(["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--no-run"], cwd=ROOT, check=True)
+    if a.device == "cpu":
+        subprocess.run(["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--no-run"], cwd=ROOT,
+                       check=True)
+    thread_counts = a.threads if a.device == "cpu" else [0]
     rows = []
-    print(f"| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |")
+    print("| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |")
     print("|---|---|---|---|---|---|---|")
-    for threads in a.threads:
-        for name in a.pairs.split(","):
-            run, flags, cls = PAIRS[name]
-            cfg = hf_config(flags)
-            mine, peer = [], []
-            for _ in range(a.rounds):
-                mine.append(ours(run, threads))
-                peer.append(theirs(cls, cfg, threads, a.steps))
-            m = statistics.median(r["tok_per_s"] for r in mine)
-            t = statistics.median(r["tok_per_s"] for r in peer)
-            row = {"ours": run, "peer": cls, "threads": threads, "params_ours": mine[0]["params"],
-                   "params_peer": peer[0]["params"], "ours_tok_per_s": [r["tok_per_s"] for r in mine],
-                   "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
-                   "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"], "transformers": peer[0]["transformers"]}
-            rows.append(row)
-            print(f"| {run} | {cls} | {threads} | {mine[0]['params'] / 1e6:.2f}M / {peer[0]['params'] / 1e6:.2f}M "
-                  f"| {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
+    for threads in thread_counts:
+        for preset in presets:
+            for name in pairs:
+                run, flags, cls = PAIRS[name]
+                run = run.format(preset)
+                key = config_key(name, preset, a.device)
+                if configs is not None:
+                    if key not in configs:
+                        sys.exit(f"error: {a.configs} has no config `{key}` (write it with --write-configs)")
+                    cfg = configs[key]
+                else:
+                    cfg = hf_config(flags, preset, SHAPES[a.device][0])
+                mine, peer = [], []
+                for _ in range(a.rounds):
+                    mine.append(ours(run, threads, a.ours_bin if a.device == "cuda" else None))
+                    peer.append(theirs(cls, cfg, threads, steps, a.device))
+                m = statistics.median(r["tok_per_s"] for r in mine)
+                t = statistics.median(r["tok_per_s"] for r in peer)
+                row = {"ours": run, "peer": cls, "device": peer[0]["device"], "threads": threads or None,
+                       "params_ours": mine[0]["params"], "params_peer": peer[0]["params"],
+                       "ours_tok_per_s": [r["tok_per_s"] for r in mine],
+                       "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
+                       "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"],
+                       "transformers": peer[0]["transformers"]}
+                rows.append(row)
+                print(f"| {run} | {cls} | {threads or peer[0]['device']} | {mine[0]['params'] / 1e6:.2f}M / "
+                      f"{peer[0]['params'] / 1e6:.2f}M | {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
     if a.out:
+        vocab, batch, ctx = SHAPES[a.device]
         with open(a.out, "w") as f:
-            json.dump({"batch": BATCH, "ctx": CTX, "vocab": VOCAB, "rows": rows}, f, indent=1)
+            json.dump({"device": a.device, "batch": batch, "ctx": ctx, "vocab": vocab, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ fn main() -> Result<()> {
         Some(other) => candle_core::bail!("unknown --device `{other}` (expected `cpu` or `cuda`)"),
     };
     if !device.is_cpu() {
-        return gpu(&device, only.as_deref(), no_kernels);
+        return gpu(&device, only.as_deref(), exact.as_deref(), no_kernels);
     }
     let thread_counts: Vec<usize> = match args.iter().position(|a| a == "--threads").and_then(|i| args.get(i + 1)) {
         Some(n) => vec![n.parse().map_err(|_| candle_core::Error::Msg(format!("--threads `{n}` is not a number")))?],
@@ -102,23 +102,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// On a GPU: both demo models at the training run's text batch (32 × 256), Itera-Lite with what
-/// `Kernels::for_device` picks, with each alternative scan and MoE path, and without MoE; then the
-/// kernel table.
-fn gpu(dev: &Device, only: Option<&str>, no_kernels: bool) -> Result<()> {
+/// On a GPU: both models of the demo and seed presets at the training run's text batch (32 × 256),
+/// Itera-Lite with what `Kernels::for_device` picks (rows without a kernel note) and without MoE,
+/// the demo Itera-Lite also with each alternative scan and MoE path; then the kernel table.
+/// `--run NAME` runs the row of that exact name (scripts/peer_bench.py --device cuda does).
+fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) -> Result<()> {
     println!("## {dev:?}");
+    let on_device = Kernels::for_device(dev);
+    println!("Itera-Lite rows without a kernel note: {}", describe(on_device));
     println!("| model | params | batch × ctx | fwd s | bwd s | opt s | train tok/s |");
     println!("|---|---|---|---|---|---|---|");
     let vocab = 2048;
-    let on_device = Kernels::for_device(dev);
+    let without_moe = |preset| {
+        let mut plain = Config::preset(ModelKind::IteraLite, preset, vocab);
+        if let Config::IteraLite(c) = &mut plain {
+            c.num_experts = 0;
+        }
+        plain
+    };
     let itera = Config::preset(ModelKind::IteraLite, Preset::Demo, vocab);
-    let mut plain = itera.clone();
-    if let Config::IteraLite(c) = &mut plain {
-        c.num_experts = 0;
-    }
     let runs: Vec<(String, Config, Kernels)> = vec![
         ("baseline demo".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), on_device),
-        (format!("itera-lite demo ({})", describe(on_device)), itera.clone(), on_device),
+        ("itera-lite demo".into(), itera.clone(), on_device),
         (
             "itera-lite demo (fused scan, sparse MoE)".into(),
             itera.clone(),
@@ -134,10 +139,13 @@ fn gpu(dev: &Device, only: Option<&str>, no_kernels: bool) -> Result<()> {
             itera,
             Kernels { scan: ScanKernel::Reference, ..on_device },
         ),
-        (format!("itera-lite demo, no MoE ({})", describe(on_device)), plain, on_device),
+        ("itera-lite demo, no MoE".into(), without_moe(Preset::Demo), on_device),
+        ("baseline seed".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), on_device),
+        ("itera-lite seed".into(), Config::preset(ModelKind::IteraLite, Preset::Seed, vocab), on_device),
+        ("itera-lite seed, no MoE".into(), without_moe(Preset::Seed), on_device),
     ];
     for (name, cfg, kernels) in &runs {
-        if only.is_none_or(|o| name.contains(o)) {
+        if only.is_none_or(|o| name.contains(o)) && exact.is_none_or(|e| name == e) {
             train_speed(name, cfg, 32, 256, dev, Some(*kernels))?;
         }
     }
