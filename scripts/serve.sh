@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: install what is missing, build the page with the default
-# models, and serve it on 127.0.0.1 (PORT, default 8080). The default models are the demo pair
-# shipped in pretrained/demo (trained with retrieval on a GPU, 4-bit: pretrained/README.md); where
-# that folder is absent, the pair in models/ is trained here if missing (`native-trainer`, about
+# models, and serve it on 127.0.0.1 (PORT, default 8080). The default models are the pairs shipped
+# in pretrained/ (pretrained/pairs.json, the page's models index: the demo pair, trained with
+# retrieval on a GPU, 4-bit, which the page opens, and the small pair; pretrained/README.md); where
+# they are absent, the pair in models/ is trained here if missing (`native-trainer`, about
 # 10 minutes on 2 cores) and served. ITERA_MODELS=DIR serves the pair in DIR/baseline and
-# DIR/itera-lite instead (your own exports, e.g. ITERA_MODELS=models), training nothing.
+# DIR/itera-lite instead (your own exports, e.g. ITERA_MODELS=models), or the pairs of
+# DIR/pairs.json, training nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -18,13 +20,15 @@ ensure_trunk
 
 step "models"
 if [ -n "${ITERA_MODELS:-}" ]; then
-  for m in baseline itera-lite; do
-    [ -f "$ITERA_MODELS/$m/manifest.json" ] || { echo "error: ITERA_MODELS=$ITERA_MODELS has no $m/manifest.json" >&2; exit 1; }
-  done
+  if [ ! -f "$ITERA_MODELS/pairs.json" ]; then
+    for m in baseline itera-lite; do
+      [ -f "$ITERA_MODELS/$m/manifest.json" ] || { echo "error: ITERA_MODELS=$ITERA_MODELS has neither pairs.json nor $m/manifest.json" >&2; exit 1; }
+    done
+  fi
   echo "serving the models in $ITERA_MODELS"
-elif [ -f pretrained/demo/baseline/manifest.json ] && [ -f pretrained/demo/itera-lite/manifest.json ]; then
-  export ITERA_MODELS=pretrained/demo
-  echo "serving the shipped demo pair in pretrained/demo (ITERA_MODELS=models serves your own)"
+elif [ -f pretrained/pairs.json ] && [ -f pretrained/demo/baseline/manifest.json ] && [ -f pretrained/demo/itera-lite/manifest.json ]; then
+  # scripts/copy-models.sh's default: pretrained/pairs.json
+  echo "serving the shipped pairs of pretrained/pairs.json, the demo pair first (ITERA_MODELS=models serves your own)"
 else
   if [ -f models/baseline/manifest.json ] && [ -f models/itera-lite/manifest.json ]; then
     echo "models/baseline and models/itera-lite are there (delete them to retrain)"

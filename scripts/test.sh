@@ -32,6 +32,14 @@ for m in baseline itera-lite; do
 done
 # A quantized copy (model.gguf, 8-bit) for the loaders' round trip, native and in the browser.
 target/debug/native-trainer quantize --model "$models/itera-lite" --format q8_0 --out "$models/itera-lite-q8_0"
+target/debug/native-trainer quantize --model "$models/baseline" --format q8_0 --out "$models/baseline-q8_0"
+# The page's models index (scripts/copy-models.mjs): two pairs, so the e2e test can switch.
+cat > "$models/pairs.json" <<'JSON'
+{"pairs": [
+  {"id": "tiny", "label": "tiny pair (f32)", "description": "The tiny test models, trained in the test.", "baseline": "baseline", "itera-lite": "itera-lite"},
+  {"id": "tiny-q8", "label": "tiny pair, 8-bit", "description": "The same tiny models, quantized to q8_0.", "baseline": "baseline-q8_0", "itera-lite": "itera-lite-q8_0"}
+]}
+JSON
 cargo run -q -p itera-web --example golden -- "$models"
 
 step "native tests (debug build, dependencies optimised)"
@@ -50,14 +58,30 @@ step "page: trunk build with the tiny models, then end to end in headless Chromi
 TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist
 node tests/e2e/page.mjs target/e2e-dist
 
-step "the shipped pair (pretrained/demo): its index rebuilds bit for bit; in the page it answers its questions"
+step "the shipped pairs (pretrained/pairs.json): their index rebuilds bit for bit; in the page the default pair answers its questions"
 target/debug/native-trainer index --out target/pretrained-index --queries 0
-for m in baseline itera-lite; do
-  for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
-    cmp "target/pretrained-index/$f" "pretrained/demo/$m/index/$f"
+for p in demo; do
+  for m in baseline itera-lite; do
+    for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
+      cmp "target/pretrained-index/$f" "pretrained/$p/$m/index/$f"
+    done
   done
 done
-TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS=pretrained/demo trunk build --release --offline --dist target/pretrained-dist
+# A folder of one pair (baseline/ and itera-lite/, no pairs.json) is served as before, as the
+# index's only pair, in models/baseline and models/itera-lite.
+rm -rf target/one-pair-check && mkdir -p target/one-pair-check
+ITERA_MODELS=pretrained/demo sh scripts/copy-models.sh target/one-pair-check
+node -e '
+  const fs = require("fs"), { pairs } = JSON.parse(fs.readFileSync("target/one-pair-check/models/pairs.json"));
+  if (pairs.length !== 1 || pairs[0].baseline !== "baseline" || pairs[0]["itera-lite"] !== "itera-lite") throw new Error(JSON.stringify(pairs));'
+for m in baseline itera-lite; do
+  (cd target/one-pair-check/models/$m && node -e '
+    const fs = require("fs"), crypto = require("crypto");
+    for (const f of JSON.parse(fs.readFileSync("manifest.json")).files)
+      if (crypto.createHash("sha256").update(fs.readFileSync(f.name)).digest("hex") !== f.sha256) throw new Error(f.name);')
+done
+# The default build (no ITERA_MODELS), as scripts/serve.sh builds it: the shipped pairs.
+TRUNK_SKIP_VERSION_CHECK=true trunk build --release --offline --dist target/pretrained-dist
 node tests/e2e/qa.mjs --min itera-lite=0.9 --min baseline=0.6 target/pretrained-dist pretrained/demo/questions.json
 
 step "all tests passed"

@@ -2,9 +2,20 @@
 // No model code runs here; this file only sends messages and draws what comes back.
 
 const MODELS = [
-  { key: "baseline", title: "Transformer baseline", base: "models/baseline/" },
-  { key: "itera-lite", title: "Itera-Lite (SSM + sparse MoE)", base: "models/itera-lite/" },
+  { key: "baseline", title: "Transformer baseline" },
+  { key: "itera-lite", title: "Itera-Lite (SSM + sparse MoE)" },
 ];
+// The page's models index (scripts/copy-models.mjs writes it at build time): the pairs it can
+// serve, each with a label, a description and its two model folders under models/; the first is
+// the default. The default pair always lies in models/baseline and models/itera-lite, which is
+// what the page serves when the index is missing or unusable (and says why).
+const PAIRS_URL = "models/pairs.json";
+const FALLBACK_PAIR = {
+  id: "default", label: "the models in models/baseline and models/itera-lite", description: "",
+  "baseline": "baseline", "itera-lite": "itera-lite",
+};
+const PAIR_ID = /^[a-z0-9][a-z0-9_-]{0,39}$/;
+const PAIR_FOLDER = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
 const BENCH_CONTEXTS = [64, 256, 1024, 4096];
 const BENCH_STEPS = 16;
 const COLORS = { "baseline": "#c2410c", "itera-lite": "#1d4ed8" };
@@ -48,8 +59,10 @@ class ModelView {
     const card = document.createElement("div");
     card.className = `card ${spec.key}`;
     card.dataset.model = spec.key;
+    card.dataset.base = spec.base;
     card.innerHTML = `
       <h3>${esc(spec.title)}</h3>
+      <div class="model-name" data-role="name">${esc(spec.base)}</div>
       <div class="backend" data-role="backend" data-kind="">backend: –</div>
       <div class="notice" data-role="notice" hidden></div>
       <div class="notice" data-role="notes" hidden></div>
@@ -65,6 +78,7 @@ class ModelView {
     this.files = {};
     this.crashes = 0;
     this.notes = {};
+    this.backendChoice = backendChoice;
     this.startWorker();
     this.renderMetrics();
   }
@@ -76,6 +90,16 @@ class ModelView {
       ev.preventDefault(); // handled here: the card says what happened
       this.crashed(ev.message || "unknown error");
     };
+  }
+
+  // Another pair was chosen: the worker goes, with whatever it was doing, and so does the card.
+  dispose() {
+    this.disposed = true;
+    this.worker.onmessage = null;
+    this.worker.onerror = null;
+    this.worker.terminate();
+    for (const l of this.listeners.splice(0)) l.reject(new Error("another model pair was chosen"));
+    this.card.remove();
   }
 
   // The worker died (a wasm trap, out of memory, an uncaught exception): its job is lost and its
@@ -146,6 +170,7 @@ class ModelView {
   }
 
   onMessage(m) {
+    if (this.disposed) return;
     switch (m.type) {
       case "ready":
         this.cpuName = m.backend;
@@ -174,6 +199,7 @@ class ModelView {
       case "loaded":
         this.manifest = m.manifest;
         this.loaded = m;
+        this.el("name").textContent = `${m.manifest.name || this.spec.key}, weights ${m.manifest.dtype || "float32"} (${this.spec.base})`;
         this.retrieval = m.retrieval;
         this.note("cache", m.cache ? `Not cached: ${m.cache}.` : "");
         this.ready = true;
@@ -288,17 +314,19 @@ class ModelView {
   }
 }
 
-const views = MODELS.map((m) => new ModelView(m));
+let views = [];
 const anyBusy = () => views.some((v) => v.busy);
 
 function updateButtons() {
-  const allReady = views.every((v) => v.ready);
+  const allReady = views.length > 0 && views.every((v) => v.ready);
   $("generate").disabled = !allReady || anyBusy();
   $("bench").disabled = !allReady || anyBusy();
   $("qa-ask").disabled = !allReady || anyBusy();
   $("stop").disabled = !anyBusy();
   // The switch needs a model that is on the GPU too.
   $("backend-choice").disabled = !allReady || anyBusy() || !views.some((v) => v.backend?.gpu_available);
+  // Another pair can be chosen while the models load, not while they run a job.
+  $("pair-choice").disabled = pairs.length < 2 || anyBusy();
 }
 
 // The header's badge: where each model runs.
@@ -314,6 +342,7 @@ function renderBackendSummary() {
 // Both models to the chosen backend (between jobs); each worker answers with a `backend` message.
 $("backend-choice").addEventListener("change", async () => {
   const choice = $("backend-choice").value;
+  backendChoice = choice; // a pair chosen later starts there too
   await Promise.all(views.map((v) => {
     const answered = v.next(["backend"]);
     v.backendChoice = choice;
@@ -537,9 +566,12 @@ async function wasmBindings() {
 }
 
 async function drawState() {
+  const pairNow = pairGeneration;
   for (const v of views.filter((v) => v.manifest && !analytic[v.spec.key])) {
     const config = await (await fetch(`${v.spec.base}config.json`)).text();
-    analytic[v.spec.key] = JSON.parse((await wasmBindings()).analytic(config, STATE_CONTEXTS));
+    const points = JSON.parse((await wasmBindings()).analytic(config, STATE_CONTEXTS));
+    if (pairNow !== pairGeneration) return; // another pair was chosen meanwhile
+    analytic[v.spec.key] = points;
   }
   const keys = Object.keys(analytic);
   if (!keys.length) return;
@@ -670,4 +702,150 @@ $("qa-ask").addEventListener("click", async () => {
   render();
 });
 
+// ---------------------------------------------------------------------------------------------
+// Model pairs: the models index, the selector, switching.
+
+let pairs = [];
+let pair = null;
+let pairGeneration = 0; // bumped by every switch: work for an earlier pair is dropped
+let backendChoice = null; // the backend switch's last choice (null: the worker's own)
+const pairNotices = { index: [], choice: "" };
+
+// The index as the page can use it, and what is wrong with it (each problem in words).
+async function loadIndex() {
+  const fallback = (problem) => ({ pairs: [FALLBACK_PAIR], problems: [problem] });
+  let res;
+  try {
+    res = await fetch(PAIRS_URL, { cache: "no-cache" });
+  } catch (e) {
+    return fallback(`it could not be read (${e.message})`);
+  }
+  if (!res.ok) return fallback(`it is missing (HTTP ${res.status})`);
+  let index;
+  try {
+    index = JSON.parse(await res.text());
+  } catch (e) {
+    return fallback(`it is not valid JSON (${e.message})`);
+  }
+  if (!Array.isArray(index?.pairs)) return fallback(`it has no "pairs" list`);
+  const list = [], problems = [];
+  index.pairs.forEach((p, i) => {
+    const why = pairProblem(p, list);
+    if (!why) {
+      list.push({ id: p.id, label: p.label, description: p.description || "", "baseline": p.baseline, "itera-lite": p["itera-lite"] });
+      return;
+    }
+    problems.push(`pair ${i + 1}${typeof p?.id === "string" ? ` ("${p.id}")` : ""} is left out: ${why}`);
+  });
+  if (!list.length) return fallback(`it lists no usable pair${problems.length ? ` (${problems.join("; ")})` : ""}`);
+  return { pairs: list, problems };
+}
+
+function pairProblem(p, earlier) {
+  if (!p || typeof p !== "object" || Array.isArray(p)) return "it is not an object";
+  if (typeof p.id !== "string" || !PAIR_ID.test(p.id)) return `its "id" must be lower-case letters, digits, "-" or "_"`;
+  if (earlier.some((q) => q.id === p.id)) return "its id is listed twice";
+  if (typeof p.label !== "string" || !p.label.trim()) return `it has no "label"`;
+  if (p.description != null && typeof p.description !== "string") return `its "description" is not text`;
+  for (const { key } of MODELS) {
+    const f = p[key];
+    if (typeof f !== "string" || !PAIR_FOLDER.test(f) || f.split("/").includes("..")) return `its "${key}" must be a folder under models/`;
+  }
+  return null;
+}
+
+// Why a pair's models cannot be loaded (a manifest missing), or null. Asked before the workers
+// start on a pair other than the default, so a broken entry falls back instead of two errors.
+async function pairMissing(p) {
+  for (const { key } of MODELS) {
+    const url = `models/${p[key]}/manifest.json`;
+    try {
+      const res = await fetch(url, { method: "HEAD", cache: "no-store" });
+      if (!res.ok) return `${url} is missing (HTTP ${res.status})`;
+    } catch (e) {
+      return `${url} could not be read (${e.message})`;
+    }
+  }
+  return null;
+}
+
+function renderPairNotice() {
+  const all = [...pairNotices.index, pairNotices.choice].filter(Boolean);
+  const el = $("pair-notice");
+  el.textContent = all.join(" ");
+  el.hidden = !all.length;
+}
+
+// Stops the current pair's workers, clears what was measured of them, and starts `p`'s (or the
+// default pair's, with a notice, when `p`'s models are missing). `choice`: a notice about how `p`
+// was chosen; `fromUser`: the selector chose it, so the address says it too (?pair=ID).
+async function switchPair(p, choice = "", fromUser = false) {
+  const mine = ++pairGeneration;
+  if (p !== pairs[0]) {
+    const missing = await pairMissing(p);
+    if (mine !== pairGeneration) return;
+    if (missing) {
+      choice = `The pair "${p.id}" cannot be loaded: ${missing}. Showing the default pair, "${pairs[0].id}", instead.`;
+      p = pairs[0];
+    }
+  }
+  pair = p;
+  for (const v of views) v.dispose();
+  views = [];
+  for (const k of Object.keys(analytic)) delete analytic[k];
+  stateChart = Promise.resolve();
+  $("latency-chart").innerHTML = `<p class="hint">Press “Latency vs context” to measure.</p>`;
+  $("decode-efficiency").textContent = "";
+  $("size-chart").replaceChildren();
+  $("state-chart").replaceChildren();
+  $("qa-examples").replaceChildren();
+  $("qa-answers").replaceChildren();
+  $("backend").textContent = "backend: starting…";
+  $("pair-choice").value = p.id;
+  $("pair-description").textContent = p.description;
+  document.body.dataset.pair = p.id;
+  pairNotices.choice = choice;
+  renderPairNotice();
+  if (fromUser) {
+    const url = new URL(location.href);
+    url.searchParams.set("pair", p.id);
+    history.replaceState(null, "", url);
+  }
+  views = MODELS.map((m) => new ModelView({ ...m, base: `models/${p[m.key]}/` }));
+  updateButtons();
+}
+
+$("pair-choice").addEventListener("change", () => {
+  const p = pairs.find((q) => q.id === $("pair-choice").value);
+  if (p && p !== pair && !anyBusy()) switchPair(p, "", true);
+});
+
+async function start() {
+  const index = await loadIndex();
+  pairs = index.pairs;
+  pairNotices.index = index.problems.length
+    ? [`The models index (${PAIRS_URL}): ${index.problems.join("; ")}.${pairs[0] === FALLBACK_PAIR ? " Showing the default pair (models/baseline and models/itera-lite)." : ""}`] : [];
+  $("pair-choice").replaceChildren(...pairs.map((p) => {
+    const o = document.createElement("option");
+    o.value = p.id;
+    o.textContent = p.label;
+    o.title = p.description;
+    return o;
+  }));
+  const wanted = new URLSearchParams(location.search).get("pair");
+  let p = pairs[0], choice = "";
+  if (wanted !== null && wanted !== p.id) {
+    p = pairs.find((q) => q.id === wanted);
+    if (!p && pairs[0] === FALLBACK_PAIR) {
+      choice = `The address asks for the pair "${wanted}", which needs the models index.`;
+      p = pairs[0];
+    } else if (!p) {
+      choice = `There is no pair "${wanted}" in the models index (it lists ${pairs.map((q) => `"${q.id}"`).join(", ")}); showing the default pair, "${pairs[0].id}".`;
+      p = pairs[0];
+    }
+  }
+  await switchPair(p, choice);
+}
+
 updateButtons();
+start();

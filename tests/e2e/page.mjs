@@ -18,6 +18,9 @@
 // 5. A model changed on the server between two visits is downloaded again (and cached anew);
 //    without the Cache API (an insecure context, a private window) the page says so and works;
 //    a worker that crashes is replaced, its model reloaded, and the card says what happened.
+// 5b. The models index: the selector lists its pairs, another pair loads and generates, ?pair=ID
+//    opens one; a wrong ?pair=, a missing or broken index, a pair whose models are missing: a
+//    notice naming what is wrong, and the default pair.
 // 6. In a Chromium with WebGPU (`--enable-unsafe-webgpu`: SwiftShader's adapter), both models
 //    load onto the GPU and say so, generate there, switch to the CPU and generate again. (The
 //    browser of 1-3 has no WebGPU: the models say they run on the CPU, and why.)
@@ -172,7 +175,11 @@ async function happyPath(browser) {
   }
 }
 
-const bothReady = () => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready");
+// The page reads its models index before it makes the cards: two cards, both ready.
+const bothReady = () => {
+  const cards = [...document.querySelectorAll(".card")];
+  return cards.length === 2 && cards.every((c) => c.dataset.status === "ready");
+};
 const cardStatus = (page, model) => page.$eval(`.card[data-model="${model}"] .status`, (e) => [e.parentElement.dataset.status, e.textContent]);
 
 // Clicks Generate (or runs `click` in the page) and waits until no job runs and every card's
@@ -393,7 +400,7 @@ async function tamperedManifest(browser) {
   const origin = `http://127.0.0.1:${server.address().port}`;
   const { context, page } = await openPage(browser, origin);
   try {
-    await page.waitForFunction(() => document.querySelector('.card[data-model="itera-lite"]').dataset.status === "error", null, { timeout: 120_000 });
+    await page.waitForFunction(() => document.querySelector('.card[data-model="itera-lite"]')?.dataset.status === "error", null, { timeout: 120_000 });
     const status = await page.textContent('.card[data-model="itera-lite"] .status');
     check(status.includes("sha256") && status.includes("does not match"), `a mismatched sha256 is a clear error: "${status.slice(0, 140)}…"`);
     check(await page.isDisabled("#generate"), "Generate stays disabled");
@@ -431,7 +438,7 @@ async function damagedIndex(browser) {
   const origin = `http://127.0.0.1:${server.address().port}`;
   const { context, page, problems } = await openPage(browser, origin);
   try {
-    await page.waitForFunction(() => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "ready"), null, { timeout: 180_000 });
+    await page.waitForFunction(bothReady, null, { timeout: 180_000 });
     check(true, "both models load although their indexes are damaged");
     const says = { baseline: ["index/vectors.bin", "sha256", "does not match"], "itera-lite": ["index/index.json", "invalid JSON"] };
     for (const [model, words] of Object.entries(says)) {
@@ -463,11 +470,101 @@ async function damagedIndex(browser) {
   }
 }
 
+// The models index (models/pairs.json): the selector lists its pairs; only the chosen pair's
+// files are downloaded; choosing another stops the workers and loads its models, which generate;
+// the address names the choice (?pair=ID) and a link with it opens that pair. A wrong ?pair=,
+// an index that is missing or not JSON, a pair whose models are missing: a notice that names what
+// is wrong, and the default pair.
+async function modelPairs(browser) {
+  const index = JSON.parse(fs.readFileSync(path.join(DIST, "models/pairs.json"), "utf8"));
+  const [first, second] = index.pairs;
+  if (!second) {
+    check(false, `the test build's models index lists two pairs (${index.pairs.length})`);
+    return;
+  }
+  const base = (p, m) => `models/${p[m]}/`;
+  const cardBases = (page) => page.$$eval(".card", (cs) => cs.map((c) => c.dataset.base));
+  const names = (page) => page.$$eval(".card [data-role=name]", (es) => es.map((e) => e.textContent));
+  const pairNotice = (page) => page.$eval("#pair-notice", (e) => (e.hidden ? "" : e.textContent));
+  const withServer = async (rewrite, query, fn) => {
+    const server = await serve(DIST, rewrite);
+    const origin = `http://127.0.0.1:${server.address().port}`;
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const requests = [];
+    page.on("request", (r) => requests.push(new URL(r.url()).pathname));
+    try {
+      await page.goto(`${origin}/${query}`);
+      await fn(page, requests);
+    } finally {
+      await context.close();
+      server.close();
+    }
+  };
+
+  await withServer({}, "", async (page, requests) => {
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const options = await page.$$eval("#pair-choice option", (os) => os.map((o) => [o.value, o.textContent]));
+    check(JSON.stringify(options) === JSON.stringify(index.pairs.map((p) => [p.id, p.label])), `the selector lists the index's pairs (${options.map((o) => o[0]).join(", ")})`);
+    check(await page.inputValue("#pair-choice") === first.id && !(await page.isDisabled("#pair-choice")), `the default pair is the index's first (${first.id}), and another can be chosen`);
+    check((await page.textContent("#pair-description")) === first.description, "the pair's description is shown");
+    check(JSON.stringify(await cardBases(page)) === JSON.stringify(["baseline", "itera-lite"].map((m) => base(first, m))), "the default pair's models come from models/baseline and models/itera-lite");
+    const before = { names: await names(page), sizes: await Promise.all(["baseline", "itera-lite"].map((m) => metric(page, m, 1))) };
+    const other = requests.filter((r) => r.startsWith(`/models/${second.id}/`));
+    check(other.length === 0, `only the chosen pair's files are downloaded (${other.length} requests for the other pair's)`);
+
+    await page.selectOption("#pair-choice", second.id);
+    await page.waitForFunction((b) => JSON.stringify([...document.querySelectorAll(".card")].map((c) => c.dataset.base)) === b,
+      JSON.stringify(["baseline", "itera-lite"].map((m) => base(second, m))), { timeout: 30_000 });
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const after = { names: await names(page), sizes: await Promise.all(["baseline", "itera-lite"].map((m) => metric(page, m, 1))) };
+    check(after.names.every((n, i) => n !== before.names[i]) && after.sizes.every((s, i) => s !== before.sizes[i]),
+      `choosing "${second.id}" loads its models: ${after.names.join(" / ")}, ${after.sizes.join(" / ")} (were ${before.names.join(" / ")}, ${before.sizes.join(" / ")})`);
+    check((await page.textContent("#pair-description")) === second.description && new URL(page.url()).searchParams.get("pair") === second.id,
+      `the description follows the pair, and the address names it (${page.url().replace(/^.*\//, "")})`);
+    check((await page.$$("#size-chart rect")).length === 14 && !(await page.$("#latency-chart svg")), "the size chart shows the new pair; the per-model charts start afresh");
+    await page.fill("#max-tokens", "6");
+    await generateAndWait(page);
+    for (const model of ["baseline", "itera-lite"]) {
+      const out = await page.textContent(`.card[data-model="${model}"] .output`);
+      check(out.length > (await page.inputValue("#prompt")).length, `${model}: generates after the switch`);
+    }
+    check((await page.$$(".card")).length === 2, "the old cards are gone");
+
+    // The address opens the pair it names; the default's files are not fetched then.
+    requests.length = 0;
+    await page.reload();
+    await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+    const def = requests.filter((r) => r.startsWith("/models/baseline/") || r.startsWith("/models/itera-lite/"));
+    check(await page.inputValue("#pair-choice") === second.id && JSON.stringify(await cardBases(page)) === JSON.stringify(["baseline", "itera-lite"].map((m) => base(second, m))) && def.length === 0,
+      `a link with ?pair=${second.id} opens that pair, and only its files are fetched (${def.length} of the default's)`);
+    check(await pairNotice(page) === "", "no notice for a good index and a good choice");
+  });
+
+  const fallsBack = async (what, rewrite, query, words) => {
+    await withServer(rewrite, query, async (page) => {
+      await page.waitForFunction(bothReady, null, { timeout: 120_000 });
+      const notice = await pairNotice(page);
+      const bases = await cardBases(page);
+      check(words.every((w) => notice.includes(w)) && JSON.stringify(bases) === JSON.stringify(["models/baseline/", "models/itera-lite/"]),
+        `${what}: a notice says so and the default pair loads ("${notice}")`);
+    });
+  };
+  await fallsBack("?pair=nope", {}, "?pair=nope", [`no pair "nope"`, `default pair, "${first.id}"`]);
+  await fallsBack("an index that is not JSON", { "/models/pairs.json": (t) => t.slice(0, t.length >> 1) }, "", ["The models index (models/pairs.json): it is not valid JSON", "default pair"]);
+  await fallsBack("no index", { "/models/pairs.json": () => null }, `?pair=${second.id}`, ["The models index (models/pairs.json): it is missing (HTTP 404)", "default pair", `asks for the pair "${second.id}"`]);
+  const gone = { id: "gone", label: "models that are not there", baseline: "gone/baseline", "itera-lite": "gone/itera-lite" };
+  await fallsBack("a pair whose models are missing", { "/models/pairs.json": (t) => JSON.stringify({ pairs: [...JSON.parse(t).pairs, gone] }) }, "?pair=gone",
+    ['pair "gone" cannot be loaded', "models/gone/baseline/manifest.json is missing (HTTP 404)", "default pair"]);
+  await fallsBack("a pair entry that is wrong", { "/models/pairs.json": (t) => JSON.stringify({ pairs: [{ id: "../up", label: "x", baseline: "../../etc", "itera-lite": "x" }, ...JSON.parse(t).pairs] }) }, "",
+    ['The models index (models/pairs.json): pair 1 ("../up") is left out: its "id"']);
+}
+
 async function webgpuPath(browser) {
   const server = await serve(DIST);
   const origin = `http://127.0.0.1:${server.address().port}`;
   const { context, page, problems } = await openPage(browser, origin);
-  const cards = (status) => [...document.querySelectorAll(".card")].every((c) => c.dataset.status === status);
+  const cards = (status) => document.querySelectorAll(".card").length === 2 && [...document.querySelectorAll(".card")].every((c) => c.dataset.status === status);
   const generate = async (what) => {
     await page.click("#generate");
     await page.waitForFunction(() => !document.querySelector("#generate").disabled && [...document.querySelectorAll(".card")].every((c) => c.dataset.status === "done"), null, { timeout: 120_000 });
@@ -493,6 +590,18 @@ async function webgpuPath(browser) {
     await page.selectOption("#backend-choice", "webgpu");
     await page.waitForFunction(() => [...document.querySelectorAll(".card [data-role=backend]")].every((e) => e.dataset.kind === "webgpu"), null, { timeout: 30_000 });
     await generate("the GPU again");
+    // The backend chosen stays when another pair is chosen.
+    const second = JSON.parse(fs.readFileSync(path.join(DIST, "models/pairs.json"), "utf8")).pairs[1];
+    if (second) {
+      await page.selectOption("#backend-choice", "cpu");
+      await page.waitForFunction(() => [...document.querySelectorAll(".card [data-role=backend]")].every((e) => e.dataset.kind === "cpu"), null, { timeout: 30_000 });
+      await page.selectOption("#pair-choice", second.id);
+      await page.waitForFunction((id) => document.body.dataset.pair === id, second.id, { timeout: 30_000 });
+      await page.waitForFunction(cards, "ready", { timeout: 120_000 });
+      const kinds = await page.$$eval(".card [data-role=backend]", (es) => es.map((e) => e.dataset.kind));
+      check(kinds.join() === "cpu,cpu" && (await page.$eval("#backend-choice", (e) => e.value)) === "cpu", `the pair "${second.id}" starts on the backend chosen before (${kinds.join(", ")})`);
+      await generate(`the CPU, pair "${second.id}"`);
+    }
     check(problems.console.length === 0, `no console errors with WebGPU${problems.console.length ? ": " + problems.console.join(" | ") : ""}`);
   } finally {
     await context.close();
@@ -519,7 +628,7 @@ async function inBrowser(flag, paths) {
 }
 
 // Without WebGPU (no GPU at all), then with it (SwiftShader's adapter).
-await inBrowser("--disable-gpu", [happyPath, tamperedManifest, damagedIndex, hostileInput, changedModel, noCacheApi, workerCrash]);
+await inBrowser("--disable-gpu", [happyPath, modelPairs, tamperedManifest, damagedIndex, hostileInput, changedModel, noCacheApi, workerCrash]);
 await inBrowser("--enable-unsafe-webgpu", [webgpuPath]);
 if (failures.length) {
   console.log(`\n${failures.length} e2e check(s) failed`);

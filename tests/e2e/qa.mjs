@@ -4,22 +4,29 @@
 // --retrieval ... --questions-out FILE` wrote (every question asked, with its expected answer and
 // set) or an `eval --json` output (its few examples).
 //
-//   node tests/e2e/qa.mjs DIST QUESTIONS.json [...]
+//   node tests/e2e/qa.mjs [--pair ID] DIST QUESTIONS.json [...]
 //
 // DIST is a page built with the models that EVAL.json measured (ITERA_MODELS=DIR trunk build).
 // `--min MODEL=FRACTION` (repeatable) makes it a check: it exits 1 when MODEL answers less than
-// FRACTION of all the questions right with retrieval. The test command runs it that way on the
-// shipped pair (pretrained/demo, with its questions.json); elsewhere it only measures.
+// FRACTION of all the questions right with retrieval. `--pair ID` asks the pair ID of the page's
+// models index (?pair=ID) instead of its default. The test command runs it that way on the
+// shipped pairs (pretrained/, with the demo pair's questions.json); elsewhere it only measures.
 
 import fs from "node:fs";
 import path from "node:path";
 import { withPage } from "./serve.mjs";
 
-const USAGE = "usage: node tests/e2e/qa.mjs [--min MODEL=FRACTION ...] DIST EVAL.json [EVAL.json ...] (DIST: a built page)";
+const USAGE = "usage: node tests/e2e/qa.mjs [--min MODEL=FRACTION ...] [--pair ID] DIST EVAL.json [EVAL.json ...] (DIST: a built page)";
 const minimum = {}; // model -> least share right with retrieval
 const positional = [];
+let pair = null; // the models index's pair to ask (null: the page's default)
 for (let args = process.argv.slice(2); args.length;) {
   const arg = args.shift();
+  if (arg === "--pair") {
+    pair = args.shift();
+    if (!/^[a-z0-9][a-z0-9_-]*$/.test(pair || "")) { console.error(`--pair wants a pair's id\n${USAGE}`); process.exit(2); }
+    continue;
+  }
   if (arg !== "--min") { positional.push(arg); continue; }
   const m = /^([\w-]+)=(0(\.\d+)?|1(\.0+)?)$/.exec(args.shift() || "");
   if (!m) { console.error(`--min wants MODEL=FRACTION (a share from 0 to 1), e.g. itera-lite=0.9\n${USAGE}`); process.exit(2); }
@@ -48,6 +55,15 @@ if (questions.size === 0) {
 }
 
 await withPage(DIST, "#qa-ask", async (page) => {
+  if (pair !== null) {
+    const shown = await page.evaluate(() => document.body.dataset.pair);
+    if (shown !== pair) {
+      console.error(`FAIL: the page shows the pair ${shown}, not ${pair} (${await page.textContent("#pair-notice")})`);
+      process.exitCode = 1;
+      return;
+    }
+    console.log(`pair ${pair}: ${await page.$eval(`#pair-choice option[value="${pair}"]`, (o) => o.textContent)}`);
+  }
   const models = await page.$$eval(".card[data-model]", (cards) => cards.map((c) => c.dataset.model));
   const right = {}; // model -> set -> slot -> count
   const asked = {};
@@ -93,4 +109,4 @@ await withPage(DIST, "#qa-ask", async (page) => {
     console.log(`${verdict}: ${m} answered ${on}/${questions.size} with retrieval (at least ${least} wanted)`);
     if (share < least) process.exitCode = 1;
   }
-});
+}, pair === null ? "" : `?pair=${pair}`);

@@ -11,7 +11,7 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
   ".wasm": "application/wasm", ".json": "application/json", ".svg": "image/svg+xml" };
 
 /// Serves `dir` on 127.0.0.1 (a free port); `rewrite` maps a path ("/models/...") to a function
-/// that gets the file's text (.json, .js) or bytes and returns what to serve instead.
+/// that gets the file's text (.json, .js) or bytes and returns what to serve instead (null: a 404).
 export function serve(dir, rewrite = {}) {
   const root = path.resolve(dir);
   const server = http.createServer((req, res) => {
@@ -23,7 +23,14 @@ export function serve(dir, rewrite = {}) {
       return;
     }
     let body = fs.readFileSync(file);
-    if (rewrite[rel]) body = Buffer.from(rewrite[rel](/\.(json|js)$/.test(rel) ? body.toString() : body));
+    if (rewrite[rel]) {
+      const changed = rewrite[rel](/\.(json|js)$/.test(rel) ? body.toString() : body);
+      if (changed === null) { // a file the test wants gone
+        res.writeHead(404).end("not found");
+        return;
+      }
+      body = Buffer.from(changed);
+    }
     res.writeHead(200, { "content-type": TYPES[path.extname(file)] || "application/octet-stream", "content-length": body.length });
     res.end(body);
   });
@@ -39,14 +46,15 @@ export function launch(flag = "--disable-gpu") {
   });
 }
 
-/// Serves `dist`, opens it in headless Chromium, waits until the button `ready` (a selector) is
-/// enabled (the models loaded), runs `fn(page)`, and closes both whatever happens.
-export async function withPage(dist, ready, fn) {
+/// Serves `dist`, opens it in headless Chromium (at `query`, e.g. "?pair=small"), waits until the
+/// button `ready` (a selector) is enabled (the models loaded), runs `fn(page)`, and closes both
+/// whatever happens.
+export async function withPage(dist, ready, fn, query = "") {
   const server = await serve(dist);
   const browser = await launch();
   try {
     const page = await browser.newPage();
-    await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.goto(`http://127.0.0.1:${server.address().port}/${query}`);
     await page.waitForFunction((sel) => !document.querySelector(sel).disabled, ready, { timeout: 300_000 });
     return await fn(page);
   } finally {
