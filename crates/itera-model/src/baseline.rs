@@ -9,7 +9,7 @@
 //! Dh head dim, I MLP width, V vocab.
 
 use crate::config::BaselineConfig;
-use crate::ops::{linear, norm, softmax_last, Kernels};
+use crate::ops::{linear, norm, project, softmax_last, Kernels};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::VarBuilder;
@@ -86,7 +86,8 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let (q, k, v) = (linear(x, &self.q_proj)?, linear(x, &self.k_proj)?, linear(x, &self.v_proj)?);
+        let (q, k, v) =
+            (project(x, &self.q_proj, fused)?, project(x, &self.k_proj, fused)?, project(x, &self.v_proj, fused)?);
         let s = offset + l;
         // rope on q and k (3 per element); q·k and att·v (2 per multiply-add); scale, mask, softmax (5 per score)
         let n_scores = (b * h * l * s) as f64;
@@ -96,7 +97,7 @@ impl Attention {
             None if fused => crate::fused::causal_attention(&q, &k, &v, &cos, &sin, h, hkv)?,
             cache => attention(&q, &k, &v, &cos, &sin, h, hkv, cache)?,
         };
-        linear(&y, &self.o_proj)
+        project(&y, &self.o_proj, fused)
     }
 }
 
@@ -177,10 +178,10 @@ impl SwiGlu {
     /// SwiGLU: down(silu(gate x) * up x), the gating by the fused op (`fused::swiglu`) or
     /// elementary ops.  x (.., D) -> (.., D)
     pub(crate) fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let (g, u) = (linear(x, &self.gate_proj)?, linear(x, &self.up_proj)?);
+        let (g, u) = (project(x, &self.gate_proj, fused)?, project(x, &self.up_proj, fused)?);
         let h = if fused { crate::fused::swiglu(&g, &u)? } else { (g.silu()? * u)? }; // (.., I)
         crate::flops::add(5.0 * h.elem_count() as f64); // silu · mul
-        linear(&h, &self.down_proj)
+        project(&h, &self.down_proj, fused)
     }
 }
 

@@ -13,11 +13,13 @@ pub mod attention;
 pub mod cross_entropy;
 pub(crate) mod experts;
 pub(crate) mod gemm;
+pub mod linear;
 pub mod swiglu;
 mod vmath;
 
 pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;
+pub use linear::linear;
 pub use swiglu::swiglu;
 
 use candle_core::backend::BackendStorage;

@@ -130,6 +130,15 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
 }
 
+/// A linear layer by the fused op (`fused::linear`) or its elementary twin [`linear`].
+pub fn project(x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        crate::fused::linear(x, w)
+    } else {
+        linear(x, w)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
 use itera_model::fused::{
-    causal_attention, conv_silu_fused, conv_silu_fused_zero_history, linear_cross_entropy, rms_norm_fused, swiglu,
+    causal_attention, conv_silu_fused, conv_silu_fused_zero_history, linear as linear_fused, linear_cross_entropy,
+    rms_norm_fused, swiglu,
 };
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
@@ -150,6 +151,24 @@ fn fused_swiglu_matches_the_elementary_twin() -> Result<()> {
         assert_close(&format!("{dims:?} output"), &yf, &yr)?;
         assert_close(&format!("{dims:?} grad gate"), &gf[0], &gr[0])?;
         assert_close(&format!("{dims:?} grad up"), &gf[1], &gr[1])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_linear_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 6);
+    // one row; 3-d input; widths that fill no SIMD register; more rows than columns
+    for (dims, m) in [(vec![1, 1], 1), (vec![2, 7, 5], 3), (vec![3, 33, 40], 17), (vec![300, 64], 96)] {
+        let k = *dims.last().unwrap();
+        let x = Var::from_tensor(&randn(&mut rng, &dims, 1.0))?;
+        let w = Var::from_tensor(&randn(&mut rng, &[m, k], 0.5))?;
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| linear_fused(&x, &w), &[&x, &w], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| linear(&x, &w), &[&x, &w], &mut Rng::new(seed))?;
+        assert_close(&format!("{dims:?} × {m} output"), &yf, &yr)?;
+        assert_close(&format!("{dims:?} × {m} grad x"), &gf[0], &gr[0])?;
+        assert_close(&format!("{dims:?} × {m} grad w"), &gf[1], &gr[1])?;
     }
     Ok(())
 }

@@ -92,6 +92,50 @@ pub(crate) fn matmul_strided(a: Mat, b: Mat, c: &mut [f32], c_rs: usize, accumul
     }
 }
 
+/// `a · b` into a fresh row-major `a.rows × b.cols` vector, which is not zero-filled first: the
+/// product writes every value without reading any (gemm's `read_dst = false`).
+pub(crate) fn matmul_new(a: Mat, b: Mat, threads: usize) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    if a.cols == 0 {
+        return vec![0f32; len];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions {k} and {} differ", b.rows);
+    if len > 0 {
+        assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm: operand out of bounds");
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: as in `matmul_strided`; `c` has room for the m × n values, which gemm writes
+        // through the raw pointer (with `read_dst = false` it reads none of them, alpha being
+        // ignored), so all `len` values are initialised before `set_len`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.data.as_ptr(),
+                a.cs,
+                a.rs,
+                b.data.as_ptr(),
+                b.cs,
+                b.rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+            c.set_len(len);
+        }
+    }
+    c
+}
+
 /// The thread count candle's own matmul uses.
 pub(crate) fn threads() -> usize {
     candle_core::utils::get_num_threads()
@@ -133,6 +177,12 @@ mod tests {
                 ("tt", Mat::t(&at, k, m), Mat::t(&bt, n, k)),
                 ("strided", Mat::strided(&a_wide[2..], m, k, k + 2), Mat::new(&b, k, n)),
             ] {
+                let fresh = matmul_new(am, bm, threads);
+                let d = fresh.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(
+                    fresh.len() == m * n && d < 1e-4,
+                    "{name} into a new vector with {threads} threads: off by {d}"
+                );
                 let mut c = vec![9f32; m * n];
                 matmul(am, bm, &mut c, false, threads);
                 let d = c.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
