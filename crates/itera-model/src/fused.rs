@@ -53,7 +53,7 @@ impl CustomOp2 for RmsNorm {
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?);
         let d = w.len();
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(y, x)| {
             for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 let inv = inv_rms(xr, self.eps);
@@ -69,7 +69,7 @@ impl CustomOp2 for RmsNorm {
         let (x, w, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(gy_t)?);
         let (x, w, gy): (&[f32], &[f32], &[f32]) = (&x, &w, &gy);
         let d = w.len();
-        let mut gx = vec![0f32; x.len()];
+        let mut gx = zeros(x.len());
         // dx = inv (gy w) - x inv³ / D Σ_j (gy w x)_j;   dw = Σ_rows gy x inv
         let partial_dw: Vec<Vec<f32>> = gx
             .par_chunks_mut(d * ROWS_PER_TASK)
@@ -182,7 +182,7 @@ impl CustomOp3 for ConvSilu {
         let (x, w, bias) =
             (f32_slice(sx, lx, self.name())?, f32_slice(sw, lw, self.name())?, f32_slice(sb, lb, self.name())?);
         let wt = transpose(w, c, k);
-        let mut y = vec![0f32; bsz * l * c];
+        let mut y = zeros(bsz * l * c);
         if bsz * l * c < PAR_MIN_ELEMS {
             for (b, yb) in y.chunks_mut(l * c).enumerate() {
                 vmath::conv_silu_fwd(&x[b * lxn * c..(b + 1) * lxn * c], &wt, bias, self.pad, yb);
@@ -209,7 +209,7 @@ impl CustomOp3 for ConvSilu {
         let (x, w, bias, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(b_t)?, host_f32_ref(gy_t)?);
         let (x, bias, gy): (&[f32], &[f32], &[f32]) = (&x, &bias, &gy);
         let wt = transpose(&w, c, k);
-        let mut gx = vec![0f32; x.len()];
+        let mut gx = zeros(x.len());
         // One task per batch row: its dx rows are its own; dw, dbias are partial sums.
         let partial: Vec<(Vec<f32>, Vec<f32>)> = gx
             .par_chunks_mut(lxn * c)
@@ -233,6 +233,21 @@ impl CustomOp3 for ConvSilu {
             Some(Tensor::from_vec(db, c, dev)?),
         ))
     }
+}
+
+/// `vec![0f32; len]`, the clearing spread over the rayon workers when it is large: the fused
+/// ops' outputs and gradients are 4-23 MB each at the demo dims, and glibc's calloc clears a
+/// reused heap block on the calling thread alone, while the other workers wait.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    const PAR_MIN: usize = 1 << 18;
+    if len < PAR_MIN {
+        return vec![0f32; len];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len].par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: all `len` values were written (as zeros) just above.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// Below this many output values the conv runs on the calling thread (decode steps are tiny).
@@ -286,4 +301,15 @@ pub(crate) fn host_f32_ref(t: &Tensor) -> Result<HostF32<'_>> {
     }
     drop(storage);
     Ok(HostF32::Owned(host_f32(t)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zeros_is_all_zeros_below_and_above_the_parallel_size() {
+        for len in [0, 1, 1000, (1 << 18) + 17] {
+            let v = super::zeros(len);
+            assert!(v.len() == len && v.iter().all(|&x| x == 0.0), "{len}");
+        }
+    }
 }

@@ -14,7 +14,7 @@
 
 use super::gemm::{matmul, Mat};
 use super::vmath::{exp_affine_sum, row_max, scale_row, softmax_grad_row};
-use super::{f32_slice, host_f32, host_f32_ref};
+use super::{f32_slice, host_f32, host_f32_ref, zeros};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -119,7 +119,7 @@ impl CausalAttention {
 
 /// Writes per-head blocks `heads_data` ((B, heads, L, Dh)) into x (B, L, heads·Dh).
 fn interleave(heads_data: &[f32], b: usize, heads: usize, l: usize, dh: usize) -> Vec<f32> {
-    let mut x = vec![0f32; b * l * heads * dh];
+    let mut x = zeros(b * l * heads * dh);
     x.par_chunks_mut(l * heads * dh).enumerate().for_each(|(bi, xb)| {
         for t in 0..l {
             for hi in 0..heads {
@@ -151,7 +151,7 @@ impl CustomOp3 for CausalAttention {
         let (h, hkv, dh) = (self.h, self.hkv, self.dh);
         let rep = h / hkv;
         let scale = self.scale();
-        let mut y_heads = vec![0f32; b * h * l * dh]; // (B, H, L, Dh)
+        let mut y_heads = zeros(b * h * l * dh); // (B, H, L, Dh)
         let mut lse = vec![0f32; b * h * l];
         y_heads.par_chunks_mut(l * dh).zip(lse.par_chunks_mut(l)).enumerate().for_each(|(bh, (yh, lse_h))| {
             let (bi, hi) = (bh / h, bh % h);
@@ -197,9 +197,9 @@ impl CustomOp3 for CausalAttention {
         let Some(lse) = lse_guard.as_ref() else { candle_core::bail!("causal-attention: backward before a forward") };
         // One task per (batch row, kv head): the gradients of its `rep` query heads, and of the
         // key and value they share, summed inside the task.
-        let mut dq_heads = vec![0f32; b * h * l * dh]; // (B, H, L, Dh)
-        let mut dk_heads = vec![0f32; b * hkv * l * dh]; // (B, Hkv, L, Dh)
-        let mut dv_heads = vec![0f32; b * hkv * l * dh];
+        let mut dq_heads = zeros(b * h * l * dh); // (B, H, L, Dh)
+        let mut dk_heads = zeros(b * hkv * l * dh); // (B, Hkv, L, Dh)
+        let mut dv_heads = zeros(b * hkv * l * dh);
         dq_heads
             .par_chunks_mut(rep * l * dh)
             .zip(dk_heads.par_chunks_mut(l * dh).zip(dv_heads.par_chunks_mut(l * dh)))

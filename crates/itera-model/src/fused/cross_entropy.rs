@@ -9,9 +9,9 @@
 //! the forward by the incoming one (the loss is a scalar). Reference twin: `ops::linear`, then
 //! `candle_nn::loss::cross_entropy` (test `linear_cross_entropy_matches_the_elementary_twin`).
 
-use super::f32_slice;
 use super::gemm::{matmul, threads, Mat};
 use super::vmath::{exp_affine_sum, row_max, scale_row};
+use super::{f32_slice, zeros};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -62,7 +62,7 @@ impl CustomOp2 for LinearCrossEntropy {
         let threads = threads();
         let scale = 1.0 / n as f32;
         let mut logits = vec![0f32; ROWS.min(n) * v];
-        let (mut dx, mut dw) = if self.want_grad { (vec![0f32; n * d], vec![0f32; v * d]) } else { (vec![], vec![]) };
+        let (mut dx, mut dw) = if self.want_grad { (zeros(n * d), zeros(v * d)) } else { (vec![], vec![]) };
         let mut total = 0f64;
         for start in (0..n).step_by(ROWS) {
             let r = ROWS.min(n - start);

@@ -14,7 +14,7 @@
 
 use super::gemm::{matmul, Mat};
 use super::vmath::{swiglu_bwd, swiglu_fwd};
-use super::{f32_slice, host_f32_ref};
+use super::{f32_slice, host_f32_ref, zeros};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -100,7 +100,7 @@ impl Experts {
     fn gather(&self, x: &[f32]) -> Vec<f32> {
         let d = self.d;
         let k = self.plan.k;
-        let mut xs = vec![0f32; self.plan.slot.len() * d];
+        let mut xs = zeros(self.plan.slot.len() * d);
         xs.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, chunk)| {
             for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
                 let tok = self.plan.slot[c * ROWS_PER_TASK + i] as usize / k;
@@ -123,8 +123,8 @@ impl Experts {
     fn experts_forward(&self, x: &[f32], w: &[f32]) -> Activations {
         let (d, h, p) = (self.d, self.h, self.plan.slot.len());
         let xs = self.gather(x);
-        let mut hs = vec![0f32; p * 2 * h];
-        let mut out = vec![0f32; p * d];
+        let mut hs = zeros(p * 2 * h);
+        let mut out = zeros(p * d);
         let mut tasks = Vec::with_capacity(self.plan.groups.len());
         let (mut hs_rest, mut out_rest) = (&mut hs[..], &mut out[..]);
         for (i, r) in self.plan.groups.iter().enumerate() {
@@ -167,7 +167,7 @@ impl CustomOp3 for Experts {
         let acts = self.experts_forward(x, w);
         let out = &acts.out;
         // y[t] = Σ_s gates[t, s] · out[pos(t, s)], slots in order
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, chunk)| {
             for (i, yr) in chunk.chunks_exact_mut(d).enumerate() {
                 let tok = c * ROWS_PER_TASK + i;
@@ -200,7 +200,7 @@ impl CustomOp3 for Experts {
             None => self.experts_forward(x, w),
         };
         // dgates[t, s] = out[pos(t, s)] · dy[t]
-        let mut dg = vec![0f32; g.len()];
+        let mut dg = zeros(g.len());
         dg.par_chunks_mut(ROWS_PER_TASK * k).enumerate().for_each(|(c, chunk)| {
             for (i, v) in chunk.iter_mut().enumerate() {
                 let slot = c * ROWS_PER_TASK * k + i;
@@ -210,7 +210,7 @@ impl CustomOp3 for Experts {
         });
         drop(out);
         // dout[p] = gates[slot(p)] · dy[token(p)]
-        let mut dout = vec![0f32; p * d];
+        let mut dout = zeros(p * d);
         dout.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, chunk)| {
             for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
                 let slot = self.plan.slot[c * ROWS_PER_TASK + i] as usize;
@@ -224,8 +224,8 @@ impl CustomOp3 for Experts {
         // dW_in = dhᵀ xs, dxs = dh W_in. One task per expert (their rows and weights are
         // disjoint), each product on its own thread.
         let e = self.plan.groups.len();
-        let mut dw = vec![0f32; w.len()];
-        let mut dxs = vec![0f32; p * d];
+        let mut dw = zeros(w.len());
+        let mut dxs = zeros(p * d);
         {
             let (dw_in_all, dw_out_all) = dw.split_at_mut(e * 2 * h * d);
             let mut rest = &mut dxs[..];
@@ -265,7 +265,7 @@ impl CustomOp3 for Experts {
             });
         }
         // dx[t] = Σ_s dxs[pos(t, s)], slots in order
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         dx.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, chunk)| {
             for (i, dxr) in chunk.chunks_exact_mut(d).enumerate() {
                 let tok = c * ROWS_PER_TASK + i;

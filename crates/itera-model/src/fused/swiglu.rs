@@ -4,7 +4,7 @@
 //! (test `fused_swiglu_matches_the_elementary_twin`).
 
 use super::vmath::{swiglu_bwd, swiglu_fwd};
-use super::{f32_slice, host_f32_ref};
+use super::{f32_slice, host_f32_ref, zeros};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -28,7 +28,7 @@ impl CustomOp2 for SwiGlu {
 
     fn cpu_fwd(&self, sg: &CpuStorage, lg: &Layout, su: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (f32_slice(sg, lg, self.name())?, f32_slice(su, lu, self.name())?);
-        let mut y = vec![0f32; g.len()];
+        let mut y = zeros(g.len());
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
             swiglu_fwd(y, g, u);
         });
@@ -38,7 +38,7 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, g_t: &Tensor, u_t: &Tensor, _y: &Tensor, dy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u, dy) = (host_f32_ref(g_t)?, host_f32_ref(u_t)?, host_f32_ref(dy_t)?);
         let (g, u, dy): (&[f32], &[f32], &[f32]) = (&g, &u, &dy);
-        let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        let (mut dg, mut du) = (zeros(g.len()), zeros(g.len()));
         dg.par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
