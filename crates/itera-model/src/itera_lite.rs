@@ -19,7 +19,7 @@
 use crate::config::IteraLiteConfig;
 use crate::fused::{conv_silu_fused, conv_silu_fused_zero_history};
 use crate::moe::SparseMoe;
-use crate::ops::{causal_depthwise_conv, linear, norm};
+use crate::ops::{causal_depthwise_conv, linear, norm, project};
 use crate::ops::{Kernels, ScanKernel};
 use crate::scan::{
     gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, mixer_scan,
@@ -81,8 +81,10 @@ impl MambaMixer {
         // projected_states = self.in_proj(hidden_states); hidden_states, gate = chunk(2), as two
         // products with the weight's halves (row blocks: no copy), so that neither half is a
         // narrow of a (B, L, 2ED) activation, whose backward pads it with zeros to full size
-        let xs = linear(x, &self.in_proj.narrow(0, 0, ed)?)?; // (B, L, ED)
-        let z = linear(x, &self.in_proj.narrow(0, ed, ed)?)?; // (B, L, ED)
+        // (`fused_ops`: each by `fused::linear` of the row block, a contiguous view)
+        let fused = kernels.fused_ops;
+        let xs = project(x, &self.in_proj.narrow(0, 0, ed)?, fused)?; // (B, L, ED)
+        let z = project(x, &self.in_proj.narrow(0, ed, ed)?, fused)?; // (B, L, ED)
 
         // Causal depthwise conv over time: K-1 rows of history (zeros, or the state's window).
         // The fused op reads zero history without a padded copy.
@@ -98,7 +100,7 @@ impl MambaMixer {
         };
 
         // ssm_parameters = self.x_proj(hidden_states); time_step, B, C = split([R, N, N])
-        let x_dbl = linear(&xc, &self.x_proj)?; // (B, L, R + 2N)
+        let x_dbl = project(&xc, &self.x_proj, fused)?; // (B, L, R + 2N)
         let a = self.a_log.exp()?.neg()?; // (ED, N)
 
         // conv taps + bias + SiLU; dt bias + softplus; scan (Δ·x, then per state exp(Δ·A),
@@ -110,7 +112,7 @@ impl MambaMixer {
             crate::flops::add(2.0 * elems * r as f64); // dt_proj
             let (w, d, dt_bias) = (&self.dt_proj_w, &self.d_skip, &self.dt_proj_b);
             let y = mixer_scan(MixerInputs { u: &xc, z: &z, x_dbl: &x_dbl, dt_proj_w: w, a: &a, d, dt_bias })?;
-            return linear(&y, &self.out_proj); // (B, L, D)
+            return project(&y, &self.out_proj, fused); // (B, L, D)
         }
         let dt = x_dbl.narrow(2, 0, r)?; // (B, L, R)
         let b = x_dbl.narrow(2, r, n)?; // (B, L, N)
@@ -131,7 +133,7 @@ impl MambaMixer {
                 ScanKernel::Chunked => gated_selective_scan_chunked(inputs)?,
             },
         }; // (B, L, ED)
-        linear(&y, &self.out_proj) // (B, L, D)
+        project(&y, &self.out_proj, fused) // (B, L, D)
     }
 }
 

@@ -23,7 +23,7 @@
 use crate::baseline::SwiGlu;
 use crate::config::IteraLiteConfig;
 use crate::fused::experts::{moe_experts, ExpertPlan};
-use crate::ops::{linear, softmax_last};
+use crate::ops::{project, softmax_last};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -69,7 +69,7 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor, kernel: MoeKernel, fused_ops: bool) -> Result<(Tensor, Tensor)> {
         let (b, l, d) = x.dims3()?;
         let x2 = x.reshape((b * l, d))?; // (T, D)
-        let routing = self.route(&x2)?;
+        let routing = self.route_with(&x2, fused_ops)?;
         let y = match kernel {
             MoeKernel::Sparse if fused_ops && x.device().is_cpu() => self.forward_grouped(&x2, &routing)?,
             MoeKernel::Sparse => self.forward_sparse(&x2, &routing, fused_ops)?,
@@ -80,10 +80,15 @@ impl SparseMoe {
 
     /// Router probabilities, top-k choice and the load-balancing loss.  x (T, D)
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        self.route_with(x, false)
+    }
+
+    /// [`Self::route`] with the router's product by `fused::linear` (`fused_ops`) or candle's.
+    pub fn route_with(&self, x: &Tensor, fused_ops: bool) -> Result<Routing> {
         let (t, _) = x.dims2()?;
         let e = self.experts.len();
         let k = self.top_k;
-        let probs = softmax_last(&linear(x, &self.router)?)?.contiguous()?; // (T, E)
+        let probs = softmax_last(&project(x, &self.router, fused_ops)?)?.contiguous()?; // (T, E)
         crate::flops::add(5.0 * probs.elem_count() as f64);
         // routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
         let top = probs.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // (T, K) u32
