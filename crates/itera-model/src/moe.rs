@@ -69,7 +69,7 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor, kernel: MoeKernel, fused_ops: bool) -> Result<(Tensor, Tensor)> {
         let (b, l, d) = x.dims3()?;
         let x2 = x.reshape((b * l, d))?; // (T, D)
-        let routing = self.route_with(&x2, fused_ops)?;
+        let routing = self.route(&x2, fused_ops)?;
         let y = match kernel {
             MoeKernel::Sparse if fused_ops && x.device().is_cpu() => self.forward_grouped(&x2, &routing)?,
             MoeKernel::Sparse => self.forward_sparse(&x2, &routing, fused_ops)?,
@@ -78,13 +78,9 @@ impl SparseMoe {
         Ok((y.reshape((b, l, d))?, routing.aux_loss))
     }
 
-    /// Router probabilities, top-k choice and the load-balancing loss.  x (T, D)
-    pub fn route(&self, x: &Tensor) -> Result<Routing> {
-        self.route_with(x, false)
-    }
-
-    /// [`Self::route`] with the router's product by `fused::linear` (`fused_ops`) or candle's.
-    pub fn route_with(&self, x: &Tensor, fused_ops: bool) -> Result<Routing> {
+    /// Router probabilities, top-k choice and the load-balancing loss, the router's product by
+    /// `fused::linear` (`fused_ops`) or candle's.  x (T, D)
+    pub fn route(&self, x: &Tensor, fused_ops: bool) -> Result<Routing> {
         let (t, _) = x.dims2()?;
         let e = self.experts.len();
         let k = self.top_k;

@@ -86,7 +86,7 @@ fn aux_loss_equals_a_hand_computed_value_on_a_fixed_routing() -> Result<()> {
     varmap.data().lock().unwrap()["router.weight"].set(&Tensor::eye(4, DType::F32, &Device::Cpu)?)?;
     let logits = [[2.0f64, 1.0, 0.0, -1.0], [0.0, 3.0, 2.5, 0.0], [1.0, 0.0, 0.5, 2.0]];
     let x = Tensor::new(&logits, &Device::Cpu)?.to_dtype(DType::F32)?;
-    let routing = moe.route(&x)?;
+    let routing = moe.route(&x, false)?;
 
     // By hand: softmax rows, their top-2, then α · E · Σ f_i P_i with f over all T·k choices.
     let probs: Vec<Vec<f64>> = logits
@@ -128,7 +128,7 @@ fn uniform_routing_gives_aux_loss_alpha() -> Result<()> {
     let varmap = VarMap::new();
     let moe = SparseMoe::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     varmap.data().lock().unwrap()["router.weight"].set(&Tensor::zeros((4, 4), DType::F32, &Device::Cpu)?)?;
-    let routing = moe.route(&Tensor::ones((8, 4), DType::F32, &Device::Cpu)?)?;
+    let routing = moe.route(&Tensor::ones((8, 4), DType::F32, &Device::Cpu)?, false)?;
     let got = routing.aux_loss.to_scalar::<f32>()?;
     assert!((got - 0.01).abs() < 1e-7, "aux {got}");
     Ok(())
@@ -154,7 +154,7 @@ fn expert_load_entropy_is_one_when_even_zero_when_collapsed_and_recorded_per_rou
     let want: Vec<f64> = [&a, &b]
         .iter()
         .map(|x| {
-            let r = moe.route(&x.reshape(((), 24))?)?;
+            let r = moe.route(&x.reshape(((), 24))?, false)?;
             Ok(load_entropy(&expert_load(&r, 8).iter().map(|&c| c as f32).collect::<Vec<_>>()))
         })
         .collect::<Result<_>>()?;
