@@ -291,19 +291,6 @@ fn gather(src: &[f32]) -> Row {
     }
 }
 
-/// A row's partial sums: its chunks of PART channels added lane-wise, in order.
-#[inline(always)]
-fn fold(row: &Row) -> [f32; PART] {
-    let mut p = [0f32; PART];
-    p.copy_from_slice(&row[..PART]);
-    for q in 1..CHANNEL_BLOCK / PART {
-        for i in 0..PART {
-            p[i] += row[q * PART + i];
-        }
-    }
-    p
-}
-
 /// Σ_i p_i by halving: p_i + p_{i+8}, then + p_{i+4}, ... (a fixed order).
 #[inline(always)]
 fn halving_sum(mut p: [f32; PART]) -> f32 {
@@ -366,65 +353,115 @@ unsafe fn halving_sums_avx512(rows: &[[f32; PART]; PART]) -> [f32; PART] {
     out
 }
 
-/// The backward of one (timestep, state) over a task's channels: given h_t, h_{t-1}, e = exp(Δ A)
-/// and A, and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t[k], C_t[k]: carries dh back a step,
-/// accumulates dA and the state's terms of ∂loss/∂(Δ x B) and of dΔ, and writes the products
-/// whose sums over the channels are dB_t[k] and dC_t[k].
+/// The backward of one timestep for a group of states `ks` (at most PART) over a task's
+/// channels: given h_t, h_{t-1}, e = exp(Δ A) and A per state (rows over the channels, indexed
+/// by k), and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t, C_t: carries dh back a step,
+/// accumulates dA and the states' terms of ∂loss/∂(Δ x B) and of dΔ (in the order of k), and
+/// leaves in `pb[i]`, `pc[i]` the partial sums (chunks of PART channels added lane-wise, in
+/// order) of the products whose sums over the channels are dB_t[k] and dC_t[k].
 ///
-/// Every row a parameter of its own, `&mut` ones marked `noalias`, which inlining keeps: LLVM
-/// then vectorises the loop (on rows it cannot tell apart from the trace it runs it scalar).
+/// Chunk by chunk of PART channels, the states inside: a chunk's per-channel operands and the
+/// two sums over k stay in registers while the states go by (a state at a time over all the
+/// channels loaded and stored them once per state). The same operations in the same order.
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn state_grads(
-    (hc, hp, ek, ak): (&Row, &Row, &Row, &Row),
+fn state_grads<const FMA: bool>(
+    ks: std::ops::Range<usize>,
+    (hc, hp, ek, at): (&[Row], &[Row], &[Row], &[Row]),
     (gd, x, delta, dtx): (&Row, &Row, &Row, &Row),
-    (b, c): (f32, f32),
-    (dh, da): (&mut Row, &mut Row),
+    (bt, ct): (&[f32], &[f32]),
+    (dh, da): (&mut [Row], &mut [Row]),
     (dxb_sum, ddelta): (&mut Row, &mut Row),
-    (pb, pc): (&mut [f32; PART], &mut [f32; PART]),
+    (pb, pc): (&mut [[f32; PART]; PART], &mut [[f32; PART]; PART]),
 ) {
-    let (mut prod_b, mut prod_c) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
-    for j in 0..CHANNEL_BLOCK {
-        // ys = Σ_k C_t[k] h_t[k]
-        prod_c[j] = gd[j] * hc[j];
-        let dhj = dh[j] + gd[j] * c;
-        // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
-        let dee = dhj * hp[j] * ek[j];
-        let dxb = dhj * b;
-        dxb_sum[j] += dxb;
-        ddelta[j] += dee * ak[j] + dxb * x[j];
-        da[j] += dee * delta[j];
-        prod_b[j] = dhj * dtx[j];
-        dh[j] = dhj * ek[j];
+    type Lanes = [f32; PART];
+    let chunk = |row: &Row, q: usize| -> Lanes { row[q * PART..(q + 1) * PART].try_into().unwrap() };
+    for q in 0..CHANNEL_BLOCK / PART {
+        let (gd, x, delta, dtx) = (chunk(gd, q), chunk(x, q), chunk(delta, q), chunk(dtx, q));
+        let (mut acc_x, mut acc_d) = (chunk(dxb_sum, q), chunk(ddelta, q));
+        for (i, k) in ks.clone().enumerate() {
+            let (b, c) = (bt[k], ct[k]);
+            let (hc, hp, ek, ak) = (chunk(&hc[k], q), chunk(&hp[k], q), chunk(&ek[k], q), chunk(&at[k], q));
+            let (mut dhq, mut daq) = (chunk(&dh[k], q), chunk(&da[k], q));
+            let (mut prod_b, mut prod_c) = ([0f32; PART], [0f32; PART]);
+            for j in 0..PART {
+                // ys = Σ_k C_t[k] h_t[k]
+                prod_c[j] = gd[j] * hc[j];
+                let dhj = madd::<FMA>(gd[j], c, dhq[j]);
+                // h_t = e h_{t-1} + Δ x B,  e = exp(Δ A)
+                let dee = dhj * hp[j] * ek[j];
+                let dxb = dhj * b;
+                acc_x[j] += dxb;
+                acc_d[j] += madd::<FMA>(dee, ak[j], dxb * x[j]);
+                daq[j] = madd::<FMA>(dee, delta[j], daq[j]);
+                prod_b[j] = dhj * dtx[j];
+                dhq[j] = dhj * ek[j];
+            }
+            dh[k][q * PART..(q + 1) * PART].copy_from_slice(&dhq);
+            da[k][q * PART..(q + 1) * PART].copy_from_slice(&daq);
+            if q == 0 {
+                (pb[i], pc[i]) = (prod_b, prod_c);
+            } else {
+                for j in 0..PART {
+                    pb[i][j] += prod_b[j];
+                    pc[i][j] += prod_c[j];
+                }
+            }
+        }
+        dxb_sum[q * PART..(q + 1) * PART].copy_from_slice(&acc_x);
+        ddelta[q * PART..(q + 1) * PART].copy_from_slice(&acc_d);
     }
-    (*pb, *pc) = (fold(&prod_b), fold(&prod_c));
+}
+
+/// a·b + c: one fused multiply-add (a single rounding) when `FMA`, a product then a sum
+/// otherwise. The scan's AVX2 and AVX-512 builds pass true (the instruction; the same bits in
+/// both), the baseline build false: a `mul_add` there would be libm's `fmaf` in software.
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// 1 / (1 + e^-x), branch-free (vectorises).
 #[inline(always)]
 pub(crate) fn fast_sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fast_exp(-x))
+    sigmoid_with::<false>(x)
+}
+
+/// [`fast_sigmoid`], its exponential through [`exp_with`].
+#[inline(always)]
+fn sigmoid_with<const FMA: bool>(x: f32) -> f32 {
+    1.0 / (1.0 + exp_with::<FMA>(-x))
 }
 
 /// softplus(x) = relu(x) + ln(1 + e^-|x|), branch-free (vectorises); as `ops::softplus`.
 #[inline(always)]
 pub(crate) fn fast_softplus(x: f32) -> f32 {
-    x.max(0.0) + ln_1p_unit(fast_exp(-x.abs()))
+    softplus_with::<false>(x)
+}
+
+/// [`fast_softplus`] with multiply-adds fused when `FMA` ([`madd`]).
+#[inline(always)]
+fn softplus_with<const FMA: bool>(x: f32) -> f32 {
+    x.max(0.0) + ln_1p_unit::<FMA>(exp_with::<FMA>(-x.abs()))
 }
 
 /// ln(1 + y) for y in [0, 1]: 2·atanh(s), s = y / (2 + y) ≤ 1/3, by its odd series to s^13
 /// (truncation error < 1e-8).
 #[inline(always)]
-fn ln_1p_unit(y: f32) -> f32 {
+fn ln_1p_unit<const FMA: bool>(y: f32) -> f32 {
     let s = y / (2.0 + y);
     let s2 = s * s;
     let p = 1.0 / 13.0;
-    let p = p * s2 + 1.0 / 11.0;
-    let p = p * s2 + 1.0 / 9.0;
-    let p = p * s2 + 1.0 / 7.0;
-    let p = p * s2 + 1.0 / 5.0;
-    let p = p * s2 + 1.0 / 3.0;
-    let p = p * s2 + 1.0;
+    let p = madd::<FMA>(p, s2, 1.0 / 11.0);
+    let p = madd::<FMA>(p, s2, 1.0 / 9.0);
+    let p = madd::<FMA>(p, s2, 1.0 / 7.0);
+    let p = madd::<FMA>(p, s2, 1.0 / 5.0);
+    let p = madd::<FMA>(p, s2, 1.0 / 3.0);
+    let p = madd::<FMA>(p, s2, 1.0);
     2.0 * s * p
 }
 
@@ -555,11 +592,12 @@ impl Dims {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             return unsafe { self.forward_task_avx2::<TRACE>(task, tp, ops, h, y, tr) };
         }
-        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
+        self.forward_task_body::<TRACE, false>(task, tp, ops, h, y, tr)
     }
 
-    /// The same loops for AVX-512 (16 lanes: a row is two registers). The arithmetic is the same
-    /// (no fused multiply-adds are introduced), so every build gives bit-identical results.
+    /// The same loops for AVX-512 (16 lanes: a row is two registers). The AVX2 and AVX-512 builds
+    /// fuse the same multiply-adds ([`madd`]), so they give bit-identical results; the baseline
+    /// build (no FMA: other CPUs, wasm) rounds each product and sum apart.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn forward_task_avx512<const TRACE: bool>(
@@ -571,7 +609,7 @@ impl Dims {
         y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
-        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
+        self.forward_task_body::<TRACE, true>(task, tp, ops, h, y, tr)
     }
 
     /// The same loops compiled for AVX2 + FMA (8 lanes instead of SSE2's 4).
@@ -586,12 +624,12 @@ impl Dims {
         y: Option<&TaskOut>,
         tr: &mut Trace,
     ) {
-        self.forward_task_body::<TRACE>(task, tp, ops, h, y, tr)
+        self.forward_task_body::<TRACE, true>(task, tp, ops, h, y, tr)
     }
 
     /// The recurrence over the task's L steps; writes y's rows of the task's channels when given.
     #[inline(always)]
-    fn forward_task_body<const TRACE: bool>(
+    fn forward_task_body<const TRACE: bool, const FMA: bool>(
         &self,
         task: &Task,
         tp: &TaskParams,
@@ -612,7 +650,7 @@ impl Dims {
             // Δ = softplus(dt + bias), and Δ x
             let (mut delta, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
             for j in 0..CHANNEL_BLOCK {
-                delta[j] = fast_softplus(dtr[j] + tp.bias[j]);
+                delta[j] = softplus_with::<FMA>(dtr[j] + tp.bias[j]);
                 dtx[j] = delta[j] * u[j];
             }
             let mut ys = [0f32; CHANNEL_BLOCK]; // Σ_k C_t[k] h_t[k], in the order of k
@@ -620,9 +658,9 @@ impl Dims {
                 let (hk, ak, b, c) = (&mut h[k], &at[k], bt[k], ct[k]);
                 let mut e = [0f32; CHANNEL_BLOCK];
                 for j in 0..CHANNEL_BLOCK {
-                    e[j] = fast_exp(delta[j] * ak[j]);
-                    hk[j] = e[j] * hk[j] + dtx[j] * b;
-                    ys[j] += c * hk[j];
+                    e[j] = exp_with::<FMA>(delta[j] * ak[j]);
+                    hk[j] = madd::<FMA>(e[j], hk[j], dtx[j] * b);
+                    ys[j] = madd::<FMA>(c, hk[j], ys[j]);
                 }
                 if TRACE {
                     tr.hs[t * n + k] = *hk;
@@ -632,7 +670,7 @@ impl Dims {
             if let Some(y) = y {
                 let mut out = [0f32; CHANNEL_BLOCK];
                 for j in 0..CHANNEL_BLOCK {
-                    out[j] = (ys[j] + tp.dskip[j] * u[j]) * (z[j] * fast_sigmoid(z[j]));
+                    out[j] = madd::<FMA>(tp.dskip[j], u[j], ys[j]) * (z[j] * sigmoid_with::<FMA>(z[j]));
                 }
                 // SAFETY: this task alone writes row r's channels d0..d0 + w.
                 unsafe { y.write(r * ed + d0, &out[..w]) };
@@ -694,7 +732,7 @@ impl Dims {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             return unsafe { self.backward_task_avx2(task, ops, gy, out, tr) };
         }
-        self.backward_task_body::<false>(task, ops, gy, out, tr)
+        self.backward_task_body::<false, false>(task, ops, gy, out, tr)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -707,7 +745,7 @@ impl Dims {
         out: &GradOut,
         tr: &mut Trace,
     ) -> TaskGrads {
-        self.backward_task_body::<true>(task, ops, gy, out, tr)
+        self.backward_task_body::<true, true>(task, ops, gy, out, tr)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -720,14 +758,14 @@ impl Dims {
         out: &GradOut,
         tr: &mut Trace,
     ) -> TaskGrads {
-        self.backward_task_body::<false>(task, ops, gy, out, tr)
+        self.backward_task_body::<false, true>(task, ops, gy, out, tr)
     }
 
     /// Gradients of one task, given ∂loss/∂y (B·L, ED): its rows of du, ddt, dz written to `out`,
     /// its partial sums returned. `AVX512`: this is the AVX-512 build, which sums dB and dC with
     /// `halving_sums_avx512`.
     #[inline(always)]
-    fn backward_task_body<const AVX512: bool>(
+    fn backward_task_body<const AVX512: bool, const FMA: bool>(
         &self,
         task: &Task,
         ops: &Operands,
@@ -739,7 +777,7 @@ impl Dims {
         let Task { bi, d0, w } = *task;
         let tp = self.task_params(ops, task);
         // Recompute the forward, keeping what the backward reads.
-        self.forward_task_body::<true>(task, &tp, ops, &mut vec![[0f32; CHANNEL_BLOCK]; n], None, tr);
+        self.forward_task_body::<true, FMA>(task, &tp, ops, &mut vec![[0f32; CHANNEL_BLOCK]; n], None, tr);
 
         let zero = [0f32; CHANNEL_BLOCK];
         let mut g = TaskGrads { da: vec![zero; n], dd: zero, dbias: zero, dbc: vec![0f32; l * 2 * n] };
@@ -763,12 +801,12 @@ impl Dims {
             let (mut gd, mut sig_dt, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
             for j in 0..CHANNEL_BLOCK {
                 // y = (ys + D x) silu(z)
-                let sig_z = fast_sigmoid(z[j]);
-                dz[j] = gout[j] * (ys[j] + dskip[j] * u[j]) * sig_z * (1.0 + z[j] * (1.0 - sig_z));
+                let sig_z = sigmoid_with::<FMA>(z[j]);
+                dz[j] = gout[j] * madd::<FMA>(dskip[j], u[j], ys[j]) * sig_z * madd::<FMA>(z[j], 1.0 - sig_z, 1.0);
                 gd[j] = gout[j] * z[j] * sig_z;
-                sig_dt[j] = fast_sigmoid(dtr[j] + bias[j]);
+                sig_dt[j] = sigmoid_with::<FMA>(dtr[j] + bias[j]);
                 dtx[j] = delta[j] * u[j];
-                g.dd[j] += gd[j] * u[j];
+                g.dd[j] = madd::<FMA>(gd[j], u[j], g.dd[j]);
             }
             // Lane-wise over the channels for each state; Σ_k of the dΔ and dx terms in the
             // order of k, and dB_t[k], dC_t[k] summed over the channels.
@@ -776,23 +814,22 @@ impl Dims {
             let (mut pb, mut pc) = ([[0f32; PART]; PART], [[0f32; PART]; PART]);
             for k0 in (0..n).step_by(PART) {
                 let kn = PART.min(n - k0);
-                for (i, k) in (k0..k0 + kn).enumerate() {
-                    state_grads(
-                        (&h_cur[k], &h_prev[k], &e_t[k], &at[k]),
-                        (&gd, &u, delta, &dtx),
-                        (bt[k], ct[k]),
-                        (&mut dh[k], &mut g.da[k]),
-                        (&mut dx, &mut ddelta),
-                        (&mut pb[i], &mut pc[i]),
-                    );
-                }
+                state_grads::<FMA>(
+                    k0..k0 + kn,
+                    (h_cur, h_prev, e_t, at),
+                    (&gd, &u, delta, &dtx),
+                    (bt, ct),
+                    (&mut dh, &mut g.da),
+                    (&mut dx, &mut ddelta),
+                    (&mut pb, &mut pc),
+                );
                 // dB_t[k], dC_t[k] for this group of states at once
                 db[k0..k0 + kn].copy_from_slice(&halving_sums::<AVX512>(&pb)[..kn]);
                 dc[k0..k0 + kn].copy_from_slice(&halving_sums::<AVX512>(&pc)[..kn]);
             }
             let (mut du, mut ddt) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
             for j in 0..CHANNEL_BLOCK {
-                du[j] = gd[j] * dskip[j] + delta[j] * dx[j];
+                du[j] = madd::<FMA>(delta[j], dx[j], gd[j] * dskip[j]);
                 ddt[j] = ddelta[j] * sig_dt[j];
                 g.dbias[j] += ddt[j];
             }
@@ -842,6 +879,13 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// there (e^-87 ≈ 1.6e-38 stands in for 0, which the scan only ever multiplies with).
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    exp_with::<false>(x)
+}
+
+/// [`fast_exp`] with its multiply-adds fused when `FMA` ([`madd`]): the same formula, rounded
+/// once per multiply-add (the relative error bound holds for both).
+#[inline(always)]
+pub(crate) fn exp_with<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -850,17 +894,17 @@ pub fn fast_exp(x: f32) -> f32 {
     // k as a two's-complement integer. Plain float/int ops only, so the loop vectorises (an
     // `as i32` cast would add scalar saturation checks).
     const SHIFTER: f32 = 12_582_912.0;
-    let t = x * LOG2E + SHIFTER;
+    let t = madd::<FMA>(x, LOG2E, SHIFTER);
     let k = t - SHIFTER;
     let k_bits = t.to_bits().wrapping_sub(SHIFTER.to_bits()); // k mod 2^32
-    let r = x - k * LN2_HI - k * LN2_LO;
+    let r = madd::<FMA>(-k, LN2_LO, madd::<FMA>(-k, LN2_HI, x));
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5e-1;
-    let er = p * r * r + r + 1.0;
+    let p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    let p = madd::<FMA>(p, r, 8.333_452e-3);
+    let p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    let p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    let p = madd::<FMA>(p, r, 5e-1);
+    let er = madd::<FMA>(p * r, r, r) + 1.0;
     let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
     er * scale
 }
@@ -871,14 +915,32 @@ mod tests {
 
     #[test]
     fn fast_exp_matches_std_exp() {
-        let mut worst = 0f32;
-        let mut x = -80f32;
-        while x < 80.0 {
-            let rel = ((fast_exp(x) - x.exp()) / x.exp()).abs();
-            worst = worst.max(rel);
-            x += 0.001_37;
+        // the multiply-adds fused or not (`mul_add` is exact here too, in software if need be)
+        for (name, f) in [("fast_exp", fast_exp as fn(f32) -> f32), ("exp_with::<true>", exp_with::<true>)] {
+            let mut worst = 0f32;
+            let mut x = -80f32;
+            while x < 80.0 {
+                let rel = ((f(x) - x.exp()) / x.exp()).abs();
+                worst = worst.max(rel);
+                x += 0.001_37;
+            }
+            println!("{name} worst relative error {worst:e}");
+            assert!(worst < 5e-7, "{name} relative error {worst:e}");
         }
-        println!("fast_exp worst relative error {worst:e}");
-        assert!(worst < 5e-7, "fast_exp relative error {worst:e}");
+    }
+
+    #[test]
+    fn softplus_and_sigmoid_with_fma_match_std() {
+        let mut x = -30f32;
+        while x < 30.0 {
+            let (sp, sg) =
+                ((1.0 + (-x.abs() as f64).exp()).ln() + (x as f64).max(0.0), 1.0 / (1.0 + (-x as f64).exp()));
+            for (got, want, what) in
+                [(softplus_with::<true>(x) as f64, sp, "softplus"), (sigmoid_with::<true>(x) as f64, sg, "sigmoid")]
+            {
+                assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "{what}({x}) = {got}, want {want}");
+            }
+            x += 0.0173;
+        }
     }
 }
