@@ -62,6 +62,16 @@ for m in baseline itera-lite itera-lite-moe-off; do
       --out "runs/tasks-small-$m" --resume --export "models/tasks-small/$m"
   fi
 done
+# The same `small` tasks with the paper's recipe (docs/synthetic-tasks.md): the loss on the
+# answers alone, fresh instances every row, lr 1e-3 constant, no warmup, weight decay or clipping.
+for m in baseline itera-lite itera-lite-moe-off; do
+  if [ ! -f "models/tasks-answers/$m/manifest.json" ]; then
+    flags="--model ${m%-moe-off}"; [ "$m" = itera-lite-moe-off ] && flags="$flags --experts 0"
+    timed "$bin" --threads 1 train $flags --preset small --corpus tasks --task-loss answers --steps 12000 --batch-size 16 \
+      --seq-len 128 --lr 1e-3 --min-lr 1e-3 --warmup-steps 0 --weight-decay 0 --grad-clip 0 --eval-interval 1000 \
+      --checkpoint-interval 1000 --out "runs/tasks-answers/$m" --resume --export "models/tasks-answers/$m"
+  fi
+done
 # The Mamba paper's induction heads (docs/synthetic-tasks.md): 2 layers of width 64, its recipe
 # (batch 8, constant lr, no weight decay, loss on the answer) at lr 3e-3, 6000 steps of 8 × 256.
 for m in baseline itera-lite itera-lite-moe-off; do
@@ -91,6 +101,7 @@ timed "$bin" bench --out report --world-qa 200 \
   --models models/baseline models/itera-lite "${gpu[@]}" models/tinystories/baseline models/tinystories/itera-lite \
   models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
   models/tasks-small/baseline models/tasks-small/itera-lite models/tasks-small/itera-lite-moe-off \
+  models/tasks-answers/baseline models/tasks-answers/itera-lite models/tasks-answers/itera-lite-moe-off \
   models/induction-heads/baseline models/induction-heads/itera-lite models/induction-heads/itera-lite-moe-off \
   --eval "tinystories=$data/tinystories_v1_valid_head.txt" \
   --eval "wikitext2=$data/wikitext-2-raw_wiki.valid.raw" \

@@ -118,6 +118,12 @@ impl Results {
                 a.cpu, a.cores, a.energy_counter, b.cpu, b.cores, b.energy_counter
             );
         }
+        if self.settings.batch1_decoder != new.settings.batch1_decoder {
+            bail!(
+                "bench --add: these results timed decoding through candle's forward_with_state, before the batch-1 \
+                 decoder this build times; measure every model again instead"
+            );
+        }
         let (sa, sb) = (serde_json::to_value(&self.settings)?, serde_json::to_value(&new.settings)?);
         if sa != sb {
             bail!("bench --add: the settings differ from those of the results (pass the same flags): {sa} vs {sb}");
@@ -158,6 +164,11 @@ pub struct Settings {
     pub world_qa: usize,
     #[serde(default)]
     pub world_unseen: f64,
+    /// Decode steps timed through the batch-1 decoder the page generates with
+    /// (`itera_model::decode`); false in results measured before it existed, whose decode steps
+    /// went through candle's `forward_with_state`. The report says which.
+    #[serde(default)]
+    pub batch1_decoder: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +276,7 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
             train_shape: (args.train_shape[0], args.train_shape[1]),
             world_qa: args.world_qa,
             world_unseen: if args.world_qa > 0 { args.world_unseen } else { 0.0 },
+            batch1_decoder: true,
         },
         models,
         additions: Vec::new(),
@@ -335,7 +347,10 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         // "baseline-demo [world]": the same preset trained on several corpora stays distinguishable.
         name: manifest.as_ref().map_or_else(
             || dir.display().to_string(),
-            |m| format!("{} [{}]", m.name, short_corpus(&m.training.corpus)),
+            |m| match m.training.task_loss {
+                Some(loss) => format!("{} [{}, {loss} loss]", m.name, short_corpus(&m.training.corpus)),
+                None => format!("{} [{}]", m.name, short_corpus(&m.training.corpus)),
+            },
         ),
         architecture: cfg.kind().to_string(),
         folder: dir.display().to_string(),
@@ -675,7 +690,20 @@ mod tests {
         assert!(old.clone().add(other_cpu).unwrap_err().to_string().contains("another CPU"));
         let mut other_settings = old.clone();
         other_settings.settings.steps += 1;
-        assert!(old.add(other_settings).unwrap_err().to_string().contains("settings differ"));
+        assert!(old.clone().add(other_settings).unwrap_err().to_string().contains("settings differ"));
+        // the committed results timed decoding through candle; this build times the batch-1 decoder
+        assert!(!old.settings.batch1_decoder);
+        let mut decoder = old.clone();
+        decoder.settings.batch1_decoder = true;
+        assert!(old.add(decoder).unwrap_err().to_string().contains("forward_with_state"));
+    }
+
+    #[test]
+    fn the_report_names_the_decode_path_its_results_were_timed_with() {
+        let mut r = committed();
+        assert!(crate::report::markdown_for_test(&r).contains("of candle's `forward_with_state`"));
+        r.settings.batch1_decoder = true;
+        assert!(crate::report::markdown_for_test(&r).contains("of the batch-1 decoder the page generates with"));
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct Training {
     /// (the paper's synthetic tasks); empty for other corpora.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accuracy_curve: Vec<CurvePoint>,
+    /// `--task-loss answers`: the task corpus trained on its answers alone (the Mamba paper's
+    /// recipe); absent for the every-token loss and for other corpora. Part of what makes two
+    /// models comparable in the report, and of their names there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_loss: Option<crate::train::TaskLoss>,
 }
 
 /// One periodic evaluation of a run.
@@ -271,6 +276,7 @@ pub fn export_sharded(run: &Path, out: &Path, max_shard_bytes: Option<u64>) -> R
                 tokens_per_second: meta.tokens_seen as f64 / meta.elapsed_s.max(1e-9),
                 threads: meta.threads,
                 accuracy_curve: crate::train::accuracy_curve(&crate::train::read_metrics(run)?),
+                task_loss: (a.task_loss != crate::train::TaskLoss::All).then_some(a.task_loss),
             },
             eval: meta.final_eval.clone(),
             code_version: meta.code_version.clone(),

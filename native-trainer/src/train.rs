@@ -198,6 +198,15 @@ pub enum TaskLoss {
     Answers,
 }
 
+impl std::fmt::Display for TaskLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskLoss::All => "all",
+            TaskLoss::Answers => "answers",
+        })
+    }
+}
+
 impl std::str::FromStr for TaskLoss {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
