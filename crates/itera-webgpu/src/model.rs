@@ -1,7 +1,7 @@
 //! One model on the GPU: weights uploaded once, decoding state on the GPU, and a plan of dispatches
 //! per number of new tokens (recorded once, replayed every call with that many tokens).
 
-use crate::ops::{encode, Buf, Recorder};
+use crate::ops::{encode, Buf, Input, Recorder};
 use crate::{Gpu, GpuError, Result};
 use candle_core::Tensor;
 use itera_model::config::{BaselineConfig, Config, IteraLiteConfig};
@@ -113,46 +113,94 @@ fn values(tensors: &HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Res
         .map_err(|e| GpuError::Input(format!("weights: `{name}`: {e}")))
 }
 
+/// The matrices `parts` ((name, rows) each, `cols` columns) stacked by rows into one, with every
+/// column k multiplied by the norm weight `norm[k]` when one is named: the RMSNorm before a
+/// projection folded into it (rmsnorm(x)·Wᵀ = (x·(W·diag(w))ᵀ) / rms(x); linear.wgsl, MODE 1,
+/// applies the 1 / rms(x)). One matrix for several projections of the same input is one dispatch
+/// instead of several.
+fn stacked(
+    tensors: &HashMap<String, Tensor>,
+    parts: &[(&str, usize)],
+    cols: usize,
+    norm: Option<&str>,
+) -> Result<Vec<f32>> {
+    let w = norm.map(|n| values(tensors, n, &[cols])).transpose()?;
+    let mut all = Vec::with_capacity(parts.iter().map(|p| p.1).sum::<usize>() * cols);
+    for &(name, rows) in parts {
+        let v = values(tensors, name, &[rows, cols])?;
+        match &w {
+            Some(w) => all.extend(v.chunks_exact(cols).flat_map(|row| row.iter().zip(w).map(|(a, b)| a * b))),
+            None => all.extend(v),
+        }
+    }
+    Ok(all)
+}
+
+/// Puts weights on the GPU by name, for [`GpuModel::new`].
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    tensors: &'a HashMap<String, Tensor>,
+    weights: HashMap<String, Vec<Chunk>>,
+}
+
+impl Uploader<'_> {
+    /// The tensor `name` as it is. Matrices (2-D: what the linear kernels read, and the embedding
+    /// table) may be split by rows; the other tensors (norms, biases, conv taps (ED, 1, K)) are
+    /// small next to them, and stay whole.
+    fn put(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let v = values(self.tensors, name, shape)?;
+        let chunks = if shape.len() == 2 {
+            upload_rows(self.gpu, &v, shape[1], name)?
+        } else {
+            vec![Chunk { first: 0, rows: shape[0], buf: upload(self.gpu, &v, name)? }]
+        };
+        self.weights.insert(name.to_string(), chunks);
+        Ok(())
+    }
+
+    /// A matrix made at upload by [`stacked`], under the new name `name`, split by rows as any
+    /// other (a chunk may end inside one of the parts: the kernels see one matrix).
+    fn put_stacked(&mut self, name: &str, parts: &[(&str, usize)], cols: usize, norm: Option<&str>) -> Result<()> {
+        let v = stacked(self.tensors, parts, cols, norm)?;
+        self.weights.insert(name.to_string(), upload_rows(self.gpu, &v, cols, name)?);
+        Ok(())
+    }
+}
+
+/// The tied head with the final norm folded in (`stacked`): a second copy of the embedding table,
+/// the first (unscaled) kept for the lookup. The alternative, scaling the activations by the norm
+/// weight on their way into the head, would need a fourth input to every linear kernel (or a
+/// variant with a binding of its own) for one matrix; the copy costs vocab × D floats, ~10% of
+/// the weights at the demo and seed presets, far below what any adapter that runs them holds.
+const HEAD: &str = "lm_head.weight (final norm folded in)";
+
 impl GpuModel {
     /// Uploads a model from its tensors (Hugging Face names, as `itera_model::weights` reads them
     /// from any export format). `max_context` bounds the tokens between resets (the baseline's KV
     /// cache is allocated for it; at most its `max_position_embeddings`).
     pub fn new(gpu: &Gpu, cfg: &Config, tensors: &HashMap<String, Tensor>, max_context: usize) -> Result<GpuModel> {
-        let mut weights = HashMap::new();
-        // The batched experts' concatenated matrices (added to `weights` once `put` is done).
-        let mut concatenated = Vec::new();
-        // Matrices (2-D: what the linear kernels read, and the embedding table) may be split by
-        // rows; the other tensors (norms, biases, conv taps (ED, 1, K)) are small next to them,
-        // and stay whole.
-        let mut put = |name: &str, shape: &[usize]| -> Result<()> {
-            let v = values(tensors, name, shape)?;
-            let chunks = if shape.len() == 2 {
-                upload_rows(gpu, &v, shape[1], name)?
-            } else {
-                vec![Chunk { first: 0, rows: shape[0], buf: upload(gpu, &v, name)? }]
-            };
-            weights.insert(name.to_string(), chunks);
-            Ok(())
-        };
+        let mut up = Uploader { gpu, tensors, weights: HashMap::new() };
         let mut batched_moe = false;
         let (state, max_context) = match cfg {
             Config::Baseline(c) => {
                 check_baseline(c)?;
                 let max_context = max_context.min(c.max_position_embeddings).max(1);
-                let (d, kv, i) = (c.hidden_size, c.kv_dim(), c.intermediate_size);
-                put("model.embed_tokens.weight", &[c.vocab_size, d])?;
-                put("model.norm.weight", &[d])?;
+                let (d, kv, i, vocab) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+                up.put("model.embed_tokens.weight", &[vocab, d])?;
+                up.put_stacked(HEAD, &[("model.embed_tokens.weight", vocab)], d, Some("model.norm.weight"))?;
                 for l in 0..c.num_hidden_layers {
                     let p = format!("model.layers.{l}");
-                    put(&format!("{p}.input_layernorm.weight"), &[d])?;
-                    put(&format!("{p}.post_attention_layernorm.weight"), &[d])?;
-                    put(&format!("{p}.self_attn.q_proj.weight"), &[d, d])?;
-                    put(&format!("{p}.self_attn.k_proj.weight"), &[kv, d])?;
-                    put(&format!("{p}.self_attn.v_proj.weight"), &[kv, d])?;
-                    put(&format!("{p}.self_attn.o_proj.weight"), &[d, d])?;
-                    put(&format!("{p}.mlp.gate_proj.weight"), &[i, d])?;
-                    put(&format!("{p}.mlp.up_proj.weight"), &[i, d])?;
-                    put(&format!("{p}.mlp.down_proj.weight"), &[d, i])?;
+                    let n = |s: &str| format!("{p}.{s}.weight");
+                    // [q; k; v] (D + 2·KV, D) and [gate; up] (2I, D), each with the norm before it.
+                    let (q, k, v) = (n("self_attn.q_proj"), n("self_attn.k_proj"), n("self_attn.v_proj"));
+                    let qkv = [(q.as_str(), d), (k.as_str(), kv), (v.as_str(), kv)];
+                    up.put_stacked(&format!("{p}.input_layernorm+qkv"), &qkv, d, Some(&n("input_layernorm")))?;
+                    up.put(&n("self_attn.o_proj"), &[d, d])?;
+                    let (g, u) = (n("mlp.gate_proj"), n("mlp.up_proj"));
+                    let gate_up = [(g.as_str(), i), (u.as_str(), i)];
+                    let norm = n("post_attention_layernorm");
+                    up.put_stacked(&format!("{p}.post_attention_layernorm+gate_up"), &gate_up, d, Some(&norm))?;
+                    up.put(&n("mlp.down_proj"), &[d, i])?;
                 }
                 // RoPE tables as the CPU path computes them: inv_freq in f64 -> f32, angle in f32.
                 let (dh, half) = (c.head_dim(), c.head_dim() / 2);
@@ -182,18 +230,21 @@ impl GpuModel {
             Config::IteraLite(c) => {
                 check_itera(c)?;
                 let (d, ed, n, r, k) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel);
-                put("backbone.embeddings.weight", &[c.vocab_size, d])?;
-                put("backbone.norm_f.weight", &[d])?;
+                let vocab = c.vocab_size;
+                up.put("backbone.embeddings.weight", &[vocab, d])?;
+                up.put_stacked(HEAD, &[("backbone.embeddings.weight", vocab)], d, Some("backbone.norm_f.weight"))?;
                 let mut prm = Vec::new();
                 for l in 0..c.num_hidden_layers {
                     let p = format!("backbone.layers.{l}");
-                    put(&format!("{p}.norm.weight"), &[d])?;
-                    put(&format!("{p}.mixer.in_proj.weight"), &[2 * ed, d])?;
-                    put(&format!("{p}.mixer.conv1d.weight"), &[ed, 1, k])?;
-                    put(&format!("{p}.mixer.conv1d.bias"), &[ed])?;
-                    put(&format!("{p}.mixer.x_proj.weight"), &[r + 2 * n, ed])?;
-                    put(&format!("{p}.mixer.dt_proj.weight"), &[ed, r])?;
-                    put(&format!("{p}.mixer.out_proj.weight"), &[d, ed])?;
+                    // in_proj with the block's norm folded in (`stacked`).
+                    let in_proj = format!("{p}.mixer.in_proj.weight");
+                    let norm = format!("{p}.norm.weight");
+                    up.put_stacked(&format!("{p}.norm+in_proj"), &[(&in_proj, 2 * ed)], d, Some(&norm))?;
+                    up.put(&format!("{p}.mixer.conv1d.weight"), &[ed, 1, k])?;
+                    up.put(&format!("{p}.mixer.conv1d.bias"), &[ed])?;
+                    up.put(&format!("{p}.mixer.x_proj.weight"), &[r + 2 * n, ed])?;
+                    up.put(&format!("{p}.mixer.dt_proj.weight"), &[ed, r])?;
+                    up.put(&format!("{p}.mixer.out_proj.weight"), &[d, ed])?;
                     // [A | D | dt_bias] per channel, A = -exp(A_log) in f32 as the CPU path.
                     let a_log = values(tensors, &format!("{p}.mixer.A_log"), &[ed, n])?;
                     let dskip = values(tensors, &format!("{p}.mixer.D"), &[ed])?;
@@ -210,21 +261,18 @@ impl GpuModel {
                         // (In u64: on wasm32 the product may pass usize.)
                         let (limit, eu) = (gpu.max_binding_bytes(), e as u64);
                         batched_moe = eu * (h * 4) as u64 * d as u64 <= limit && eu * (d * 4) as u64 <= limit;
-                        put(&format!("{p}.moe_norm.weight"), &[d])?;
-                        put(&format!("{p}.moe.router.weight"), &[e, d])?;
+                        up.put(&format!("{p}.moe_norm.weight"), &[d])?;
+                        up.put(&format!("{p}.moe.router.weight"), &[e, d])?;
                         for (what, shape) in [("gate_proj", [h, d]), ("up_proj", [h, d]), ("down_proj", [d, h])] {
                             let name = |j: usize| format!("{p}.moe.experts.{j}.{what}.weight");
                             if batched_moe {
-                                let mut all = Vec::with_capacity(e * h * d);
-                                for j in 0..e {
-                                    all.extend(values(tensors, &name(j), &shape)?);
-                                }
-                                let name = format!("{p}.moe.experts.{what}");
-                                let buf = upload(gpu, &all, &name)?;
-                                concatenated.push((name, vec![Chunk { first: 0, rows: e * shape[0], buf }]));
+                                // One matrix (E·rows, cols), within the limit: one chunk.
+                                let names: Vec<String> = (0..e).map(name).collect();
+                                let parts: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), shape[0])).collect();
+                                up.put_stacked(&format!("{p}.moe.experts.{what}"), &parts, shape[1], None)?;
                             } else {
                                 for j in 0..e {
-                                    put(&name(j), &shape)?;
+                                    up.put(&name(j), &shape)?;
                                 }
                             }
                         }
@@ -236,7 +284,7 @@ impl GpuModel {
                 (State::IteraLite { window, h, prm }, max_context.max(1))
             }
         };
-        weights.extend(concatenated);
+        let weights = up.weights;
         let step = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step"),
             size: 16,
@@ -371,7 +419,8 @@ impl GpuModel {
         &self.weights[name][0].buf // every name was uploaded by `new` from the same config
     }
 
-    /// y[m, y_off..y_off+n] (=|+=) x · Wᵀ for the weight `name` (n, k), chunk by chunk of its rows.
+    /// y[m, y_off..y_off+n] (=|+=) f(x) · Wᵀ for the weight `name` (n, k), chunk by chunk of its
+    /// rows (each chunk's dispatch reads all of x's row: a folded norm sees the whole row).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -382,9 +431,10 @@ impl GpuModel {
         m: usize,
         k: usize,
         acc: bool,
+        input: Input,
     ) {
         for c in &self.weights[name] {
-            rec.linear(x, (&c.buf, 0), (y.0, y.1, y.2 + c.first), m, c.rows, k, acc);
+            rec.linear(x, (&c.buf, 0), (y.0, y.1, y.2 + c.first), m, c.rows, k, acc, input);
         }
     }
 
@@ -415,27 +465,28 @@ impl GpuModel {
             mapped_at_creation: false,
         });
         let mut rec = Recorder::new(&gpu.device, &gpu.queue, &gpu.kernels);
-        let (d, eps, (x, hbuf), norm, embed) = match (&self.cfg, &self.state) {
+        let (d, eps, x) = match (&self.cfg, &self.state) {
             (Config::Baseline(c), State::Baseline { k, v, cos_sin }) => {
-                let xh = self.record_baseline(&mut rec, c, l, &tokens, k, v, cos_sin);
-                (c.hidden_size, c.rms_norm_eps, xh, "model.norm.weight", "model.embed_tokens.weight")
+                let x = self.record_baseline(&mut rec, c, l, &tokens, k, v, cos_sin);
+                (c.hidden_size, c.rms_norm_eps, x)
             }
             (Config::IteraLite(c), State::IteraLite { window, h, prm }) => {
-                let xh = self.record_itera(&mut rec, c, l, &tokens, window, h, prm);
-                (c.hidden_size, c.layer_norm_epsilon, xh, "backbone.norm_f.weight", "backbone.embeddings.weight")
+                let x = self.record_itera(&mut rec, c, l, &tokens, window, h, prm);
+                (c.hidden_size, c.layer_norm_epsilon, x)
             }
             _ => unreachable!("the state is built from the config"),
         };
-        // Final norm, then the tied head on the rows asked for.
-        rec.rmsnorm(&x, self.w(norm), &hbuf, l, d, eps);
+        // The final norm and the tied head (one matrix: `HEAD`) on the rows asked for.
         let first = l - rows_out;
-        self.linear(&mut rec, (&hbuf, d, first * d), embed, (&logits, vocab, 0), rows_out, d, false);
+        self.linear(&mut rec, (&x, d, first * d), HEAD, (&logits, vocab, 0), rows_out, d, false, Input::Norm(eps));
         let ops = rec.ops;
         gpu.check("recording the forward pass")?;
         Ok(Plan { tokens, logits, readback, logits_len, ops })
     }
 
-    /// The baseline's layers; returns (residual stream, scratch).
+    /// The baseline's layers; returns the residual stream. Six dispatches a layer: the norm and
+    /// q|k|v (one matrix), RoPE and the caches, attention, o_proj, the norm and gate|up (one
+    /// matrix), down_proj on SwiGLU's product.
     #[allow(clippy::too_many_arguments)]
     fn record_baseline(
         &self,
@@ -446,38 +497,33 @@ impl GpuModel {
         k_cache: &[Buf],
         v_cache: &[Buf],
         cos_sin: &Buf,
-    ) -> (Buf, Buf) {
+    ) -> Buf {
         let gpu = &self.gpu;
-        let (d, kv, i) = (c.hidden_size, c.kv_dim(), c.intermediate_size);
+        let (d, kv, i, eps) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.rms_norm_eps);
         let (heads, kv_heads, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let x = storage(gpu, l * d, "x");
-        let h = storage(gpu, l * d, "h");
-        let q = storage(gpu, l * d, "q");
+        let qkv = storage(gpu, l * (d + 2 * kv), "q | k | v");
         let qr = storage(gpu, l * d, "q rotated");
-        let kb = storage(gpu, l * kv, "k");
-        let vb = storage(gpu, l * kv, "v");
         let att = storage(gpu, l * d, "attention");
-        let (g, u, m) = (storage(gpu, l * i, "gate"), storage(gpu, l * i, "up"), storage(gpu, l * i, "swiglu"));
+        let gu = storage(gpu, l * 2 * i, "gate | up");
         self.embed(rec, tokens, "model.embed_tokens.weight", &x, l, d);
         for layer in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer}");
-            let w = |s: &str| self.w(&format!("{p}.{s}.weight"));
-            rec.rmsnorm(&x, w("input_layernorm"), &h, l, d, c.rms_norm_eps);
-            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.q_proj.weight"), (&q, d, 0), l, d, false);
-            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.k_proj.weight"), (&kb, kv, 0), l, d, false);
-            self.linear(rec, (&h, d, 0), &format!("{p}.self_attn.v_proj.weight"), (&vb, kv, 0), l, d, false);
-            rec.rope(&self.step, &q, cos_sin, &qr, l, heads, dh, self.max_context, false);
-            rec.rope(&self.step, &kb, cos_sin, &k_cache[layer], l, kv_heads, dh, self.max_context, true);
-            rec.copy_rows(&self.step, &vb, &v_cache[layer], l, kv, true);
-            rec.attend(&self.step, &qr, &k_cache[layer], &v_cache[layer], &att, l, heads, kv_heads, dh);
-            self.linear(rec, (&att, d, 0), &format!("{p}.self_attn.o_proj.weight"), (&x, d, 0), l, d, true);
-            rec.rmsnorm(&x, w("post_attention_layernorm"), &h, l, d, c.rms_norm_eps);
-            self.linear(rec, (&h, d, 0), &format!("{p}.mlp.gate_proj.weight"), (&g, i, 0), l, d, false);
-            self.linear(rec, (&h, d, 0), &format!("{p}.mlp.up_proj.weight"), (&u, i, 0), l, d, false);
-            rec.silu_mul(&g, &u, &m, l, i);
-            self.linear(rec, (&m, i, 0), &format!("{p}.mlp.down_proj.weight"), (&x, d, 0), l, i, true);
+            let (caches, k, v) = ((&k_cache[layer], &v_cache[layer]), &k_cache[layer], &v_cache[layer]);
+            // h = input_layernorm(x); q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ
+            let name = format!("{p}.input_layernorm+qkv");
+            self.linear(rec, (&x, d, 0), &name, (&qkv, d + 2 * kv, 0), l, d, false, Input::Norm(eps));
+            rec.rope_qkv(&self.step, &qkv, cos_sin, &qr, caches, l, (heads, kv_heads), dh, self.max_context);
+            rec.attend(&self.step, &qr, k, v, &att, l, heads, kv_heads, dh);
+            let o_proj = format!("{p}.self_attn.o_proj.weight");
+            self.linear(rec, (&att, d, 0), &o_proj, (&x, d, 0), l, d, true, Input::Plain);
+            // h = post_attention_layernorm(x); x += (silu(h·Wgᵀ) · h·Wuᵀ)·Wdᵀ
+            let name = format!("{p}.post_attention_layernorm+gate_up");
+            self.linear(rec, (&x, d, 0), &name, (&gu, 2 * i, 0), l, d, false, Input::Norm(eps));
+            let down = format!("{p}.mlp.down_proj.weight");
+            self.linear(rec, (&gu, 2 * i, 0), &down, (&x, d, 0), l, i, true, Input::SwiGlu);
         }
-        (x, h)
+        x
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -490,9 +536,10 @@ impl GpuModel {
         window: &[Buf],
         hs: &[Buf],
         prm: &[Buf],
-    ) -> (Buf, Buf) {
+    ) -> Buf {
         let gpu = &self.gpu;
         let (d, ed, n, r, k) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank, c.conv_kernel);
+        let eps = c.layer_norm_epsilon;
         let shape = (l, ed, n, k, r);
         let x = storage(gpu, l * d, "x");
         let h = storage(gpu, l * d, "h");
@@ -528,41 +575,44 @@ impl GpuModel {
         for layer in 0..c.num_hidden_layers {
             let p = format!("backbone.layers.{layer}");
             let w = |s: &str| self.w(&format!("{p}.{s}"));
-            rec.rmsnorm(&x, w("norm.weight"), &h, l, d, c.layer_norm_epsilon);
-            self.linear(rec, (&h, d, 0), &format!("{p}.mixer.in_proj.weight"), (&xz, 2 * ed, 0), l, d, false);
+            // xz = norm(x)·W_inᵀ (one matrix: the norm folded in)
+            self.linear(rec, (&x, d, 0), &format!("{p}.norm+in_proj"), (&xz, 2 * ed, 0), l, d, false, Input::Norm(eps));
             rec.conv(shape, &xz, w("mixer.conv1d.weight"), w("mixer.conv1d.bias"), &window[layer], &xc);
-            self.linear(rec, (&xc, ed, 0), &format!("{p}.mixer.x_proj.weight"), (&dbl, r + 2 * n, 0), l, ed, false);
-            self.linear(rec, (&dbl, r + 2 * n, 0), &format!("{p}.mixer.dt_proj.weight"), (&dt, ed, 0), l, r, false);
+            let (x_proj, dt_proj) = (format!("{p}.mixer.x_proj.weight"), format!("{p}.mixer.dt_proj.weight"));
+            self.linear(rec, (&xc, ed, 0), &x_proj, (&dbl, r + 2 * n, 0), l, ed, false, Input::Plain);
+            self.linear(rec, (&dbl, r + 2 * n, 0), &dt_proj, (&dt, ed, 0), l, r, false, Input::Plain);
             // (The scan also moves the conv window on.)
             rec.scan(shape, &xz, &xc, &dt, &dbl, &prm[layer], &hs[layer], &y, &window[layer]);
-            self.linear(rec, (&y, ed, 0), &format!("{p}.mixer.out_proj.weight"), (&x, d, 0), l, ed, true);
+            let out_proj = format!("{p}.mixer.out_proj.weight");
+            self.linear(rec, (&y, ed, 0), &out_proj, (&x, d, 0), l, ed, true, Input::Plain);
             match moe_bufs.as_deref() {
                 Some([sel, gates, m]) => {
                     let s = (l, d, e, top, hw);
                     let (router, norm) = (w("moe.router.weight"), w("moe_norm.weight"));
-                    rec.experts_route(s, &x, norm, router, &h, sel, gates, c.layer_norm_epsilon);
+                    rec.experts_route(s, &x, norm, router, &h, sel, gates, eps);
                     let gate = w("moe.experts.gate_proj");
                     rec.experts_gate_up(s, &h, gate, w("moe.experts.up_proj"), sel, m);
                     rec.experts_down(s, m, w("moe.experts.down_proj"), sel, gates, &x);
                 }
                 Some([rl, gates, g, u, m, eo]) => {
-                    rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, c.layer_norm_epsilon);
-                    self.linear(rec, (&h, d, 0), &format!("{p}.moe.router.weight"), (rl, e, 0), l, d, false);
+                    rec.rmsnorm(&x, w("moe_norm.weight"), &h, l, d, eps);
+                    let router = format!("{p}.moe.router.weight");
+                    self.linear(rec, (&h, d, 0), &router, (rl, e, 0), l, d, false, Input::Plain);
                     rec.route(rl, gates, l, e, top);
                     // Every expert on every token, weighted by the gates (zero off the chosen k).
                     for j in 0..e {
                         let ew = |s: &str| format!("{p}.moe.experts.{j}.{s}.weight");
-                        self.linear(rec, (&h, d, 0), &ew("gate_proj"), (g, hw, 0), l, d, false);
-                        self.linear(rec, (&h, d, 0), &ew("up_proj"), (u, hw, 0), l, d, false);
+                        self.linear(rec, (&h, d, 0), &ew("gate_proj"), (g, hw, 0), l, d, false, Input::Plain);
+                        self.linear(rec, (&h, d, 0), &ew("up_proj"), (u, hw, 0), l, d, false, Input::Plain);
                         rec.silu_mul(g, u, m, l, hw);
-                        self.linear(rec, (m, hw, 0), &ew("down_proj"), (eo, d, 0), l, hw, false);
+                        self.linear(rec, (m, hw, 0), &ew("down_proj"), (eo, d, 0), l, hw, false, Input::Plain);
                         rec.axpy(eo, gates, &x, l, d, e, j);
                     }
                 }
                 _ => {}
             }
         }
-        (x, h)
+        x
     }
 }
 

@@ -4,12 +4,12 @@
 /// Every compute pipeline, by entry point. Bind group layouts are the pipelines' own (derived
 /// from the bindings each entry point uses).
 pub(crate) struct Kernels {
-    pub linear: wgpu::ComputePipeline,
-    pub gemv: wgpu::ComputePipeline,
+    /// The tiled matrix product and the matrix-vector one, per [`Input`] (linear.wgsl's MODE).
+    pub linear: [wgpu::ComputePipeline; 3],
+    pub gemv: [wgpu::ComputePipeline; 3],
     pub rmsnorm: wgpu::ComputePipeline,
     pub embed: wgpu::ComputePipeline,
-    pub rope: wgpu::ComputePipeline,
-    pub copy_rows: wgpu::ComputePipeline,
+    pub rope_qkv: wgpu::ComputePipeline,
     pub attend: wgpu::ComputePipeline,
     pub conv: wgpu::ComputePipeline,
     pub scan: wgpu::ComputePipeline,
@@ -36,23 +36,24 @@ impl Kernels {
         let mamba = module("mamba.wgsl", include_str!("kernels/mamba.wgsl"));
         let moe = module("moe.wgsl", include_str!("kernels/moe.wgsl"));
         let experts = module("experts.wgsl", include_str!("kernels/experts.wgsl"));
-        let pipe = |m: &wgpu::ShaderModule, entry: &str| {
+        let pipe_with = |m: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
                 module: m,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
                 cache: None,
             })
         };
+        let pipe = |m: &wgpu::ShaderModule, entry: &str| pipe_with(m, entry, &[]);
+        let modes = |entry: &str| [0.0, 1.0, 2.0].map(|mode| pipe_with(&linear, entry, &[("MODE", mode)]));
         Kernels {
-            linear: pipe(&linear, "main"),
-            gemv: pipe(&linear, "gemv"),
+            linear: modes("main"),
+            gemv: modes("gemv"),
             rmsnorm: pipe(&norm, "rmsnorm"),
             embed: pipe(&embed, "main"),
-            rope: pipe(&attention, "rope"),
-            copy_rows: pipe(&attention, "copy_rows"),
+            rope_qkv: pipe(&attention, "rope_qkv"),
             attend: pipe(&attention, "attend"),
             conv: pipe(&mamba, "conv"),
             scan: pipe(&mamba, "scan"),
@@ -62,6 +63,28 @@ impl Kernels {
             experts_route: pipe(&experts, "route"),
             experts_gate_up: pipe(&experts, "gate_up"),
             experts_down: pipe(&experts, "down"),
+        }
+    }
+}
+
+/// What the linear kernels do to their input on its way in (linear.wgsl's MODE).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Input {
+    /// x as it is.
+    Plain,
+    /// RMSNorm of x's rows with this epsilon, the norm's weight already folded into the
+    /// matrix's columns at upload (model.rs `stacked`).
+    Norm(f64),
+    /// silu(g)·u of x's rows, g and u their two halves (x (M, 2K) for a matrix (N, K)).
+    SwiGlu,
+}
+
+impl Input {
+    fn mode(self) -> usize {
+        match self {
+            Input::Plain => 0,
+            Input::Norm(_) => 1,
+            Input::SwiGlu => 2,
         }
     }
 }
@@ -128,8 +151,9 @@ impl<'a> Recorder<'a> {
         self.ops.push(Op { pipeline: pipeline.clone(), bind, groups });
     }
 
-    /// y[m, y_off..y_off+n] (=|+=) x[m, x_off..x_off+k] · W[n, k]ᵀ, rows at the given strides; W
-    /// from element `w_off` of `w`.
+    /// y[m, y_off..y_off+n] (=|+=) f(x[m, x_off..x_off+k]) · W[n, k]ᵀ, rows at the given strides;
+    /// W from element `w_off` of `w`; f is `input` (with [`Input::SwiGlu`], x's rows hold 2k
+    /// columns from `x_off`).
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &mut self,
@@ -140,18 +164,21 @@ impl<'a> Recorder<'a> {
         n: usize,
         k: usize,
         acc: bool,
+        input: Input,
     ) {
         let (xb, x_stride, x_off) = x;
         let (yb, y_stride, y_off) = y;
         let (wb, w_off) = w;
-        let params = [m, n, k, x_stride, x_off, y_stride, y_off, acc as usize, w_off].map(|v| v as u32);
+        let eps = if let Input::Norm(eps) = input { (eps as f32).to_bits() } else { 0 };
+        let mut params = [m, n, k, x_stride, x_off, y_stride, y_off, acc as usize, w_off].map(|v| v as u32).to_vec();
+        params.push(eps);
         if m == 1 {
             let g = n as u32;
             let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
-            let kern = &self.kernels.gemv;
+            let kern = &self.kernels.gemv[input.mode()];
             self.dispatch(kern, &params, &[(1, xb), (2, wb), (3, yb)], groups);
         } else {
-            let kern = &self.kernels.linear;
+            let kern = &self.kernels.linear[input.mode()];
             self.dispatch(kern, &params, &[(1, xb), (2, wb), (3, yb)], (n.div_ceil(16) as u32, m.div_ceil(16) as u32));
         }
     }
@@ -175,30 +202,28 @@ impl<'a> Recorder<'a> {
         );
     }
 
-    /// RoPE of `src` (l, heads·dh) into `dst` (at row offset + i when `to_cache`, else i).
+    /// The fused q|k|v projection's output `qkv` (l, (heads + 2·kv_heads)·dh) to attention's
+    /// inputs: RoPE of q into `q` (l, heads·dh), RoPE of k and a copy of v into the caches at rows
+    /// pos..pos + l.
     #[allow(clippy::too_many_arguments)]
-    pub fn rope(
+    pub fn rope_qkv(
         &mut self,
         step: &Buf,
-        src: &Buf,
+        qkv: &Buf,
         cos_sin: &Buf,
-        dst: &Buf,
+        q: &Buf,
+        caches: (&Buf, &Buf),
         l: usize,
-        heads: usize,
+        heads: (usize, usize),
         dh: usize,
         positions: usize,
-        to_cache: bool,
     ) {
-        let params = [l, heads, dh, 0, to_cache as usize, positions, 0, 0].map(|v| v as u32);
-        let kern = &self.kernels.rope;
-        self.dispatch(kern, &params, &[(1, step), (2, src), (3, cos_sin), (5, dst)], groups_1d(l * heads * dh / 2));
-    }
-
-    /// Rows of `src` (l, width) into `dst` at row offset + i (`to_cache`) or i.
-    pub fn copy_rows(&mut self, step: &Buf, src: &Buf, dst: &Buf, l: usize, width: usize, to_cache: bool) {
-        let params = [l, 1, width, 0, to_cache as usize, 0, 0, 0].map(|v| v as u32);
-        let kern = &self.kernels.copy_rows;
-        self.dispatch(kern, &params, &[(1, step), (2, src), (5, dst)], groups_1d(l * width));
+        let (heads, kv_heads) = heads;
+        let params = [l, heads, dh, kv_heads, 0, positions, 0, 0].map(|v| v as u32);
+        let kern = &self.kernels.rope_qkv;
+        let bufs = [(1, step), (2, qkv), (3, cos_sin), (5, q), (6, caches.0), (7, caches.1)];
+        // One invocation per rotated pair of q and k, and per channel of v.
+        self.dispatch(kern, &params, &bufs, groups_1d(l * ((heads + kv_heads) * dh / 2 + kv_heads * dh)));
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -2,58 +2,67 @@
 // `step.offset` is the position of the first new token (the tokens the cache already holds).
 struct P {
     l: u32,        // new tokens
-    heads: u32,    // heads of this tensor (rope, copy) / query heads (attention)
+    heads: u32,    // query heads
     dh: u32,       // head dim
-    kv_heads: u32, // attention: key/value heads
-    cache_row0: u32, // rope, copy: 1 = write at row step.offset + i of dst (the cache), 0 = at row i
+    kv_heads: u32, // key/value heads
+    pad0: u32,
     positions: u32,  // rope: rows of the cos/sin tables
     scale: f32,      // attention: 1 / sqrt(dh)
-    pad0: u32,
+    pad1: u32,
 }
 struct Step {
     offset: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> src: array<f32>;  // rope/copy: (l, heads·dh); attention: q (l, heads·dh)
-@group(0) @binding(3) var<storage, read> aux: array<f32>;  // rope: [cos | sin] (positions, dh/2) each; attention: K cache
-@group(0) @binding(4) var<storage, read> aux2: array<f32>; // attention: V cache; otherwise unused
-@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;  // rope_qkv: [q | k | v] (l, (heads + 2·kv_heads)·dh); attention: q (l, heads·dh)
+@group(0) @binding(3) var<storage, read> aux: array<f32>;  // rope_qkv: [cos | sin] (positions, dh/2) each; attention: K cache
+@group(0) @binding(4) var<storage, read> aux2: array<f32>; // attention: V cache
+@group(0) @binding(5) var<storage, read_write> dst: array<f32>; // rope_qkv: q rotated (l, heads·dh); attention: output
+@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>; // rope_qkv: (max_context, kv_heads·dh)
+@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>; // rope_qkv: (max_context, kv_heads·dh)
 
-fn dst_row(i: u32) -> u32 {
-    if (p.cache_row0 != 0u) { return step.offset + i; }
-    return i;
-}
-
-// x·cos + rotate_half(x)·sin at position step.offset + i: one invocation per (i, head, j < dh/2).
+// The fused q|k|v projection's output to what attention reads, in one dispatch: RoPE of q into
+// dst (row i), RoPE of k into the key cache and v copied into the value cache (row offset + i).
+// RoPE: x·cos + rotate_half(x)·sin at position offset + i (reference: the CPU path's rope_slow).
+// One invocation per (i, and one of: a rotated pair (head, j < dh/2) of q's heads then k's, which
+// sit side by side in src, or one channel of v).
 @compute @workgroup_size(64)
-fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn rope_qkv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let id = gid.x + gid.y * 65535u * 64u;
     let half = p.dh / 2u;
-    let id = gid.x;
-    if (id >= p.l * p.heads * half) { return; }
-    let j = id % half;
-    let h = (id / half) % p.heads;
-    let i = id / (half * p.heads);
+    let qw = p.heads * p.dh;
+    let kvw = p.kv_heads * p.dh;
+    let pairs = (p.heads + p.kv_heads) * half; // rotated pairs per token, q's then k's
+    let per = pairs + kvw;
+    if (id >= p.l * per) { return; }
+    let i = id / per;
+    let r = id % per;
+    let row = i * (qw + 2u * kvw); // row i of src
     let pos = step.offset + i;
-    let base = i * p.heads * p.dh + h * p.dh;
-    let x1 = src[base + j];
-    let x2 = src[base + j + half];
-    let c = aux[pos * half + j];
-    let s = aux[(p.positions + pos) * half + j];
-    let o = dst_row(i) * p.heads * p.dh + h * p.dh;
-    dst[o + j] = x1 * c - x2 * s;
-    dst[o + j + half] = x2 * c + x1 * s;
-}
-
-// dst row (offset + i) = src row i: the values into the cache.
-@compute @workgroup_size(64)
-fn copy_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let w = p.heads * p.dh;
-    let id = gid.x;
-    if (id >= p.l * w) { return; }
-    let i = id / w;
-    let c = id % w;
-    dst[dst_row(i) * w + c] = src[id];
+    if (r < pairs) {
+        let h = r / half; // q heads 0..heads, then k heads
+        let j = r % half;
+        let base = row + h * p.dh;
+        let x1 = src[base + j];
+        let x2 = src[base + j + half];
+        let c = aux[pos * half + j];
+        let s = aux[(p.positions + pos) * half + j];
+        let y1 = x1 * c - x2 * s;
+        let y2 = x2 * c + x1 * s;
+        if (h < p.heads) {
+            let o = i * qw + h * p.dh;
+            dst[o + j] = y1;
+            dst[o + j + half] = y2;
+        } else {
+            let o = pos * kvw + (h - p.heads) * p.dh;
+            k_cache[o + j] = y1;
+            k_cache[o + j + half] = y2;
+        }
+    } else {
+        let c = r - pairs;
+        v_cache[pos * kvw + c] = src[row + qw + kvw + c];
+    }
 }
 
 // Causal attention with an online softmax: one workgroup of 64 per (query i, head h); query i at

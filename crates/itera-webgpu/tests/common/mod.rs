@@ -13,7 +13,10 @@ pub const TOLERANCE: f32 = 1e-3;
 
 /// A fresh model, with the query, key and router weights scaled up: at init, attention scores
 /// and router logits are so small that attention is nearly uniform and the top-k nearly
-/// arbitrary, which would let a wrong RoPE or a wrong routing pass.
+/// arbitrary, which would let a wrong RoPE or a wrong routing pass. The RMSNorm weights, all ones
+/// at init, get values of 0.5-1.5 by channel: the GPU folds them into the projections after them
+/// (the final norm into a copy of the embedding table), and ones would let a norm weight folded
+/// into the wrong columns, or not at all, pass.
 pub fn model(cfg: &Config, seed: u64) -> Result<(Model, HashMap<String, Tensor>)> {
     let (varmap, model) = Model::init(cfg, seed, &Device::Cpu)?;
     let mut tensors: HashMap<String, Tensor> = weights::varmap_tensors(&varmap)?.into_iter().collect();
@@ -25,8 +28,11 @@ pub fn model(cfg: &Config, seed: u64) -> Result<(Model, HashMap<String, Tensor>)
         } else {
             1.0
         };
+        let norm = name.ends_with("norm.weight") || name.ends_with("norm_f.weight");
         // A copy: a variable cannot be set from a tensor that is its own value.
         let v: Vec<f32> = t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|x| x * scale).collect();
+        let v =
+            if norm { (0..v.len()).map(|j| v[j] * (0.5 + ((j * 37 + 11) % 101) as f32 / 100.0)).collect() } else { v };
         *t = Tensor::from_vec(v, t.shape(), &Device::Cpu)?;
     }
     weights::assign_varmap(&varmap, &tensors)?;
