@@ -13,7 +13,6 @@ pub(crate) struct Kernels {
     pub attend: wgpu::ComputePipeline,
     pub conv: wgpu::ComputePipeline,
     pub scan: wgpu::ComputePipeline,
-    pub silu_mul: wgpu::ComputePipeline,
     pub route: wgpu::ComputePipeline,
     pub axpy: wgpu::ComputePipeline,
     pub experts_route: wgpu::ComputePipeline,
@@ -57,7 +56,6 @@ impl Kernels {
             attend: pipe(&attention, "attend"),
             conv: pipe(&mamba, "conv"),
             scan: pipe(&mamba, "scan"),
-            silu_mul: pipe(&moe, "silu_mul"),
             route: pipe(&moe, "route"),
             axpy: pipe(&moe, "axpy"),
             experts_route: pipe(&experts, "route"),
@@ -288,16 +286,6 @@ impl<'a> Recorder<'a> {
         let g = s.1.div_ceil(64 / s.2) as u32;
         let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
         self.dispatch(kern, &Self::mamba_params(s), &bufs, groups);
-    }
-
-    pub fn silu_mul(&mut self, gate: &Buf, up: &Buf, y: &Buf, rows: usize, width: usize) {
-        let kern = &self.kernels.silu_mul;
-        self.dispatch(
-            &kern,
-            &[rows as u32, width as u32, 0, 0],
-            &[(1, gate), (2, up), (3, y)],
-            groups_1d(rows * width),
-        );
     }
 
     pub fn route(&mut self, logits: &Buf, gates: &Buf, rows: usize, experts: usize, top_k: usize) {

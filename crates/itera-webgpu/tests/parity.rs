@@ -201,7 +201,8 @@ fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Re
 /// the baseline's layer takes six (the norm and q|k|v, RoPE and the caches, attention, o_proj, the
 /// norm and gate|up, down_proj on SwiGLU's product); Itera-Lite's mixer six (the norm and in_proj,
 /// conv, x_proj, dt_proj, scan with the window, out_proj) and its experts batched three per layer
-/// whatever their number (route, gate and up, down), against 3 + 5 per expert one expert at a time.
+/// whatever their number (route, gate and up, down), against 3 + 3 per expert one expert at a time
+/// (the norm, router and route; [gate; up], down and the weighted sum per expert).
 #[test]
 fn dispatches_per_forward() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
@@ -239,7 +240,8 @@ fn dispatches_per_forward() -> Result<()> {
                 let (d, ed, n, r) = (c.hidden_size, c.d_inner(), c.state_size, c.time_step_rank);
                 let (e, h) = (c.num_experts, c.expert_intermediate_size);
                 let mixer = 2 + chunks(2 * ed, d) + chunks(r + 2 * n, ed) + chunks(ed, r) + chunks(d, ed);
-                let experts = 2 + chunks(e, d) + e * (2 * chunks(h, d) + 1 + chunks(d, h) + 1);
+                // The norm, router, route; per expert [gate; up], down (on SwiGLU's product), axpy.
+                let experts = 2 + chunks(e, d) + e * (chunks(2 * h, d) + chunks(d, h) + 1);
                 let want = 2 * chunks(VOCAB, d) + c.num_hidden_layers * (mixer + experts);
                 assert_eq!(g.dispatches(1, false)?, want, "{name}");
             }

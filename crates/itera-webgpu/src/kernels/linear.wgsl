@@ -6,13 +6,13 @@
 // MODE, a pipeline-overridable constant (one pipeline per value, ops.rs `Input`), folds the op
 // before the projection into it, saving that op's dispatch:
 //   0: plain, as above.
-//   1: RMSNorm (norm.wgsl's rmsnorm, reference: itera_model::ops::rms_norm) of x's rows first.
+//   1: RMSNorm (reference: itera_model::ops::rms_norm) of x's rows first.
 //      The norm weight w is already multiplied into W's columns at upload (W'[n, k] = W[n, k]·w[k],
 //      model.rs `stacked`), so what is left is each row's scale: the kernel sums x² over K while
 //      it walks the tiles (the tiles it loads anyway) and multiplies the row's outputs by
 //      1 / sqrt(Σx² / K + eps) at the end: y = rmsnorm(x)·Wᵀ = (x·W'ᵀ) / sqrt(mean(x²) + eps).
 //   2: SwiGLU: the input is silu(g)·u, g and u the two halves of one (M, 2K) row (the fused
-//      gate|up projection's output: g at column kk, u at K + kk), as moe.wgsl's silu_mul.
+//      gate|up projection's output: g at column kk, u at K + kk), silu(g) = g / (1 + exp(-g)).
 override MODE: u32 = 0u;
 
 struct P {
@@ -34,7 +34,7 @@ fn load_x(o: u32) -> f32 {
     return x[o];
 }
 
-// The norm's row scale from the row's Σx² (MODE 1), as norm.wgsl computes it.
+// The norm's row scale from the row's Σx² (MODE 1).
 fn row_scale(ss: f32) -> f32 {
     return 1.0 / sqrt(ss / f32(p.k) + p.eps);
 }

@@ -1,7 +1,8 @@
-// SwiGLU's product, the MoE router's top-k, and the weighted sum of expert outputs.
+// The MoE router's top-k and the weighted sum of expert outputs (the per-expert path; its SwiGLU
+// product is read by the down projection, linear.wgsl MODE 2).
 struct P {
     rows: u32,  // tokens
-    width: u32, // silu_mul: elements per row; axpy: model width
+    width: u32, // axpy: model width
     e: u32,     // experts
     k: u32,     // route: experts per token; axpy: the expert's index
 }
@@ -9,15 +10,6 @@ struct P {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-// y = silu(a) · b  (a: gate projection, b: up projection).
-@compute @workgroup_size(64)
-fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= p.rows * p.width) { return; }
-    let g = a[i];
-    y[i] = g / (1.0 + exp(-g)) * b[i];
-}
 
 // a = router logits (rows, e) -> y = gates (rows, e): the softmax's top-k probabilities
 // renormalised to sum 1, zero elsewhere (Mixtral's routing). One invocation per token.
