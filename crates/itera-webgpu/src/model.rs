@@ -624,7 +624,7 @@ impl GpuModel {
 
 fn check_baseline(c: &BaselineConfig) -> Result<()> {
     c.validate().map_err(|e| GpuError::Input(format!("config: {e}")))?;
-    if c.head_dim() > MAX_HEAD_DIM || c.head_dim() % 2 != 0 {
+    if c.head_dim() > MAX_HEAD_DIM || !c.head_dim().is_multiple_of(2) {
         return Err(GpuError::Unsupported(format!(
             "head dim {} (the kernels take even sizes up to {MAX_HEAD_DIM})",
             c.head_dim()

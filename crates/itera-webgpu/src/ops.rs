@@ -193,7 +193,7 @@ impl<'a> Recorder<'a> {
     pub fn embed(&mut self, tokens: &Buf, table: &Buf, y: &Buf, rows: usize, d: usize, first: usize, count: usize) {
         let kern = &self.kernels.embed;
         self.dispatch(
-            &kern,
+            kern,
             &[rows as u32, d as u32, count as u32, first as u32],
             &[(1, tokens), (2, table), (3, y)],
             groups_1d(rows * d),
@@ -291,7 +291,7 @@ impl<'a> Recorder<'a> {
     pub fn route(&mut self, logits: &Buf, gates: &Buf, rows: usize, experts: usize, top_k: usize) {
         let kern = &self.kernels.route;
         self.dispatch(
-            &kern,
+            kern,
             &[rows as u32, 0, experts as u32, top_k as u32],
             &[(1, logits), (3, gates)],
             groups_1d(rows),
@@ -299,6 +299,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// y += gates[:, expert] · out.
+    #[allow(clippy::too_many_arguments)]
     pub fn axpy(&mut self, out: &Buf, gates: &Buf, y: &Buf, rows: usize, width: usize, experts: usize, expert: usize) {
         let kern = &self.kernels.axpy;
         let params = [rows as u32, width as u32, experts as u32, expert as u32];
