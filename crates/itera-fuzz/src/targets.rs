@@ -337,6 +337,7 @@ fn manifest_seeds() -> Vec<Vec<u8>> {
             tokens_per_second: 27306.7,
             threads: 2,
             accuracy_curve: vec![],
+            task_loss: None,
         },
         eval: None,
         code_version: "0.1.0 (fuzz seed)".into(),
