@@ -478,7 +478,9 @@ function drawLatency() {
   const W = 460, H = 260, L = 52, R = 12, T = 12, B = 36;
   const xs = BENCH_CONTEXTS.map(Math.log2);
   const x = (c) => L + ((Math.log2(c) - xs[0]) / (xs[xs.length - 1] - xs[0])) * (W - L - R);
-  const ymax = Math.max(...pts.map((p) => p.p95_ms)) * 1.1 || 1;
+  // Prefill as milliseconds per prompt token (its wall time over its tokens), beside decode's.
+  const perToken = (p) => (p.prefill_tokens > 0 ? p.prefill_ms / p.prefill_tokens : null);
+  const ymax = Math.max(...pts.map((p) => Math.max(p.p95_ms, perToken(p) ?? 0))) * 1.1 || 1;
   const y = (ms) => H - B - (ms / ymax) * (H - T - B);
   let body = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#999"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#999"/>`;
   for (const c of BENCH_CONTEXTS) body += `<text x="${x(c)}" y="${H - B + 14}" text-anchor="middle">${c}</text>`;
@@ -488,7 +490,8 @@ function drawLatency() {
     body += `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(v < 10 ? 1 : 0)}</text>`;
   }
   body += `<text transform="translate(12 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">ms / token</text>`;
-  // One curve per model and backend: solid on the GPU (WebGPU), dashed on the CPU.
+  // One curve per model and backend: solid on the GPU (WebGPU), dashed on the CPU; prefill per
+  // prompt token dotted, with hollow points.
   let legend = 0;
   for (const v of views) {
     for (const backend of ["webgpu", "cpu"]) {
@@ -503,10 +506,33 @@ function drawLatency() {
         body += `<circle cx="${x(p.context)}" cy="${y(p.median_ms)}" r="3" fill="${col}" data-model="${v.spec.key}" data-backend="${backend}" data-context="${p.context}" data-median="${p.median_ms}"><title>${esc(name)} at ${p.context}: median ${fmtMs(p.median_ms)}, p95 ${fmtMs(p.p95_ms)}, mean ${fmtMs(p.mean_ms || 0)}, state ${fmtBytes(p.state_bytes)}</title></circle>`;
       }
       body += `<text x="${L + 8}" y="${T + 12 + 14 * legend++}" fill="${col}">${esc(name)}</text>`;
+      const pre = ps.filter((p) => perToken(p) != null);
+      if (!pre.length) continue;
+      body += `<polyline fill="none" stroke="${col}" stroke-width="1.5" stroke-dasharray="1 3" data-prefill-line="${backend}" points="${pre.map((p) => `${x(p.context)},${y(perToken(p))}`).join(" ")}"/>`;
+      for (const p of pre) {
+        body += `<circle cx="${x(p.context)}" cy="${y(perToken(p))}" r="2.5" fill="white" stroke="${col}" data-model="${v.spec.key}" data-backend="${backend}" data-context="${p.context}" data-prefill="${perToken(p)}"><title>${esc(name)}: a prompt of ${p.prefill_tokens} tokens read in ${fmtMs(p.prefill_ms)}, ${fmtMs(perToken(p))} a token</title></circle>`;
+      }
     }
   }
   $("latency-chart").innerHTML = svgEl(W, H, body);
   drawEfficiency();
+  drawPrefill();
+}
+
+// Each model's prompt reading (prefill) speed per backend, at the shortest and longest context
+// measured: tokens per second of the batched forward.
+function drawPrefill() {
+  const parts = [];
+  for (const v of views) {
+    for (const backend of ["webgpu", "cpu"]) {
+      const ps = v.bench.filter((p) => p.backend === backend && p.prefill_tokens > 0 && p.prefill_ms > 0)
+        .sort((a, b) => a.context - b.context);
+      if (!ps.length) continue;
+      const at = (p) => `${Math.round((1000 * p.prefill_tokens) / p.prefill_ms)} tokens/s (${p.prefill_tokens} tokens)`;
+      parts.push(`<span data-prefill-speed="${v.spec.key}" data-backend="${backend}">${esc(v.spec.title)}, ${backend === "webgpu" ? "WebGPU" : "CPU"}: ${ps.length > 1 ? `${at(ps[0])} … ${at(ps.at(-1))}` : at(ps[0])}</span>`);
+    }
+  }
+  $("prefill-speed").innerHTML = parts.length ? `Prompt reading (prefill, dotted): ${parts.join("; ")}.` : "";
 }
 
 // Each model's CPU decode step against the GEMV peak (the best rate any worker measured: the
@@ -796,6 +822,7 @@ async function switchPair(p, choice = "", fromUser = false) {
   stateChart = Promise.resolve();
   $("latency-chart").innerHTML = `<p class="hint">Press “Latency vs context” to measure.</p>`;
   $("decode-efficiency").textContent = "";
+  $("prefill-speed").textContent = "";
   $("size-chart").replaceChildren();
   $("state-chart").replaceChildren();
   $("qa-examples").replaceChildren();

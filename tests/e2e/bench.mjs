@@ -1,7 +1,7 @@
 // The page's latency benchmark, measured: opens a built page in headless Chromium (the CPU
 // backend, one worker per model), presses "Benchmark" ROUNDS times (default 2) and prints, per
-// model, the decode latency at each context and the decode step's FLOP rate against the GEMV peak
-// the workers measured. A measurement, not a test (the tests run the benchmark on tiny models).
+// model, the decode latency at each context, the decode step's FLOP rate against the GEMV peak
+// the workers measured, and the speed of reading the prompt before each context (prefill). A measurement, not a test (the tests run the benchmark on tiny models).
 //
 //   node tests/e2e/bench.mjs DIST [ROUNDS]     (DIST: a page built with the models to measure)
 
@@ -23,5 +23,6 @@ await withPage(DIST, "#bench", async (page) => {
       [c.dataset.model, c.dataset.backend, Number(c.dataset.context), Number(c.dataset.median)]));
     console.log(`round ${round}: ${await page.textContent("#decode-efficiency")}`);
     for (const [model, backend, context, ms] of points) console.log(`  ${model} (${backend}) at ${context}: median ${ms.toFixed(3)} ms`);
+    console.log(`  ${await page.textContent("#prefill-speed")}`);
   }
 });

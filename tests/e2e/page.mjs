@@ -118,8 +118,14 @@ async function happyPath(browser) {
     check(await page.isEnabled("#generate"), "Stop aborts both generations and the page is ready again");
 
     await page.click("#bench");
-    await page.waitForFunction(() => document.querySelectorAll("#latency-chart circle").length === 8, null, { timeout: 300_000 });
+    await page.waitForFunction(() => document.querySelectorAll("#latency-chart circle[data-median]").length === 8, null, { timeout: 300_000 });
     check(true, "latency vs context: 4 points for each model");
+    const prefill = await page.$$eval("#latency-chart circle[data-prefill]", (cs) => cs.map((c) => [c.dataset.model, Number(c.dataset.context), Number(c.dataset.prefill)]));
+    check(prefill.length === 8 && prefill.every(([, , ms]) => ms > 0 && Number.isFinite(ms)),
+      `prefill per prompt token beside each decode point (${prefill.map(([m, c, ms]) => `${m}@${c} ${ms.toFixed(3)} ms`).join(", ")})`);
+    const pre = await page.$$eval("#prefill-speed [data-prefill-speed]", (es) => es.map((e) => e.textContent));
+    check(pre.length === 2 && pre.every((t) => /CPU: \d+ tokens\/s \(\d+ tokens\) … \d+ tokens\/s \(\d+ tokens\)$/.test(t)),
+      `prompt reading speed per model is shown (${pre.join("; ")})`);
     const eff = await page.$$eval("#decode-efficiency [data-efficiency]", (es) => es.map((e) => e.textContent));
     const peak = await page.textContent("#decode-efficiency [data-peak]").catch(() => "");
     check(/^[\d.]+ GFLOP\/s$/.test(peak) && eff.length === 2 && eff.every((t) => /[\d.]+ GFLOP\/s at 64 \(\d+%\) … [\d.]+ GFLOP\/s at 4096 \(\d+%\)$/.test(t)),

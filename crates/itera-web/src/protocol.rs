@@ -160,6 +160,12 @@ pub enum FromWorker {
         /// The decode step's FLOPs (the config's count at this context) over its mean time.
         #[serde(default)]
         gflops: f64,
+        /// The prompt read before the timed steps (`<|endoftext|>` and the filler, through the
+        /// backend's batched forward, chunk by chunk): its tokens and wall time.
+        #[serde(default)]
+        prefill_tokens: usize,
+        #[serde(default)]
+        prefill_ms: f64,
     },
     /// This worker's GEMV rate (`peak::gemv_gflops`, one thread), measured before a benchmark.
     Peak {

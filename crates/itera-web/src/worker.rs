@@ -558,9 +558,10 @@ async fn answer(state: &WorkerState, question: &str, retrieval: bool) -> Result<
     Ok(())
 }
 
-/// For each context length c: prefill c - steps tokens (in chunks, yielding between them), then
-/// time `steps` single-token decodes at positions c - steps .. c, back to back: median and p95 of
-/// the steps, and their mean from one reading of the clock around them all.
+/// For each context length c: prefill c - steps tokens (in chunks, yielding between them; its wall
+/// time is the point's prefill figure), then time `steps` single-token decodes at positions
+/// c - steps .. c, back to back: median and p95 of the steps, and their mean from one reading of
+/// the clock around them all.
 async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<(), String> {
     let mut slot = state.engine.borrow_mut();
     let engine = slot.as_mut().ok_or("no model is loaded")?;
@@ -589,9 +590,11 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
         }
         // A fixed token pattern (the content does not change the cost).
         let filler: Vec<u32> = (0..(c - steps - 1) as u32).map(|i| 1 + (i * 7919) % (vocab - 1)).collect();
+        let prefill_start = now();
         if read_prompt(state, engine, &filler, Status::Benchmarking).await?.is_none() {
             return Ok(aborted());
         }
+        let prefill_ms = now() - prefill_start;
         // The timed steps run back to back (no yield between them: an `abort` waits for them),
         // so that their total, read once, gives the mean step exactly even where a step is
         // shorter than the timer's resolution.
@@ -622,6 +625,8 @@ async fn bench(state: &WorkerState, contexts: &[usize], steps: usize) -> Result<
             } else {
                 0.0
             },
+            prefill_tokens: filler.len() + 1, // `<|endoftext|>` first
+            prefill_ms,
         });
         report_fallback(engine);
     }
