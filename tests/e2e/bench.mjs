@@ -22,7 +22,12 @@ await withPage(DIST, "#bench", async (page) => {
     const points = await page.$$eval("#latency-chart circle[data-median]", (cs) => cs.map((c) =>
       [c.dataset.model, c.dataset.backend, Number(c.dataset.context), Number(c.dataset.median)]));
     console.log(`round ${round}: ${await page.textContent("#decode-efficiency")}`);
-    for (const [model, backend, context, ms] of points) console.log(`  ${model} (${backend}) at ${context}: median ${ms.toFixed(3)} ms`);
+    const prefill = await page.$$eval("#latency-chart circle[data-prefill]", (cs) => cs.map((c) =>
+      [c.dataset.model, c.dataset.backend, Number(c.dataset.context), Number(c.dataset.prefill)]));
+    for (const [model, backend, context, ms] of points) {
+      const pre = prefill.find((p) => p[0] === model && p[1] === backend && p[2] === context);
+      console.log(`  ${model} (${backend}) at ${context}: median ${ms.toFixed(3)} ms${pre ? `; prompt read at ${Math.round(1000 / pre[3])} tokens/s` : ""}`);
+    }
     console.log(`  ${await page.textContent("#prefill-speed")}`);
   }
 });

@@ -4,14 +4,17 @@
 //!
 //!     cargo run --release -p itera-webgpu --example speed -- [--presets demo,seed]
 //!         [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] [--energy-ms 1000]
-//!         [--energy-tokens 1024] [--json OUT] [--no-cpu]
+//!         [--energy-tokens 1024] [--json OUT] [--no-cpu | --no-gpu]
 //!
 //! Models are freshly initialised (speed does not depend on the values). Per (model, preset,
-//! context): prefill of `context` tokens from an empty state (tokens/s, best of 3), then `steps`
+//! context): prefill of `context` tokens from an empty state, read as the page reads a prompt
+//! (`itera_model::PREFILL_CHUNK` tokens per forward; tokens/s, best of 3), then `steps`
 //! single-token decodes after a prefill of `context - steps` tokens (median and p95 ms per token).
 //! The GPU figures include reading the last logits back, as generation needs them. The CPU path
 //! is the page's: candle's batched forward for the prefill (`RAYON_NUM_THREADS` threads; the page
-//! has one) and the batch-1 decoder for the decode steps (one thread).
+//! has one) and the batch-1 decoder for the decode steps (one thread). `--no-cpu` skips the CPU
+//! figures; `--no-gpu` the GPU ones (an adapter is still opened: on a software one, such as
+//! lavapipe, the GPU figures mean nothing and the largest contexts take minutes).
 //!
 //! Before each GPU timing (the prefills, then the decode steps) the GPU decodes untimed for
 //! `--warmup-ms` (then the state is reset): the CPU measurements between points leave it idle,
@@ -35,7 +38,7 @@ use candle_core::{Device, Tensor};
 use itera_model::config::{Config, ModelKind, Preset};
 use itera_model::decode::Decoder;
 use itera_model::nvml::Nvml;
-use itera_model::{weights, Model};
+use itera_model::{weights, Model, PREFILL_CHUNK};
 use itera_webgpu::{Gpu, GpuModel};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -49,12 +52,13 @@ struct Args {
     warmup_ms: u64,
     json: Option<String>,
     cpu: bool,
+    gpu: bool,
     energy_ms: u64,
     energy_tokens: usize,
 }
 
 const USAGE: &str = "usage: speed [--presets demo,seed] [--contexts 64,256,1024,4096] [--steps 16] [--warmup-ms 300] \
-                     [--energy-ms 1000 (0: no energy figures)] [--energy-tokens 1024] [--json OUT] [--no-cpu]";
+                     [--energy-ms 1000 (0: no energy figures)] [--energy-tokens 1024] [--json OUT] [--no-cpu | --no-gpu]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -64,6 +68,7 @@ fn args() -> Result<Args> {
         warmup_ms: 300,
         json: None,
         cpu: true,
+        gpu: true,
         energy_ms: 1000,
         energy_tokens: 1024,
     };
@@ -83,12 +88,16 @@ fn args() -> Result<Args> {
             "--energy-tokens" => a.energy_tokens = value()?.parse().context("--energy-tokens")?,
             "--json" => a.json = Some(value()?),
             "--no-cpu" => a.cpu = false,
+            "--no-gpu" => a.gpu = false,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0)
             }
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
+    }
+    if !a.cpu && !a.gpu {
+        bail!("--no-cpu and --no-gpu leave nothing to measure\n{USAGE}");
     }
     if a.steps < 2 || a.contexts.iter().any(|&c| c <= a.steps) {
         bail!("every context must be larger than --steps ({}), and --steps at least 2", a.steps);
@@ -127,11 +136,11 @@ fn gpu_point(g: &mut GpuModel, context: usize, steps: usize, warmup_ms: u64) -> 
     for _ in 0..3 {
         g.reset();
         let t = Instant::now();
-        pollster::block_on(g.forward(&toks, false))?;
+        gpu_read(g, &toks)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     warm_up(g, warmup_ms)?;
-    pollster::block_on(g.forward(&toks[..context - steps], false))?;
+    gpu_read(g, &toks[..context - steps])?;
     let mut times = Vec::with_capacity(steps);
     for &t in &toks[context - steps..] {
         let t0 = Instant::now();
@@ -139,6 +148,24 @@ fn gpu_point(g: &mut GpuModel, context: usize, steps: usize, warmup_ms: u64) -> 
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok((context as f64 / best, quantile(&mut times, 0.5), quantile(&mut times, 0.95)))
+}
+
+/// Reads a prompt as the page does: [`PREFILL_CHUNK`] tokens per forward, the last logits of each
+/// read back (`Engine::gpu_feed`).
+fn gpu_read(g: &mut GpuModel, toks: &[u32]) -> Result<()> {
+    for chunk in toks.chunks(PREFILL_CHUNK) {
+        pollster::block_on(g.forward(chunk, false))?;
+    }
+    Ok(())
+}
+
+/// Reads a prompt into `state` as the page's CPU path does: [`PREFILL_CHUNK`] tokens per forward
+/// (`Engine::feed`).
+fn cpu_read(m: &Model, toks: &[u32], state: &mut itera_model::State) -> Result<()> {
+    for chunk in toks.chunks(PREFILL_CHUNK) {
+        m.forward_with_state(&Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?, state)?;
+    }
+    Ok(())
 }
 
 /// The GPU's energy counter, and its power with nothing running.
@@ -230,16 +257,15 @@ fn energy_window(
 /// (`itera_model::decode`, one thread).
 fn cpu_point(m: &Model, context: usize, steps: usize) -> Result<(f64, f64, f64)> {
     let toks = tokens(context);
-    let input = |ids: &[u32]| Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu);
     let mut best = f64::MAX;
     for _ in 0..3 {
         let mut state = m.new_state(1)?;
         let t = Instant::now();
-        m.forward_with_state(&input(&toks)?, &mut state)?;
+        cpu_read(m, &toks, &mut state)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     let mut state = m.new_state(1)?;
-    m.forward_with_state(&input(&toks[..context - steps])?, &mut state)?;
+    cpu_read(m, &toks[..context - steps], &mut state)?;
     let mut decoder = Decoder::new(m)?;
     decoder.load(&state)?;
     decoder.reserve(context);
@@ -293,11 +319,12 @@ fn main() -> Result<()> {
             let dispatches = g.dispatches(1, false)?;
             eprintln!("{} {preset}: {dispatches} dispatches per forward", kind.name());
             for &c in &a.contexts {
-                let (gp, gd, gd95) = gpu_point(&mut g, c, a.steps, a.warmup_ms)?;
+                let (gp, gd, gd95) =
+                    if a.gpu { gpu_point(&mut g, c, a.steps, a.warmup_ms)? } else { (f64::NAN, f64::NAN, f64::NAN) };
                 // Straight after the timed steps: the state holds `c` tokens.
                 let window = match &meter {
-                    Some(m) => Some(energy_window(&mut g, m, c, a.energy_ms, a.energy_tokens)?),
-                    None => None,
+                    Some(m) if a.gpu => Some(energy_window(&mut g, m, c, a.energy_ms, a.energy_tokens)?),
+                    _ => None,
                 };
                 let idle_w = meter.as_ref().map_or(f64::NAN, |m| m.idle_w);
                 let energy_cell = match &window {
@@ -316,9 +343,17 @@ fn main() -> Result<()> {
                 let w = window.as_ref().and_then(|w| w.as_ref().ok());
                 let cpu_fig = if a.cpu { Some(cpu_point(&cpu, c, a.steps)?) } else { None };
                 let (cp, cd, cd95) = cpu_fig.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+                // "-" for a side not measured (--no-cpu, --no-gpu)
+                let f = |v: f64, digits: usize| if v.is_nan() { "-".to_string() } else { format!("{v:.digits$}") };
                 println!(
-                    "| {} | {preset} | {c} | {gp:.0} | {cp:.0} | {gd:.2} / {gd95:.2} | {cd:.2} / {cd95:.2} | {energy_cell} |",
-                    kind.name()
+                    "| {} | {preset} | {c} | {} | {} | {} / {} | {} / {} | {energy_cell} |",
+                    kind.name(),
+                    f(gp, 0),
+                    f(cp, 0),
+                    f(gd, 2),
+                    f(gd95, 2),
+                    f(cd, 2),
+                    f(cd95, 2)
                 );
                 rows.push(serde_json::json!({
                     "model": kind.name(), "preset": preset.to_string(), "context": c,
