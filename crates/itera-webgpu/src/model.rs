@@ -11,6 +11,25 @@ const MAX_HEAD_DIM: usize = 256; // attention.wgsl: MAX_DH
 const MAX_STATE: usize = 64; // mamba.wgsl: MAX_N
 const MAX_EXPERTS: usize = 64; // moe.wgsl: MAX_E
 
+// Flash-decoding (attention.wgsl, `attend_split` / `attend_combine`): a decode step's keys are cut
+// into splits of about SPLIT_KEYS, one workgroup each per head, at most MAX_SPLITS of them (longer
+// splits past MAX_SPLITS · SPLIT_KEYS keys). Not tuned: no GPU where this was written
+// (`examples/speed.rs` measures it).
+const SPLIT_KEYS: usize = 256;
+const MAX_SPLITS: usize = 32;
+
+/// How a decode step over `keys` keys is split, for a plan sized for `max_splits` splits:
+/// (splits, keys per split). As many splits as SPLIT_KEYS keys take, capped at `max_splits`, the
+/// keys shared out evenly in whole 64-key tiles (the kernel's tile), so the last split holds the
+/// rest: every split holds at least one key. One split up to SPLIT_KEYS keys.
+fn split_layout(keys: usize, max_splits: usize) -> (usize, usize) {
+    let keys = keys.max(1);
+    let splits = keys.div_ceil(SPLIT_KEYS).clamp(1, max_splits.max(1));
+    let len = keys.div_ceil(splits).next_multiple_of(64);
+    // Fewer splits where the rounding up left the last ones empty (possible past the cap).
+    (keys.div_ceil(len), len)
+}
+
 /// A model on the GPU, batch 1. Feed it tokens with [`GpuModel::forward`]; it remembers them
 /// (KV cache or SSM state) until [`GpuModel::reset`].
 pub struct GpuModel {
@@ -25,8 +44,16 @@ pub struct GpuModel {
     pos: usize,
     /// The longest context this model accepts (the baseline's cache and RoPE tables end there).
     max_context: usize,
-    /// Uniform holding `pos` for the kernels that need it.
+    /// Uniform holding `pos` for the kernels that need it, and the decode step's split of the
+    /// keys (`split_layout`), written before every call.
     step: Buf,
+    /// Flash-decoding: the splits a decode plan is sized for (its grid and partials), enough for
+    /// `max_context` keys. The plan is recorded once per token count, and the position changes
+    /// every step: so the grid is sized for the longest context, and the splits a step does not
+    /// use return at once (their count and length reach the kernels through `step`). 1 (a
+    /// context of at most SPLIT_KEYS, or an Itera-Lite model): the decode step runs the
+    /// single-pass `attend` as a prefill does.
+    max_splits: usize,
     plans: HashMap<(usize, bool), Plan>,
     /// Itera-Lite's experts run batched (three dispatches per layer, top-k only; their matrices
     /// concatenated by expert) when every concatenation fits one binding; else one expert at a
@@ -294,6 +321,16 @@ impl GpuModel {
             }
         };
         let weights = up.weights;
+        // Flash-decoding's splits, their partials ((heads, max_splits, 2 + dh) floats) within one
+        // binding: fewer splits on an adapter that binds less (at worst one, `attend`).
+        let max_splits = match cfg {
+            Config::Baseline(c) => {
+                let per_split = (c.num_attention_heads * (c.head_dim() + 2) * 4) as u64;
+                let fit = (gpu.max_binding_bytes() / per_split).min(MAX_SPLITS as u64) as usize;
+                max_context.div_ceil(SPLIT_KEYS).min(fit).max(1)
+            }
+            Config::IteraLite(_) => 1,
+        };
         let step = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step"),
             size: 16,
@@ -308,6 +345,7 @@ impl GpuModel {
             pos: 0,
             max_context,
             step,
+            max_splits,
             plans: HashMap::new(),
             batched_moe,
         };
@@ -388,7 +426,10 @@ impl GpuModel {
         let plan = &self.plans[&key];
         let gpu = &self.gpu;
         gpu.queue.write_buffer(&plan.tokens, 0, bytemuck::cast_slice(tokens));
-        gpu.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&[self.pos as u32, 0, 0, 0]));
+        // The split of the keys of the last new token (0..=pos + l - 1): used by a decode step.
+        let (splits, split_len) = split_layout(self.pos + l, self.max_splits);
+        let step = [self.pos, splits, split_len, 0].map(|v| v as u32);
+        gpu.queue.write_buffer(&self.step, 0, bytemuck::cast_slice(&step));
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         encode(&plan.ops, &mut enc);
         let bytes = (plan.logits_len * 4) as u64;
@@ -495,7 +536,8 @@ impl GpuModel {
 
     /// The baseline's layers; returns the residual stream. Six dispatches a layer: the norm and
     /// q|k|v (one matrix), RoPE and the caches, attention, o_proj, the norm and gate|up (one
-    /// matrix), down_proj on SwiGLU's product.
+    /// matrix), down_proj on SwiGLU's product; seven in a decode step with flash-decoding
+    /// (attention in two: the splits, their combination).
     #[allow(clippy::too_many_arguments)]
     fn record_baseline(
         &self,
@@ -515,6 +557,10 @@ impl GpuModel {
         let qr = storage(gpu, l * d, "q rotated");
         let att = storage(gpu, l * d, "attention");
         let gu = storage(gpu, l * 2 * i, "gate | up");
+        // A decode step splits its keys over workgroups (flash-decoding) when the cache holds
+        // more than one split's worth; the partials are shared by the layers, one after the other.
+        let flash = (l == 1 && self.max_splits > 1)
+            .then(|| storage(gpu, heads * self.max_splits * (dh + 2), "attention partials"));
         self.embed(rec, tokens, "model.embed_tokens.weight", &x, l, d);
         for layer in 0..c.num_hidden_layers {
             let p = format!("model.layers.{layer}");
@@ -523,7 +569,12 @@ impl GpuModel {
             let name = format!("{p}.input_layernorm+qkv");
             self.linear(rec, (&x, d, 0), &name, (&qkv, d + 2 * kv, 0), l, d, false, Input::Norm(eps));
             rec.rope_qkv(&self.step, &qkv, cos_sin, &qr, caches, l, (heads, kv_heads), dh, self.max_context);
-            rec.attend(&self.step, &qr, k, v, &att, l, heads, kv_heads, dh);
+            match &flash {
+                Some(part) => {
+                    rec.attend_split(&self.step, &qr, caches, part, &att, (heads, kv_heads), dh, self.max_splits)
+                }
+                None => rec.attend(&self.step, &qr, k, v, &att, l, heads, kv_heads, dh),
+            }
             let o_proj = format!("{p}.self_attn.o_proj.weight");
             self.linear(rec, (&att, d, 0), &o_proj, (&x, d, 0), l, d, true, Input::Plain);
             // h = post_attention_layernorm(x); x += (silu(h·Wgᵀ) · h·Wuᵀ)·Wdᵀ
@@ -648,4 +699,33 @@ fn check_itera(c: &IteraLiteConfig) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// Every key in exactly one non-empty split, in whole tiles but the last, within the plan's
+    /// splits; one split up to SPLIT_KEYS keys; past the cap, longer splits.
+    #[test]
+    fn split_layout_covers_the_keys_in_non_empty_splits() {
+        for max_splits in [1, 2, 3, 16, MAX_SPLITS] {
+            for keys in 1..=(MAX_SPLITS + 3) * SPLIT_KEYS {
+                let (splits, len) = split_layout(keys, max_splits);
+                assert!((1..=max_splits).contains(&splits), "{keys} keys, {max_splits}: {splits} splits");
+                assert!(len.is_multiple_of(64) && len >= 64, "{keys} keys: length {len}");
+                assert!(splits * len >= keys && (splits - 1) * len < keys, "{keys} keys: {splits} × {len}");
+                if keys <= SPLIT_KEYS {
+                    assert_eq!(splits, 1, "{keys} keys");
+                }
+                if keys <= max_splits * SPLIT_KEYS {
+                    assert!(len <= SPLIT_KEYS, "{keys} keys, {max_splits}: length {len}");
+                }
+            }
+        }
+        assert_eq!(split_layout(0, 0), (1, 64));
+        assert_eq!(split_layout(700, 16), (3, 256));
+        assert_eq!(split_layout(4096, 16), (16, 256));
+        assert_eq!(split_layout(4096, 2), (2, 2048));
+    }
 }

@@ -11,6 +11,8 @@ pub(crate) struct Kernels {
     pub embed: wgpu::ComputePipeline,
     pub rope_qkv: wgpu::ComputePipeline,
     pub attend: wgpu::ComputePipeline,
+    pub attend_split: wgpu::ComputePipeline,
+    pub attend_combine: wgpu::ComputePipeline,
     pub conv: wgpu::ComputePipeline,
     pub scan: wgpu::ComputePipeline,
     pub route: wgpu::ComputePipeline,
@@ -54,6 +56,8 @@ impl Kernels {
             embed: pipe(&embed, "main"),
             rope_qkv: pipe(&attention, "rope_qkv"),
             attend: pipe(&attention, "attend"),
+            attend_split: pipe(&attention, "attend_split"),
+            attend_combine: pipe(&attention, "attend_combine"),
             conv: pipe(&mamba, "conv"),
             scan: pipe(&mamba, "scan"),
             route: pipe(&moe, "route"),
@@ -241,9 +245,34 @@ impl<'a> Recorder<'a> {
         let params = [l as u32, heads as u32, dh as u32, kv_heads as u32, 0, 0, scale.to_bits(), 0];
         let kern = &self.kernels.attend;
         // One workgroup per (query, head).
-        let g = (l * heads) as u32;
-        let groups = if g <= MAX_GROUPS { (g, 1) } else { (MAX_GROUPS, g.div_ceil(MAX_GROUPS)) };
-        self.dispatch(kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups);
+        self.dispatch(kern, &params, &[(1, step), (2, q), (3, k_cache), (4, v_cache), (5, y)], groups_2d(l * heads));
+    }
+
+    /// Flash-decoding: attention of one query (a decode step) `q` (heads·dh) over the cache's
+    /// keys 0..=pos, cut into up to `max_splits` splits (`step` says how many this step, and
+    /// their length): each split's partial softmax into `part` (heads, max_splits, 2 + dh), then
+    /// their combination into `y`. Two dispatches.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_split(
+        &mut self,
+        step: &Buf,
+        q: &Buf,
+        caches: (&Buf, &Buf),
+        part: &Buf,
+        y: &Buf,
+        heads: (usize, usize),
+        dh: usize,
+        max_splits: usize,
+    ) {
+        let (heads, kv_heads) = heads;
+        let scale = (1.0 / (dh as f64).sqrt()) as f32;
+        let params = [1, heads as u32, dh as u32, kv_heads as u32, max_splits as u32, 0, scale.to_bits(), 0];
+        let bufs = [(1, step), (2, q), (3, caches.0), (4, caches.1), (8, part)];
+        let kernels = self.kernels;
+        // One workgroup per (head, split), for as many splits as the longest context takes.
+        self.dispatch(&kernels.attend_split, &params, &bufs, groups_2d(heads * max_splits));
+        // One workgroup per head.
+        self.dispatch(&kernels.attend_combine, &params, &[(1, step), (5, y), (8, part)], groups_2d(heads));
     }
 
     /// Mixer shapes: (l, ed, n, k, r).
