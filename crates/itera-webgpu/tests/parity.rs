@@ -197,6 +197,72 @@ fn attention_over_several_key_tiles_and_wide_heads_matches_the_cpu_model() -> Re
     Ok(())
 }
 
+/// The index of the largest logit.
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32
+}
+
+/// Decodes `steps` tokens greedily, feeding `first` and then each step's argmax of the GPU's
+/// logits, on both models; fails if a step's logits differ by more than TOLERANCE or the two
+/// argmaxes differ. Returns the last token chosen (to feed next).
+fn assert_greedy_steps_match(
+    g: &mut GpuModel,
+    cpu: &Model,
+    state: &mut State,
+    first: u32,
+    steps: usize,
+    label: &str,
+) -> Result<u32> {
+    let mut t = first;
+    for i in 0..steps {
+        let keys = g.len() + 1;
+        let got = pollster::block_on(g.forward(&[t], false))?;
+        let want = cpu_logits(cpu, &[t], state)?;
+        let err = rel_err(&got, &want);
+        eprintln!("{label}, decode step over {keys} keys: max relative error {err:.2e}");
+        assert!(err <= TOLERANCE, "{label}, decode step {i} over {keys} keys: logits differ by {err:.2e}");
+        let (a, b) = (argmax(&got), argmax(&want));
+        assert_eq!(a, b, "{label}, decode step {i} over {keys} keys: greedy tokens differ");
+        t = a;
+    }
+    Ok(t)
+}
+
+/// Flash-decoding (issue 12): with a cache of 720 tokens the decode step splits its keys over up
+/// to three workgroups per head (splits of up to 256 keys, in whole 64-key tiles) and combines
+/// their partial softmaxes. Prefills (one pass, `attend`) alternate with greedy decode steps that
+/// cross 256 keys (one split, then two: 256 + a partial one), 512 (two full splits, then three
+/// of 192, the last partial) and end at 691-694 keys (256, 256, 179-182), for the tiny baselines
+/// (one KV head per query head, and GQA) and heads wider than one workgroup's 64 channels (head
+/// dim 128, GQA), against the CPU's logits and greedy tokens.
+#[test]
+fn decode_over_several_key_splits_matches_the_cpu_model() -> Result<()> {
+    let Some(gpu) = gpu() else { return Ok(()) };
+    let mut wide = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
+    if let Config::Baseline(c) = &mut wide {
+        (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers) = (256, 2, 1, 1);
+    }
+    let mut all = configs();
+    all.retain(|(name, _)| name.starts_with("baseline"));
+    all.push(("baseline, head dim 128", wide));
+    for (name, cfg) in all {
+        let (cpu, tensors) = model(&cfg, 19)?;
+        let toks = tokens(691, 8);
+        let mut state = cpu.new_state(1)?;
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 720)?;
+        let layers = cfg.num_layers();
+        assert_eq!(g.dispatches(1, false)?, 2 + 7 * layers, "{name}: the decode step takes the split path");
+        // (prefill from, to; then greedy decode steps)
+        for (from, to, steps) in [(0, 250, 10), (260, 500, 16), (516, 690, 4)] {
+            // The prefill goes on from the greedy tokens: its own tokens stand for a prompt.
+            assert_calls_match(&mut g, &cpu, &mut state, &[&toks[from..to]], &format!("{name}, prefill to {to}"))?;
+            assert_greedy_steps_match(&mut g, &cpu, &mut state, toks[to], steps, name)?;
+        }
+        assert_eq!(g.len(), 690 + 4);
+    }
+    Ok(())
+}
+
 /// The plan's dispatches per forward: the embedding and the head (the final norm folded in);
 /// the baseline's layer takes six (the norm and q|k|v, RoPE and the caches, attention, o_proj, the
 /// norm and gate|up, down_proj on SwiGLU's product); Itera-Lite's mixer six (the norm and in_proj,
@@ -217,6 +283,13 @@ fn dispatches_per_forward() -> Result<()> {
         };
         for (l, all) in [(1, false), (37, false), (37, true)] {
             assert_eq!(g.dispatches(l, all)?, want, "{name}, {l} tokens");
+        }
+        if let Config::Baseline(c) = &cfg {
+            // With a cache longer than one split (256 keys), a decode step's attention takes two
+            // dispatches (flash-decoding: the splits, then their combination); a prefill's one.
+            let long = GpuModel::new(&gpu, &cfg, &tensors, 1024)?;
+            assert_eq!(long.dispatches(1, false)?, want + c.num_hidden_layers, "{name}, decode, 1,024 cached");
+            assert_eq!(long.dispatches(37, true)?, want, "{name}, prefill, 1,024 cached");
         }
         if let Config::Baseline(c) = &cfg {
             // The concatenated matrices split as one: [q; k; v] (D + 2·KV, D), [gate; up] (2I, D).
@@ -276,17 +349,22 @@ fn odd_state_and_expert_counts_match_the_cpu_model() -> Result<()> {
 
 /// The demo presets' plans, which the speed benchmark times (docs/webgpu.md): the baseline's was
 /// 59 dispatches a forward before its norms, projections, RoPE and SwiGLU were fused (issue 12),
-/// now 26; Itera-Lite's 43, now 38 (the norms folded into in_proj and the head).
+/// now 26; Itera-Lite's 43, now 38 (the norms folded into in_proj and the head). With a context
+/// longer than one split of flash-decoding (256 keys; the benchmark's is 4,096), the baseline's
+/// decode step takes 30: attention in two dispatches per layer (issue 12).
 #[test]
 fn demo_plans_take_26_and_38_dispatches() -> Result<()> {
     let Some(gpu) = gpu() else { return Ok(()) };
-    for (kind, want) in [(ModelKind::Baseline, 26), (ModelKind::IteraLite, 38)] {
+    for (kind, want, decode_4096) in [(ModelKind::Baseline, 26, 30), (ModelKind::IteraLite, 38, 38)] {
         let cfg = Config::preset(kind, Preset::Demo, VOCAB);
         let (_, tensors) = model(&cfg, 1)?;
         let g = GpuModel::new(&gpu, &cfg, &tensors, 64)?;
         for (l, all) in [(1, false), (64, false)] {
             assert_eq!(g.dispatches(l, all)?, want, "{kind:?} demo, {l} tokens");
         }
+        let g = GpuModel::new(&gpu, &cfg, &tensors, 4096)?;
+        assert_eq!(g.dispatches(64, false)?, want, "{kind:?} demo, 64 tokens, 4,096 cached");
+        assert_eq!(g.dispatches(1, false)?, decode_4096, "{kind:?} demo, decode, 4,096 cached");
     }
     Ok(())
 }
