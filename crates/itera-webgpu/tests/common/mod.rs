@@ -57,9 +57,13 @@ pub fn cpu_logits(cpu: &Model, ids: &[u32], state: &mut itera_model::State) -> R
     Ok(cpu.forward_with_state(&x, state)?.flatten_all()?.to_vec1()?)
 }
 
-/// Largest |a - b| over the largest |b|.
+/// Largest |a - b| over the largest |b|; infinite where either holds a NaN or an infinity (which
+/// `f32::max` would skip: a NaN logit would pass).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "logit counts differ");
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
