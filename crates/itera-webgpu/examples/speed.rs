@@ -315,9 +315,15 @@ fn main() -> Result<()> {
             let (varmap, cpu) = Model::init(&cfg, 0, &Device::Cpu)?;
             let tensors: HashMap<String, Tensor> = weights::varmap_tensors(&varmap)?.into_iter().collect();
             let mut g = GpuModel::new(&gpu, &cfg, &tensors, max_context)?;
-            // The plan's dispatches per call (the same for one token or many).
+            // The plans' dispatches per call: a decode step's, and a prefill chunk's (the same
+            // but for the baseline past 256 cached tokens, whose decode step takes two a layer
+            // for attention: flash-decoding).
             let dispatches = g.dispatches(1, false)?;
-            eprintln!("{} {preset}: {dispatches} dispatches per forward", kind.name());
+            let prefill_dispatches = g.dispatches(PREFILL_CHUNK, false)?;
+            eprintln!(
+                "{} {preset}: {dispatches} dispatches per decode step, {prefill_dispatches} per prefill",
+                kind.name()
+            );
             for &c in &a.contexts {
                 let (gp, gd, gd95) =
                     if a.gpu { gpu_point(&mut g, c, a.steps, a.warmup_ms)? } else { (f64::NAN, f64::NAN, f64::NAN) };
@@ -360,6 +366,7 @@ fn main() -> Result<()> {
                     "gpu_prefill_tok_s": gp, "gpu_decode_ms_p50": gd, "gpu_decode_ms_p95": gd95,
                     "cpu_prefill_tok_s": cpu_fig.map(|f| f.0), "cpu_decode_ms_p50": cpu_fig.map(|f| f.1),
                     "cpu_decode_ms_p95": cpu_fig.map(|f| f.2), "gpu_dispatches": dispatches,
+                    "gpu_prefill_dispatches": prefill_dispatches,
                     "energy_j_per_token": w.map(|w| w.j_per_token()),
                     "energy_above_idle_j_per_token": w.map(|w| w.above_idle_j_per_token(idle_w)),
                     "energy_window_tokens": w.map(|w| w.tokens),
