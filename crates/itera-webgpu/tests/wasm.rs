@@ -41,3 +41,37 @@ async fn gpu_logits_match_the_cpu_model_in_the_browser() {
         }
     }
 }
+
+/// Flash-decoding in the browser (the split and combine kernels through the browser's WGSL
+/// compiler): the baselines with 320 tokens of cache, a 250-token prefill, then decode steps
+/// over 251-260 keys (one split, then two from 257 keys, the second partial), against the CPU.
+#[wasm_bindgen_test]
+async fn decode_over_several_key_splits_matches_the_cpu_model_in_the_browser() {
+    let gpu = Gpu::new().await.unwrap_or_else(|e| panic!("no WebGPU adapter in this browser: {e}"));
+    for (name, cfg) in configs().into_iter().filter(|(name, _)| name.starts_with("baseline")) {
+        let (cpu, tensors) = model(&cfg, 19).unwrap();
+        let toks = tokens(260, 8);
+        let mut g = GpuModel::new(&gpu, &cfg, &tensors, 320).unwrap();
+        assert_eq!(g.dispatches(1, false).unwrap(), 2 + 7 * cfg.num_layers(), "{name}: the split path");
+        let mut state = cpu.new_state(1).unwrap();
+        let want = cpu
+            .forward_with_state(&Tensor::from_vec(toks[..250].to_vec(), (1, 250), &Device::Cpu).unwrap(), &mut state)
+            .unwrap();
+        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let got = g.forward(&toks[..250], false).await.unwrap();
+        let err = rel_err(&got, &want[249 * VOCAB..]);
+        assert!(err <= TOLERANCE, "{name}: prefill's last logits differ by {err:.2e}");
+        let mut worst = 0f32;
+        for &t in &toks[250..] {
+            let keys = g.len() + 1;
+            let want =
+                cpu.forward_with_state(&Tensor::from_vec(vec![t], (1, 1), &Device::Cpu).unwrap(), &mut state).unwrap();
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            let got = g.forward(&[t], false).await.unwrap();
+            let err = rel_err(&got, &want);
+            assert!(err <= TOLERANCE, "{name}: the decode step over {keys} keys differs by {err:.2e}");
+            worst = worst.max(err);
+        }
+        web_sys::console::log_1(&format!("{name}: decode over 251-260 keys, max relative error {worst:.2e}").into());
+    }
+}
