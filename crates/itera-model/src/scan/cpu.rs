@@ -913,6 +913,122 @@ pub(crate) fn exp_with<const FMA: bool>(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// The AVX-512 and AVX2 builds of one task, forward and backward, give the same bits (they
+    /// fuse the same multiply-adds; the docs and the trainer's reproducibility rely on it). A
+    /// partial block of channels (w < 64) and N = 37 (a partial group of states) included. Skipped
+    /// where the CPU lacks AVX-512 (one build only).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_avx512_builds_give_the_same_bits() {
+        if !has_avx512f() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let (bsz, l, ed, n) = (1, 24, 64 + 29, 37);
+        let mut seed = 0x9e37_79b9_u32;
+        let mut rand = |lo: f32, hi: f32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            lo + (hi - lo) * (seed as f32 / u32::MAX as f32)
+        };
+        let rows = bsz * l;
+        let mut vec_of = |len: usize, lo: f32, hi: f32| (0..len).map(|_| rand(lo, hi)).collect::<Vec<f32>>();
+        let (u, dt, z) = (vec_of(rows * ed, -1.0, 1.0), vec_of(rows * ed, -3.0, 0.5), vec_of(rows * ed, -2.0, 2.0));
+        let bc = vec_of(rows * 2 * n, -1.0, 1.0);
+        let (a, d, bias) = (vec_of(ed * n, -4.0, -0.5), vec_of(ed, 0.5, 1.5), vec_of(ed, -4.0, -2.0));
+        let gy = vec_of(rows * ed, -1.0, 1.0);
+        let ops = Operands {
+            u: Stream::rows(&u, ed),
+            dt: Stream::rows(&dt, ed),
+            z: Stream::rows(&z, ed),
+            b: Stream::cols(&bc, 2 * n, 0),
+            c: Stream::cols(&bc, 2 * n, n),
+            a: &a,
+            d: &d,
+            bias: &bias,
+        };
+        let dims = Dims { bsz, l, ed, n };
+        // the first value whose bits differ, named (whole vectors would flood the log)
+        let same = |what: &str, task: &Task, x: &[f32], y: &[f32]| {
+            assert_eq!(x.len(), y.len(), "{what}: lengths");
+            if let Some(i) = (0..x.len()).find(|&i| x[i].to_bits() != y[i].to_bits()) {
+                panic!(
+                    "{what} of task {}..{}: value {i} is {} (AVX-512) but {} (AVX2)",
+                    task.d0,
+                    task.d0 + task.w,
+                    x[i],
+                    y[i]
+                );
+            }
+        };
+        for task in dims.tasks() {
+            let tp = dims.task_params(&ops, &task);
+            // forward with its trace
+            let run_fwd = |avx512: bool| {
+                let (y, out) = TaskOut::new(rows * ed);
+                let mut h = vec![[0f32; CHANNEL_BLOCK]; n];
+                let mut tr = Trace::new(l, n);
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
+                unsafe {
+                    if avx512 {
+                        dims.forward_task_avx512::<true>(&task, &tp, &ops, &mut h, Some(&out), &mut tr)
+                    } else {
+                        dims.forward_task_avx2::<true>(&task, &tp, &ops, &mut h, Some(&out), &mut tr)
+                    }
+                }
+                let ys: Vec<f32> = (0..rows)
+                    .flat_map(|r| {
+                        // SAFETY: only this task's columns of row r were written; read them alone.
+                        unsafe { std::slice::from_raw_parts(y.as_ptr().add(r * ed + task.d0), task.w) }.to_vec()
+                    })
+                    .collect();
+                let trace: Vec<f32> =
+                    tr.hs.iter().chain(&tr.es).chain(&tr.delta).chain(&tr.ys).flatten().copied().collect();
+                (ys, trace, h.concat())
+            };
+            let (f512, f2) = (run_fwd(true), run_fwd(false));
+            same("y", &task, &f512.0, &f2.0);
+            same("the trace", &task, &f512.1, &f2.1);
+            same("the final state", &task, &f512.2, &f2.2);
+            // backward
+            let run_bwd = |avx512: bool| {
+                let ((du, du_o), (ddt, ddt_o), (dz, dz_o)) =
+                    (TaskOut::new(rows * ed), TaskOut::new(rows * ed), TaskOut::new(rows * ed));
+                let out = GradOut { du: du_o, ddt: ddt_o, dz: dz_o };
+                let mut tr = Trace::new(l, n);
+                // SAFETY: as above.
+                let g = unsafe {
+                    if avx512 {
+                        dims.backward_task_avx512(&task, &ops, &gy, &out, &mut tr)
+                    } else {
+                        dims.backward_task_avx2(&task, &ops, &gy, &out, &mut tr)
+                    }
+                };
+                let mine = |v: &Vec<f32>| -> Vec<f32> {
+                    (0..rows)
+                        .flat_map(|r| {
+                            // SAFETY: only this task's columns of row r were written; read them alone.
+                            unsafe { std::slice::from_raw_parts(v.as_ptr().add(r * ed + task.d0), task.w) }.to_vec()
+                        })
+                        .collect()
+                };
+                let partial: Vec<f32> =
+                    g.da.iter().flatten().chain(&g.dd).chain(&g.dbias).chain(&g.dbc).copied().collect();
+                (mine(&du), mine(&ddt), mine(&dz), partial)
+            };
+            let (b512, b2) = (run_bwd(true), run_bwd(false));
+            for (what, x, y) in [
+                ("du", &b512.0, &b2.0),
+                ("ddt", &b512.1, &b2.1),
+                ("dz", &b512.2, &b2.2),
+                ("partial sums", &b512.3, &b2.3),
+            ] {
+                same(what, &task, x, y);
+            }
+        }
+    }
+
     #[test]
     fn fast_exp_matches_std_exp() {
         // the multiply-adds fused or not (`mul_add` is exact here too, in software if need be)
