@@ -964,6 +964,15 @@ mod tests {
         };
         for task in dims.tasks() {
             let tp = dims.task_params(&ops, &task);
+            // The task's columns of each row of a `TaskOut` buffer (rows × ed), the only values it wrote.
+            let task_cols = |v: &Vec<f32>| -> Vec<f32> {
+                (0..rows)
+                    // SAFETY: the task wrote its columns of every row; nothing else is read.
+                    .flat_map(|r| {
+                        unsafe { std::slice::from_raw_parts(v.as_ptr().add(r * ed + task.d0), task.w) }.to_vec()
+                    })
+                    .collect()
+            };
             // forward with its trace
             let run_fwd = |avx512: bool| {
                 let (y, out) = TaskOut::new(rows * ed);
@@ -977,12 +986,7 @@ mod tests {
                         dims.forward_task_avx2::<true>(&task, &tp, &ops, &mut h, Some(&out), &mut tr)
                     }
                 }
-                let ys: Vec<f32> = (0..rows)
-                    .flat_map(|r| {
-                        // SAFETY: only this task's columns of row r were written; read them alone.
-                        unsafe { std::slice::from_raw_parts(y.as_ptr().add(r * ed + task.d0), task.w) }.to_vec()
-                    })
-                    .collect();
+                let ys = task_cols(&y);
                 let trace: Vec<f32> =
                     tr.hs.iter().chain(&tr.es).chain(&tr.delta).chain(&tr.ys).flatten().copied().collect();
                 (ys, trace, h.concat())
@@ -1005,17 +1009,9 @@ mod tests {
                         dims.backward_task_avx2(&task, &ops, &gy, &out, &mut tr)
                     }
                 };
-                let mine = |v: &Vec<f32>| -> Vec<f32> {
-                    (0..rows)
-                        .flat_map(|r| {
-                            // SAFETY: only this task's columns of row r were written; read them alone.
-                            unsafe { std::slice::from_raw_parts(v.as_ptr().add(r * ed + task.d0), task.w) }.to_vec()
-                        })
-                        .collect()
-                };
                 let partial: Vec<f32> =
                     g.da.iter().flatten().chain(&g.dd).chain(&g.dbias).chain(&g.dbc).copied().collect();
-                (mine(&du), mine(&ddt), mine(&dz), partial)
+                (task_cols(&du), task_cols(&ddt), task_cols(&dz), partial)
             };
             let (b512, b2) = (run_bwd(true), run_bwd(false));
             for (what, x, y) in [
