@@ -15,8 +15,10 @@
 # without retraining); PACK=0 leaves an unfinished run in place without packing it (a machine kept warm between
 # commands resumes it from there); BACK=q8_0 (or q4_0, f16) also quantizes the export, evaluates
 # that copy and packs it instead of the f32 one (for a model too large to come back in f32: the
-# seed preset's ~100 MB). The world is the default one (10,000 people, 10% never trained
-# on) and its index is built in runs/world-index if missing.
+# seed preset's ~100 MB). EVAL=0 skips the evaluations there (they run on the machine's CPU: the
+# seed preset's took longer than a command has left); evaluate what comes back instead. The
+# world is the default one (10,000 people, 10% never trained on) and its index is built in
+# runs/world-index if missing.
 set -euo pipefail
 model=${1:?usage: gpu-run.sh MODEL STEPS SECONDS [train flags...]}
 steps=${2:?steps}
@@ -57,10 +59,11 @@ if [ "$rc" -ne 0 ]; then
 fi
 export_dir=runs/export-$name
 "$trainer" export --checkpoint "$run" --out "$export_dir" 2>&1 | tail -n 1 | tee -a "$out/log.txt"
-"$trainer" eval --model "$export_dir" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
+evals=${EVAL:-1}
+[ "$evals" = 1 ] && "$trainer" eval --model "$export_dir" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
   --json "$out/eval.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
 # UPDATE=1: also the knowledge update, the same model reading a world it never saw (seed 1).
-if [ "${UPDATE:-0}" = 1 ]; then
+if [ "${UPDATE:-0}" = 1 ] && [ "$evals" = 1 ]; then
   [ -f runs/world-index-seed1/index.json ] || "$trainer" index --seed 1 --out runs/world-index-seed1 2>&1 | tail -n 1 | tee -a "$out/log.txt"
   "$trainer" eval --model "$export_dir" --seed 1 --retrieval runs/world-index-seed1 --qa-questions "${QUESTIONS:-200}" \
     --json "$out/eval-update.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
@@ -69,7 +72,7 @@ back="export-$name"
 if [ -n "${BACK:-}" ]; then
   back="export-$name-$BACK"
   "$trainer" quantize --model "$export_dir" --format "$BACK" --out "runs/$back" 2>&1 | tail -n 1 | tee -a "$out/log.txt"
-  "$trainer" eval --model "runs/$back" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
+  [ "$evals" = 1 ] && "$trainer" eval --model "runs/$back" --world-unseen 0.1 --retrieval "$export_dir/index" --qa-questions "${QUESTIONS:-200}" \
     --json "$out/eval-$BACK.json" 2>&1 | grep -v '^  Q:' | tee -a "$out/log.txt"
 fi
 # The index is rebuilt bit for bit by `native-trainer index` (same world): it stays behind.
