@@ -387,6 +387,12 @@ pub fn load_model_dir(dir: &Path) -> Result<LoadedModel> {
 /// `f32` copies it as it is): config, tokenizer and index are copied, every file checked against
 /// the source's manifest first and written atomically, the manifest last with `dtype`, the new
 /// files and `quantized_from`.
+///
+/// An f16 export is a source too (a model too large to bring back from a GPU machine in f32):
+/// its values widen to f32 exactly, so its `f32` copy is the f16 model in the f32 file layout
+/// (`quantized_from` names the f16 weights, and the f32 figures of training are dropped), and its
+/// q8_0 / q4_0 copies are those of the f16-rounded weights. 8- and 4-bit exports are refused:
+/// quantizing them again would compound the rounding.
 pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest> {
     let manifest_path = src.join("manifest.json");
     if !manifest_path.exists() {
@@ -397,18 +403,35 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
     }
     let loaded = load_model_dir(src)?; // checks every file's sha256 and that the weights load
     let mut manifest = loaded.manifest.context("manifest.json vanished while loading")?;
-    if manifest.weight_format()? != WeightFormat::F32 {
-        bail!("{} is already {}: quantize the f32 export", src.display(), manifest.dtype);
+    let source_format = manifest.weight_format()?;
+    if !matches!(source_format, WeightFormat::F32 | WeightFormat::F16) {
+        bail!("{} is already {}: quantize the f32 (or f16) export", src.display(), manifest.dtype);
     }
-    // The f32 weights: model.safetensors, or the shard index (whose entry `quantized_from` names).
-    let is_weights = |name: &str| name == WeightFormat::F32.file_name() || name == SHARD_INDEX || is_shard(name);
-    let source = manifest
-        .files
-        .iter()
-        .find(|f| f.name == WeightFormat::F32.file_name() || f.name == SHARD_INDEX)
-        .cloned()
-        .with_context(|| format!("{} lists no model.safetensors nor {SHARD_INDEX}", manifest_path.display()))?;
-    let tensors = export_f32_tensors(src)?;
+    // The source weights: model.safetensors, the shard index, or the f16 model.gguf (whose entry
+    // `quantized_from` names).
+    let is_weights = |name: &str| {
+        name == WeightFormat::F32.file_name()
+            || name == SHARD_INDEX
+            || is_shard(name)
+            || (source_format == WeightFormat::F16 && name == WeightFormat::F16.file_name())
+    };
+    let source =
+        manifest.files.iter().find(|f| is_weights(&f.name) && !is_shard(&f.name)).cloned().with_context(|| {
+            format!(
+                "{} lists no weights file (model.safetensors, {SHARD_INDEX} or model.gguf)",
+                manifest_path.display()
+            )
+        })?;
+    let tensors = match source_format {
+        WeightFormat::F16 => {
+            let bytes = std::fs::read(src.join(&source.name))?;
+            let mut t: Vec<(String, candle_core::Tensor)> =
+                itera_model::weights::read_gguf(&bytes, &Device::Cpu)?.into_iter().collect();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        }
+        _ => export_f32_tensors(src)?,
+    };
 
     write_dir_atomic(out, |out| {
         let weights_out = match format {
@@ -444,7 +467,7 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
             f => f.name().into(),
         };
         manifest.files = files;
-        if format != WeightFormat::F32 {
+        if format != WeightFormat::F32 || source_format != WeightFormat::F32 {
             manifest.eval = None;
             manifest.quantized_from = Some(source);
         }

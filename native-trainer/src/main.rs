@@ -105,7 +105,7 @@ enum Command {
     /// Copy an f32 export with its weights in f16, 8-bit (q8_0) or 4-bit (q4_0): a GGUF file,
     /// `model.gguf`, beside the same config, tokenizer and index (docs/weights.md)
     Quantize {
-        /// The f32 export folder
+        /// The f32 export folder (or an f16 one: its values widen to f32 exactly)
         #[arg(long)]
         model: PathBuf,
         /// `f16`, `q8_0` (blocks of 32 int8 and a scale: 8.5 bits a weight) or `q4_0` (4.5 bits)

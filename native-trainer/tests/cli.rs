@@ -324,6 +324,38 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
         println!("{format}: {bytes} bytes (f32 {f32_weights}), mean NLL {nll:.4} (f32 {f32_nll:.4})");
         assert!((nll - f32_nll).abs() <= tolerance * f32_nll, "{format}: NLL {nll} vs f32 {f32_nll}");
     }
+    // An f16 export is a source too (what comes back from a GPU machine for a model too large in
+    // f32): its f32 copy holds the f16 values widened (the same scores) and names the f16 weights
+    // as its source; its q8_0 copy scores like the one made from the f32 export.
+    let f16_dir = dir.join("export-f16");
+    let f16_manifest = load_model_dir(&f16_dir).unwrap().manifest.unwrap();
+    let f16_nll = score_json(&f16_dir, &text_file, &dir.join("score-f16-again.json"))["nll_mean"].as_f64().unwrap();
+    let q8_nll = score_json(&dir.join("export-q8_0"), &text_file, &dir.join("score-q8-again.json"))["nll_mean"]
+        .as_f64()
+        .unwrap();
+    for (format, want, tolerance) in [("f32", f16_nll, 1e-5), ("q8_0", q8_nll, 0.01)] {
+        let out = dir.join(format!("from-f16-{format}"));
+        let args = [
+            "quantize",
+            "--model",
+            &f16_dir.display().to_string(),
+            "--format",
+            format,
+            "--out",
+            &out.display().to_string(),
+        ];
+        assert_ok(&run(&args.map(String::from)));
+        let m = load_model_dir(&out).unwrap().manifest.unwrap();
+        assert_eq!(m.dtype, if format == "f32" { "float32" } else { format });
+        let from = m.quantized_from.as_ref().expect("a copy of f16 weights says so");
+        assert_eq!((from.name.as_str(), from.sha256.as_str()), ("model.gguf", f16_manifest.files[0].sha256.as_str()));
+        assert!(m.eval.is_none(), "{format} from f16: the f32 figures must not be carried over");
+        let nll = score_json(&out, &text_file, &dir.join(format!("score-from-f16-{format}.json")))["nll_mean"]
+            .as_f64()
+            .unwrap();
+        println!("{format} from f16: mean NLL {nll:.6} (want {want:.6})");
+        assert!((nll - want).abs() <= tolerance * want, "{format} from f16: NLL {nll} vs {want}");
+    }
     let q8 = dir.join("export-q8_0").display().to_string();
     let again = dir.join("again").display().to_string();
     let o = run(&["quantize", "--model", &q8, "--format", "q4_0", "--out", &again].map(String::from));
