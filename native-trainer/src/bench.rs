@@ -9,7 +9,7 @@ use crate::checkpoint::FinalEval;
 use crate::data::{self, Corpus};
 use crate::eval::{stream_loss, windows, QaResult};
 use crate::export::{load_model_dir, Manifest};
-use crate::reading::{self, RetrievalEval};
+use crate::reading;
 use crate::world::{World, WorldConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -75,6 +75,25 @@ pub struct BenchArgs {
     /// --world-unseen`, which the manifest does not record; the default job's 0.1)
     #[arg(long, default_value_t = 0.1)]
     pub world_unseen: f64,
+    /// With --world-qa, for models that read an index: also ask the questions with retrieval of
+    /// the weights rounded to these formats (as `quantize` writes them), for the report's size
+    /// claim and quality-against-bytes points; empty (`--qa-formats ''`) skips them
+    #[arg(long, value_delimiter = ',', default_value = "q8_0,q4_0")]
+    pub qa_formats: Vec<WeightFormatArg>,
+}
+
+/// A `--qa-formats` entry (an empty list is allowed: `--qa-formats ''`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightFormatArg(pub Option<WeightFormat>);
+
+impl std::str::FromStr for WeightFormatArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" => Ok(WeightFormatArg(None)),
+            f => f.parse().map(|f| WeightFormatArg(Some(f))),
+        }
+    }
 }
 
 fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -200,6 +219,21 @@ pub struct ModelResults {
     pub per_context: Vec<ContextPoint>,
     pub speed: Vec<Speed>,
     pub quality: Vec<Quality>,
+    /// World QA with retrieval of the weights rounded to smaller formats (`--qa-formats`); empty
+    /// for models without an index and in results measured before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<FormatQa>,
+}
+
+/// World QA with retrieval of one model's weights in one format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormatQa {
+    pub format: String,
+    /// `model.gguf` in this format, as `quantize` writes it
+    pub weight_bytes: u64,
+    pub heldout: QaResult,
+    /// Questions about people never trained on (the index alone knows them)
+    pub unseen: Option<QaResult>,
 }
 
 /// Figures at one context length.
@@ -331,10 +365,30 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     }
 
     let mut train_eval = manifest.as_ref().and_then(|m| m.eval.clone());
+    if let (true, None, Some(m)) = (args.world_qa > 0, &train_eval, manifest.as_ref()) {
+        // A copy made by `quantize` from f16 weights carries no figures of its own.
+        train_eval = world_final_eval(&loaded, m, args)?;
+    }
     let mut world_qa_questions = 0;
+    let mut formats = Vec::new();
     if let (true, Some(m), Some(e)) = (args.world_qa > 0, manifest.as_ref(), train_eval.as_mut()) {
-        if let Some((qa, retrieval)) = measure_world_qa(dir, m, &loaded, args)? {
+        if let Some((world, reader)) = world_and_reader(dir, m, args)? {
+            let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
+            let (qa, retrieval) = reading::world_qa(model, tok, eot, &world, reader.as_ref(), args.world_qa)?;
             (e.world_qa, e.retrieval, world_qa_questions) = (Some(qa), retrieval, args.world_qa);
+            for f in args.qa_formats.iter().filter_map(|f| f.0).filter(|_| reader.is_some()) {
+                let Some(reader) = reader.as_ref() else { break };
+                eprintln!("  world QA with retrieval, weights in {f}");
+                let bytes = itera_model::weights::write_gguf(&tensors, f, &[])?;
+                let rounded = Model::from_weights(&cfg, f, &bytes, &Device::Cpu)?;
+                let r = reading::evaluate(&rounded, tok, eot, reader, &world, args.world_qa)?;
+                formats.push(FormatQa {
+                    format: f.name().to_string(),
+                    weight_bytes: bytes.len() as u64,
+                    heldout: r.heldout,
+                    unseen: r.unseen,
+                });
+            }
         }
     }
 
@@ -367,18 +421,16 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
         per_context,
         speed,
         quality,
+        formats,
     })
 }
 
 /// World QA of a model trained on the generated world, asked as `eval --retrieval` asks it:
 /// `--world-qa` held-out questions without retrieval and, when the export carries an index, the
 /// same with it and as many about people never trained on. `None` for other corpora.
-fn measure_world_qa(
-    dir: &Path,
-    m: &Manifest,
-    loaded: &crate::export::LoadedModel,
-    args: &BenchArgs,
-) -> Result<Option<(QaResult, Option<RetrievalEval>)>> {
+/// The world a model was trained on (with `--world-unseen` of its people never trained on) and,
+/// when its export carries an index, the reader of that index; `None` for other corpora.
+fn world_and_reader(dir: &Path, m: &Manifest, args: &BenchArgs) -> Result<Option<(World, Option<reading::Reader>)>> {
     let Some((entities, seed)) = world_of(&m.training.corpus) else { return Ok(None) };
     eprintln!("  world QA, {} questions of each kind", args.world_qa);
     let cfg = WorldConfig { entities, seed, unseen_fraction: args.world_unseen, ..Default::default() };
@@ -389,8 +441,28 @@ fn measure_world_qa(
         }
         None => None,
     };
-    let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
-    reading::world_qa(model, tok, eot, &world, reader.as_ref(), args.world_qa).map(Some)
+    Ok(Some((world, reader)))
+}
+
+/// A world model's final figures (validation loss, bits per byte, the unigram loss) measured
+/// here as its training run measures them, for an export whose manifest carries none: a copy
+/// `quantize` widened from f16 weights (the seed-preset baseline comes back from the GPU
+/// machine so). The world QA is then asked as for every model.
+fn world_final_eval(loaded: &crate::export::LoadedModel, m: &Manifest, args: &BenchArgs) -> Result<Option<FinalEval>> {
+    let Some((entities, seed)) = world_of(&m.training.corpus) else { return Ok(None) };
+    eprintln!("  no figures in its manifest: measuring its validation loss");
+    let source =
+        crate::source::Source::load(&crate::source::CorpusSpec::World, entities, args.world_unseen, seed, 0.05)?;
+    let train = data::encode_documents(&loaded.tokenizer, &source.corpus.train)?;
+    let valid = data::encode_documents(&loaded.tokenizer, &source.corpus.valid)?;
+    let targs = crate::train::TrainArgs {
+        seq_len: Some(m.training.seq_len),
+        qa_questions: 0,
+        ..crate::train::TrainArgs::defaults()
+    };
+    let e =
+        crate::train::final_eval(&loaded.model, &loaded.tokenizer, loaded.eot, &source, &train, &valid, None, &targs)?;
+    Ok(Some(e))
 }
 
 /// "world (entities 10000, seed 0)", a world model's corpus in its manifest -> (10000, 0).

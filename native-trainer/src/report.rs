@@ -347,6 +347,13 @@ fn markdown(r: &Results) -> String {
             }
         }
 
+        for c in size_claims(r) {
+            let _ = writeln!(s, "{}", c.claim_row());
+            if let Some(row) = c.held_out_text_row() {
+                let _ = writeln!(s, "{row}");
+            }
+        }
+
         let _ = writeln!(s, "\n## Regime\n");
         let tokens = |m: &ModelResults| m.training.as_ref().map_or(0, |t| t.tokens);
         let state_ratio = |c: usize| {
@@ -411,6 +418,8 @@ fn markdown(r: &Results) -> String {
         }
     }
 
+    size_claim_section(&mut s, r);
+
     let _ = writeln!(s, "\n## FLOPs per decoded token: analytic formula vs count of the ops run\n");
     let _ = writeln!(s, "The count instruments the models' ops with the shapes they ran (`itera_model::flops`); elementwise ops use the formula's per-element weights, so agreement checks the structure (layers, heads, keys, experts per token).\n");
     let _ = writeln!(s, "| model | context | analytic | counted | difference |");
@@ -445,6 +454,202 @@ fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "\n![reading vs tokens](reading_vs_tokens.svg)");
     }
     s
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's size claim: the smallest Itera-Lite that reads as well as the seed's Transformer
+
+/// Parameters of the seed's Transformer: 10-50M.
+const SEED_PARAMS: std::ops::RangeInclusive<usize> = 10_000_000..=50_000_000;
+/// "Under 20% quality loss": at least this share of the baseline's accuracy.
+const WITHIN: f64 = 0.8;
+
+/// One model's weights in one format, and its world QA with retrieval: held-out questions and
+/// questions about people never trained on (the index alone knows them).
+struct ReaderPoint<'a> {
+    model: &'a ModelResults,
+    format: String,
+    weight_bytes: u64,
+    heldout: f64,
+    unseen: Option<f64>,
+}
+
+impl ReaderPoint<'_> {
+    /// The lower of its two accuracies as a share of `base`'s (each set against the same set).
+    fn share_of(&self, base: &ReaderPoint) -> f64 {
+        let share = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+        let h = share(self.heldout, base.heldout);
+        match (self.unseen, base.unseen) {
+            (Some(a), Some(b)) => h.min(share(a, b)),
+            _ => h,
+        }
+    }
+
+    fn accuracies(&self) -> String {
+        match self.unseen {
+            Some(u) => format!("{:.1}% / {:.1}%", 100.0 * self.heldout, 100.0 * u),
+            None => format!("{:.1}% / –", 100.0 * self.heldout),
+        }
+    }
+}
+
+/// A model's reading points: its f32 weights (what `bench` measured) and each `--qa-formats`
+/// copy; none for a model that reads no index.
+fn reader_points(m: &ModelResults) -> Vec<ReaderPoint<'_>> {
+    let Some(rv) = m.train_eval.as_ref().and_then(|e| e.retrieval.as_ref()) else { return Vec::new() };
+    if m.bytes_index == 0 {
+        return Vec::new();
+    }
+    let mut v = vec![ReaderPoint {
+        model: m,
+        format: "f32".into(),
+        weight_bytes: m.bytes_f32,
+        heldout: rv.heldout.accuracy(),
+        unseen: rv.unseen.as_ref().map(|q| q.accuracy()),
+    }];
+    v.extend(m.formats.iter().map(|f| ReaderPoint {
+        model: m,
+        format: f.format.clone(),
+        weight_bytes: f.weight_bytes,
+        heldout: f.heldout.accuracy(),
+        unseen: f.unseen.as_ref().map(|q| q.accuracy()),
+    }));
+    v
+}
+
+/// The claim for one baseline of the seed's size that reads an index: every Itera-Lite point
+/// on the same world, smallest weights first, and the smallest within 20% of the baseline's
+/// f32 accuracy on both question sets.
+struct SizeClaim<'a> {
+    base: ReaderPoint<'a>,
+    points: Vec<ReaderPoint<'a>>,
+    best: Option<usize>,
+}
+
+fn size_claims(r: &Results) -> Vec<SizeClaim<'_>> {
+    let corpus = |m: &ModelResults| m.training.as_ref().map(|t| t.corpus.clone());
+    r.models
+        .iter()
+        .filter(|b| b.architecture == "baseline" && SEED_PARAMS.contains(&b.params.total))
+        .filter_map(|b| {
+            let base = reader_points(b).into_iter().next()?;
+            let mut points: Vec<ReaderPoint> = r
+                .models
+                .iter()
+                .filter(|i| i.architecture == "itera-lite" && corpus(i).is_some() && corpus(i) == corpus(b))
+                .flat_map(reader_points)
+                .collect();
+            points.sort_by_key(|p| p.weight_bytes);
+            let best = points.iter().position(|p| p.share_of(&base) >= WITHIN);
+            Some(SizeClaim { base, points, best })
+        })
+        .collect()
+}
+
+impl SizeClaim<'_> {
+    /// The claims table's row: bytes of the baseline's f32 weights over the smallest passing
+    /// Itera-Lite's.
+    fn claim_row(&self) -> String {
+        let b = &self.base;
+        match self.best.map(|k| &self.points[k]) {
+            Some(p) => {
+                let n = b.weight_bytes as f64 / p.weight_bytes as f64;
+                format!(
+                    "| smaller at under 20% quality loss on world QA with retrieval (weights: {} f32, {:.2} MB, vs the \
+                     smallest Itera-Lite within 20% of it on both question sets, {} {}, {:.2} MB) | 100-300× | {n:.0}× | {} |",
+                    b.model.name,
+                    b.weight_bytes as f64 / 1e6,
+                    p.model.name,
+                    p.format,
+                    p.weight_bytes as f64 / 1e6,
+                    if n >= 100.0 { "met" } else { "not met" }
+                )
+            }
+            None => format!(
+                "| smaller at under 20% quality loss on world QA with retrieval (against {} f32) | 100-300× | no Itera-Lite \
+                 measured reaches 80% of its accuracy ({}) | not met |",
+                b.model.name,
+                b.accuracies()
+            ),
+        }
+    }
+
+    /// The same pair on held-out text of the world (its validation split; bits per byte, which
+    /// compares across the two models' tokenizers).
+    fn held_out_text_row(&self) -> Option<String> {
+        let p = &self.points[self.best?];
+        let (eb, ei) = (self.base.model.train_eval.as_ref()?, p.model.train_eval.as_ref()?);
+        let d = ei.valid_bits_per_byte / eb.valid_bits_per_byte - 1.0;
+        Some(format!(
+            "| the same pair on held-out text of the world ({} vs {}, validation bits per byte, f32) | < 20% | {:+.1}% \
+             ({:.4} vs {:.4}) | {} |",
+            p.model.name,
+            self.base.model.name,
+            100.0 * d,
+            ei.valid_bits_per_byte,
+            eb.valid_bits_per_byte,
+            if d < 0.2 { "met" } else { "not met" }
+        ))
+    }
+}
+
+fn size_claim_section(s: &mut String, r: &Results) {
+    for c in size_claims(r) {
+        let b = &c.base;
+        let _ = writeln!(s, "\n## The seed's size claim: {} against every Itera-Lite that reads\n", b.model.name);
+        let _ = writeln!(
+            s,
+            "The seed's Transformer ({} parameters, {:.2} MB of f32 weights) answers {} of the world questions with \
+             retrieval (held-out / about people never trained on). Every Itera-Lite trained on the same world and \
+             measured here, in each format whose questions were asked (`--qa-formats`), smallest weights first; \
+             \"within 20%\" asks for at least 80% of the baseline's accuracy on both question sets. The index each \
+             model reads ({:.2} MB here) is bytes too: the last ratio counts it on both sides.\n",
+            millions(b.model.params.total),
+            b.weight_bytes as f64 / 1e6,
+            b.accuracies(),
+            b.model.bytes_index as f64 / 1e6
+        );
+        let _ = writeln!(
+            s,
+            "| Itera-Lite | format | weights | QA with retrieval | share of the baseline's | within 20% | baseline f32 bytes / these | with the index on both sides |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for (k, p) in c.points.iter().enumerate() {
+            let share = p.share_of(b);
+            let mark = if Some(k) == c.best { " (the smallest)" } else { "" };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
+                p.model.name,
+                p.format,
+                p.weight_bytes as f64 / 1e6,
+                p.accuracies(),
+                100.0 * share.min(9.99),
+                if share >= WITHIN { "yes" } else { "no" },
+                b.weight_bytes as f64 / p.weight_bytes as f64,
+                (b.weight_bytes + b.model.bytes_index) as f64 / (p.weight_bytes + p.model.bytes_index) as f64
+            );
+        }
+        if c.points.is_empty() {
+            let _ = writeln!(s, "| (none measured) | | | | | | | |");
+        }
+        if let Some(formats) = Some(&b.model.formats).filter(|f| !f.is_empty()) {
+            let list: Vec<String> = formats
+                .iter()
+                .map(|f| {
+                    let p = ReaderPoint {
+                        model: b.model,
+                        format: f.format.clone(),
+                        weight_bytes: f.weight_bytes,
+                        heldout: f.heldout.accuracy(),
+                        unseen: f.unseen.as_ref().map(|q| q.accuracy()),
+                    };
+                    format!("{} {:.2} MB: {}", f.format, f.weight_bytes as f64 / 1e6, p.accuracies())
+                })
+                .collect();
+            let _ = writeln!(s, "\nThe baseline's own smaller formats: {}.", list.join("; "));
+        }
+    }
 }
 
 /// Chance level of a targeted-task answer (one word of a 64-word block).
@@ -987,5 +1192,95 @@ mod tests {
         );
         // results.json written before the field existed reads as the every-token loss
         assert_eq!(models[1].training.as_ref().unwrap().task_loss, None);
+    }
+
+    /// A model that reads an index, with its world QA with retrieval (held-out, never trained
+    /// on) and its weights' bytes, in f32 and in the formats given.
+    fn reader(
+        architecture: &str,
+        name: &str,
+        params: usize,
+        f32: (u64, usize, usize),
+        formats: &[(&str, u64, usize, usize)],
+    ) -> ModelResults {
+        let qa = |c: usize| serde_json::json!({"correct": c, "total": 200, "examples": []});
+        let mut m = model(architecture, "world (entities 10000, seed 0)", "x", 2400);
+        m.name = name.into();
+        m.params.total = params;
+        (m.bytes_f32, m.bytes_index) = (f32.0, 4_000_000);
+        m.train_eval = Some(
+            serde_json::from_value(serde_json::json!({
+                "valid_loss": 1.0, "valid_perplexity": 2.7, "valid_bits_per_byte": if architecture == "baseline" { 0.5 } else { 0.55 },
+                "valid_tokens": 1, "world_qa": qa(1), "unigram_loss": 5.0,
+                "retrieval": {"k": 1, "order": "question-first", "heldout": qa(f32.1), "heldout_recall": 1.0,
+                    "unseen": qa(f32.2), "unseen_off": qa(0), "unseen_recall": 1.0}
+            }))
+            .unwrap(),
+        );
+        m.formats = formats
+            .iter()
+            .map(|&(f, bytes, h, u)| {
+                serde_json::from_value(
+                    serde_json::json!({"format": f, "weight_bytes": bytes, "heldout": qa(h), "unseen": qa(u)}),
+                )
+                .unwrap()
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn the_size_claim_takes_the_smallest_itera_lite_within_20_percent_on_both_sets() {
+        let r = |models: Vec<ModelResults>| -> Results {
+            serde_json::from_value(serde_json::json!({
+                "machine": {"cpu": "c", "cores": 2, "os": "l", "energy_counter": null, "code_version": "v", "date_unix": 0},
+                "settings": {"contexts": [64], "steps": 1, "warmup": 1, "threads": [1], "precision": "f32",
+                    "eval_seq_len": 8, "train_shape": [1, 8]},
+                "models": models
+            }))
+            .unwrap()
+        };
+        let models = vec![
+            // the seed's Transformer: 100 MB, 160 / 150 of 200
+            reader("baseline", "big", 27_000_000, (100_000_000, 160, 150), &[("q8_0", 27_000_000, 160, 150)]),
+            // a demo baseline is not the seed's size: no claim against it
+            reader("baseline", "demo", 4_000_000, (16_000_000, 170, 160), &[]),
+            // 1 MB f32 passes; its q8_0 (0.3 MB) passes; its q4_0 (0.2 MB) fails on the never-trained set (119 < 120)
+            reader(
+                "itera-lite",
+                "small",
+                300_000,
+                (1_000_000, 150, 140),
+                &[("q8_0", 300_000, 150, 140), ("q4_0", 200_000, 140, 119)],
+            ),
+            // smaller still but below 80% held-out (127 < 128)
+            reader("itera-lite", "tiny", 50_000, (150_000, 127, 149), &[]),
+        ];
+        let res = r(models);
+        let claims = size_claims(&res);
+        assert_eq!(claims.len(), 1, "one baseline of 10-50M parameters");
+        let c = &claims[0];
+        let order: Vec<(&str, &str)> = c.points.iter().map(|p| (p.model.name.as_str(), p.format.as_str())).collect();
+        assert_eq!(order, [("tiny", "f32"), ("small", "q4_0"), ("small", "q8_0"), ("small", "f32")]);
+        let best = &c.points[c.best.unwrap()];
+        assert_eq!((best.model.name.as_str(), best.format.as_str()), ("small", "q8_0"));
+        let row = c.claim_row();
+        assert!(row.contains("| 333× | met |"), "{row}");
+        let text = c.held_out_text_row().unwrap();
+        assert!(text.contains("+10.0%") && text.contains("| met |"), "{text}");
+        let md = markdown_for_test(&res);
+        assert!(md.contains("## The seed's size claim: big against every Itera-Lite that reads"), "{md}");
+        assert!(
+            md.contains("| small | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"),
+            "{md}"
+        );
+
+        // nothing within 20%: said so, not met
+        let res = r(vec![
+            reader("baseline", "big", 27_000_000, (100_000_000, 160, 150), &[]),
+            reader("itera-lite", "tiny", 50_000, (150_000, 127, 149), &[]),
+        ]);
+        let row = size_claims(&res)[0].claim_row();
+        assert!(row.contains("no Itera-Lite measured reaches 80%") && row.ends_with("| not met |"), "{row}");
     }
 }

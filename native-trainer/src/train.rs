@@ -1186,7 +1186,7 @@ fn save_checkpoint(out: &Path, meta: &CheckpointMeta, varmap: &candle_nn::VarMap
 }
 
 /// Whole-split loss, bits per byte, the unigram baseline, and world QA.
-fn final_eval(
+pub(crate) fn final_eval(
     model: &Model,
     tok: &tokenizers::Tokenizer,
     eot: u32,
