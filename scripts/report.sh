@@ -93,6 +93,14 @@ fi
 gpu=()
 for m in baseline itera-lite; do [ -f "models/gpu-demo/$m/manifest.json" ] && gpu+=("models/gpu-demo/$m"); done
 [ "${#gpu[@]}" = 2 ] || gpu=()
+# The seed's size claim (docs/retrieval.md, "The seed's size claim"): the seed-preset baseline
+# trained with retrieval on a GPU (models/gpu-seed/baseline: the f16 copy that came back, widened
+# by `quantize --format f32`), and the reading Itera-Lites of other sizes, each where it exists:
+# the demo one with many places (GPU) and the small one, 24,000 steps on the CPU. `bench` asks
+# each one's questions with its weights in q8_0 and q4_0 too (--qa-formats).
+for d in models/gpu-seed/baseline models/gpu-demo-many/itera-lite models/cpu-small/itera-lite-many-24k; do
+  [ -f "$d/manifest.json" ] && gpu+=("$d")
+done
 
 # Models trained alike (corpus, preset, steps) form a pair; the first pair listed (the page's
 # models) is the one whose size, speed and energy the claims compare. World QA is asked here,
