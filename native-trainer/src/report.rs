@@ -594,33 +594,42 @@ impl SizeClaim<'_> {
 }
 
 fn size_claim_section(s: &mut String, r: &Results) {
+    // Token budgets differ between these runs (GPU and CPU, several presets): each row says its own.
+    let tokens = |m: &ModelResults| {
+        m.training.as_ref().map_or("–".to_string(), |t| match t.tokens {
+            n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+            n => n.to_string(),
+        })
+    };
     for c in size_claims(r) {
         let b = &c.base;
         let _ = writeln!(s, "\n## The seed's size claim: {} against every Itera-Lite that reads\n", b.model.name);
         let _ = writeln!(
             s,
-            "The seed's Transformer ({} parameters, {:.2} MB of f32 weights) answers {} of the world questions with \
-             retrieval (held-out / about people never trained on). Every Itera-Lite trained on the same world and \
+            "The seed's Transformer ({} parameters, {:.2} MB of f32 weights, trained on {} tokens) answers {} of the \
+             world questions with retrieval (held-out / about people never trained on). Every Itera-Lite trained on the same world and \
              measured here, in each format whose questions were asked (`--qa-formats`), smallest weights first; \
              \"within 20%\" asks for at least 80% of the baseline's accuracy on both question sets. The index each \
              model reads ({:.2} MB here) is bytes too: the last ratio counts it on both sides.\n",
             millions(b.model.params.total),
             b.weight_bytes as f64 / 1e6,
+            tokens(b.model),
             b.accuracies(),
             b.model.bytes_index as f64 / 1e6
         );
         let _ = writeln!(
             s,
-            "| Itera-Lite | format | weights | QA with retrieval | share of the baseline's | within 20% | baseline f32 bytes / these | with the index on both sides |"
+            "| Itera-Lite | trained tokens | format | weights | QA with retrieval | share of the baseline's | within 20% | baseline f32 bytes / these | with the index on both sides |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for (k, p) in c.points.iter().enumerate() {
             let share = p.share_of(b);
             let mark = if Some(k) == c.best { " (the smallest)" } else { "" };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
+                "| {} | {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
                 p.model.name,
+                tokens(p.model),
                 p.format,
                 p.weight_bytes as f64 / 1e6,
                 p.accuracies(),
@@ -631,7 +640,7 @@ fn size_claim_section(s: &mut String, r: &Results) {
             );
         }
         if c.points.is_empty() {
-            let _ = writeln!(s, "| (none measured) | | | | | | | |");
+            let _ = writeln!(s, "| (none measured) | | | | | | | | |");
         }
         if let Some(formats) = Some(&b.model.formats).filter(|f| !f.is_empty()) {
             let list: Vec<String> = formats
@@ -1271,7 +1280,7 @@ mod tests {
         let md = markdown_for_test(&res);
         assert!(md.contains("## The seed's size claim: big against every Itera-Lite that reads"), "{md}");
         assert!(
-            md.contains("| small | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"),
+            md.contains("| small | 24000 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"),
             "{md}"
         );
 
