@@ -441,11 +441,45 @@ fn markdown(r: &Results) -> String {
     if !reading_points(r).is_empty() {
         let _ = writeln!(
             s,
-            "\n![world QA vs bytes](qa_vs_bytes.svg)\n\nWorld QA vs bytes: each model that reads a retrieval index \
-             twice, its weights alone (model.safetensors in f32, filled) and its weights with the index it reads \
-             (`index/`, hollow); the share of questions about people never trained on that it answered right with \
-             retrieval. The models table gives the weights' bytes in f16, q8_0 and q4_0 too."
+            "\n![world QA vs bytes](qa_vs_bytes.svg)\n\nWorld QA vs bytes (log scale): each model that reads a \
+             retrieval index, its weights in each format whose questions were asked (filled: f32, q8_0, q4_0) and its \
+             f32 weights with the index it reads (`index/`, hollow); the share of questions about people never trained \
+             on that it answered right with retrieval; in black, the frontier of the weights. The models table gives \
+             the weights' bytes in f16 too."
         );
+    }
+    let with_formats: Vec<&ModelResults> = r.models.iter().filter(|m| !m.formats.is_empty()).collect();
+    if !with_formats.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### World QA with retrieval by weight format\n\nThe same questions asked again with each model's weights \
+             rounded as `native-trainer quantize` writes them (`--qa-formats`): held-out / about people never trained on.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| model | format | weights | QA with retrieval | change against f32 (held-out / never trained on) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for m in with_formats {
+            let pts = reader_points(m);
+            let Some(f32p) = pts.first() else { continue };
+            for p in &pts {
+                let change = |a: f64, b: f64| format!("{:+.1} pt", 100.0 * (a - b));
+                let delta = match (p.unseen, f32p.unseen) {
+                    (Some(a), Some(b)) => format!("{} / {}", change(p.heldout, f32p.heldout), change(a, b)),
+                    _ => change(p.heldout, f32p.heldout),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} MB | {} | {} |",
+                    m.name,
+                    p.format,
+                    p.weight_bytes as f64 / 1e6,
+                    p.accuracies(),
+                    if p.format == "f32" { "–".to_string() } else { delta }
+                );
+            }
+        }
     }
     if Curves::Tasks.any(r) {
         let _ = writeln!(s, "\n![accuracy vs tokens](accuracy_vs_tokens.svg)");
@@ -1070,35 +1104,78 @@ fn reading_points(r: &Results) -> Vec<(&ModelResults, f64)> {
         .collect()
 }
 
-/// World QA with retrieval against bytes, for the models that read an index: each model twice,
-/// its weights alone (model.safetensors, f32: filled) and its weights with the index it reads
-/// (hollow), joined by a line: facts in the index cost bytes too, and the plot says how many.
+/// World QA with retrieval against bytes (log scale), for the models that read an index: each
+/// model's weights in every format whose questions were asked (filled, joined: f32 and the
+/// `--qa-formats` copies), its f32 weights with the index it reads (hollow: facts in the index
+/// cost bytes too), and the Pareto frontier over every model's weights (black: walking up in
+/// size, the points that answer more than any smaller one).
 fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) -> Result<()> {
-    let pts = reading_points(r);
-    let xmax = pts.iter().map(|(m, _)| (m.bytes_f32 + m.bytes_index) as f64).fold(1.0, f64::max) * 1.15;
-    let caption = "World QA with retrieval vs bytes (filled: weights; hollow: weights + index)";
-    let mut chart = percent_chart(&root, caption, 16.0, xmax)?;
+    let models: Vec<&ModelResults> = reading_points(r).into_iter().map(|(m, _)| m).collect();
+    // (bytes, accuracy on people never trained on, else held-out) of each format of each model
+    let acc = |p: &ReaderPoint| 100.0 * p.unseen.unwrap_or(p.heldout);
+    let curves: Vec<Vec<(f64, f64)>> = models
+        .iter()
+        .map(|m| {
+            let mut v: Vec<(f64, f64)> = reader_points(m).iter().map(|p| (p.weight_bytes as f64, acc(p))).collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        })
+        .collect();
+    let with_index = |m: &ModelResults| (m.bytes_f32 + m.bytes_index) as f64;
+    let xmax = models.iter().map(|m| with_index(m)).fold(1.0, f64::max) * 2.0;
+    let xmin = curves.iter().flatten().map(|p| p.0).fold(xmax, f64::min) * 0.5;
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "World QA with retrieval vs bytes (filled: weights in f32 / q8_0 / q4_0; hollow: f32 + index)",
+            ("sans-serif", 15),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..105.0)
+        .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("bytes: model.safetensors (f32), and with index/")
+        .x_desc("bytes (log scale): weights, and weights with index/")
         .y_desc("people never trained on, answered right (%)")
         .x_labels(8)
-        .x_label_formatter(&|v| format!("{:.0} MiB", v / 1048576.0))
+        .x_label_formatter(&|v| {
+            if *v >= 1048576.0 {
+                format!("{:.0} MiB", v / 1048576.0)
+            } else {
+                format!("{:.0} KiB", v / 1024.0)
+            }
+        })
         .draw()
         .map_err(e)?;
-    for (k, (m, acc)) in pts.iter().enumerate() {
+    for (k, (m, pts)) in models.iter().zip(&curves).enumerate() {
         let color = PALETTE[k % PALETTE.len()];
-        let (w, all, y) = (m.bytes_f32 as f64, (m.bytes_f32 + m.bytes_index) as f64, 100.0 * acc);
+        let f32_point = (m.bytes_f32 as f64, pts.iter().find(|p| p.0 == m.bytes_f32 as f64).map_or(0.0, |p| p.1));
         chart
-            .draw_series(LineSeries::new([(w, y), (all, y)], color.stroke_width(1)))
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(e)?
             .label(m.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        chart
-            .draw_series([Circle::new((w, y), 5, color.filled()), Circle::new((all, y), 5, color.stroke_width(2))])
-            .map_err(e)?;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled()))).map_err(e)?;
+        let hollow = (with_index(m), f32_point.1);
+        chart.draw_series(LineSeries::new([f32_point, hollow], color.stroke_width(1))).map_err(e)?;
+        chart.draw_series([Circle::new(hollow, 5, color.stroke_width(2))]).map_err(e)?;
     }
-    legend_and_present(&mut chart, &root, SeriesLabelPosition::MiddleLeft)?;
+    let mut all: Vec<(f64, f64)> = curves.iter().flatten().copied().collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut frontier = Vec::new();
+    for p in all {
+        if frontier.last().is_none_or(|&(_, best): &(f64, f64)| p.1 > best) {
+            frontier.push(p);
+        }
+    }
+    chart
+        .draw_series(LineSeries::new(frontier, BLACK.stroke_width(1)))
+        .map_err(e)?
+        .label("frontier (weights)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+    legend_and_present(&mut chart, &root, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -1283,6 +1360,14 @@ mod tests {
             md.contains("| small | 24000 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"),
             "{md}"
         );
+
+        assert!(md.contains("| small | q4_0 | 0.20 MB | 70.0% / 59.5% | -5.0 pt / -10.5 pt |"), "{md}");
+        // the plots draw (the QA-vs-bytes one on a log scale, every format a point)
+        let dir = std::env::temp_dir().join(format!("itera-report-size-claim-{}", std::process::id()));
+        write_report(&res, &dir).unwrap();
+        let svg = std::fs::read_to_string(dir.join("qa_vs_bytes.svg")).unwrap();
+        assert!(svg.contains("frontier (weights)") && svg.contains("small"), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
 
         // nothing within 20%: said so, not met
         let res = r(vec![
