@@ -1137,15 +1137,11 @@ fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) 
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("bytes (log scale): weights, and weights with index/")
-        .y_desc("people never trained on, answered right (%)")
+        .x_desc("bytes (log scale, MB = 10^6): weights, and weights with index/")
         .x_labels(8)
-        .x_label_formatter(&|v| {
-            if *v >= 1048576.0 {
-                format!("{:.0} MiB", v / 1048576.0)
-            } else {
-                format!("{:.0} KiB", v / 1024.0)
-            }
+        .x_label_formatter(&|v| match *v / 1e6 {
+            mb if mb >= 1.0 => format!("{mb:.0} MB"),
+            mb => format!("{mb:.2} MB"),
         })
         .draw()
         .map_err(e)?;
