@@ -229,7 +229,8 @@ pub struct ModelResults {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FormatQa {
     pub format: String,
-    /// `model.gguf` in this format, as `quantize` writes it
+    /// `model.gguf` in this format, as `quantize` writes it less its few metadata strings (the
+    /// same count as `bytes_q8_0` / `bytes_q4_0`)
     pub weight_bytes: u64,
     pub heldout: QaResult,
     /// Questions about people never trained on (the index alone knows them)

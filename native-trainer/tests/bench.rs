@@ -209,3 +209,73 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A model that reads an index is asked its world questions again with its weights in each
+/// `--qa-formats` format; a copy widened from f16 weights (what comes back from a GPU machine
+/// for a model too large in f32) carries no figures of its own, so the bench measures them.
+#[test]
+fn a_reading_model_is_asked_in_each_format_and_an_f16_copy_gets_its_own_figures() {
+    let dir = std::env::temp_dir().join(format!("itera-bench-formats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let index = dir.join("index");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    run(&["index", "--world-entities", "200", "--out", &s(&index), "--queries", "0"]);
+    let reader = export_tiny_with(
+        "itera-lite",
+        "world",
+        "reader",
+        &["--retrieval", &s(&index), "--reading-batch", "2", "--world-unseen", "0.1"],
+        &dir,
+    );
+    let (f16, widened) = (dir.join("reader-f16"), dir.join("reader-widened"));
+    run(&["quantize", "--model", &s(&reader), "--format", "f16", "--out", &s(&f16)]);
+    run(&["quantize", "--model", &s(&f16), "--format", "f32", "--out", &s(&widened)]);
+    let report = dir.join("report");
+    run(&[
+        "bench",
+        "--models",
+        &s(&reader),
+        &s(&widened),
+        "--out",
+        &s(&report),
+        "--contexts",
+        "16",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--train-shape",
+        "2x32",
+        "--world-qa",
+        "3",
+        "--world-unseen",
+        "0.1",
+        "--qa-formats",
+        "q8_0,q4_0",
+    ]);
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(report.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.models.len(), 2);
+    for m in &results.models {
+        let formats: Vec<(&str, u64)> = m.formats.iter().map(|f| (f.format.as_str(), f.weight_bytes)).collect();
+        assert_eq!(formats, [("q8_0", m.bytes_q8_0), ("q4_0", m.bytes_q4_0)], "{}", m.name);
+        for f in &m.formats {
+            assert_eq!(f.heldout.total, 3, "{} {}", m.name, f.format);
+            assert_eq!(f.unseen.as_ref().map(|q| q.total), Some(3), "{} {}", m.name, f.format);
+        }
+        let e = m.train_eval.as_ref().expect("figures: the manifest's, or measured here");
+        assert!(e.valid_loss.is_finite() && e.valid_tokens > 0 && e.unigram_loss > 0.0, "{}", m.name);
+        let r = e.retrieval.as_ref().expect("asked with retrieval");
+        assert_eq!((m.world_qa_questions, r.heldout.total), (3, 3), "{}", m.name);
+    }
+    // The widened copy's manifest has no figures (they were the f32 model's): the bench measured
+    // them on the same validation split, so they are close to the f32 export's (f16 rounding).
+    let (a, b) = (results.models[0].train_eval.as_ref().unwrap(), results.models[1].train_eval.as_ref().unwrap());
+    assert_eq!(a.valid_tokens, b.valid_tokens);
+    assert!((a.valid_loss - b.valid_loss).abs() < 0.01 * a.valid_loss, "{} vs {}", a.valid_loss, b.valid_loss);
+    let md = std::fs::read_to_string(report.join("efficiency_report.md")).unwrap();
+    assert!(md.contains("### World QA with retrieval by weight format"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
