@@ -9,6 +9,9 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_native-trainer");
 
+/// Few timed steps at one thread and a tiny training step: `bench` runs end to end, not to time.
+const QUICK: &[&str] = &["--steps", "3", "--warmup", "1", "--threads", "1", "--train-shape", "2x32"];
+
 fn run(args: &[&str]) {
     let out = Command::new(BIN).args(args).output().expect("spawning native-trainer");
     assert!(out.status.success(), "native-trainer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -82,38 +85,36 @@ fn the_harness_runs_end_to_end_and_results_json_has_every_field() {
     assert!(tasks.iter().all(|t| t["instances"] == 3), "{tasks:?}");
     let report = dir.join("report");
     run(&[
-        "bench",
-        "--models",
-        b.to_str().unwrap(),
-        i.to_str().unwrap(),
-        tb.to_str().unwrap(),
-        ti.to_str().unwrap(),
-        tm.to_str().unwrap(),
-        pb.to_str().unwrap(),
-        pi.to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-        "--contexts",
-        "16,64",
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--train-shape",
-        "2x32",
-        "--eval",
-        &format!("alice={}", alice.display()),
-        "--eval-windows",
-        "4",
-        "--eval-seq-len",
-        "32",
-        "--world-qa",
-        "3",
-        "--world-unseen",
-        "0",
-    ]);
+        &[
+            "bench",
+            "--models",
+            b.to_str().unwrap(),
+            i.to_str().unwrap(),
+            tb.to_str().unwrap(),
+            ti.to_str().unwrap(),
+            tm.to_str().unwrap(),
+            pb.to_str().unwrap(),
+            pi.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+            "--contexts",
+            "16,64",
+        ][..],
+        QUICK,
+        &[
+            "--eval",
+            &format!("alice={}", alice.display()),
+            "--eval-windows",
+            "4",
+            "--eval-seq-len",
+            "32",
+            "--world-qa",
+            "3",
+            "--world-unseen",
+            "0",
+        ],
+    ]
+    .concat());
 
     // Typed parse: a missing field is an error here.
     let results: Results =
@@ -232,29 +233,11 @@ fn a_reading_model_is_asked_in_each_format_and_an_f16_copy_gets_its_own_figures(
     run(&["quantize", "--model", &s(&f16), "--format", "f32", "--out", &s(&widened)]);
     let report = dir.join("report");
     run(&[
-        "bench",
-        "--models",
-        &s(&reader),
-        &s(&widened),
-        "--out",
-        &s(&report),
-        "--contexts",
-        "16",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--train-shape",
-        "2x32",
-        "--world-qa",
-        "3",
-        "--world-unseen",
-        "0.1",
-        "--qa-formats",
-        "q8_0,q4_0",
-    ]);
+        &["bench", "--models", &s(&reader), &s(&widened), "--out", &s(&report), "--contexts", "16"][..],
+        QUICK,
+        &["--world-qa", "3", "--world-unseen", "0.1", "--qa-formats", "q8_0,q4_0"],
+    ]
+    .concat());
     let results: Results =
         serde_json::from_str(&std::fs::read_to_string(report.join("results.json")).unwrap()).unwrap();
     assert_eq!(results.models.len(), 2);

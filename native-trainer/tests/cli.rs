@@ -223,6 +223,12 @@ fn a_nan_loss_stops_the_run_with_a_clear_message_and_the_last_checkpoint_intact(
 }
 
 /// `native-trainer score --model MODEL --text TEXT --json JSON`, which must succeed; its JSON.
+/// `native-trainer quantize --model SRC --format FORMAT --out OUT`.
+fn quantize(src: &Path, format: &str, out: &Path) -> std::process::Output {
+    let path = |p: &Path| p.display().to_string();
+    run(&["quantize".into(), "--model".into(), path(src), "--format".into(), format.into(), "--out".into(), path(out)])
+}
+
 fn score_json(model: &Path, text: &Path, json: &Path) -> serde_json::Value {
     let path = |p: &Path| p.display().to_string();
     assert_ok(&run(&[
@@ -301,16 +307,7 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
     let f32_weights = std::fs::metadata(exported.join("model.safetensors")).unwrap().len();
     for (format, tolerance) in [("f16", 0.01), ("q8_0", 0.05), ("q4_0", 0.5)] {
         let q = dir.join(format!("export-{format}"));
-        let args = [
-            "quantize",
-            "--model",
-            &exported.display().to_string(),
-            "--format",
-            format,
-            "--out",
-            &q.display().to_string(),
-        ];
-        assert_ok(&run(&args.map(String::from)));
+        assert_ok(&quantize(&exported, format, &q));
         let loaded = load_model_dir(&q).unwrap();
         let qm = loaded.manifest.as_ref().unwrap();
         assert_eq!(qm.dtype, format);
@@ -335,16 +332,7 @@ fn score_of_an_exported_tiny_model_equals_the_in_process_logits_and_export_round
         .unwrap();
     for (format, want, tolerance) in [("f32", f16_nll, 1e-5), ("q8_0", q8_nll, 0.01)] {
         let out = dir.join(format!("from-f16-{format}"));
-        let args = [
-            "quantize",
-            "--model",
-            &f16_dir.display().to_string(),
-            "--format",
-            format,
-            "--out",
-            &out.display().to_string(),
-        ];
-        assert_ok(&run(&args.map(String::from)));
+        assert_ok(&quantize(&f16_dir, format, &out));
         let m = load_model_dir(&out).unwrap().manifest.unwrap();
         assert_eq!(m.dtype, if format == "f32" { "float32" } else { format });
         let from = m.quantized_from.as_ref().expect("a copy of f16 weights says so");
