@@ -102,10 +102,15 @@ for d in models/gpu-seed/baseline models/gpu-demo-many/itera-lite models/cpu-sma
   [ -f "$d/manifest.json" ] && gpu+=("$d")
 done
 
+# The WebGPU speed benchmark as measured on a GPU machine (docs/webgpu.md: `.bin/cmd5.sh` writes
+# it there; copy it to report/webgpu-speed.json): its table joins the report, the GPU named.
+webgpu=()
+[ -f report/webgpu-speed.json ] && webgpu=(--webgpu report/webgpu-speed.json)
+
 # Models trained alike (corpus, preset, steps) form a pair; the first pair listed (the page's
 # models) is the one whose size, speed and energy the claims compare. World QA is asked here,
 # 200 questions of each kind (the GPU runs' manifests carry none).
-timed "$bin" bench --out report --world-qa 200 \
+timed "$bin" bench --out report --world-qa 200 "${webgpu[@]}" \
   --models models/baseline models/itera-lite "${gpu[@]}" models/tinystories/baseline models/tinystories/itera-lite \
   models/tinystories-tiny/baseline models/tinystories-tiny/itera-lite models/tasks/baseline models/tasks/itera-lite models/tasks/itera-lite-moe-off \
   models/tasks-small/baseline models/tasks-small/itera-lite models/tasks-small/itera-lite-moe-off \

@@ -80,6 +80,61 @@ pub struct BenchArgs {
     /// claim and quality-against-bytes points; empty (`--qa-formats ''`) skips them
     #[arg(long, value_delimiter = ',', default_value = "q8_0,q4_0")]
     pub qa_formats: Vec<WeightFormatArg>,
+    /// A run of the WebGPU speed benchmark on a GPU (the JSON of `crates/itera-webgpu`'s `speed
+    /// --json`, measured on another machine: a GPU machine has no browser and this one no GPU):
+    /// its table joins the report, the GPU named; with --render-only or --add too
+    #[arg(long, value_name = "FILE")]
+    pub webgpu: Option<PathBuf>,
+}
+
+/// What the WebGPU speed benchmark measured on a GPU (`speed --json`): the same models' forward
+/// pass through `crates/itera-webgpu` (wgpu, natively on the GPU's Vulkan driver) beside the CPU
+/// path on one thread of that machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebGpuRun {
+    pub adapter: String,
+    pub software_adapter: bool,
+    #[serde(default)]
+    pub cpu_prefill_threads: usize,
+    pub decode_steps: usize,
+    #[serde(default)]
+    pub warmup_ms: u64,
+    /// Idle draw of the GPU measured through NVML at the start; None without NVML
+    #[serde(default)]
+    pub gpu_idle_power_w: Option<f64>,
+    pub rows: Vec<WebGpuRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebGpuRow {
+    pub model: String,
+    pub preset: String,
+    pub context: usize,
+    pub gpu_prefill_tok_s: f64,
+    pub cpu_prefill_tok_s: f64,
+    pub gpu_decode_ms_p50: f64,
+    pub gpu_decode_ms_p95: f64,
+    pub cpu_decode_ms_p50: f64,
+    pub cpu_decode_ms_p95: f64,
+    /// GPU energy per decoded token through NVML (joules), gross and above the idle draw
+    #[serde(default)]
+    pub energy_j_per_token: Option<f64>,
+    #[serde(default)]
+    pub energy_above_idle_j_per_token: Option<f64>,
+}
+
+impl WebGpuRun {
+    /// Reads a `speed --json` file; a clear error naming the file when it is not one.
+    pub fn read(path: &Path) -> Result<WebGpuRun> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let run: WebGpuRun = serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is not the JSON of the WebGPU speed benchmark (speed --json)", path.display())
+        })?;
+        if run.rows.is_empty() {
+            bail!("{}: the WebGPU speed benchmark's JSON has no rows", path.display());
+        }
+        Ok(run)
+    }
 }
 
 /// A `--qa-formats` entry (an empty list is allowed: `--qa-formats ''`).
@@ -114,6 +169,9 @@ pub struct Results {
     /// Models measured later by `bench --add`, on the same kind of machine with the same settings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additions: Vec<Addition>,
+    /// The WebGPU speed benchmark run on a GPU machine (`--webgpu`), reported beside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webgpu: Option<WebGpuRun>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,6 +373,7 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
         },
         models,
         additions: Vec::new(),
+        webgpu: None,
     })
 }
 

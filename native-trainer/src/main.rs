@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Bench(a)) => {
-            let results = if a.render_only {
+            let mut results = if a.render_only {
                 // The same figures, drawn again (after a change to the report's layout).
                 files::read_json(&a.out.join("results.json"))?
             } else if a.add {
@@ -336,6 +336,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 native_trainer::bench::run(&a)?
             };
+            if let Some(path) = &a.webgpu {
+                results.webgpu = Some(native_trainer::bench::WebGpuRun::read(path)?);
+            }
             native_trainer::report::write_report(&results, &a.out)?;
             eprintln!("report written to {}", a.out.join("efficiency_report.md").display());
             Ok(())
