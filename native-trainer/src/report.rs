@@ -298,6 +298,15 @@ fn markdown(r: &Results) -> String {
                 verdict(e >= 50.0)
             );
         }
+        if let Some((preset, context, e)) = r.webgpu.as_ref().and_then(gpu_energy_ratio) {
+            let adapter = r.webgpu.as_ref().map_or("", |w| w.adapter.as_str());
+            let _ = writeln!(
+                s,
+                "| less energy per token, measured on a GPU (NVML, {adapter}, WebGPU section: the {preset} pair at {context} \
+                 context, gross) | 50-200× | {e:.2}× | {} |",
+                verdict(e >= 50.0)
+            );
+        }
         for &t in &r.settings.threads {
             for &c in &r.settings.contexts {
                 if let (Some(lb), Some(li)) = (decode_ms(b, t, c), decode_ms(i, t, c)) {
@@ -700,6 +709,22 @@ fn size_claim_section(s: &mut String, r: &Results) {
 
 // ---------------------------------------------------------------------------------------------
 // WebGPU, measured on a GPU machine (`bench --webgpu FILE`)
+
+/// The GPU energy ratio baseline / Itera-Lite for the claims table: the largest preset measured
+/// for both (seed before demo before small), at the longest context where both were.
+fn gpu_energy_ratio(w: &crate::bench::WebGpuRun) -> Option<(String, usize, f64)> {
+    let rank = |p: &str| ["tiny", "small", "demo", "seed"].iter().position(|x| *x == p);
+    w.rows
+        .iter()
+        .filter(|b| b.model == "baseline")
+        .filter_map(|b| {
+            let i =
+                w.rows.iter().find(|i| i.model == "itera-lite" && i.preset == b.preset && i.context == b.context)?;
+            Some((rank(&b.preset)?, b.context, b.preset.clone(), b.energy_j_per_token? / i.energy_j_per_token?))
+        })
+        .max_by_key(|&(rank, context, _, _)| (rank, context))
+        .map(|(_, context, preset, e)| (preset, context, e))
+}
 
 fn webgpu_section(s: &mut String, w: &crate::bench::WebGpuRun) {
     let _ = writeln!(s, "\n## WebGPU on a GPU: {}\n", w.adapter);
@@ -1513,6 +1538,9 @@ mod tests {
         assert!(md.contains("1 of 2 rows; the lowest 5.0× (itera-lite seed at 64 tokens)"), "{md}");
         assert!(md.contains("no slower than the CPU: not met (baseline at 64)"), "{md}");
         assert!(md.contains("seed at 64: 1.83×"), "{md}");
+        let (preset, context, e) = gpu_energy_ratio(r.webgpu.as_ref().unwrap()).unwrap();
+        assert_eq!((preset.as_str(), context), ("seed", 64));
+        assert!((e - 275.0 / 150.0).abs() < 1e-9, "{e}");
         // not the benchmark's JSON: a clear error naming the file
         std::fs::write(&path, "{\"rows\": 3}").unwrap();
         let e = format!("{:#}", crate::bench::WebGpuRun::read(&path).unwrap_err());
