@@ -436,7 +436,8 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
             let (model, tok, eot) = (&loaded.model, &loaded.tokenizer, loaded.eot);
             let (qa, retrieval) = reading::world_qa(model, tok, eot, &world, reader.as_ref(), args.world_qa)?;
             (e.world_qa, e.retrieval, world_qa_questions) = (Some(qa), retrieval, args.world_qa);
-            for f in args.qa_formats.iter().filter_map(|f| f.0).filter(|_| reader.is_some()) {
+            // The formats' questions, asked with retrieval only (their point is the reading).
+            for f in args.qa_formats.iter().filter_map(|f| f.0) {
                 let Some(reader) = reader.as_ref() else { break };
                 eprintln!("  world QA with retrieval, weights in {f}");
                 let bytes = itera_model::weights::write_gguf(&tensors, f, &[])?;
@@ -485,9 +486,6 @@ fn measure_model(dir: &Path, args: &BenchArgs) -> Result<ModelResults> {
     })
 }
 
-/// World QA of a model trained on the generated world, asked as `eval --retrieval` asks it:
-/// `--world-qa` held-out questions without retrieval and, when the export carries an index, the
-/// same with it and as many about people never trained on. `None` for other corpora.
 /// The world a model was trained on (with `--world-unseen` of its people never trained on) and,
 /// when its export carries an index, the reader of that index; `None` for other corpora.
 fn world_and_reader(dir: &Path, m: &Manifest, args: &BenchArgs) -> Result<Option<(World, Option<reading::Reader>)>> {

@@ -688,21 +688,14 @@ fn size_claim_section(s: &mut String, r: &Results) {
         if c.points.is_empty() {
             let _ = writeln!(s, "| (none measured) | | | | | | | | |");
         }
-        if let Some(formats) = Some(&b.model.formats).filter(|f| !f.is_empty()) {
-            let list: Vec<String> = formats
-                .iter()
-                .map(|f| {
-                    let p = ReaderPoint {
-                        model: b.model,
-                        format: f.format.clone(),
-                        weight_bytes: f.weight_bytes,
-                        heldout: f.heldout.accuracy(),
-                        unseen: f.unseen.as_ref().map(|q| q.accuracy()),
-                    };
-                    format!("{} {:.2} MB: {}", f.format, f.weight_bytes as f64 / 1e6, p.accuracies())
-                })
-                .collect();
-            let _ = writeln!(s, "\nThe baseline's own smaller formats: {}.", list.join("; "));
+        // The baseline's own copies (its reading points past the f32 one).
+        let own: Vec<String> = reader_points(b.model)
+            .iter()
+            .skip(1)
+            .map(|p| format!("{} {:.2} MB: {}", p.format, p.weight_bytes as f64 / 1e6, p.accuracies()))
+            .collect();
+        if !own.is_empty() {
+            let _ = writeln!(s, "\nThe baseline's own smaller formats: {}.", own.join("; "));
         }
     }
 }
@@ -710,20 +703,29 @@ fn size_claim_section(s: &mut String, r: &Results) {
 // ---------------------------------------------------------------------------------------------
 // WebGPU, measured on a GPU machine (`bench --webgpu FILE`)
 
-/// The GPU energy ratio baseline / Itera-Lite for the claims table: the largest preset measured
-/// for both (seed before demo before small), at the longest context where both were.
-fn gpu_energy_ratio(w: &crate::bench::WebGpuRun) -> Option<(String, usize, f64)> {
-    let rank = |p: &str| ["tiny", "small", "demo", "seed"].iter().position(|x| *x == p);
+/// GPU energy per decoded token, baseline / Itera-Lite, at each preset and context measured for
+/// both, in the run's order: (preset, context, ratio).
+fn gpu_energy_ratios(w: &crate::bench::WebGpuRun) -> Vec<(&str, usize, f64)> {
     w.rows
         .iter()
         .filter(|b| b.model == "baseline")
         .filter_map(|b| {
             let i =
                 w.rows.iter().find(|i| i.model == "itera-lite" && i.preset == b.preset && i.context == b.context)?;
-            Some((rank(&b.preset)?, b.context, b.preset.clone(), b.energy_j_per_token? / i.energy_j_per_token?))
+            Some((b.preset.as_str(), b.context, b.energy_j_per_token? / i.energy_j_per_token?))
         })
+        .collect()
+}
+
+/// The GPU energy ratio for the claims table: the largest preset measured for both (seed before
+/// demo before small), at the longest context where both were.
+fn gpu_energy_ratio(w: &crate::bench::WebGpuRun) -> Option<(String, usize, f64)> {
+    let rank = |p: &str| ["tiny", "small", "demo", "seed"].iter().position(|x| *x == p);
+    gpu_energy_ratios(w)
+        .into_iter()
+        .filter_map(|(preset, context, e)| Some((rank(preset)?, context, preset, e)))
         .max_by_key(|&(rank, context, _, _)| (rank, context))
-        .map(|(_, context, preset, e)| (preset, context, e))
+        .map(|(_, context, preset, e)| (preset.to_string(), context, e))
 }
 
 fn webgpu_section(s: &mut String, w: &crate::bench::WebGpuRun) {
@@ -802,17 +804,8 @@ fn webgpu_section(s: &mut String, w: &crate::bench::WebGpuRun) {
             }
         );
     }
-    // Energy ratio of the two architectures at each preset and context where both were measured.
-    let mut ratios = Vec::new();
-    for b in w.rows.iter().filter(|x| x.model == "baseline") {
-        let Some(i) = w.rows.iter().find(|x| x.model == "itera-lite" && x.preset == b.preset && x.context == b.context)
-        else {
-            continue;
-        };
-        if let (Some(eb), Some(ei)) = (b.energy_j_per_token, i.energy_j_per_token) {
-            ratios.push(format!("{} at {}: {:.2}×", b.preset, b.context, eb / ei));
-        }
-    }
+    let ratios: Vec<String> =
+        gpu_energy_ratios(w).iter().map(|(preset, context, e)| format!("{preset} at {context}: {e:.2}×")).collect();
     if !ratios.is_empty() {
         let _ = writeln!(
             s,
