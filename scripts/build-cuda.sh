@@ -13,8 +13,9 @@ root=$PWD
 venv=target/cuda-venv
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 # One CUDA release, pinned (nvcc 13.0 would pull a newer nvvm otherwise).
+# (NVRTC too: scripts/nvrtc-check.py compiles the run-time kernels with it, below.)
 "$venv/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 \
-  nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88
+  nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88
 NV=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 [ -x "$NV/bin/nvcc" ] || { echo "error: no nvcc in $NV/bin after the install" >&2; exit 1; }
 
@@ -40,6 +41,9 @@ export PATH="$NV/bin:$PATH" NVCC="$NV/bin/nvcc" CUDA_HOME="$NV" CUDA_ROOT="$NV" 
 (cd "$ws" && cargo build --release -p native-trainer --features cuda --target-dir "$root/target/cuda")
 strip -o target/cuda/native-trainer-cuda target/cuda/release/native-trainer
 ls -l target/cuda/native-trainer-cuda
+# The kernels that NVRTC compiles at run time on the GPU machine, compiled here by the same
+# compiler: an error costs no device time.
+python3 scripts/nvrtc-check.py
 # --bench: also the throughput bench (`throughput-cuda --device cuda`: the GPU's kernels timed);
 # --tests: also itera-model's tests (`itera-model-tests-cuda/{scan,models}`: CUDA against the CPU).
 for flag in "$@"; do

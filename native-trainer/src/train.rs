@@ -1130,9 +1130,14 @@ impl std::error::Error for NonFiniteLoss {}
 impl Replica {
     /// The model initialised from `--seed` (the same weights on every rank) on `device`.
     fn new(cfg: &Config, args: &TrainArgs, device: &Device) -> Result<Self> {
+        let kernels = Kernels::for_device(device);
+        if kernels.device_ops {
+            itera_model::runtime::single_stream(device);
+        }
         let (varmap, mut model) = Model::init_with(cfg, args.seed, args.init, device)?;
-        model.set_kernels(Kernels::for_device(device));
-        let opt = AdamW::new(&varmap, AdamWConfig { weight_decay: args.weight_decay, ..Default::default() })?;
+        model.set_kernels(kernels);
+        let adamw = AdamWConfig { weight_decay: args.weight_decay, ..Default::default() };
+        let opt = AdamW::with_device_ops(&varmap, adamw, kernels.device_ops)?;
         let vars = vars_by_name(&varmap)?.into_iter().map(|(_, v)| v).collect();
         Ok(Self { varmap, vars, model, opt })
     }

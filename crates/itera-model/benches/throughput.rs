@@ -104,7 +104,10 @@ fn main() -> Result<()> {
 
 /// On a GPU: both models of the demo and seed presets at the training run's text batch (32 × 256),
 /// Itera-Lite with what `Kernels::for_device` picks (rows without a kernel note) and without MoE,
-/// the demo Itera-Lite also with each alternative scan and MoE path; then the kernel table.
+/// the demo Itera-Lite also with each alternative scan and MoE path, and last (it switches the
+/// device's stream events off for the rest of the process) rows `, device ops` with the device's
+/// fused RMSNorm, causal softmax and AdamW and one stream (`Kernels::device_ops`); then the kernel
+/// table.
 /// `--run NAME` runs the row of that exact name (scripts/peer_bench.py --device cuda does).
 fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) -> Result<()> {
     println!("## {dev:?}");
@@ -121,6 +124,7 @@ fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) 
         plain
     };
     let itera = Config::preset(ModelKind::IteraLite, Preset::Demo, vocab);
+    let ops = Kernels { device_ops: true, ..on_device };
     let runs: Vec<(String, Config, Kernels)> = vec![
         ("baseline demo".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), on_device),
         ("itera-lite demo".into(), itera.clone(), on_device),
@@ -136,13 +140,16 @@ fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) 
         ),
         (
             "itera-lite demo (reference scan, dense MoE)".into(),
-            itera,
+            itera.clone(),
             Kernels { scan: ScanKernel::Reference, ..on_device },
         ),
         ("itera-lite demo, no MoE".into(), without_moe(Preset::Demo), on_device),
         ("baseline seed".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), on_device),
         ("itera-lite seed".into(), Config::preset(ModelKind::IteraLite, Preset::Seed, vocab), on_device),
         ("itera-lite seed, no MoE".into(), without_moe(Preset::Seed), on_device),
+        ("baseline demo, device ops".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), ops),
+        ("itera-lite demo, device ops".into(), itera, ops),
+        ("baseline seed, device ops".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), ops),
     ];
     for (name, cfg, kernels) in &runs {
         if only.is_none_or(|o| name.contains(o)) && exact.is_none_or(|e| name == e) {
@@ -180,11 +187,16 @@ fn train_speed(
     dev: &Device,
     kernels: Option<Kernels>,
 ) -> Result<()> {
+    let device_ops = kernels.is_some_and(|k| k.device_ops);
+    if device_ops {
+        // for this row and every later one of the process (the device ops' rows come last)
+        itera_model::runtime::single_stream(dev);
+    }
     let (varmap, mut model) = Model::init(cfg, 0, dev)?;
     if let Some(k) = kernels {
         model.set_kernels(k);
     }
-    let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
+    let mut opt = AdamW::with_device_ops(&varmap, AdamWConfig::default(), device_ops)?;
     let mut rng = Rng::new(1);
     let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
     let steps = timed_steps();

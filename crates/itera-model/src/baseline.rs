@@ -75,15 +75,17 @@ impl Attention {
 
     /// x (B, L, D) at positions offset..offset+L; with a cache, keys/values of earlier positions
     /// come from it and this call's are appended. Without one, on the CPU's fused kernels, the
-    /// attention is the fused op (`fused::causal_attention`), else its twin [`attention`].
+    /// attention is the fused op (`fused::causal_attention`), else its twin [`attention`] (with
+    /// the device's fused causal softmax under `device_ops`).
     fn forward(
         &self,
         x: &Tensor,
         rope: &Rope,
         offset: usize,
         cache: Option<&mut KvCache>,
-        fused: bool,
+        kernels: Kernels,
     ) -> Result<Tensor> {
+        let fused = kernels.fused_ops;
         let (b, l, _) = x.dims3()?;
         let (h, hkv, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let (q, k, v) =
@@ -95,7 +97,7 @@ impl Attention {
         let (cos, sin) = rope.at(offset, l)?;
         let y = match cache {
             None if fused => crate::fused::causal_attention(&q, &k, &v, &cos, &sin, h, hkv)?,
-            cache => attention(&q, &k, &v, &cos, &sin, h, hkv, cache)?,
+            cache => attention(&q, &k, &v, &cos, &sin, h, hkv, cache, kernels.device_ops)?,
         };
         project(&y, &self.o_proj, fused)
     }
@@ -105,6 +107,8 @@ impl Attention {
 /// (B, L, Hkv·Dh) projected for L new tokens, cos and sin (L, Dh/2) at their positions; with a
 /// cache, the keys and values of earlier positions come from it and these are appended.
 /// Returns (B, L, H·Dh). The reference twin of `fused::causal_attention`, and the decoding path.
+/// `fused_softmax`: the scale, the causal mask and the softmax as one op (`fused::causal_softmax`,
+/// the GPU's path) instead of elementary ones.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &Tensor,
@@ -115,6 +119,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     cache: Option<&mut KvCache>,
+    fused_softmax: bool,
 ) -> Result<Tensor> {
     let (b, l, qd) = q.dims3()?;
     let (h, hkv) = (n_heads, n_kv_heads);
@@ -136,9 +141,14 @@ pub fn attention(
     };
     let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
     let s = k.dim(2)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, L, S)
-    let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, q.device())?)? } else { scores };
-    let att = softmax_last(&scores)?;
+    let scale = 1.0 / (dh as f64).sqrt();
+    let att = if fused_softmax {
+        crate::fused::causal_softmax(&q.matmul(&k.t()?)?, scale)? // (B, H, L, S)
+    } else {
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, S)
+        let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, q.device())?)? } else { scores };
+        softmax_last(&scores)?
+    };
     let y = att.matmul(&v)?; // (B, H, L, Dh)
     y.transpose(1, 2)?.reshape((b, l, qd)) // (B, L, H·Dh)
 }
@@ -308,15 +318,15 @@ impl Baseline {
         let (b, l) = tokens.dims2()?;
         let d = self.cfg.hidden_size;
         let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
-        let (eps, fused) = (self.cfg.rms_norm_eps, self.kernels.fused_ops);
+        let (eps, k) = (self.cfg.rms_norm_eps, self.kernels);
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
-            let h = norm(&x, &layer.input_layernorm, eps, fused)?;
-            x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache, fused)?)?;
+            let h = norm(&x, &layer.input_layernorm, eps, k.fused_norm())?;
+            x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache, k)?)?;
             crate::flops::add(2.0 * x.elem_count() as f64); // the two residual adds
-            let h = norm(&x, &layer.post_attention_layernorm, eps, fused)?;
-            x = (&x + layer.mlp.forward(&h, fused)?)?;
+            let h = norm(&x, &layer.post_attention_layernorm, eps, k.fused_norm())?;
+            x = (&x + layer.mlp.forward(&h, k.fused_ops)?)?;
         }
-        norm(&x, &self.norm, eps, fused)
+        norm(&x, &self.norm, eps, k.fused_norm())
     }
 }

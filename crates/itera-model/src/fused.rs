@@ -1,7 +1,9 @@
 //! Fused CPU kernels with hand-written backwards for the two hot elementwise blocks outside the
 //! scan: RMSNorm, and Mamba's causal depthwise conv + bias + SiLU. Their reference twins are the
 //! elementary-op versions in `ops.rs` (`rms_norm`, `causal_depthwise_conv` + `silu`); tests hold
-//! each pair together, and `Kernels::fused_ops` picks one at run time.
+//! each pair together, and `Kernels::fused_ops` picks one at run time. RMSNorm, the attention's
+//! causal softmax (`softmax.rs`) and AdamW's update also have CUDA kernels (`cuda.rs`, the `cuda`
+//! feature), which `Kernels::device_ops` picks.
 //!
 //! Why: built from candle ops, each of these is 5-10 passes over an activation forward and more
 //! backward, and the gradients of their broadcast weights go through candle's strided
@@ -11,15 +13,19 @@
 
 pub mod attention;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub(crate) mod experts;
 pub(crate) mod gemm;
 pub mod linear;
+pub mod softmax;
 pub mod swiglu;
 mod vmath;
 
 pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;
 pub use linear::linear;
+pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 
 use candle_core::backend::BackendStorage;
@@ -65,7 +71,23 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sx: &candle_core::CudaStorage,
+        lx: &Layout,
+        sw: &candle_core::CudaStorage,
+        lw: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::rms_norm_fwd(sx, lx, sw, lw, self.eps, self.name())
+    }
+
     fn bwd(&self, x_t: &Tensor, w_t: &Tensor, _y: &Tensor, gy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x_t.device().is_cuda() {
+            let (gx, gw) = cuda::rms_norm_bwd(x_t, w_t, gy_t, self.eps)?;
+            return Ok((Some(gx), Some(gw)));
+        }
         let (x, w, gy) = (host_f32_ref(x_t)?, host_f32_ref(w_t)?, host_f32_ref(gy_t)?);
         let (x, w, gy): (&[f32], &[f32], &[f32]) = (&x, &w, &gy);
         let d = w.len();

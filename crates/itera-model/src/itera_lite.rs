@@ -278,17 +278,17 @@ impl IteraLite {
         let mut aux = Tensor::zeros((), DType::F32, x.device())?;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_state = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            let fused = self.kernels.fused_ops;
-            x = (&x + block.mixer.forward(&norm(&x, &block.norm, eps, fused)?, self.kernels, layer_state)?)?;
+            let (fused, fused_norm) = (self.kernels.fused_ops, self.kernels.fused_norm());
+            x = (&x + block.mixer.forward(&norm(&x, &block.norm, eps, fused_norm)?, self.kernels, layer_state)?)?;
             crate::flops::add(x.elem_count() as f64); // residual add
             if let Some((moe_norm, moe)) = &block.moe {
-                let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused)?, self.kernels.moe, fused)?;
+                let (y, layer_aux) = moe.forward(&norm(&x, moe_norm, eps, fused_norm)?, self.kernels.moe, fused)?;
                 x = (x + y)?;
                 crate::flops::add(x.elem_count() as f64); // residual add
                 aux = (aux + layer_aux)?;
             }
         }
         let aux = (aux / self.layers.len() as f64)?;
-        Ok((norm(&x, &self.norm_f, eps, self.kernels.fused_ops)?, aux))
+        Ok((norm(&x, &self.norm_f, eps, self.kernels.fused_norm())?, aux))
     }
 }

@@ -28,23 +28,35 @@ pub struct Kernels {
     pub moe: MoeKernel,
     /// RMSNorm and conv + SiLU as fused ops (`fused.rs`) rather than elementary candle ops.
     pub fused_ops: bool,
+    /// The ops fused for the device (NVIDIA GPUs: `fused/cuda.rs`), on an otherwise elementary
+    /// path: RMSNorm, the attention's scaled causal softmax and (`optim.rs`) AdamW's update.
+    pub device_ops: bool,
 }
 
 impl Default for Kernels {
     fn default() -> Self {
-        Self { scan: ScanKernel::Fused, moe: MoeKernel::Sparse, fused_ops: true }
+        Self { scan: ScanKernel::Fused, moe: MoeKernel::Sparse, fused_ops: true, device_ops: false }
     }
 }
 
 impl Kernels {
     /// Every reference twin.
     pub fn reference() -> Self {
-        Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense, fused_ops: false }
+        Self { scan: ScanKernel::Reference, moe: MoeKernel::Dense, fused_ops: false, device_ops: false }
     }
 
-    /// What runs on `device`. The fused scan has CPU and CUDA kernels (`scan/`); RMSNorm and
-    /// conv + SiLU are fused on the CPU only. Elsewhere: the chunked parallel scan and the
-    /// reference twins of the rest (elementary candle ops, which every backend has).
+    /// Whether RMSNorm runs as the fused op (`fused::rms_norm_fused`: CPU and CUDA kernels).
+    pub fn fused_norm(&self) -> bool {
+        self.fused_ops || self.device_ops
+    }
+
+    /// What runs on `device`. The fused scan has CPU and CUDA kernels (`scan/`); conv + SiLU and
+    /// the rest of `fused` are the CPU's. Elsewhere: the chunked parallel scan and the reference
+    /// twins of the rest (elementary candle ops, which every backend has).
+    ///
+    /// `device_ops` (CUDA kernels for RMSNorm, the causal softmax and AdamW, `fused/cuda.rs`) is
+    /// off here: written and tested on the CPU side, they have not yet run on a GPU (docs/gpu.md,
+    /// "Fused CUDA ops"); the throughput bench's `device ops` rows and the cuda tests turn them on.
     ///
     /// The MoE: sparse on the CPU (top-2 of 8 experts is a quarter of the work); dense on a GPU,
     /// where the sparse path's gathers, scatters and host-side routing cost more than the
@@ -53,8 +65,10 @@ impl Kernels {
     pub fn for_device(device: &candle_core::Device) -> Self {
         match device {
             candle_core::Device::Cpu => Self::default(),
-            candle_core::Device::Cuda(_) => Self { scan: ScanKernel::Fused, moe: MoeKernel::Dense, fused_ops: false },
-            _ => Self { scan: ScanKernel::Chunked, moe: MoeKernel::Dense, fused_ops: false },
+            candle_core::Device::Cuda(_) => {
+                Self { scan: ScanKernel::Fused, moe: MoeKernel::Dense, fused_ops: false, device_ops: false }
+            }
+            _ => Self { scan: ScanKernel::Chunked, moe: MoeKernel::Dense, fused_ops: false, device_ops: false },
         }
     }
 }

@@ -5,9 +5,12 @@
 //! keeps m and v as plain vectors that the trainer saves and restores, and updates each parameter
 //! in one plain-Rust pass (PyTorch's `torch.optim.AdamW` update order, decoupled weight decay).
 //!
-//! Parameters on another device (CUDA) keep their moments there as tensors and take the same
-//! update as tensor ops ([`AdamW::new_on_device`]), so nothing is copied to the host per step;
-//! on the CPU that path is the host loop's twin, tested equal to float tolerance.
+//! Parameters on another device keep their moments there as tensors and take the same update as
+//! tensor ops ([`AdamW::new_on_device`]), so nothing is copied to the host per step; on the CPU
+//! that path is the host loop's twin, tested equal to float tolerance. On an NVIDIA GPU (the
+//! `cuda` feature) [`AdamW::with_device_ops`] updates each parameter and its moments in place by
+//! one kernel (`fused/cuda.rs`), the same arithmetic as the host loop, instead of the tensor
+//! path's 12.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
@@ -46,6 +49,8 @@ struct Param {
     v: Vec<f32>,
     /// The moments as tensors on the parameter's device (the tensor path), instead of `m` / `v`.
     on_device: Option<(Tensor, Tensor)>,
+    /// The moments [m | v] (2n) on an NVIDIA GPU, updated in place by the fused kernel.
+    fused: Option<Tensor>,
 }
 
 pub struct AdamW {
@@ -54,28 +59,49 @@ pub struct AdamW {
     step: u64,
 }
 
+/// Where the update of a parameter runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// The host loop on the CPU, tensor ops elsewhere.
+    Default,
+    /// Tensor ops on every device (the CPU too).
+    Tensors,
+    /// The fused kernel on an NVIDIA GPU (`cuda` feature), else as `Default`.
+    Fused,
+}
+
 impl AdamW {
     /// The host loop for parameters on the CPU, tensor ops on any other device.
     pub fn new(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
-        Self::build(varmap, cfg, false)
+        Self::build(varmap, cfg, Path::Default)
     }
 
     /// Every parameter updated by tensor ops on its own device (the CPU too: the twin's test).
     pub fn new_on_device(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
-        Self::build(varmap, cfg, true)
+        Self::build(varmap, cfg, Path::Tensors)
     }
 
-    fn build(varmap: &VarMap, cfg: AdamWConfig, tensors_everywhere: bool) -> Result<Self> {
+    /// With `device_ops` (`Kernels::device_ops`), parameters on an NVIDIA GPU are updated in
+    /// place by one fused kernel each (`fused/cuda.rs`, a build with the `cuda` feature); the rest
+    /// as [`AdamW::new`].
+    pub fn with_device_ops(varmap: &VarMap, cfg: AdamWConfig, device_ops: bool) -> Result<Self> {
+        Self::build(varmap, cfg, if device_ops { Path::Fused } else { Path::Default })
+    }
+
+    fn build(varmap: &VarMap, cfg: AdamWConfig, path: Path) -> Result<Self> {
         let data = varmap.data().lock().map_err(|_| candle_core::Error::msg("adamw: var map lock poisoned"))?;
         let mut params = Vec::with_capacity(data.len());
         for (name, var) in data.iter() {
-            let on_device = if tensors_everywhere || !var.device().is_cpu() {
+            let fused = (cfg!(feature = "cuda") && path == Path::Fused && var.device().is_cuda())
+                .then(|| Tensor::zeros(2 * var.elem_count(), DType::F32, var.device()))
+                .transpose()?;
+            let on_device = if fused.is_none() && (path == Path::Tensors || !var.device().is_cpu()) {
                 let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
                 Some((zeros.clone(), zeros))
             } else {
                 None
             };
-            let host = if on_device.is_some() { 0 } else { var.elem_count() };
+            let host = if on_device.is_some() || fused.is_some() { 0 } else { var.elem_count() };
             params.push(Param {
                 name: name.clone(),
                 var: var.clone(),
@@ -83,6 +109,7 @@ impl AdamW {
                 m: vec![0.0; host],
                 v: vec![0.0; host],
                 on_device,
+                fused,
             });
         }
         params.sort_by(|a, b| a.name.cmp(&b.name));
@@ -103,6 +130,26 @@ impl AdamW {
         let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for p in &mut self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            #[cfg(feature = "cuda")]
+            if let Some(mv) = &p.fused {
+                if p.var.dtype() != DType::F32 {
+                    candle_core::bail!(
+                        "adamw: the fused CUDA update takes f32 parameters, `{}` is {:?}",
+                        p.name,
+                        p.var.dtype()
+                    );
+                }
+                let kernel = crate::fused::cuda::AdamWKernel {
+                    b1: beta1 as f32,
+                    b2: beta2 as f32,
+                    eps: eps as f32,
+                    decay: (if p.decay { 1.0 - lr * weight_decay } else { 1.0 }) as f32,
+                    step_size: (lr / bc1) as f32,
+                    bc2_sqrt: bc2.sqrt() as f32,
+                };
+                p.var.as_tensor().inplace_op3(&g.to_dtype(DType::F32)?.contiguous()?, mv, &kernel)?;
+                continue;
+            }
             if let Some((m, v)) = &mut p.on_device {
                 // The same update as the loop below, as tensor ops on the parameter's device.
                 let g = g.to_dtype(DType::F32)?;
@@ -151,6 +198,12 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
             let dev = p.var.device();
+            if let Some(mv) = &p.fused {
+                let n = p.var.elem_count();
+                out.push((format!("adamw.m.{}", p.name), mv.narrow(0, 0, n)?.reshape(p.var.shape())?.copy()?));
+                out.push((format!("adamw.v.{}", p.name), mv.narrow(0, n, n)?.reshape(p.var.shape())?.copy()?));
+                continue;
+            }
             if let Some((m, v)) = &p.on_device {
                 out.push((format!("adamw.m.{}", p.name), m.clone()));
                 out.push((format!("adamw.v.{}", p.name), v.clone()));
@@ -165,6 +218,7 @@ impl AdamW {
     /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for p in &mut self.params {
+            let mut fused_parts = Vec::new();
             for (which, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
                 let key = format!("adamw.{which}.{}", p.name);
                 let t =
@@ -173,12 +227,16 @@ impl AdamW {
                     candle_core::bail!("checkpoint `{key}` has shape {:?}, parameter has {:?}", t.dims(), p.var.dims());
                 }
                 match &mut p.on_device {
+                    _ if p.fused.is_some() => fused_parts.push(t.to_dtype(DType::F32)?.flatten_all()?),
                     Some((m, v)) => {
                         let t = t.to_dtype(DType::F32)?.to_device(p.var.device())?;
                         *(if which == "m" { m } else { v }) = t;
                     }
                     None => *dst = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
                 }
+            }
+            if p.fused.is_some() {
+                p.fused = Some(Tensor::cat(&fused_parts, 0)?.to_device(p.var.device())?.contiguous()?);
             }
         }
         self.step = step;
@@ -200,10 +258,19 @@ pub fn vars_by_name(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
 pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> Result<f64> {
     let vars = vars_by_name(varmap)?;
     let mut sum_sq = 0f64;
+    let mut on_device = Vec::new();
     for (_, v) in &vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sum_sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+            if g.device().is_cpu() {
+                sum_sq += sq.to_scalar::<f64>()?;
+            } else {
+                on_device.push(sq); // summed below: one wait for the device, not one per variable
+            }
         }
+    }
+    if !on_device.is_empty() {
+        sum_sq += Tensor::stack(&on_device, 0)?.sum_all()?.to_scalar::<f64>()?;
     }
     let norm = sum_sq.sqrt();
     if norm.is_finite() && norm > max_norm {

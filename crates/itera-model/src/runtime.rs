@@ -1,4 +1,4 @@
-//! Process-level settings that make candle faster on the CPU.
+//! Process-level settings that make candle faster: on the CPU, and on an NVIDIA GPU.
 
 /// Keeps freed tensor buffers in the heap instead of returning them to the kernel.
 ///
@@ -16,4 +16,24 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
+}
+
+/// Stops cudarc's per-buffer stream-synchronisation events on `device` (an NVIDIA GPU; any other
+/// device: a no-op). candle runs a device's ops on a stream of its own, which puts cudarc in its
+/// multi-stream mode: every buffer then gets CUDA events at allocation and every kernel launch
+/// records and waits on an event per operand, host work of the order of the small kernels
+/// themselves. Nothing here uses a second stream on a device (data-parallel ranks each have their
+/// own device and exchange through host copies, which wait for the stream), so the events order
+/// nothing. Buffers allocated before the call keep theirs: call it before building the model.
+/// The trainer and the throughput bench call it with `Kernels::device_ops` (docs/gpu.md: not yet
+/// measured on a GPU).
+pub fn single_stream(device: &candle_core::Device) {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        // SAFETY: cudarc's conditions (no buffer freed or used on another stream before its
+        // work on the first finishes, no concurrent writes from two streams) hold trivially
+        // with one stream per device, as above.
+        unsafe { d.disable_event_tracking() };
+    }
+    let _ = device;
 }

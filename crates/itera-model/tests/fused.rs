@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
 use itera_model::fused::{
-    causal_attention, conv_silu_fused, conv_silu_fused_zero_history, linear as linear_fused, linear_cross_entropy,
-    rms_norm_fused, swiglu,
+    causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, linear as linear_fused,
+    linear_cross_entropy, rms_norm_fused, swiglu,
 };
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
@@ -115,26 +115,80 @@ fn linear_cross_entropy_matches_the_elementary_twin() -> Result<()> {
     Ok(())
 }
 
+/// Random q (B, L, H·Dh), k and v (B, L, Hkv·Dh) as variables, and RoPE's cos and sin (L, Dh/2).
+fn attention_inputs(
+    rng: &mut Rng,
+    b: usize,
+    l: usize,
+    h: usize,
+    hkv: usize,
+    dh: usize,
+) -> Result<(Var, Var, Var, Tensor, Tensor)> {
+    let q = Var::from_tensor(&randn(rng, &[b, l, h * dh], 1.5))?;
+    let k = Var::from_tensor(&randn(rng, &[b, l, hkv * dh], 1.5))?;
+    let v = Var::from_tensor(&randn(rng, &[b, l, hkv * dh], 1.0))?;
+    let angles = uniform(rng, &[l, dh / 2], -3.0, 3.0);
+    Ok((q, k, v, angles.cos()?, angles.sin()?))
+}
+
 #[test]
 fn fused_attention_matches_the_elementary_twin() -> Result<()> {
     let mut rng = Rng::new(SEED + 4);
     // (B, L, H, Hkv, Dh): one token; GQA; rows past one 64-row block and a partial last block
     for &(b, l, h, hkv, dh) in &[(1, 1, 1, 1, 2), (2, 7, 2, 1, 4), (2, 70, 4, 2, 8), (1, 130, 3, 3, 16)] {
-        let q = Var::from_tensor(&randn(&mut rng, &[b, l, h * dh], 1.5))?;
-        let k = Var::from_tensor(&randn(&mut rng, &[b, l, hkv * dh], 1.5))?;
-        let v = Var::from_tensor(&randn(&mut rng, &[b, l, hkv * dh], 1.0))?;
-        let angles = uniform(&mut rng, &[l, dh / 2], -3.0, 3.0);
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let (q, k, v, cos, sin) = attention_inputs(&mut rng, b, l, h, hkv, dh)?;
         let seed = rng.next_u64();
         let vars = [&q, &k, &v];
         let (yf, gf) = run(|| causal_attention(&q, &k, &v, &cos, &sin, h, hkv), &vars, &mut Rng::new(seed))?;
-        let (yr, gr) = run(|| attention(&q, &k, &v, &cos, &sin, h, hkv, None), &vars, &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| attention(&q, &k, &v, &cos, &sin, h, hkv, None, false), &vars, &mut Rng::new(seed))?;
         let what = format!("B={b} L={l} H={h} Hkv={hkv} Dh={dh}");
         assert_close(&format!("{what} output"), &yf, &yr)?;
         for (name, (a, r)) in ["q", "k", "v"].iter().zip(gf.iter().zip(&gr)) {
             assert_close(&format!("{what} grad {name}"), a, r)?;
         }
     }
+    Ok(())
+}
+
+/// softmax(scale · x) with an additive -inf mask on the keys past each query, from candle ops:
+/// what `attention` does without the fused op.
+fn causal_softmax_twin(x: &Tensor, scale: f64) -> Result<Tensor> {
+    let dims = x.dims();
+    let (l, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mask: Vec<f32> =
+        (0..l).flat_map(|i| (0..s).map(move |j| if j > s - l + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask = Tensor::from_vec(mask, (l, s), x.device())?;
+    itera_model::ops::softmax_last(&(x * scale)?.broadcast_add(&mask)?)
+}
+
+#[test]
+fn fused_causal_softmax_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 7);
+    // one score; a query over cached keys (S > L); rows wider than a warp and not a multiple of
+    // it; a (B, H, L, S) block as the attention makes it
+    for dims in [vec![1, 1], vec![1, 9], vec![3, 5, 5], vec![2, 4, 37, 70], vec![2, 3, 64, 64]] {
+        let x = Var::from_tensor(&randn(&mut rng, &dims, 3.0))?;
+        let seed = rng.next_u64();
+        let scale = 0.35;
+        let (yf, gf) = run(|| causal_softmax(&x, scale), &[&x], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| causal_softmax_twin(&x, scale), &[&x], &mut Rng::new(seed))?;
+        assert_close(&format!("{dims:?} output"), &yf, &yr)?;
+        assert_close(&format!("{dims:?} grad x"), &gf[0], &gr[0])?;
+    }
+    // the attention through it, as the GPU runs it, against the elementary path
+    let (b, l, h, hkv, dh) = (2, 19, 4, 2, 8);
+    let (q, k, v, cos, sin) = attention_inputs(&mut rng, b, l, h, hkv, dh)?;
+    let seed = rng.next_u64();
+    let vars = [&q, &k, &v];
+    let (yf, gf) = run(|| attention(&q, &k, &v, &cos, &sin, h, hkv, None, true), &vars, &mut Rng::new(seed))?;
+    let (yr, gr) = run(|| attention(&q, &k, &v, &cos, &sin, h, hkv, None, false), &vars, &mut Rng::new(seed))?;
+    assert_close("attention output", &yf, &yr)?;
+    for (name, (a, r)) in ["q", "k", "v"].iter().zip(gf.iter().zip(&gr)) {
+        assert_close(&format!("attention grad {name}"), a, r)?;
+    }
+    // scores that are not (.., L, S ≥ L) are named
+    let err = causal_softmax(&randn(&mut rng, &[2, 5, 3], 1.0), 1.0).unwrap_err().to_string();
+    assert!(err.contains("causal-softmax") && err.contains("[2, 5, 3]"), "{err}");
     Ok(())
 }
 

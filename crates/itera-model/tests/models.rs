@@ -100,9 +100,12 @@ fn fast_kernels_and_reference_twins_give_the_same_loss_and_gradients() -> Result
             Ok((loss.to_scalar::<f32>()?, g))
         };
         let (l_ref, g_ref) = run(Kernels::reference())?;
-        // the CPU's fused kernels, and what a GPU runs (chunked scan, elementary norms and conv)
-        let gpu = Kernels { scan: ScanKernel::Chunked, moe: MoeKernel::Sparse, fused_ops: false };
-        for (kernels, what) in [(Kernels::default(), "fused"), (gpu, "chunked")] {
+        // the CPU's fused kernels, what a GPU runs (chunked scan, elementary norms and conv),
+        // and that path with the device ops' routing (the fused norm and causal softmax, here by
+        // their CPU kernels)
+        let gpu = Kernels { scan: ScanKernel::Chunked, moe: MoeKernel::Sparse, fused_ops: false, device_ops: false };
+        let ops = Kernels { device_ops: true, ..gpu };
+        for (kernels, what) in [(Kernels::default(), "fused"), (gpu, "chunked"), (ops, "device ops")] {
             let (l_fast, g_fast) = run(kernels)?;
             println!("{name}: loss {what} {l_fast} vs reference {l_ref}");
             assert!((l_fast - l_ref).abs() < 1e-5 * (1.0 + l_ref.abs()), "{name} {what}: loss {l_fast} vs {l_ref}");
@@ -134,20 +137,115 @@ fn the_cuda_kernels_give_the_reference_loss_and_gradients() -> Result<()> {
         let on_gpu = tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&dev)?))).collect::<Result<_>>()?;
         let (gpu_varmap, mut gpu_model) = Model::init(&cfg, SEED, &dev)?;
         itera_model::weights::assign_varmap(&gpu_varmap, &on_gpu)?;
-        gpu_model.set_kernels(Kernels::for_device(&dev));
-        let loss = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total;
-        let grads = loss.backward()?;
-        let (l_gpu, l_ref) = (loss.to_scalar::<f32>()?, loss_ref.to_scalar::<f32>()?);
-        println!("{name}: loss on CUDA {l_gpu} vs CPU reference {l_ref}");
-        assert!((l_gpu - l_ref).abs() < 1e-4 * (1.0 + l_ref.abs()), "{name}: loss {l_gpu} vs {l_ref}");
-        let gpu_vars = varmap_tensors(&gpu_varmap)?;
-        for ((n, v), (_, v_ref)) in gpu_vars.iter().zip(&tensors) {
-            let g = grads.get(v).unwrap().to_device(&Device::Cpu)?;
-            let g_ref = grads_ref.get(v_ref).unwrap();
-            let d = max_diff(&g, g_ref)?;
-            assert!(d < 1e-3 * (1.0 + max_abs(g_ref)), "{name}: the gradient of {n} differs by {d}");
+        // what the trainer runs there, and with the device's fused ops
+        for kernels in [Kernels::for_device(&dev), Kernels { device_ops: true, ..Kernels::for_device(&dev) }] {
+            gpu_model.set_kernels(kernels);
+            let loss = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total;
+            let grads = loss.backward()?;
+            let (l_gpu, l_ref) = (loss.to_scalar::<f32>()?, loss_ref.to_scalar::<f32>()?);
+            println!("{name} (device ops {}): loss on CUDA {l_gpu} vs CPU reference {l_ref}", kernels.device_ops);
+            assert!((l_gpu - l_ref).abs() < 1e-4 * (1.0 + l_ref.abs()), "{name}: loss {l_gpu} vs {l_ref}");
+            let gpu_vars = varmap_tensors(&gpu_varmap)?;
+            for ((n, v), (_, v_ref)) in gpu_vars.iter().zip(&tensors) {
+                let g = grads.get(v).unwrap().to_device(&Device::Cpu)?;
+                let g_ref = grads_ref.get(v_ref).unwrap();
+                let d = max_diff(&g, g_ref)?;
+                assert!(d < 1e-3 * (1.0 + max_abs(g_ref)), "{name}: the gradient of {n} differs by {d}");
+            }
         }
     }
+    Ok(())
+}
+
+/// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm
+/// and the causal softmax in output and gradients, AdamW's in-place update against the host loop
+/// over several steps, and its moments through a checkpoint's tensors.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
+    use candle_core::Var;
+    use itera_model::fused::{causal_softmax, rms_norm_fused};
+    let dev = Device::new_cuda(0)?;
+    let mut rng = Rng::new(SEED + 9);
+    // Output and input gradients of `f` under a random cotangent, on the device of `xs`.
+    let run = |f: &dyn Fn(&[Var]) -> Result<Tensor>, xs: &[Tensor], r: &Tensor| -> Result<Vec<Tensor>> {
+        let vars = xs.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
+        let y = f(&vars)?;
+        let grads = (&y * r.to_device(y.device())?)?.sum_all()?.backward()?;
+        let mut out = vec![y.to_device(&Device::Cpu)?];
+        for v in &vars {
+            out.push(grads.get(v).unwrap().to_device(&Device::Cpu)?);
+        }
+        Ok(out)
+    };
+    let check = |what: &str, a: &[Tensor], b: &[Tensor]| -> Result<()> {
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            let d = max_diff(a, b)?;
+            println!("{what} [{i}]: max diff {d:e} (scale {:.3})", max_abs(b));
+            assert!(d <= 1e-4 * (1.0 + max_abs(b)), "{what} [{i}] differs by {d}");
+        }
+        Ok(())
+    };
+    // RMSNorm: rows past one 64-row block of the backward, widths of the presets and an odd one
+    for dims in [vec![3, 50, 96], vec![2, 130, 256], vec![1, 70, 512], vec![5, 33]] {
+        let d = *dims.last().unwrap();
+        let (x, w) = (randn(&mut rng, &dims, 2.0), uniform(&mut rng, &[d], 0.5, 1.5));
+        let r = randn(&mut rng, &dims, 1.0);
+        let f = |v: &[Var]| rms_norm_fused(&v[0], &v[1], 1e-5);
+        let cpu = run(&f, &[x.clone(), w.clone()], &r)?;
+        let gpu = run(&f, &[x.to_device(&dev)?, w.to_device(&dev)?], &r)?;
+        check(&format!("rms-norm {dims:?}"), &gpu, &cpu)?;
+    }
+    // The causal softmax: one query over many cached keys, the training shape, S > L
+    for dims in [vec![1, 1, 1, 4096], vec![2, 4, 256, 256], vec![1, 2, 33, 300]] {
+        let (x, r) = (randn(&mut rng, &dims, 3.0), randn(&mut rng, &dims, 1.0));
+        let f = |v: &[Var]| causal_softmax(&v[0], 0.125);
+        let cpu = run(&f, &[x.clone()], &r)?;
+        let gpu = run(&f, &[x.to_device(&dev)?], &r)?;
+        check(&format!("causal softmax {dims:?}"), &gpu, &cpu)?;
+    }
+    // AdamW: the same parameters on the CPU (host loop) and the GPU (the kernel), the same
+    // gradients each step (of Σ w·r + ½ Σ w², so they change as the weights do)
+    let cfg = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
+    let (vm_cpu, _) = Model::init(&cfg, SEED, &Device::Cpu)?;
+    shake(&vm_cpu, &mut rng)?;
+    let tensors = varmap_tensors(&vm_cpu)?;
+    let (vm_gpu, _) = Model::init(&cfg, SEED, &dev)?;
+    let on_gpu = tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&dev)?))).collect::<Result<_>>()?;
+    itera_model::weights::assign_varmap(&vm_gpu, &on_gpu)?;
+    let adamw = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+    let (mut opt_cpu, mut opt_gpu) = (AdamW::new(&vm_cpu, adamw)?, AdamW::with_device_ops(&vm_gpu, adamw, true)?);
+    let cots: Vec<Tensor> = tensors.iter().map(|(_, t)| randn(&mut rng, t.dims(), 1.0)).collect();
+    let grads_of = |vm: &candle_nn::VarMap| -> Result<candle_core::backprop::GradStore> {
+        let vars = varmap_tensors(vm)?;
+        let data = vm.data().lock().unwrap();
+        let mut loss = Tensor::zeros((), DType::F32, vars[0].1.device())?;
+        for ((name, _), r) in vars.iter().zip(&cots) {
+            let w = data[name].as_tensor();
+            loss = (loss + ((w * r.to_device(w.device())?)? + (w.sqr()? * 0.5)?)?.sum_all()?)?;
+        }
+        loss.backward()
+    };
+    for step in 0..5 {
+        if step == 3 {
+            // the GPU's moments through a checkpoint's tensors into a fresh optimizer
+            let state: std::collections::HashMap<String, Tensor> = opt_gpu.state_tensors()?.into_iter().collect();
+            opt_gpu = AdamW::with_device_ops(&vm_gpu, adamw, true)?;
+            opt_gpu.load_state(&state, opt_cpu.steps())?;
+        }
+        opt_cpu.step(&grads_of(&vm_cpu)?, 1e-2)?;
+        opt_gpu.step(&grads_of(&vm_gpu)?, 1e-2)?;
+    }
+    for ((name, a), (_, b)) in varmap_tensors(&vm_gpu)?.iter().zip(&varmap_tensors(&vm_cpu)?) {
+        let d = max_diff(&a.to_device(&Device::Cpu)?, b)?;
+        assert!(d <= 1e-5 * (1.0 + max_abs(b)), "AdamW on the GPU: {name} differs from the host loop by {d}");
+    }
+    let (sa, sb) = (opt_gpu.state_tensors()?, opt_cpu.state_tensors()?);
+    for ((name, a), (_, b)) in sa.iter().zip(&sb) {
+        let d = max_diff(&a.to_device(&Device::Cpu)?, b)?;
+        assert!(d <= 1e-5 * (1.0 + max_abs(b)), "AdamW on the GPU: moment {name} differs from the host loop by {d}");
+    }
+    println!("AdamW: 5 steps (a checkpoint's round trip after 3), weights and moments within 1e-5 of the host loop");
     Ok(())
 }
 

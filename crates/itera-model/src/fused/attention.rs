@@ -206,14 +206,14 @@ impl CustomOp3 for CausalAttention {
             .enumerate()
             .for_each(|(g, (dq_group, (dkr, dv)))| {
                 let (bi, kvh) = (g / hkv, g % hkv);
-                let kr = self.head(&k, bi, kvh, hkv, l, true);
-                let vh = self.head(&v, bi, kvh, hkv, l, false);
+                let kr = self.head(k, bi, kvh, hkv, l, true);
+                let vh = self.head(v, bi, kvh, hkv, l, false);
                 let mut p = vec![0f32; BLOCK.min(l) * l];
                 let mut dp = vec![0f32; BLOCK.min(l) * l];
                 for (ri, dqr) in dq_group.chunks_exact_mut(l * dh).enumerate() {
                     let hi = kvh * rep + ri;
-                    let qr = self.head(&q, bi, hi, h, l, true);
-                    let dyh = self.head(&dy, bi, hi, h, l, false);
+                    let qr = self.head(q, bi, hi, h, l, true);
+                    let dyh = self.head(dy, bi, hi, h, l, false);
                     let lse_h = &lse[(bi * h + hi) * l..][..l];
                     for i0 in (0..l).step_by(BLOCK) {
                         let (r, n) = (BLOCK.min(l - i0), (i0 + BLOCK).min(l));

@@ -10,8 +10,9 @@
 //! so a run is reproducible (no atomics).
 
 use super::cpu::Dims;
+use crate::fused::cuda::view;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -153,13 +154,6 @@ fn ptx(n: usize) -> Result<String> {
 }
 
 /// A contiguous f32 view of `s` under `l`.
-fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input of shape {:?} is not contiguous", l.shape())))?;
-    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
-}
-
 /// Grid: blocks of `BLOCK` channels along x, one batch row per y (CUDA allows up to 65,535).
 fn launch_config(dims: Dims) -> Result<LaunchConfig> {
     if dims.bsz > 65_535 {
@@ -172,8 +166,9 @@ fn launch_config(dims: Dims) -> Result<LaunchConfig> {
     })
 }
 
+/// `x` as a kernel's `int` argument (the shared helper, with this kernel's name in its error).
 fn int(x: usize, what: &str) -> Result<i32> {
-    i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("selective scan on CUDA: {what} = {x} is over 2^31")))
+    crate::fused::cuda::int(x, what, "selective scan")
 }
 
 /// `GatedScan`'s forward on the GPU.

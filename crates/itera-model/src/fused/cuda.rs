@@ -1,0 +1,383 @@
+//! The fused ops on an NVIDIA GPU (behind the `cuda` feature): RMSNorm forward and backward, the
+//! attention's scaled causal softmax forward and backward, and AdamW's update of one parameter.
+//! The same arithmetic as their CPU kernels (`fused.rs`, `softmax.rs`, `optim.rs`'s host loop),
+//! CUDA C compiled once at run time by NVRTC (as the scan's, `scan/cuda.rs`).
+//!
+//! Why: built from candle ops, RMSNorm is 7 kernels forward and about 15 backward, the masked
+//! softmax (with its mask uploaded from the host each call) about 8 and 10, AdamW about 12 per
+//! parameter (counted in the code). A demo-size training step on a GPU runs at a third of PyTorch
+//! eager's speed (docs/gpu.md), and per-op overhead is the suspect (not yet profiled). Here each
+//! is one launch.
+//!
+//! Reductions are in a fixed order (a block's tree, or a candle sum of per-block partials), so a
+//! run is reproducible (no atomics).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
+use std::sync::OnceLock;
+
+const MODULE: &str = "itera_fused";
+/// Threads of a block that reduces one row (RMSNorm); a multiple of the warp size.
+const ROW_BLOCK: u32 = 256;
+/// Rows a block of the RMSNorm backward walks (its weight-gradient partial covers them).
+const NORM_ROWS_PER_BLOCK: usize = 64;
+/// Rows of the softmax per block: one warp each.
+const SOFTMAX_WARPS: u32 = 4;
+
+const SOURCE: &str = r#"
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ float block_sum(float v, float* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int w = 0; w < warps; w++) t += shared[w];
+    return t;
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w. One block per row of D.
+extern "C" __global__ void rms_norm_fwd(const float* x, const float* w, float* y, int D, float eps) {
+    __shared__ float shared[32];
+    const long row = blockIdx.x;
+    const float* xr = x + row * D;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) ss += xr[c] * xr[c];
+    const float inv = rsqrtf(block_sum(ss, shared) / D + eps);
+    for (int c = threadIdx.x; c < D; c += blockDim.x) y[row * D + c] = xr[c] * inv * w[c];
+}
+
+// dx = inv (gy w) - x inv^3 / D sum_j (gy w x)_j; dw_part[block] = sum over the block's rows of
+// gy x inv (each thread owns its columns: no atomics). Rows [blockIdx.x * R, +R).
+extern "C" __global__ void rms_norm_bwd(const float* x, const float* w, const float* gy, float* gx,
+                                        float* dw_part, int rows, int D, int R, float eps) {
+    __shared__ float shared[32];
+    float* dw = dw_part + (long)blockIdx.x * D;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) dw[c] = 0.0f;
+    const int end = min(rows, (blockIdx.x + 1) * R);
+    for (long row = (long)blockIdx.x * R; row < end; row++) {
+        const float* xr = x + row * D;
+        const float* gr = gy + row * D;
+        float ss = 0.0f, dot = 0.0f;
+        for (int c = threadIdx.x; c < D; c += blockDim.x) { ss += xr[c] * xr[c]; dot += gr[c] * w[c] * xr[c]; }
+        const float inv = rsqrtf(block_sum(ss, shared) / D + eps);
+        dot = block_sum(dot, shared);
+        const float k = inv * inv * inv * dot / D;
+        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+            gx[row * D + c] = inv * gr[c] * w[c] - xr[c] * k;
+            dw[c] += gr[c] * xr[c] * inv;
+        }
+    }
+}
+
+// y = softmax(scale * x) over the last dim S, keys j > S - L + i masked (y = 0), where i is the
+// row's query (row % L). One warp per row.
+extern "C" __global__ void causal_softmax_fwd(const float* x, float* y, long rows, int L, int S, float scale) {
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int visible = S - L + (int)(row % L) + 1;
+    const float* xr = x + row * S;
+    float* yr = y + row * S;
+    float m = __int_as_float(0xff800000); // -inf (NVRTC has no math.h)
+    for (int j = lane; j < visible; j += 32) m = fmaxf(m, xr[j] * scale);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int j = lane; j < visible; j += 32) s += expf(xr[j] * scale - m);
+    const float inv = 1.0f / warp_sum(s);
+    for (int j = lane; j < S; j += 32) yr[j] = j < visible ? expf(xr[j] * scale - m) * inv : 0.0f;
+}
+
+// gx = scale * y * (gy - sum_j gy_j y_j). One warp per row.
+extern "C" __global__ void causal_softmax_bwd(const float* y, const float* gy, float* gx, long rows, int S, float scale) {
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* yr = y + row * S;
+    const float* gr = gy + row * S;
+    float dot = 0.0f;
+    for (int j = lane; j < S; j += 32) dot += gr[j] * yr[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < S; j += 32) gx[row * S + j] = scale * yr[j] * (gr[j] - dot);
+}
+
+// AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n).
+extern "C" __global__ void adamw_step(float* w, const float* g, float* mv, long n, float b1, float b2,
+                                      float eps, float decay, float step_size, float bc2_sqrt) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float gi = g[i];
+    const float m = b1 * mv[i] + (1.0f - b1) * gi;
+    const float v = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
+    mv[i] = m;
+    mv[n + i] = v;
+    const float denom = sqrtf(v) / bc2_sqrt + eps;
+    w[i] = w[i] * decay - step_size * m / denom;
+}
+"#;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let compiled = PTX.get_or_init(|| {
+        let opts = CompileOptions { name: Some(format!("{MODULE}.cu")), ..Default::default() };
+        compile_ptx_with_opts(SOURCE, opts).map(|p| p.to_src()).map_err(|e| format!("{e:?}"))
+    });
+    compiled.as_deref().map_err(|e| candle_core::Error::Msg(format!("compiling the fused CUDA kernels: {e}")))
+}
+
+/// The contiguous f32 values of a CUDA operand (also the scan's, `scan/cuda.rs`); `what` names
+/// the op in the error.
+pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input of shape {:?} is not contiguous", l.shape())))?;
+    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+}
+
+/// `x` as a kernel's `int` argument, or an error naming `op` and `what` past 2^31.
+pub(crate) fn int(x: usize, what: &str, op: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("{op} on CUDA: {what} = {x} is over 2^31")))
+}
+
+fn grid(blocks: usize, op: &str) -> Result<u32> {
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b < (1 << 31))
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op} on CUDA: {blocks} blocks are too many")))
+}
+
+/// RMSNorm forward: x (.., D), w (D) contiguous f32.
+pub(super) fn rms_norm_fwd(
+    sx: &CudaStorage,
+    lx: &Layout,
+    sw: &CudaStorage,
+    lw: &Layout,
+    eps: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let (x, w) = (view(sx, lx, op)?, view(sw, lw, op)?);
+    let d = w.len();
+    if d == 0 || x.len() % d != 0 {
+        candle_core::bail!("{op}: input {:?} and weight {:?} disagree", lx.shape(), lw.shape());
+    }
+    let rows = x.len() / d;
+    let dev = sx.device();
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(x.len()) }?;
+    if rows > 0 {
+        let f = dev.get_or_load_custom_func("rms_norm_fwd", MODULE, ptx()?)?;
+        let d_i = int(d, "D", op)?;
+        let mut b = f.builder();
+        b.arg(&x).arg(&w).arg(&y).arg(&d_i).arg(&eps);
+        let cfg = LaunchConfig { grid_dim: (grid(rows, op)?, 1, 1), block_dim: (ROW_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lx.shape().clone()))
+}
+
+/// RMSNorm backward: (dx, dw) for x (.., D), w (D), the output's gradient gy (.., D).
+pub(super) fn rms_norm_bwd(x: &Tensor, w: &Tensor, gy: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let d = w.elem_count();
+    let rows = x.elem_count() / d.max(1);
+    let blocks = rows.div_ceil(NORM_ROWS_PER_BLOCK).max(1);
+    let (x, w, gy) = (x.contiguous()?, w.contiguous()?, gy.contiguous()?);
+    let flat = x.apply_op3_no_bwd(&w, &gy, &RmsNormGrad { eps, blocks })?;
+    let gx = flat.narrow(0, 0, rows * d)?.reshape(x.shape())?;
+    let dw = flat.narrow(0, rows * d, blocks * d)?.reshape((blocks, d))?.sum(0)?;
+    Ok((gx, dw))
+}
+
+/// Writes [dx (rows·D) | dw partials (blocks·D)] as one flat tensor.
+struct RmsNormGrad {
+    eps: f32,
+    blocks: usize,
+}
+
+impl candle_core::CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm-fused-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("{}: the CUDA backward was called on CPU tensors", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sx: &CudaStorage,
+        lx: &Layout,
+        sw: &CudaStorage,
+        lw: &Layout,
+        sg: &CudaStorage,
+        lg: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (x, w, gy) = (view(sx, lx, op)?, view(sw, lw, op)?, view(sg, lg, op)?);
+        let d = w.len();
+        if d == 0 || x.len() % d != 0 || gy.len() != x.len() {
+            candle_core::bail!("{op}: x {:?}, w {:?}, gy {:?} disagree", lx.shape(), lw.shape(), lg.shape());
+        }
+        let rows = x.len() / d;
+        let dev = sx.device();
+        let total = rows * d + self.blocks * d;
+        // The kernel writes every value (dx row by row; each block zeroes its own dw partial
+        // before adding to it), so only an empty input needs the zeros.
+        let out: CudaSlice<f32> =
+            if rows == 0 { dev.alloc_zeros::<f32>(total)? } else { unsafe { dev.alloc::<f32>(total) }? };
+        if rows > 0 {
+            let gx = out.slice(0..rows * d);
+            let dw = out.slice(rows * d..);
+            let f = dev.get_or_load_custom_func("rms_norm_bwd", MODULE, ptx()?)?;
+            let (rows_i, d_i, r_i) = (int(rows, "rows", op)?, int(d, "D", op)?, int(NORM_ROWS_PER_BLOCK, "R", op)?);
+            let mut b = f.builder();
+            b.arg(&x).arg(&w).arg(&gy).arg(&gx).arg(&dw).arg(&rows_i).arg(&d_i).arg(&r_i).arg(&self.eps);
+            let cfg = LaunchConfig {
+                grid_dim: (grid(self.blocks, op)?, 1, 1),
+                block_dim: (ROW_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(total)))
+    }
+}
+
+fn softmax_config(rows: usize, op: &str) -> Result<LaunchConfig> {
+    let blocks = rows.div_ceil(SOFTMAX_WARPS as usize);
+    Ok(LaunchConfig { grid_dim: (grid(blocks, op)?, 1, 1), block_dim: (32 * SOFTMAX_WARPS, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// The scaled causal softmax forward: x (.., L, S) contiguous f32.
+pub(super) fn causal_softmax_fwd(s: &CudaStorage, l: &Layout, scale: f32, op: &str) -> Result<(CudaStorage, Shape)> {
+    let dims = l.shape().dims();
+    let (ql, sl) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let x = view(s, l, op)?;
+    let rows = x.len() / sl.max(1);
+    let dev = s.device();
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(x.len()) }?;
+    if rows > 0 {
+        let f = dev.get_or_load_custom_func("causal_softmax_fwd", MODULE, ptx()?)?;
+        let (rows_i, l_i, s_i) = (rows as i64, int(ql, "L", op)?, int(sl, "S", op)?);
+        let mut b = f.builder();
+        b.arg(&x).arg(&y).arg(&rows_i).arg(&l_i).arg(&s_i).arg(&scale);
+        unsafe { b.launch(softmax_config(rows, op)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
+}
+
+/// The scaled causal softmax backward: gx from y and gy (.., L, S), contiguous f32.
+pub(super) fn causal_softmax_bwd(
+    sy: &CudaStorage,
+    ly: &Layout,
+    sg: &CudaStorage,
+    lg: &Layout,
+    scale: f32,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let (y, gy) = (view(sy, ly, op)?, view(sg, lg, op)?);
+    if ly.shape() != lg.shape() {
+        candle_core::bail!("{op}: y {:?} and its gradient {:?} disagree", ly.shape(), lg.shape());
+    }
+    let sl = *ly.shape().dims().last().unwrap_or(&1);
+    let rows = y.len() / sl.max(1);
+    let dev = sy.device();
+    let gx: CudaSlice<f32> = unsafe { dev.alloc::<f32>(y.len()) }?;
+    if rows > 0 {
+        let f = dev.get_or_load_custom_func("causal_softmax_bwd", MODULE, ptx()?)?;
+        let (rows_i, s_i) = (rows as i64, int(sl, "S", op)?);
+        let mut b = f.builder();
+        b.arg(&y).arg(&gy).arg(&gx).arg(&rows_i).arg(&s_i).arg(&scale);
+        unsafe { b.launch(softmax_config(rows, op)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(gx, dev.clone()), ly.shape().clone()))
+}
+
+/// AdamW's update of one parameter in place: `w` (the parameter's own storage) and `mv` = [m | v]
+/// (2n, the optimizer's), from the gradient `g`. The kernel writes `mv` too, through the device
+/// pointer of a source operand: `mv` belongs to the optimizer alone and is never read elsewhere
+/// while it runs.
+pub(crate) struct AdamWKernel {
+    pub b1: f32,
+    pub b2: f32,
+    pub eps: f32,
+    pub decay: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+}
+
+impl candle_core::InplaceOp3 for AdamWKernel {
+    fn name(&self) -> &'static str {
+        "adamw-fused"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        candle_core::bail!("{}: the CUDA update was called on CPU tensors", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sw: &mut CudaStorage,
+        lw: &Layout,
+        sg: &CudaStorage,
+        lg: &Layout,
+        smv: &CudaStorage,
+        lmv: &Layout,
+    ) -> Result<()> {
+        let op = self.name();
+        let (g, mv) = (view(sg, lg, op)?, view(smv, lmv, op)?);
+        let (start, end) = lw.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{op}: the parameter {:?} is not contiguous", lw.shape()))
+        })?;
+        let n = end - start;
+        if g.len() != n || mv.len() != 2 * n {
+            candle_core::bail!(
+                "{op}: parameter {:?}, gradient {:?}, moments {:?} disagree",
+                lw.shape(),
+                lg.shape(),
+                lmv.shape()
+            );
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let dev = sw.device().clone();
+        let w = sw.as_cuda_slice_mut::<f32>()?;
+        let mut w = w.slice_mut(start..end);
+        let f = dev.get_or_load_custom_func("adamw_step", MODULE, ptx()?)?;
+        let n_i = n as i64;
+        let mut b = f.builder();
+        b.arg(&mut w).arg(&g).arg(&mv).arg(&n_i);
+        b.arg(&self.b1).arg(&self.b2).arg(&self.eps).arg(&self.decay).arg(&self.step_size).arg(&self.bc2_sqrt);
+        let cfg =
+            LaunchConfig { grid_dim: (grid(n.div_ceil(256), op)?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+}
