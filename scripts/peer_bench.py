@@ -27,7 +27,13 @@ Python that has torch and transformers (`--no-venv`):
       --ours-bin throughput-cuda --presets demo,seed --pairs baseline,mamba --rounds 2   # there
 
 On CUDA both sides train at the GPU bench's batch, 32 x 256 of vocabulary 2048, in f32 (PyTorch's
-TF32 matmuls left off, its default), each timed span ended by a device synchronisation.
+TF32 matmuls left off, its default), each timed span ended by a device synchronisation. There the
+GPU's matmul peak is measured too (8192^3 products in bf16 and in f32, PyTorch, TF32 off), and
+each row gets its model FLOPs utilisation against both: training FLOPs per token taken as
+6 x parameters, plus 12 x layers x width x context for attention (PaLM's count, the
+Transformer only), times tokens/s, over the peak.
+`--device-ops` times our CUDA rows with the device's fused ops (`Kernels::device_ops`, the
+throughput bench's `, device ops` rows) instead of what `Kernels::for_device` picks.
 
 Figures depend on the machine and on what else runs: use a quiet one. Not a test.
 """
@@ -45,6 +51,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, "target", "peer-venv")
 # The throughput bench's shapes: on the CPU 16 x 256 of vocabulary 4096, on CUDA 32 x 256 of 2048.
 SHAPES = {"cpu": (4096, 16, 256), "cuda": (2048, 32, 256)}
+# The throughput bench's CUDA rows with the device's fused ops (`Kernels::device_ops`).
+DEVICE_OPS_ROWS = ["baseline demo, device ops", "itera-lite demo, device ops", "baseline seed, device ops"]
+
 PAIRS = {
     # name: (our bench run, with {} for the preset; native-trainer config flags; peer class)
     "baseline": ("baseline {}", ["--model", "baseline"], "LlamaForCausalLM"),
@@ -165,6 +174,34 @@ def peer_child(cls, cfg, threads, steps, device):
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
 
+def peak_child():
+    """The GPU's measured matmul throughput (FLOP/s) in bf16 and in f32 (TF32 off)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    n, iters, out = 8192, 20, {}
+    for name, dtype in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        torch.cuda.synchronize()
+        out[name] = 2 * n**3 * iters / (time.perf_counter() - t)
+    return out
+
+
+def flops_per_token(cls, cfg, params, ctx):
+    """Training FLOPs per token: 6 N, and PaLM's attention term for the Transformer."""
+    f = 6 * params
+    if cls == "LlamaForCausalLM":
+        f += 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * ctx
+    return f
+
+
 def theirs(cls, cfg, threads, steps, device):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--no-venv", "--peer-child", cls, json.dumps(cfg), str(threads), str(steps), device]
@@ -186,10 +223,16 @@ def main():
                    "instead of asking `native-trainer config` (a machine without cargo)")
     p.add_argument("--write-configs", metavar="FILE", help="write the configs of every pair and preset, for both "
                    "devices' shapes, to FILE and stop")
+    p.add_argument("--device-ops", action="store_true", help="CUDA: time our rows with the device's fused ops "
+                   "(the throughput bench's `, device ops` rows: baseline demo and seed, itera-lite demo)")
     p.add_argument("--no-venv", action="store_true", help="use this Python (it must have torch and transformers)")
     p.add_argument("--out", help="also write the figures as JSON here")
     p.add_argument("--peer-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.peak_child:
+        print(json.dumps(peak_child()))
+        return
     if a.peer_child:
         cls, cfg, threads, steps, device = a.peer_child
         print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps), device)))
@@ -228,6 +271,10 @@ def main():
             for name in pairs:
                 run, flags, cls = PAIRS[name]
                 run = run.format(preset)
+                if a.device_ops:
+                    run += ", device ops"
+                    if run not in DEVICE_OPS_ROWS:
+                        sys.exit(f"error: the throughput bench has no row `{run}` (it has {', '.join(DEVICE_OPS_ROWS)})")
                 key = config_key(name, preset, a.device)
                 if configs is not None:
                     if key not in configs:
@@ -241,7 +288,8 @@ def main():
                     peer.append(theirs(cls, cfg, threads, steps, a.device))
                 m = statistics.median(r["tok_per_s"] for r in mine)
                 t = statistics.median(r["tok_per_s"] for r in peer)
-                row = {"ours": run, "peer": cls, "device": peer[0]["device"], "threads": threads or None,
+                row = {"ours": run, "peer": cls, "pair": name, "preset": preset, "cfg": cfg,
+                       "device": peer[0]["device"], "threads": threads or None,
                        "params_ours": mine[0]["params"], "params_peer": peer[0]["params"],
                        "ours_tok_per_s": [r["tok_per_s"] for r in mine],
                        "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
@@ -250,10 +298,27 @@ def main():
                 rows.append(row)
                 print(f"| {run} | {cls} | {threads or peer[0]['device']} | {mine[0]['params'] / 1e6:.2f}M / "
                       f"{peer[0]['params'] / 1e6:.2f}M | {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
+    vocab, batch, ctx = SHAPES[a.device]
+    peak = None
+    if a.device == "cuda":
+        cmd = [sys.executable, __file__, "--no-venv", "--peak-child"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        peak = json.loads(out.strip().splitlines()[-1])
+        print(f"\nmatmul peak measured: bf16 {peak['bf16'] / 1e12:.1f} TFLOP/s, f32 {peak['f32'] / 1e12:.1f} TFLOP/s")
+        print("| ours | MFU ours (bf16 / f32 peak) | MFU peer (bf16 / f32 peak) |")
+        print("|---|---|---|")
+        for row in rows:
+            cfg = row["cfg"]
+            for side in ("ours", "peer"):
+                fpt = flops_per_token(row["peer"], cfg, row[f"params_{side}"], ctx)
+                tps = statistics.median(row[f"{side}_tok_per_s"])
+                row[f"mfu_{side}"] = {k: tps * fpt / v for k, v in peak.items()}
+            print(f"| {row['ours']} | {row['mfu_ours']['bf16']:.1%} / {row['mfu_ours']['f32']:.1%} | "
+                  f"{row['mfu_peer']['bf16']:.1%} / {row['mfu_peer']['f32']:.1%} |")
     if a.out:
-        vocab, batch, ctx = SHAPES[a.device]
         with open(a.out, "w") as f:
-            json.dump({"device": a.device, "batch": batch, "ctx": ctx, "vocab": vocab, "rows": rows}, f, indent=1)
+            json.dump({"device": a.device, "batch": batch, "ctx": ctx, "vocab": vocab, "matmul_peak_flops": peak,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
