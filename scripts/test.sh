@@ -58,13 +58,11 @@ step "page: trunk build with the tiny models, then end to end in headless Chromi
 TRUNK_SKIP_VERSION_CHECK=true ITERA_MODELS="$models" trunk build --release --offline --dist target/e2e-dist
 node tests/e2e/page.mjs target/e2e-dist
 
-step "the shipped pairs (pretrained/pairs.json): their index rebuilds bit for bit; in the page both pairs answer the demo questions"
+step "the shipped pairs (pretrained/pairs.json): their index rebuilds bit for bit; in the page every pair answers the demo questions"
 target/debug/native-trainer index --out target/pretrained-index --queries 0
-for p in demo small; do
-  for m in baseline itera-lite; do
-    for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
-      cmp "target/pretrained-index/$f" "pretrained/$p/$m/index/$f"
-    done
+for d in pretrained/demo/baseline pretrained/demo/itera-lite pretrained/small/baseline pretrained/small/itera-lite pretrained/seed/baseline; do
+  for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
+    cmp "target/pretrained-index/$f" "$d/index/$f"
   done
 done
 # A folder of one pair (baseline/ and itera-lite/, no pairs.json) is served as before, as the
@@ -80,10 +78,12 @@ for m in baseline itera-lite; do
     for (const f of JSON.parse(fs.readFileSync("manifest.json")).files)
       if (crypto.createHash("sha256").update(fs.readFileSync(f.name)).digest("hex") !== f.sha256) throw new Error(f.name);')
 done
-# The default build (no ITERA_MODELS), as scripts/serve.sh builds it: both shipped pairs.
+# The default build (no ITERA_MODELS), as scripts/serve.sh builds it: every shipped pair.
 TRUNK_SKIP_VERSION_CHECK=true trunk build --release --offline --dist target/pretrained-dist
 node tests/e2e/qa.mjs --min itera-lite=0.9 --min baseline=0.6 target/pretrained-dist pretrained/demo/questions.json
 # The small pair (same world, so the same questions), chosen through the page's address.
 node tests/e2e/qa.mjs --pair small --min itera-lite=0.8 --min baseline=0.6 target/pretrained-dist pretrained/demo/questions.json
+# The seed's pair: the 26.75M-parameter Transformer (4-bit) beside the small Itera-Lite.
+node tests/e2e/qa.mjs --pair seed --min itera-lite=0.8 --min baseline=0.9 target/pretrained-dist pretrained/demo/questions.json
 
 step "all tests passed"
