@@ -285,7 +285,10 @@ fn markdown(r: &Results) -> String {
         let size = b.params.total as f64 / i.params.total as f64;
         let _ = writeln!(
             s,
-            "| smaller (total parameters, baseline / itera-lite) | 100-300× | {size:.2}× | {} |",
+            "| smaller (total parameters, {} / {}: the first pair, built to one size; the size claim's pair is below) \
+             | 100-300× | {size:.2}× | {} |",
+            b.name,
+            i.name,
             verdict(size >= 100.0)
         );
         let cmax = *r.settings.contexts.iter().max().unwrap_or(&0);
@@ -647,6 +650,13 @@ fn size_claim_section(s: &mut String, r: &Results) {
             n => n.to_string(),
         })
     };
+    // Training tokens per parameter (Chinchilla's compute-optimal ratio is about 20).
+    let per_param = |m: &ModelResults| {
+        m.training.as_ref().map_or("–".to_string(), |t| match t.tokens as f64 / m.params.total.max(1) as f64 {
+            x if x >= 10.0 => format!("{x:.0}"),
+            x => format!("{x:.1}"),
+        })
+    };
     for c in size_claims(r) {
         let b = &c.base;
         let _ = writeln!(s, "\n## The seed's size claim: {} against every Itera-Lite that reads\n", b.model.name);
@@ -665,17 +675,18 @@ fn size_claim_section(s: &mut String, r: &Results) {
         );
         let _ = writeln!(
             s,
-            "| Itera-Lite | trained tokens | format | weights | QA with retrieval | share of the baseline's | within 20% | baseline f32 bytes / these | with the index on both sides |"
+            "| Itera-Lite | trained tokens | per parameter | format | weights | QA with retrieval | share of the baseline's | within 20% | baseline f32 bytes / these | with the index on both sides |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for (k, p) in c.points.iter().enumerate() {
             let share = p.share_of(b);
             let mark = if Some(k) == c.best { " (the smallest)" } else { "" };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
+                "| {} | {} | {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
                 p.model.name,
                 tokens(p.model),
+                per_param(p.model),
                 p.format,
                 p.weight_bytes as f64 / 1e6,
                 p.accuracies(),
@@ -686,7 +697,22 @@ fn size_claim_section(s: &mut String, r: &Results) {
             );
         }
         if c.points.is_empty() {
-            let _ = writeln!(s, "| (none measured) | | | | | | | | |");
+            let _ = writeln!(s, "| (none measured) | | | | | | | | | |");
+        }
+        if let Some(p) = c.best.map(|k| &c.points[k]) {
+            let _ = writeln!(
+                s,
+                "\nThe pair's budgets differ: {} trained on {} tokens ({} per parameter), {} on {} ({} per parameter); \
+                 Chinchilla's ratio, about 20 tokens per parameter, would have given the baseline {:.0}M. The ratio \
+                 compares the models that were run, not the two architectures at equal training cost.",
+                b.model.name,
+                tokens(b.model),
+                per_param(b.model),
+                p.model.name,
+                tokens(p.model),
+                per_param(p.model),
+                20.0 * b.model.params.total as f64 / 1e6
+            );
         }
         // The baseline's own copies (its reading points past the f32 one).
         let own: Vec<String> = reader_points(b.model)
@@ -950,7 +976,7 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(29, 78, 216),
     RGBColor(21, 128, 61),
     RGBColor(124, 58, 237),
-    RGBColor(180, 83, 9),
+    RGBColor(219, 39, 119),
     RGBColor(8, 145, 178),
 ];
 
@@ -1258,7 +1284,7 @@ fn qa_bytes_plot<DB: DrawingBackend>(r: &Results, root: DrawingArea<DB, Shift>) 
         .map_err(e)?;
     chart
         .configure_mesh()
-        .x_desc("bytes (log scale, MB = 10^6): weights, and weights with index/")
+        .x_desc("bytes (log scale, MB = 10^6): filled, the weights; hollow, the f32 weights with the index")
         .x_labels(8)
         .x_label_formatter(&|v| match *v / 1e6 {
             mb if mb >= 1.0 => format!("{mb:.0} MB"),
@@ -1474,9 +1500,13 @@ mod tests {
         let md = markdown_for_test(&res);
         assert!(md.contains("## The seed's size claim: big against every Itera-Lite that reads"), "{md}");
         assert!(
-            md.contains("| small | 24000 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"),
+            md.contains(
+                "| small | 24000 | 0.1 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"
+            ),
             "{md}"
         );
+        assert!(md.contains("The pair's budgets differ: big trained on"), "{md}");
+        assert!(md.contains("would have given the baseline 540M"), "{md}");
 
         assert!(md.contains("| small | q4_0 | 0.20 MB | 70.0% / 59.5% | -5.0 pt / -10.5 pt |"), "{md}");
         // the plots draw (the QA-vs-bytes one on a log scale, every format a point)
