@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# There (a GPU machine; `run` with carry [".bin"]): one seed-preset model (MODEL: baseline or
+# itera-lite) with retrieval and many reading places, lr 1e-3 with 200 warm-up steps, STEPS
+# (default 2,400: 55M tokens, the seed baseline's budget), over two commands on one warm machine:
+#   PART=1  trains for at most 540 s and leaves the run on the machine (its checkpoint with the
+#           optimizer's moments is too large to come back);
+#   PART=2  resumes it for at most 560 s, exports it and brings back an f16 copy without
+#           evaluating there (`quantize --format f32` widens it here; evaluate here).
+# Issue the second command within the machine's idle release (30 s) of the first's reply. Where
+# time is short, STEPS=1200 in one command with PART=2.
+set -euo pipefail
+source scripts/gpu-env.sh ''
+model=${MODEL:?MODEL=baseline or MODEL=itera-lite}
+case "${PART:?PART=1 or PART=2}" in
+  1) RUN=gpu-seed-$model PRESET=seed PACK=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 540 \
+       --reading-places many --lr 1e-3 --warmup-steps 200 ;;
+  2) RUN=gpu-seed-$model PRESET=seed BACK=f16 EVAL=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 560 \
+       --reading-places many --lr 1e-3 --warmup-steps 200 ;;
+  *) echo "PART must be 1 or 2" >&2; exit 2 ;;
+esac
