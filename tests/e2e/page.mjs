@@ -6,7 +6,8 @@
 //    and every metric shows a plausible value; the latency benchmark draws both curves; World QA
 //    shows the retrieved documents with their scores and both models' answers with retrieval on
 //    and off; free-form generation with "use retrieval" reads the retrieved documents; a reload
-//    reads the models from the Cache API; the console has no errors; no request leaves the origin.
+//    reads the models from the Cache API, where the index both models read is stored (and was
+//    downloaded) once; the console has no errors; no request leaves the origin.
 // 2. Served with a manifest whose sha256 does not match its file, the page shows a clear error
 //    for that model instead of running it; a model whose manifest names no index says so.
 // 3. Served with a damaged index (a sha256 mismatch for one model, a cut-off index.json for the
@@ -44,7 +45,8 @@ function check(ok, what) {
 async function openPage(browser, origin) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  const problems = { console: [], foreign: [] };
+  const problems = { console: [], foreign: [], requests: [] };
+  page.on("request", (r) => problems.requests.push(r.url()));
   page.on("console", (m) => m.type() === "error" && problems.console.push(m.text()));
   if (process.env.E2E_VERBOSE) page.on("console", (m) => console.log(`  [console.${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => problems.console.push(String(e)));
@@ -66,6 +68,10 @@ async function happyPath(browser) {
     };
     await page.waitForFunction(bothReady, null, { timeout: 180_000 });
     check(true, "both models load");
+    // Both test models read the same index (the same bytes): one worker downloads each of its
+    // files, the other waits for it and reads the cached copy.
+    const indexFiles = problems.requests.filter((u) => /\/models\/[^/]+\/index\//.test(u)).map((u) => u.replace(/.*\/index\//, ""));
+    check(indexFiles.length >= 5 && new Set(indexFiles).size === indexFiles.length, `the index both models read is downloaded once (${indexFiles.length} requests: ${indexFiles.join(", ")})`);
     check((await page.textContent("#backend")).includes("CPU"), "the backend badge names the CPU backend");
     for (const model of ["baseline", "itera-lite"]) {
       const kind = await page.$eval(`.card[data-model="${model}"] [data-role=backend]`, (e) => e.dataset.kind);

@@ -27,9 +27,16 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{Cache, DedicatedWorkerGlobalScope, MessageChannel, MessageEvent, ReadableStreamDefaultReader, Response};
 
-/// Cache API bucket for model files. Entries are keyed by URL and re-checked against the
-/// manifest's sha256 on every load, so a changed model is fetched again.
-const CACHE_NAME: &str = "itera-lite-models-v1";
+/// Cache API bucket for model files. A file is kept under its content (its sha256, which the
+/// manifest names), so that two models sharing a file (the retrieval index of a pair) store it
+/// once and download it once; each model folder's list of contents is kept beside them, and an
+/// entry that no list names any more (a model changed on the server) is deleted after a load.
+const CACHE_NAME: &str = "itera-lite-models-v2";
+/// Buckets of earlier versions of the page (keyed by URL), deleted when the cache is opened.
+const OLD_CACHES: [&str; 1] = ["itera-lite-models-v1"];
+/// Key prefixes in the bucket (keys only, never fetched): contents, and model folders' lists.
+const CONTENT_KEY: &str = "/itera-lite-cache/sha256/";
+const RECORD_KEY: &str = "/itera-lite-cache/model/";
 
 /// Send a progress message at most every this many bytes.
 const PROGRESS_STEP: usize = 256 * 1024;
@@ -195,25 +202,104 @@ async fn open_cache() -> Result<Cache, String> {
         format!("the Cache API is unavailable ({text}); the model's files are downloaded on every visit")
     };
     let caches = scope().caches().map_err(why)?;
+    for old in OLD_CACHES {
+        let _ = JsFuture::from(caches.delete(old)).await; // stale space; nothing depends on it
+    }
     JsFuture::from(caches.open(CACHE_NAME)).await.map_err(why)?.dyn_into().map_err(why)
 }
 
-/// The cached bytes of `url`, if present and matching `sha256`.
-async fn cache_get(cache: &Cache, url: &str, sha256: &str) -> Option<Vec<u8>> {
-    let hit = JsFuture::from(cache.match_with_str(url)).await.ok()?;
+fn content_key(sha256: &str) -> String {
+    format!("{CONTENT_KEY}{sha256}")
+}
+
+fn record_key(base: &str) -> String {
+    format!("{RECORD_KEY}{}", String::from(js_sys::encode_uri_component(base)))
+}
+
+/// The cached bytes of the file with content `sha256`, if present and intact.
+async fn cache_get(cache: &Cache, sha256: &str) -> Option<Vec<u8>> {
+    let hit = JsFuture::from(cache.match_with_str(&content_key(sha256))).await.ok()?;
     let resp: Response = hit.dyn_into().ok()?;
     let buf = JsFuture::from(resp.array_buffer().ok()?).await.ok()?;
     let bytes = Uint8Array::new(&buf).to_vec();
     (sha256_hex(&bytes) == sha256).then_some(bytes)
 }
 
-async fn cache_put(cache: &Cache, url: &str, bytes: &[u8]) {
+async fn cache_put(cache: &Cache, key: &str, bytes: &[u8]) {
     let array = Uint8Array::from(bytes);
     if let Ok(resp) = Response::new_with_opt_buffer_source(Some(&array)) {
-        if let Err(e) = JsFuture::from(cache.put_with_str(url, &resp)).await {
-            web_sys::console::warn_1(&format!("could not cache {url}: {e:?}").into());
+        if let Err(e) = JsFuture::from(cache.put_with_str(key, &resp)).await {
+            web_sys::console::warn_1(&format!("could not cache {key}: {e:?}").into());
         }
     }
+}
+
+/// Notes in the cache which contents the model folder `base` uses now (before any of them is
+/// stored, so that another worker's clean-up never takes a file this one is about to keep).
+async fn cache_record(cache: &Cache, base: &str, shas: &[String]) {
+    let json = serde_json::to_vec(shas).unwrap_or_default();
+    cache_put(cache, &record_key(base), &json).await;
+}
+
+/// Deletes the cached contents that no model folder's list names (an old version of a file). The
+/// keys are listed before the lists are read: a content stored meanwhile is not among them.
+async fn cache_clean(cache: &Cache) -> Result<usize, JsValue> {
+    let keys: js_sys::Array = JsFuture::from(cache.keys()).await?.dyn_into()?;
+    let mut contents = Vec::new();
+    let mut records = Vec::new();
+    for key in keys.iter() {
+        let url = key.dyn_into::<web_sys::Request>()?.url();
+        let path = web_sys::Url::new(&url)?.pathname();
+        if let Some(sha) = path.strip_prefix(CONTENT_KEY) {
+            contents.push((url.clone(), sha.to_string()));
+        } else if path.starts_with(RECORD_KEY) {
+            records.push(url);
+        }
+    }
+    let mut used = std::collections::HashSet::new();
+    for url in records {
+        let resp: Response = JsFuture::from(cache.match_with_str(&url)).await?.dyn_into()?;
+        let text = JsFuture::from(resp.text()?).await?.as_string().unwrap_or_default();
+        // A list that cannot be read names nothing; its model finds its files missing and
+        // downloads them again.
+        used.extend(serde_json::from_str::<Vec<String>>(&text).unwrap_or_default());
+    }
+    let mut deleted = 0;
+    for (url, sha) in contents {
+        if !used.contains(&sha) && JsFuture::from(cache.delete_with_str(&url)).await?.as_bool() == Some(true) {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Runs `work` holding the Web Lock `name` (workers of the page queue for it), or without a lock
+/// where the browser has none (the Web Locks API needs a secure context, as the cache does).
+async fn with_lock<T>(name: &str, work: impl std::future::Future<Output = T>) -> T {
+    let request = Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|n| Reflect::get(&n, &"locks".into()))
+        .and_then(|locks| Ok((Reflect::get(&locks, &"request".into())?.dyn_into::<js_sys::Function>()?, locks)));
+    let Ok((request, locks)) = request else { return work.await };
+    // The lock is held until the promise the callback returns settles: `release`, resolved when
+    // the work is done. `granted` resolves when the callback runs.
+    let mut resolve_release = None;
+    let release = Promise::new(&mut |resolve, _| resolve_release = Some(resolve));
+    let mut resolve_granted = None;
+    let granted = Promise::new(&mut |resolve, _| resolve_granted = Some(resolve));
+    let (Some(resolve_release), Some(resolve_granted)) = (resolve_release, resolve_granted) else {
+        return work.await;
+    };
+    let callback = Closure::once_into_js(move |_lock: JsValue| -> JsValue {
+        let _ = resolve_granted.call0(&JsValue::NULL);
+        release.into()
+    });
+    if request.call2(&locks, &name.into(), &callback).is_err() {
+        return work.await;
+    }
+    let _ = JsFuture::from(granted).await;
+    let out = work.await;
+    let _ = resolve_release.call0(&JsValue::NULL);
+    out
 }
 
 async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<(), String> {
@@ -229,8 +315,12 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
     let in_index = |name: &str| matches!(&spec, Ok(Some(s)) if s.holds(name));
     let mut index_problem: Option<String> = None;
     let cache = open_cache().await;
-    if let Err(e) = &cache {
-        web_sys::console::warn_1(&format!("{base}: {e}").into());
+    match &cache {
+        Err(e) => web_sys::console::warn_1(&format!("{base}: {e}").into()),
+        Ok(c) => {
+            let shas: Vec<String> = files.iter().filter_map(|f| f["sha256"].as_str().map(String::from)).collect();
+            cache_record(c, &base, &shas).await;
+        }
     }
     let (mut blobs, mut total, mut downloaded) = (HashMap::new(), 0u64, 0u64);
     for f in files {
@@ -241,7 +331,7 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
         if is_index && index_problem.is_some() {
             continue; // the index is unusable already: spare the download
         }
-        // Names may hold a folder (`index/vectors.bin`): the URL and the cache key are the path.
+        // Names may hold a folder (`index/vectors.bin`): the URL is the path.
         let url = format!("{base}{name}");
         let expected = f["bytes"].as_u64().unwrap_or(0);
         let (bytes, fetched) = match fetch_checked(cache.as_ref().ok(), &url, name, sha, expected).await {
@@ -257,6 +347,11 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
         downloaded += if fetched { bytes.len() as u64 } else { 0 };
         total += bytes.len() as u64;
         blobs.insert(name.to_string(), bytes);
+    }
+    if let Ok(c) = &cache {
+        if let Err(e) = cache_clean(c).await {
+            web_sys::console::warn_1(&format!("could not clean the model cache: {e:?}").into());
+        }
     }
     let get = |name: &str| blobs.get(name).ok_or_else(|| format!("{base}manifest.json does not list {name}"));
     status(Status::Loading, "building the model");
@@ -326,7 +421,9 @@ async fn load(state: &WorkerState, base: &str, choice: BackendChoice) -> Result<
 }
 
 /// The bytes of one listed file, from the cache if they are there and match `sha256`, else
-/// downloaded, checked and cached; and whether they were downloaded.
+/// downloaded, checked and cached; and whether they were downloaded. With a cache, the lookup
+/// and the download hold a lock named by the content: where the other model's worker is
+/// fetching the same file (a pair's shared index), this one waits and then reads its copy.
 async fn fetch_checked(
     cache: Option<&Cache>,
     url: &str,
@@ -334,21 +431,27 @@ async fn fetch_checked(
     sha256: &str,
     expected: u64,
 ) -> Result<(Vec<u8>, bool), String> {
-    if let Some(bytes) = match cache {
-        Some(c) => cache_get(c, url, sha256).await,
-        None => None,
-    } {
-        post(FromWorker::Progress { file: name.into(), loaded: bytes.len() as u64, total: bytes.len() as u64 });
-        return Ok((bytes, false));
-    }
+    let Some(cache) = cache else { return download_checked(url, name, sha256, expected).await };
+    let lock = format!("itera-lite-file-{sha256}");
+    with_lock(&lock, async {
+        if let Some(bytes) = cache_get(cache, sha256).await {
+            post(FromWorker::Progress { file: name.into(), loaded: bytes.len() as u64, total: bytes.len() as u64 });
+            return Ok((bytes, false));
+        }
+        let bytes = download_checked(url, name, sha256, expected).await?;
+        cache_put(cache, &content_key(sha256), &bytes.0).await;
+        Ok(bytes)
+    })
+    .await
+}
+
+/// The body of `url`, checked against the manifest's `sha256`.
+async fn download_checked(url: &str, name: &str, sha256: &str, expected: u64) -> Result<(Vec<u8>, bool), String> {
     status(Status::Loading, format!("downloading {name}"));
     let bytes = fetch_bytes(url, name, expected).await?;
     let got = sha256_hex(&bytes);
     if got != sha256 {
         return Err(format!("{url}: sha256 {got} does not match manifest.json ({sha256})"));
-    }
-    if let Some(c) = cache {
-        cache_put(c, url, &bytes).await;
     }
     Ok((bytes, true))
 }
