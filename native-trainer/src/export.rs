@@ -52,6 +52,10 @@ pub struct Training {
     /// models comparable in the report, and of their names there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_loss: Option<crate::train::TaskLoss>,
+    /// `--init-from`: the run folder or export whose weights this run started from (its steps and
+    /// tokens are not in `steps` and `tokens`, which count this run's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 /// One periodic evaluation of a run.
@@ -277,6 +281,7 @@ pub fn export_sharded(run: &Path, out: &Path, max_shard_bytes: Option<u64>) -> R
                 threads: meta.threads,
                 accuracy_curve: crate::train::accuracy_curve(&crate::train::read_metrics(run)?),
                 task_loss: (a.task_loss != crate::train::TaskLoss::All).then_some(a.task_loss),
+                init_from: a.init_from.as_ref().map(|p| p.display().to_string()),
             },
             eval: meta.final_eval.clone(),
             code_version: meta.code_version.clone(),
@@ -478,7 +483,7 @@ pub fn quantize(src: &Path, out: &Path, format: WeightFormat) -> Result<Manifest
 
 /// The tensors of an export's sharded f32 weights (`model.safetensors.index.json` and the
 /// shards it names, read from `dir`).
-fn read_export_sharded(dir: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+pub(crate) fn read_export_sharded(dir: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
     let index_path = dir.join(SHARD_INDEX);
     let index = std::fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
     read_sharded(&index, |file| std::fs::read(dir.join(file)).ok(), &Device::Cpu)

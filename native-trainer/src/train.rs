@@ -23,7 +23,7 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use itera_model::init::{InitScheme, Rng};
 use itera_model::optim::{clip_grad_norm, vars_by_name, AdamW, AdamWConfig};
-use itera_model::weights::{assign_varmap, varmap_tensors};
+use itera_model::weights::{assign_varmap, varmap_tensors, WeightFormat};
 use itera_model::{Config, Kernels, Losses, Model, ModelKind, Preset};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -132,6 +132,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "mamba")]
     #[serde(default = "normal_init")]
     pub init: InitScheme,
+    /// Start from the weights of this run folder (its checkpoint) or f32 export instead of `--init`
+    /// (fine-tuning, or a curriculum: the same model trained on at another --seq-len or corpus);
+    /// the model must be the one this run builds; the optimizer starts afresh. A text corpus
+    /// reads with the source's tokenizer.json unless --tokenizer names another
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Experts per Itera-Lite block (0 switches MoE off: plain Mamba blocks) [default: the preset's]
     #[arg(long)]
     pub experts: Option<usize>,
@@ -352,6 +359,12 @@ impl TrainArgs {
         }
         if !matches!(a.corpus, CorpusSpec::Tasks(_) | CorpusSpec::Synthetic(_)) {
             a.vocab_size = Some(a.vocab_size.unwrap_or(DEFAULT_VOCAB_SIZE));
+        }
+        if let Some(dir) = a.init_from.as_ref().filter(|d| !d.is_dir()) {
+            bail!("--init-from {}: not a folder (expected a training run or an f32 export)", dir.display());
+        }
+        if let (Some(dir), None, None) = (&a.init_from, &a.tokenizer, synthetic) {
+            a.tokenizer = Some(dir.join("tokenizer.json"));
         }
         if !(a.lr > 0.0 && a.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", a.lr);
@@ -828,9 +841,17 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
             bail!("the checkpoint's model config differs from this run's (tokenizer or preset changed?)");
         }
     }
+    // --init-from: the source's weights, for a fresh run (a resumed one has its own).
+    let init = match (&previous, &args.init_from) {
+        (None, Some(dir)) => Some(init_weights(dir, &cfg)?),
+        _ => None,
+    };
     write_json_atomic(&out.join("config.json"), &cfg)?;
     let device = args.device.open()?;
     let mut rep = Replica::new(&cfg, &args, &device)?;
+    if let Some(w) = &init {
+        assign_varmap(&rep.varmap, w).context("loading the --init-from weights")?;
+    }
     let fresh_tasks = match (&args.corpus, args.task_loss) {
         (CorpusSpec::Tasks(kinds), TaskLoss::Answers) => Some(kinds.as_slice()),
         _ => None,
@@ -916,12 +937,14 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
         let workers: Vec<_> = ranks
             .into_iter()
             .map(|rank| {
-                let (cfg, args, previous, batcher_for) = (&cfg, &args, &previous, &batcher_for);
+                let (cfg, args, previous, batcher_for, init) = (&cfg, &args, &previous, &batcher_for, &init);
                 scope.spawn(move || -> Result<()> {
                     let device = args.device.for_rank(rank.rank()).open()?;
                     let mut rep = Replica::new(cfg, args, &device)?;
                     if let Some(ck) = previous {
                         rep.restore(ck)?;
+                    } else if let Some(w) = init {
+                        assign_varmap(&rep.varmap, w)?;
                     }
                     let mut batcher = batcher_for(rank.rank(), Rng::new(start_rng));
                     for step in start_step..steps {
@@ -1270,6 +1293,48 @@ pub fn unigram_loss(train: &[u32], valid: &[u32], vocab: usize) -> f64 {
     let total: f64 = counts.iter().sum();
     let nll: f64 = valid[1..].iter().map(|&t| -(counts[t as usize] / total).ln()).sum();
     nll / (valid.len() - 1).max(1) as f64
+}
+
+/// The f32 weights of `--init-from DIR` (a run folder's checkpoint, or an export's
+/// `model.safetensors` or shards), checked to build `cfg`'s model: a model of other dimensions,
+/// another vocabulary or a quantized export is an error naming what differs.
+fn init_weights(dir: &Path, cfg: &Config) -> Result<HashMap<String, Tensor>> {
+    let what = || format!("--init-from {}", dir.display());
+    let (source_cfg, weights) = if Checkpoint::exists(dir) {
+        let ck = Checkpoint::load(dir)?;
+        let w = ck.weights();
+        (ck.meta.config, w)
+    } else {
+        let source_cfg: Config = crate::files::read_json(&dir.join("config.json")).with_context(what)?;
+        let single = dir.join(WeightFormat::F32.file_name());
+        let w = if single.is_file() {
+            let bytes = std::fs::read(&single).with_context(|| format!("reading {}", single.display()))?;
+            itera_model::weights::read_safetensors(&bytes, &Device::Cpu)
+                .with_context(|| format!("{} is corrupt", single.display()))?
+        } else if dir.join(itera_model::weights::SHARD_INDEX).is_file() {
+            crate::export::read_export_sharded(dir)?
+        } else {
+            bail!(
+                "{}: holds neither a training checkpoint nor f32 weights (model.safetensors or shards); \
+                 a quantized export cannot seed training",
+                what()
+            );
+        };
+        (source_cfg, w)
+    };
+    if source_cfg != *cfg {
+        let (a, b) = (serde_json::to_value(&source_cfg)?, serde_json::to_value(cfg)?);
+        let diff: Vec<String> = match (a.as_object(), b.as_object()) {
+            (Some(a), Some(b)) => a
+                .iter()
+                .filter(|(k, v)| b.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k} {v} there, {} here", b.get(k).unwrap_or(&serde_json::Value::Null)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        bail!("{}: its model differs from this run's ({})", what(), diff.join("; "));
+    }
+    Ok(weights)
 }
 
 fn check_resumable(saved: &TrainArgs, now: &TrainArgs) -> Result<()> {

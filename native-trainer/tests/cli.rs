@@ -1024,3 +1024,73 @@ fn task_answer_loss_trains_resumes_and_refuses_other_corpora() {
     assert!(stderr(&o).contains("--task-loss answers applies to `--corpus tasks`"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The model's weights in a run folder's checkpoint (no optimizer state), by name.
+fn checkpoint_weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    checkpoint_values(dir).into_iter().filter(|(n, _)| !n.starts_with("adamw.")).collect()
+}
+
+#[test]
+fn init_from_starts_a_run_at_another_runs_or_exports_weights_and_names_what_does_not_fit() {
+    let dir = scratch("init-from");
+    let path = |p: &Path| p.display().to_string();
+    let source = dir.join("source");
+    assert_ok(&run(&tiny_run("itera-lite", 10, &source)));
+    let export = dir.join("export");
+    assert_ok(&run(&["export".into(), "--checkpoint".into(), path(&source), "--out".into(), path(&export)]));
+    let trained = checkpoint_weights(&source);
+
+    // From the run folder and from its export, one step at a learning rate of 1e-12 (no weight
+    // decay): the new run holds the source's weights, not a fresh init's.
+    for (name, from) in [("from-run", &source), ("from-export", &export)] {
+        let out = dir.join(name);
+        let flags = [("--init-from", path(from)), ("--lr", "1e-12".into()), ("--weight-decay", "0".into())];
+        let flags: Vec<(&str, &str)> = flags.iter().map(|(f, v)| (*f, v.as_str())).collect();
+        assert_ok(&run(&tiny_run_with("itera-lite", 1, &out, &flags)));
+        let got = checkpoint_weights(&out);
+        assert_eq!(got.len(), trained.len(), "{name}");
+        for ((n, a), (m, b)) in got.iter().zip(&trained) {
+            assert_eq!(n, m);
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-6, "{name}: {n} differs from the source's by {diff}");
+        }
+    }
+    // The export of a run started from another names its source (its tokens count its own).
+    let from_export = dir.join("from-export-export");
+    let o = run(&[
+        "export".into(),
+        "--checkpoint".into(),
+        path(&dir.join("from-export")),
+        "--out".into(),
+        path(&from_export),
+    ]);
+    assert_ok(&o);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from_export.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["training"]["init_from"], path(&export));
+    // A fresh run of the same flags (no --init-from) starts elsewhere: the comparison can fail.
+    let fresh = dir.join("fresh");
+    assert_ok(&run(&tiny_run_with("itera-lite", 1, &fresh, &[("--lr", "1e-12"), ("--weight-decay", "0")])));
+    assert_ne!(checkpoint_weights(&fresh), trained);
+
+    // Another model, a quantized export, a folder of nothing: named errors, no checkpoint written.
+    let other = dir.join("other");
+    let o = run(&tiny_run_with("itera-lite", 1, &other, &[("--init-from", &path(&source)), ("--preset", "small")]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("its model differs from this run's") && stderr(&o).contains("hidden_size"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!other.join("checkpoint.safetensors").exists());
+    let q8 = dir.join("q8");
+    assert_ok(&quantize(&export, "q8_0", &q8));
+    let o = run(&tiny_run_with("itera-lite", 1, &other, &[("--init-from", &path(&q8))]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("a quantized export cannot seed training"), "{}", stderr(&o));
+    let o = run(&tiny_run_with("itera-lite", 1, &other, &[("--init-from", &path(&dir.join("nothing")))]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--init-from") && stderr(&o).contains("not a folder"), "{}", stderr(&o));
+    assert!(!other.join("checkpoint.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -338,6 +338,7 @@ fn manifest_seeds() -> Vec<Vec<u8>> {
             threads: 2,
             accuracy_curve: vec![],
             task_loss: None,
+            init_from: None,
         },
         eval: None,
         code_version: "0.1.0 (fuzz seed)".into(),
