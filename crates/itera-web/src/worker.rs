@@ -243,7 +243,7 @@ async fn cache_record(cache: &Cache, base: &str, shas: &[String]) {
 
 /// Deletes the cached contents that no model folder's list names (an old version of a file). The
 /// keys are listed before the lists are read: a content stored meanwhile is not among them.
-async fn cache_clean(cache: &Cache) -> Result<usize, JsValue> {
+async fn cache_clean(cache: &Cache) -> Result<(), JsValue> {
     let keys: js_sys::Array = JsFuture::from(cache.keys()).await?.dyn_into()?;
     let mut contents = Vec::new();
     let mut records = Vec::new();
@@ -251,7 +251,7 @@ async fn cache_clean(cache: &Cache) -> Result<usize, JsValue> {
         let url = key.dyn_into::<web_sys::Request>()?.url();
         let path = web_sys::Url::new(&url)?.pathname();
         if let Some(sha) = path.strip_prefix(CONTENT_KEY) {
-            contents.push((url.clone(), sha.to_string()));
+            contents.push((url, sha.to_string()));
         } else if path.starts_with(RECORD_KEY) {
             records.push(url);
         }
@@ -264,13 +264,12 @@ async fn cache_clean(cache: &Cache) -> Result<usize, JsValue> {
         // downloads them again.
         used.extend(serde_json::from_str::<Vec<String>>(&text).unwrap_or_default());
     }
-    let mut deleted = 0;
     for (url, sha) in contents {
-        if !used.contains(&sha) && JsFuture::from(cache.delete_with_str(&url)).await?.as_bool() == Some(true) {
-            deleted += 1;
+        if !used.contains(&sha) {
+            JsFuture::from(cache.delete_with_str(&url)).await?;
         }
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// Runs `work` holding the Web Lock `name` (workers of the page queue for it), or without a lock
