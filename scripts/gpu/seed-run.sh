@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# There (a GPU machine; `run` with carry [".bin"]): one seed-preset model (MODEL: baseline or
-# itera-lite) with retrieval and many reading places, lr 1e-3 with 200 warm-up steps, STEPS
-# (default 2,400: 55M tokens, the seed baseline's budget), over two commands on one warm machine:
+# There (a GPU machine; `run` with carry [".bin/native-trainer-cuda.xz"]): one seed-preset model
+# (MODEL: baseline or itera-lite) with retrieval and many reading places, lr 1e-3 with 200 warm-up
+# steps, STEPS (default 2,400: 55M tokens, the seed baseline's budget; the seed Itera-Lite, 39.85M
+# parameters with its experts run densely, made 35K tokens/s on an H100 without the device ops,
+# so about 1,100 s with them), over two commands on one warm machine:
 #   PART=1  trains for at most 540 s and leaves the run on the machine (its checkpoint with the
 #           optimizer's moments is too large to come back);
 #   PART=2  resumes it for at most 560 s, exports it and brings back an f16 copy without
 #           evaluating there (`quantize --format f32` widens it here; evaluate here).
 # Issue the second command within the machine's idle release (30 s) of the first's reply. Where
-# time is short, STEPS=1200 in one command with PART=2.
+# time is short, fewer STEPS in one command with PART=2 (about 800 for the seed Itera-Lite: an
+# unfinished run packed back is too large to come back, 420 MB).
 set -euo pipefail
 source scripts/gpu-env.sh ''
 model=${MODEL:?MODEL=baseline or MODEL=itera-lite}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# There (a GPU machine; `run` with carry [".bin", ".gl"]): the WebGPU speed benchmark on the
+# There (a GPU machine; `run` with carry [".bin/webgpu-speed.xz", ".gl"]): the WebGPU speed benchmark on the
 # GPU's Vulkan driver (docs/webgpu.md), with NVML energy, into $OUT/webgpu-speed.json.
 set -euo pipefail
 out=${OUT:?OUT must name the folder whose files come back}
