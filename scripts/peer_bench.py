@@ -32,8 +32,9 @@ GPU's matmul peak is measured too (8192^3 products in bf16 and in f32, PyTorch, 
 each row gets its model FLOPs utilisation against both: training FLOPs per token taken as
 6 x parameters, plus 12 x layers x width x context for attention (PaLM's count, the
 Transformer only), times tokens/s, over the peak.
-`--device-ops` times our CUDA rows with the device's fused ops (`Kernels::device_ops`, the
-throughput bench's `, device ops` rows) instead of what `Kernels::for_device` picks.
+Our CUDA rows run what `Kernels::for_device` picks, the device's fused ops included
+(`Kernels::device_ops`); `--elementary-ops` times them with candle's elementary ops instead (the
+throughput bench's `, elementary ops` rows).
 
 Figures depend on the machine and on what else runs: use a quiet one. Not a test.
 """
@@ -51,8 +52,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, "target", "peer-venv")
 # The throughput bench's shapes: on the CPU 16 x 256 of vocabulary 4096, on CUDA 32 x 256 of 2048.
 SHAPES = {"cpu": (4096, 16, 256), "cuda": (2048, 32, 256)}
-# The throughput bench's CUDA rows with the device's fused ops (`Kernels::device_ops`).
-DEVICE_OPS_ROWS = ["baseline demo, device ops", "itera-lite demo, device ops", "baseline seed, device ops"]
+# The throughput bench's CUDA rows without the device's fused ops (`Kernels::device_ops` off).
+ELEMENTARY_ROWS = ["baseline demo, elementary ops", "itera-lite demo, elementary ops", "baseline seed, elementary ops"]
 
 PAIRS = {
     # name: (our bench run, with {} for the preset; native-trainer config flags; peer class)
@@ -223,8 +224,8 @@ def main():
                    "instead of asking `native-trainer config` (a machine without cargo)")
     p.add_argument("--write-configs", metavar="FILE", help="write the configs of every pair and preset, for both "
                    "devices' shapes, to FILE and stop")
-    p.add_argument("--device-ops", action="store_true", help="CUDA: time our rows with the device's fused ops "
-                   "(the throughput bench's `, device ops` rows: baseline demo and seed, itera-lite demo)")
+    p.add_argument("--elementary-ops", action="store_true", help="CUDA: time our rows without the device's fused "
+                   "ops (the throughput bench's `, elementary ops` rows: baseline demo and seed, itera-lite demo)")
     p.add_argument("--no-venv", action="store_true", help="use this Python (it must have torch and transformers)")
     p.add_argument("--out", help="also write the figures as JSON here")
     p.add_argument("--peer-child", nargs=5, help=argparse.SUPPRESS)
@@ -271,10 +272,10 @@ def main():
             for name in pairs:
                 run, flags, cls = PAIRS[name]
                 run = run.format(preset)
-                if a.device_ops:
-                    run += ", device ops"
-                    if run not in DEVICE_OPS_ROWS:
-                        sys.exit(f"error: the throughput bench has no row `{run}` (it has {', '.join(DEVICE_OPS_ROWS)})")
+                if a.elementary_ops:
+                    run += ", elementary ops"
+                    if run not in ELEMENTARY_ROWS:
+                        sys.exit(f"error: the throughput bench has no row `{run}` (it has {', '.join(ELEMENTARY_ROWS)})")
                 key = config_key(name, preset, a.device)
                 if configs is not None:
                     if key not in configs:

@@ -161,9 +161,9 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps (and always at the end)
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
-    /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature: the scan runs
-    /// its CUDA kernel, RMSNorm and conv + SiLU their elementary twins, the MoE densely; evaluation runs on a CPU
-    /// copy; docs/gpu.md)
+    /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature: the scan,
+    /// RMSNorm, the attention's softmax and AdamW run CUDA kernels, conv + SiLU its elementary twin, the MoE
+    /// densely; evaluation runs on a CPU copy; docs/gpu.md)
     #[arg(long, default_value = "cpu")]
     #[serde(default)]
     pub device: DeviceSpec,

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# There (a GPU machine; `run` with carry [".bin"]): the fused CUDA ops (`Kernels::device_ops`)
-# tested against their CPU kernels, then the throughput rows timed with and without them,
-# ROUNDS times alternating (default 2); with PEER=1 also the peer bench (PyTorch eager on the same
-# GPU, with the matmul peak and MFU; DEVICE_OPS=1 times our rows with the device ops there).
-# Figures land in $OUT: tests.txt, throughput-*.txt, peer-gpu.json.
+# There (a GPU machine; `run` with carry [".bin/models-tests.xz", ".bin/throughput-cuda.xz",
+# ".bin/peer-configs.json"]: the whole .bin is over the limit beside the tracked tree): the fused
+# CUDA ops (`Kernels::device_ops`, on by default there) tested against their CPU kernels, then the
+# throughput rows timed with them and with candle's elementary ops instead, ROUNDS times
+# alternating (default 2); with PEER=1 also the peer bench (PyTorch eager on the same GPU, with the
+# matmul peak and MFU; ELEMENTARY=1 times our rows without the device ops there).
+# Figures land in $OUT: tests.txt, throughput-*.txt (the rows), peer-gpu.json.
 set -uo pipefail
 source scripts/gpu-env.sh ''
 out=${OUT:?OUT must name the folder whose files come back}
 models-tests --test-threads 1 --nocapture cuda 2>&1 | tail -n 40 | tee "$out/tests.txt"
 for r in $(seq "${ROUNDS:-2}"); do
-  for row in "baseline demo" "baseline demo, device ops" "itera-lite demo" "itera-lite demo, device ops" \
-    "baseline seed" "baseline seed, device ops"; do
-    ITERA_BENCH_STEPS=${STEPS:-10} throughput-cuda --device cuda --run "$row" 2>&1 | tail -n 3 | tee -a "$out/throughput-$r.txt"
+  for row in "baseline demo" "baseline demo, elementary ops" "itera-lite demo" "itera-lite demo, elementary ops" \
+    "baseline seed" "baseline seed, elementary ops"; do
+    ITERA_BENCH_STEPS=${STEPS:-10} throughput-cuda --device cuda --run "$row" --no-kernels 2>&1 \
+      | grep -F "| $row |" | tee -a "$out/throughput-$r.txt"
   done
 done
 if [ "${PEER:-0}" = 1 ]; then
   extra=()
-  [ "${DEVICE_OPS:-0}" = 1 ] && extra=(--device-ops)
+  [ "${ELEMENTARY:-0}" = 1 ] && extra=(--elementary-ops)
   ITERA_BENCH_STEPS=10 python3 scripts/peer_bench.py --no-venv --device cuda --configs .bin/peer-configs.json \
     --ours-bin throughput-cuda --presets "${PRESETS:-demo,seed}" --pairs "${PAIRS:-baseline}" --rounds "${PEER_ROUNDS:-2}" \
     "${extra[@]}" --out "$out/peer-gpu.json" 2>&1 | tail -n 30

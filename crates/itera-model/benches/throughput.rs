@@ -102,12 +102,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// On a GPU: both models of the demo and seed presets at the training run's text batch (32 × 256),
-/// Itera-Lite with what `Kernels::for_device` picks (rows without a kernel note) and without MoE,
-/// the demo Itera-Lite also with each alternative scan and MoE path, and last (it switches the
-/// device's stream events off for the rest of the process) rows `, device ops` with the device's
-/// fused RMSNorm, causal softmax and AdamW and one stream (`Kernels::device_ops`); then the kernel
-/// table.
+/// On a GPU: first (the device's fused ops switch its stream events off for the rest of the
+/// process) rows `, elementary ops` without the device's fused RMSNorm, causal softmax and AdamW
+/// (`Kernels::device_ops` off, candle's stream events on); then both models of the demo and seed
+/// presets at the training run's text batch (32 × 256) with what `Kernels::for_device` picks (rows
+/// without a kernel note: the device ops on), Itera-Lite also without MoE, the demo Itera-Lite
+/// with each alternative scan and MoE path; then the kernel table.
 /// `--run NAME` runs the row of that exact name (scripts/peer_bench.py --device cuda does).
 fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) -> Result<()> {
     println!("## {dev:?}");
@@ -124,8 +124,11 @@ fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) 
         plain
     };
     let itera = Config::preset(ModelKind::IteraLite, Preset::Demo, vocab);
-    let ops = Kernels { device_ops: true, ..on_device };
+    let elementary = Kernels { device_ops: false, ..on_device };
     let runs: Vec<(String, Config, Kernels)> = vec![
+        ("baseline demo, elementary ops".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), elementary),
+        ("itera-lite demo, elementary ops".into(), itera.clone(), elementary),
+        ("baseline seed, elementary ops".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), elementary),
         ("baseline demo".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), on_device),
         ("itera-lite demo".into(), itera.clone(), on_device),
         (
@@ -140,16 +143,13 @@ fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) 
         ),
         (
             "itera-lite demo (reference scan, dense MoE)".into(),
-            itera.clone(),
+            itera,
             Kernels { scan: ScanKernel::Reference, ..on_device },
         ),
         ("itera-lite demo, no MoE".into(), without_moe(Preset::Demo), on_device),
         ("baseline seed".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), on_device),
         ("itera-lite seed".into(), Config::preset(ModelKind::IteraLite, Preset::Seed, vocab), on_device),
         ("itera-lite seed, no MoE".into(), without_moe(Preset::Seed), on_device),
-        ("baseline demo, device ops".into(), Config::preset(ModelKind::Baseline, Preset::Demo, vocab), ops),
-        ("itera-lite demo, device ops".into(), itera, ops),
-        ("baseline seed, device ops".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), ops),
     ];
     for (name, cfg, kernels) in &runs {
         if only.is_none_or(|o| name.contains(o)) && exact.is_none_or(|e| name == e) {
@@ -189,7 +189,7 @@ fn train_speed(
 ) -> Result<()> {
     let device_ops = kernels.is_some_and(|k| k.device_ops);
     if device_ops {
-        // for this row and every later one of the process (the device ops' rows come last)
+        // for this row and every later one of the process (the rows without them come first)
         itera_model::runtime::single_stream(dev);
     }
     let (varmap, mut model) = Model::init(cfg, 0, dev)?;

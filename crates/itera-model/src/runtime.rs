@@ -25,8 +25,8 @@ pub fn tune_allocator() {
 /// themselves. Nothing here uses a second stream on a device (data-parallel ranks each have their
 /// own device and exchange through host copies, which wait for the stream), so the events order
 /// nothing. Buffers allocated before the call keep theirs: call it before building the model.
-/// The trainer and the throughput bench call it with `Kernels::device_ops` (docs/gpu.md: not yet
-/// measured on a GPU).
+/// The trainer and the throughput bench call it with `Kernels::device_ops` (on an NVIDIA GPU by
+/// default; docs/gpu.md measures the two together).
 pub fn single_stream(device: &candle_core::Device) {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(d) = device {

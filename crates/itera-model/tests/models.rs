@@ -100,9 +100,9 @@ fn fast_kernels_and_reference_twins_give_the_same_loss_and_gradients() -> Result
             Ok((loss.to_scalar::<f32>()?, g))
         };
         let (l_ref, g_ref) = run(Kernels::reference())?;
-        // the CPU's fused kernels, what a GPU runs (chunked scan, elementary norms and conv),
-        // and that path with the device ops' routing (the fused norm and causal softmax, here by
-        // their CPU kernels)
+        // the CPU's fused kernels, what other devices run (chunked scan, elementary norms and
+        // conv), and that path with the device ops' routing (an NVIDIA GPU's fused norm and
+        // causal softmax, here by their CPU kernels)
         let gpu = Kernels { scan: ScanKernel::Chunked, moe: MoeKernel::Sparse, fused_ops: false, device_ops: false };
         let ops = Kernels { device_ops: true, ..gpu };
         for (kernels, what) in [(Kernels::default(), "fused"), (gpu, "chunked"), (ops, "device ops")] {
@@ -137,8 +137,8 @@ fn the_cuda_kernels_give_the_reference_loss_and_gradients() -> Result<()> {
         let on_gpu = tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&dev)?))).collect::<Result<_>>()?;
         let (gpu_varmap, mut gpu_model) = Model::init(&cfg, SEED, &dev)?;
         itera_model::weights::assign_varmap(&gpu_varmap, &on_gpu)?;
-        // what the trainer runs there, and with the device's fused ops
-        for kernels in [Kernels::for_device(&dev), Kernels { device_ops: true, ..Kernels::for_device(&dev) }] {
+        // what the trainer runs there (with the device's fused ops), and with elementary ops instead
+        for kernels in [Kernels::for_device(&dev), Kernels { device_ops: false, ..Kernels::for_device(&dev) }] {
             gpu_model.set_kernels(kernels);
             let loss = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total;
             let grads = loss.backward()?;
