@@ -107,7 +107,9 @@ fn main() -> Result<()> {
 /// (`Kernels::device_ops` off, candle's stream events on); then both models of the demo and seed
 /// presets at the training run's text batch (32 × 256) with what `Kernels::for_device` picks (rows
 /// without a kernel note: the device ops on), Itera-Lite also without MoE, the demo Itera-Lite
-/// with each alternative scan and MoE path; then the kernel table.
+/// with each alternative scan and MoE path, the seed Itera-Lite also with the sparse MoE (its
+/// dense MoE runs all 8 experts: 39.85M parameters' work for 17.83M active); then the kernel
+/// table.
 /// `--run NAME` runs the row of that exact name (scripts/peer_bench.py --device cuda does).
 fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) -> Result<()> {
     println!("## {dev:?}");
@@ -149,6 +151,11 @@ fn gpu(dev: &Device, only: Option<&str>, exact: Option<&str>, no_kernels: bool) 
         ("itera-lite demo, no MoE".into(), without_moe(Preset::Demo), on_device),
         ("baseline seed".into(), Config::preset(ModelKind::Baseline, Preset::Seed, vocab), on_device),
         ("itera-lite seed".into(), Config::preset(ModelKind::IteraLite, Preset::Seed, vocab), on_device),
+        (
+            "itera-lite seed (fused scan, sparse MoE)".into(),
+            Config::preset(ModelKind::IteraLite, Preset::Seed, vocab),
+            Kernels { moe: MoeKernel::Sparse, ..on_device },
+        ),
         ("itera-lite seed, no MoE".into(), without_moe(Preset::Seed), on_device),
     ];
     for (name, cfg, kernels) in &runs {
