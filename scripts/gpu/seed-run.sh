@@ -6,8 +6,10 @@
 # so about 1,100 s with them), over two commands on one warm machine:
 #   PART=1  trains for at most 540 s and leaves the run on the machine (its checkpoint with the
 #           optimizer's moments is too large to come back);
-#   PART=2  resumes it for at most 560 s, exports it and brings back an f16 copy without
-#           evaluating there (`quantize --format f32` widens it here; evaluate here).
+#   PART=2  resumes it for at most 560 s, exports it and brings back a copy without evaluating
+#           there: f16 for the baseline (`quantize --format f32` widens it here; evaluate here),
+#           q8_0 for Itera-Lite (its 39.85M parameters are 80 MB in f16, over the 64 MiB a command
+#           brings back); BACK names another format.
 # Issue the second command within the machine's idle release (30 s) of the first's reply. Where
 # time is short, fewer STEPS in one command with PART=2 (about 800 for the seed Itera-Lite: an
 # unfinished run packed back is too large to come back, 420 MB).
@@ -17,7 +19,8 @@ model=${MODEL:?MODEL=baseline or MODEL=itera-lite}
 case "${PART:?PART=1 or PART=2}" in
   1) RUN=gpu-seed-$model PRESET=seed PACK=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 540 \
        --reading-places many --lr 1e-3 --warmup-steps 200 ;;
-  2) RUN=gpu-seed-$model PRESET=seed BACK=f16 EVAL=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 560 \
+  2) back=f16; [ "$model" = itera-lite ] && back=q8_0
+     RUN=gpu-seed-$model PRESET=seed BACK=${BACK:-$back} EVAL=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 560 \
        --reading-places many --lr 1e-3 --warmup-steps 200 ;;
   *) echo "PART must be 1 or 2" >&2; exit 2 ;;
 esac
