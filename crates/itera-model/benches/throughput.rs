@@ -103,8 +103,9 @@ fn main() -> Result<()> {
 }
 
 /// On a GPU: first (the device's fused ops switch its stream events off for the rest of the
-/// process) rows `, elementary ops` without the device's fused RMSNorm, causal softmax and AdamW
-/// (`Kernels::device_ops` off, candle's stream events on); then both models of the demo and seed
+/// process) rows `, elementary ops` without the device's fused RMSNorm, rotary embedding, causal
+/// softmax and AdamW (`Kernels::device_ops` off, candle's stream events on); then both models of
+/// the demo and seed
 /// presets at the training run's text batch (32 × 256) with what `Kernels::for_device` picks (rows
 /// without a kernel note: the device ops on), Itera-Lite also without MoE, the demo Itera-Lite
 /// with each alternative scan and MoE path, the seed Itera-Lite also with the sparse MoE (its

@@ -76,7 +76,7 @@ impl Attention {
     /// x (B, L, D) at positions offset..offset+L; with a cache, keys/values of earlier positions
     /// come from it and this call's are appended. Without one, on the CPU's fused kernels, the
     /// attention is the fused op (`fused::causal_attention`), else its twin [`attention`] (with
-    /// the device's fused causal softmax under `device_ops`).
+    /// the device's fused rotary embedding and causal softmax under `device_ops`).
     fn forward(
         &self,
         x: &Tensor,
@@ -107,8 +107,9 @@ impl Attention {
 /// (B, L, Hkv·Dh) projected for L new tokens, cos and sin (L, Dh/2) at their positions; with a
 /// cache, the keys and values of earlier positions come from it and these are appended.
 /// Returns (B, L, H·Dh). The reference twin of `fused::causal_attention`, and the decoding path.
-/// `fused_softmax`: the scale, the causal mask and the softmax as one op (`fused::causal_softmax`,
-/// the GPU's path) instead of elementary ones.
+/// `device_ops`: the rotary embedding (`fused::rope`) and the scale, the causal mask and the
+/// softmax (`fused::causal_softmax`) as one op each (an NVIDIA GPU's path) instead of elementary
+/// ones.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &Tensor,
@@ -119,7 +120,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     cache: Option<&mut KvCache>,
-    fused_softmax: bool,
+    device_ops: bool,
 ) -> Result<Tensor> {
     let (b, l, qd) = q.dims3()?;
     let (h, hkv) = (n_heads, n_kv_heads);
@@ -127,8 +128,14 @@ pub fn attention(
     let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
         x.reshape((b, l, n, dh))?.transpose(1, 2)?.contiguous() // (B, n, L, Dh)
     };
-    // x * cos + rotate_half(x) * sin, from elementary ops (rope_slow has a backward).
-    let rope = |x: &Tensor| candle_nn::rotary_emb::rope_slow(x, cos, sin);
+    // x * cos + rotate_half(x) * sin: one op, or elementary ops (rope_slow has a backward).
+    let rope = |x: &Tensor| {
+        if device_ops {
+            crate::fused::rope(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_slow(x, cos, sin)
+        }
+    };
     let q = rope(&heads(q, h)?)?; // (B, H, L, Dh)
     let k = rope(&heads(k, hkv)?)?.contiguous()?; // (B, Hkv, L, Dh)
     let v = heads(v, hkv)?; // (B, Hkv, L, Dh)
@@ -142,7 +149,7 @@ pub fn attention(
     let (k, v) = (repeat_kv(k, h / hkv)?, repeat_kv(v, h / hkv)?); // (B, H, S, Dh)
     let s = k.dim(2)?;
     let scale = 1.0 / (dh as f64).sqrt();
-    let att = if fused_softmax {
+    let att = if device_ops {
         crate::fused::causal_softmax(&q.matmul(&k.t()?)?, scale)? // (B, H, L, S)
     } else {
         let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, S)

@@ -18,6 +18,7 @@ pub(crate) mod cuda;
 pub(crate) mod experts;
 pub(crate) mod gemm;
 pub mod linear;
+pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 mod vmath;
@@ -25,6 +26,7 @@ mod vmath;
 pub use attention::causal_attention;
 pub use cross_entropy::linear_cross_entropy;
 pub use linear::linear;
+pub use rope::rope;
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 

@@ -6,7 +6,7 @@ use common::*;
 use itera_model::baseline::attention;
 use itera_model::fused::{
     causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, linear as linear_fused,
-    linear_cross_entropy, rms_norm_fused, swiglu,
+    linear_cross_entropy, rms_norm_fused, rope, swiglu,
 };
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
@@ -189,6 +189,32 @@ fn fused_causal_softmax_matches_the_elementary_twin() -> Result<()> {
     // scores that are not (.., L, S ≥ L) are named
     let err = causal_softmax(&randn(&mut rng, &[2, 5, 3], 1.0), 1.0).unwrap_err().to_string();
     assert!(err.contains("causal-softmax") && err.contains("[2, 5, 3]"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn fused_rope_matches_the_elementary_twin() -> Result<()> {
+    let mut rng = Rng::new(SEED + 11);
+    // (B, H, L, Dh) as the attention makes it (the twin's only rank): one position of one pair,
+    // an odd L, the presets' head widths
+    for dims in [vec![1, 1, 1, 2], vec![1, 1, 7, 6], vec![2, 3, 19, 8], vec![2, 4, 33, 64]] {
+        let (l, dh) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let x = Var::from_tensor(&randn(&mut rng, &dims, 2.0))?;
+        let angles = randn(&mut rng, &[l, dh / 2], 3.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| rope(&x, &cos, &sin), &[&x], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| candle_nn::rotary_emb::rope_slow(&x, &cos, &sin), &[&x], &mut Rng::new(seed))?;
+        assert_close(&format!("rope {dims:?} output"), &yf, &yr)?;
+        assert_close(&format!("rope {dims:?} grad x"), &gf[0], &gr[0])?;
+    }
+    // shapes that do not fit are named
+    let x = randn(&mut rng, &[2, 5, 7], 1.0);
+    let err = rope(&x, &randn(&mut rng, &[5, 3], 1.0), &randn(&mut rng, &[5, 3], 1.0)).unwrap_err().to_string();
+    assert!(err.contains("rope") && err.contains("Dh even"), "{err}");
+    let x = randn(&mut rng, &[2, 5, 8], 1.0);
+    let err = rope(&x, &randn(&mut rng, &[4, 4], 1.0), &randn(&mut rng, &[5, 4], 1.0)).unwrap_err().to_string();
+    assert!(err.contains("cos") && err.contains("[4, 4]"), "{err}");
     Ok(())
 }
 

@@ -157,14 +157,14 @@ fn the_cuda_kernels_give_the_reference_loss_and_gradients() -> Result<()> {
     Ok(())
 }
 
-/// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm
-/// and the causal softmax in output and gradients, AdamW's in-place update against the host loop
+/// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm,
+/// the causal softmax and the rotary embedding in output and gradients, AdamW's in-place update against the host loop
 /// over several steps, and its moments through a checkpoint's tensors.
 #[cfg(feature = "cuda")]
 #[test]
 fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
     use candle_core::Var;
-    use itera_model::fused::{causal_softmax, rms_norm_fused};
+    use itera_model::fused::{causal_softmax, rms_norm_fused, rope};
     let dev = Device::new_cuda(0)?;
     let mut rng = Rng::new(SEED + 9);
     // Output and input gradients of `f` under a random cotangent, on the device of `xs`.
@@ -203,6 +203,17 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
         let cpu = run(&f, &[x.clone()], &r)?;
         let gpu = run(&f, &[x.to_device(&dev)?], &r)?;
         check(&format!("causal softmax {dims:?}"), &gpu, &cpu)?;
+    }
+    // The rotary embedding: the attention's (B, H, L, Dh) at the presets' head widths, one position
+    for dims in [vec![2, 4, 256, 64], vec![1, 8, 33, 64], vec![1, 2, 1, 32]] {
+        let (l, dh) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let angles = randn(&mut rng, &[l, dh / 2], 3.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let (x, r) = (randn(&mut rng, &dims, 2.0), randn(&mut rng, &dims, 1.0));
+        let cpu = run(&|v: &[Var]| rope(&v[0], &cos, &sin), &[x.clone()], &r)?;
+        let (cos_d, sin_d) = (cos.to_device(&dev)?, sin.to_device(&dev)?);
+        let gpu = run(&|v: &[Var]| rope(&v[0], &cos_d, &sin_d), &[x.to_device(&dev)?], &r)?;
+        check(&format!("rope {dims:?}"), &gpu, &cpu)?;
     }
     // AdamW: the same parameters on the CPU (host loop) and the GPU (the kernel), the same
     // gradients each step (of Σ w·r + ½ Σ w², so they change as the weights do)

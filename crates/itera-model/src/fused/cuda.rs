@@ -1,6 +1,7 @@
 //! The fused ops on an NVIDIA GPU (behind the `cuda` feature): RMSNorm forward and backward, the
-//! attention's scaled causal softmax forward and backward, and AdamW's update of one parameter.
-//! The same arithmetic as their CPU kernels (`fused.rs`, `softmax.rs`, `optim.rs`'s host loop),
+//! attention's scaled causal softmax forward and backward, the rotary embedding (one kernel both
+//! ways) and AdamW's update of one parameter. The same arithmetic as their CPU kernels
+//! (`fused.rs`, `softmax.rs`, `rope.rs`, `optim.rs`'s host loop),
 //! CUDA C compiled once at run time by NVRTC (as the scan's, `scan/cuda.rs`).
 //!
 //! Why: built from candle ops, RMSNorm is 7 kernels forward and about 15 backward, the masked
@@ -24,6 +25,8 @@ const MODULE: &str = "itera_fused";
 const ROW_BLOCK: u32 = 256;
 /// Rows a block of the RMSNorm backward walks (its weight-gradient partial covers them).
 const NORM_ROWS_PER_BLOCK: usize = 64;
+/// Threads of a block of the elementwise kernels (RoPE).
+const ELEMENT_BLOCK: u32 = 256;
 /// Rows of the softmax per block: one warp each.
 const SOFTMAX_WARPS: u32 = 4;
 
@@ -111,6 +114,21 @@ extern "C" __global__ void causal_softmax_bwd(const float* y, const float* gy, f
     for (int j = lane; j < S; j += 32) dot += gr[j] * yr[j];
     dot = warp_sum(dot);
     for (int j = lane; j < S; j += 32) gx[row * S + j] = scale * yr[j] * (gr[j] - dot);
+}
+
+// Rotary embedding of rows of Dh = 2 half (row t of L: cos and sin (L, half)); sign -1 is the
+// inverse rotation (the backward). One thread per pair (x1[i], x2[i]).
+extern "C" __global__ void rope(const float* x, const float* cs, const float* sn, float* y, long pairs, int L,
+                                int half, float sign) {
+    const long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= pairs) return;
+    const long row = p / half;
+    const int i = (int)(p % half), t = (int)(row % L);
+    const float c = cs[t * half + i], s = sign * sn[t * half + i];
+    const long a = row * 2 * half + i;
+    const float x1 = x[a], x2 = x[a + half];
+    y[a] = x1 * c - x2 * s;
+    y[a + half] = x2 * c + x1 * s;
 }
 
 // AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n).
@@ -309,6 +327,42 @@ pub(super) fn causal_softmax_bwd(
         unsafe { b.launch(softmax_config(rows, op)?) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(gx, dev.clone()), ly.shape().clone()))
+}
+
+/// Rotary embedding (`rope.rs`): x (.., L, Dh), cos and sin (L, Dh/2), all contiguous f32;
+/// `inverse` negates sin (the backward).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn rope(
+    sx: &CudaStorage,
+    lx: &Layout,
+    sc: &CudaStorage,
+    lc: &Layout,
+    ss: &CudaStorage,
+    ls: &Layout,
+    inverse: bool,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let (x, cos, sin) = (view(sx, lx, op)?, view(sc, lc, op)?, view(ss, ls, op)?);
+    let dims = lx.shape().dims();
+    let (l, dh) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let half = dh / 2;
+    let pairs = x.len() / 2;
+    let dev = sx.device();
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(x.len()) }?;
+    if pairs > 0 {
+        let f = dev.get_or_load_custom_func("rope", MODULE, ptx()?)?;
+        let (pairs_i, l_i, half_i) = (pairs as i64, int(l, "L", op)?, int(half, "Dh/2", op)?);
+        let sign: f32 = if inverse { -1.0 } else { 1.0 };
+        let mut b = f.builder();
+        b.arg(&x).arg(&cos).arg(&sin).arg(&y).arg(&pairs_i).arg(&l_i).arg(&half_i).arg(&sign);
+        let cfg = LaunchConfig {
+            grid_dim: (grid(pairs.div_ceil(ELEMENT_BLOCK as usize), op)?, 1, 1),
+            block_dim: (ELEMENT_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lx.shape().clone()))
 }
 
 /// AdamW's update of one parameter in place: `w` (the parameter's own storage) and `mv` = [m | v]
