@@ -20,7 +20,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use itera_model::init::Rng;
 use itera_model::moe::MoeKernel;
-use itera_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use itera_model::optim::{clip_grad_norm_with, AdamW, AdamWConfig};
 use itera_model::scan::{gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, ScanInputs};
 use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, ScanKernel};
 use std::time::Instant;
@@ -220,7 +220,7 @@ fn train_speed(
         let mut grads = loss.backward()?;
         dev.synchronize()?;
         let t2 = Instant::now();
-        clip_grad_norm(&mut grads, &varmap, 1.0)?;
+        clip_grad_norm_with(&mut grads, &varmap, 1.0, device_ops)?;
         opt.step(&grads, 1e-3)?;
         dev.synchronize()?;
         let t3 = Instant::now();

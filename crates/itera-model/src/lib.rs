@@ -147,6 +147,14 @@ impl Model {
         }
     }
 
+    /// The fast paths or reference twins it runs.
+    pub fn kernels(&self) -> Kernels {
+        match self {
+            Model::Baseline(m) => m.kernels(),
+            Model::IteraLite(m) => m.kernels(),
+        }
+    }
+
     /// Full-sequence forward.  tokens (B, L) u32 -> logits (B, L, V) and the aux loss.
     pub fn forward(&self, tokens: &Tensor) -> Result<Output> {
         match self {

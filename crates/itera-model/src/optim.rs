@@ -256,11 +256,25 @@ pub fn vars_by_name(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping. The sum of squares runs in a fixed (sorted-name) order.
 pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> Result<f64> {
+    clip_grad_norm_with(grads, varmap, max_norm, false)
+}
+
+/// [`clip_grad_norm`]; with `device_ops` (`Kernels::device_ops`), the sums of squares of f32
+/// gradients on an NVIDIA GPU are one kernel each into one buffer (`fused/cuda.rs`), summed in
+/// f64 as the others are; elsewhere as without.
+pub fn clip_grad_norm_with(grads: &mut GradStore, varmap: &VarMap, max_norm: f64, device_ops: bool) -> Result<f64> {
     let vars = vars_by_name(varmap)?;
     let mut sum_sq = 0f64;
     let mut on_device = Vec::new();
+    #[cfg(feature = "cuda")]
+    let mut fused: Vec<Tensor> = Vec::new();
     for (_, v) in &vars {
         if let Some(g) = grads.get(v.as_tensor()) {
+            #[cfg(feature = "cuda")]
+            if device_ops && g.device().is_cuda() && g.dtype() == DType::F32 {
+                fused.push(g.contiguous()?);
+                continue;
+            }
             let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
             if g.device().is_cpu() {
                 sum_sq += sq.to_scalar::<f64>()?;
@@ -269,9 +283,20 @@ pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> 
             }
         }
     }
-    if !on_device.is_empty() {
-        sum_sq += Tensor::stack(&on_device, 0)?.sum_all()?.to_scalar::<f64>()?;
+    #[cfg(feature = "cuda")]
+    if !fused.is_empty() {
+        let parts = Tensor::zeros(fused.len(), DType::F32, fused[0].device())?;
+        for (slot, g) in fused.iter().enumerate() {
+            parts.inplace_op2(g, &crate::fused::cuda::SumSquaresInto { slot })?;
+        }
+        on_device.push(parts.to_dtype(DType::F64)?.sum_all()?);
     }
+    let _ = device_ops; // read only by the `cuda` build
+    sum_sq += match on_device.len() {
+        0 => 0.0,
+        1 => on_device[0].to_scalar::<f64>()?,
+        _ => Tensor::stack(&on_device, 0)?.sum_all()?.to_scalar::<f64>()?,
+    };
     let norm = sum_sq.sqrt();
     if norm.is_finite() && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

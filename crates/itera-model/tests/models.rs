@@ -157,6 +157,52 @@ fn the_cuda_kernels_give_the_reference_loss_and_gradients() -> Result<()> {
     Ok(())
 }
 
+/// The gradient norm with the device ops (`optim::clip_grad_norm_with`: one kernel per gradient
+/// into one buffer, `fused/cuda.rs`) against the CPU's, on the same gradients: the norm, and the
+/// gradients clipped and not.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
+    use itera_model::optim::clip_grad_norm_with;
+    let dev = Device::new_cuda(0)?;
+    let mut rng = Rng::new(SEED + 13);
+    for (name, cfg) in all_tiny() {
+        let (varmap, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+        shake(&varmap, &mut rng)?;
+        let toks = tokens(&mut rng, 2, 41, VOCAB);
+        let (x, y) = (toks.narrow(1, 0, 40)?, toks.narrow(1, 1, 40)?);
+        let tensors = varmap_tensors(&varmap)?;
+        let on_gpu = tensors.iter().map(|(n, t)| Ok((n.clone(), t.to_device(&dev)?))).collect::<Result<_>>()?;
+        let (gpu_varmap, mut gpu_model) = Model::init(&cfg, SEED, &dev)?;
+        itera_model::weights::assign_varmap(&gpu_varmap, &on_gpu)?;
+        gpu_model.set_kernels(Kernels::for_device(&dev));
+        let gpu_vars = varmap_tensors(&gpu_varmap)?;
+        for max_norm in [1e-3, 1e6] {
+            let mut g_cpu = model.loss(&x, &y)?.total.backward()?;
+            // the GPU's store holds the CPU's gradients (the same numbers to sum; an expert the
+            // sparse MoE routed no token to has none)
+            let mut g_gpu = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?;
+            for ((_, v), (_, v_ref)) in gpu_vars.iter().zip(&tensors) {
+                match g_cpu.get(v_ref) {
+                    Some(g) => g_gpu.insert(v, g.to_device(&dev)?),
+                    None => g_gpu.remove(v),
+                };
+            }
+            let n_cpu = clip_grad_norm(&mut g_cpu, &varmap, max_norm)?;
+            let n_gpu = clip_grad_norm_with(&mut g_gpu, &gpu_varmap, max_norm, true)?;
+            println!("{name}, max norm {max_norm}: norm on CUDA {n_gpu} vs CPU {n_cpu}");
+            assert!((n_gpu - n_cpu).abs() <= 1e-5 * n_cpu, "{name}: norm {n_gpu} vs {n_cpu}");
+            for ((n, v), (_, v_ref)) in gpu_vars.iter().zip(&tensors) {
+                let Some(g_ref) = g_cpu.get(v_ref) else { continue };
+                let g = g_gpu.get(v).unwrap().to_device(&Device::Cpu)?;
+                let d = max_diff(&g, g_ref)?;
+                assert!(d <= 1e-5 * (1e-6 + max_abs(g_ref)), "{name}: the clipped gradient of {n} differs by {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm,
 /// the causal softmax and the rotary embedding in output and gradients, AdamW's in-place update against the host loop
 /// over several steps, and its moments through a checkpoint's tensors.

@@ -131,6 +131,15 @@ extern "C" __global__ void rope(const float* x, const float* cs, const float* sn
     y[a + half] = x2 * c + x1 * s;
 }
 
+// The sum of squares of g (n values) into out[0]: one block of up to 1024 threads, a fixed order.
+extern "C" __global__ void sum_squares(const float* g, float* out, long n) {
+    __shared__ float shared[32];
+    float s = 0.0f;
+    for (long i = threadIdx.x; i < n; i += blockDim.x) s += g[i] * g[i];
+    s = block_sum(s, shared);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
 // AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n).
 extern "C" __global__ void adamw_step(float* w, const float* g, float* mv, long n, float b1, float b2,
                                       float eps, float decay, float step_size, float bc2_sqrt) {
@@ -363,6 +372,50 @@ pub(super) fn rope(
         unsafe { b.launch(cfg) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lx.shape().clone()))
+}
+
+/// The sum of squares of a gradient (the second operand, contiguous f32) into one slot of an f32
+/// buffer (the first): the parts of the gradient norm (`optim::clip_grad_norm_with`), one launch
+/// per gradient where elementary ops take three (square, sum, widen) and a copy to gather them.
+pub(crate) struct SumSquaresInto {
+    pub slot: usize,
+}
+
+impl candle_core::InplaceOp2 for SumSquaresInto {
+    fn name(&self) -> &'static str {
+        "sum-squares-into"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        candle_core::bail!("{}: the CUDA kernel was called on CPU tensors", self.name())
+    }
+
+    fn cuda_fwd(&self, sb: &mut CudaStorage, lb: &Layout, sg: &CudaStorage, lg: &Layout) -> Result<()> {
+        let op = self.name();
+        let g = view(sg, lg, op)?;
+        let (start, end) = lb
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the buffer {:?} is not contiguous", lb.shape())))?;
+        if self.slot >= end - start {
+            candle_core::bail!("{op}: slot {} is past the buffer's {} values", self.slot, end - start);
+        }
+        let dev = sb.device().clone();
+        let buf = sb.as_cuda_slice_mut::<f32>()?;
+        let mut out = buf.slice_mut(start + self.slot..start + self.slot + 1);
+        let f = dev.get_or_load_custom_func("sum_squares", MODULE, ptx()?)?;
+        let n_i = g.len() as i64;
+        let mut b = f.builder();
+        b.arg(&g).arg(&mut out).arg(&n_i);
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
 }
 
 /// AdamW's update of one parameter in place: `w` (the parameter's own storage) and `mv` = [m | v]
