@@ -192,11 +192,12 @@ impl SwiGlu {
         })
     }
 
-    /// SwiGLU: down(silu(gate x) * up x), the gating by the fused op (`fused::swiglu`) or
-    /// elementary ops.  x (.., D) -> (.., D)
-    pub(crate) fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+    /// SwiGLU: down(silu(gate x) * up x), the projections by the CPU's fused op under `fused`,
+    /// the gating by the fused op (`fused::swiglu`: CPU and CUDA kernels) under `fused_gating`,
+    /// else elementary ops.  x (.., D) -> (.., D)
+    pub(crate) fn forward(&self, x: &Tensor, fused: bool, fused_gating: bool) -> Result<Tensor> {
         let (g, u) = (project(x, &self.gate_proj, fused)?, project(x, &self.up_proj, fused)?);
-        let h = if fused { crate::fused::swiglu(&g, &u)? } else { (g.silu()? * u)? }; // (.., I)
+        let h = if fused_gating { crate::fused::swiglu(&g, &u)? } else { (g.silu()? * u)? }; // (.., I)
         crate::flops::add(5.0 * h.elem_count() as f64); // silu · mul
         project(&h, &self.down_proj, fused)
     }
@@ -332,7 +333,7 @@ impl Baseline {
             x = (x + layer.self_attn.forward(&h, &self.rope, offset, cache, k)?)?;
             crate::flops::add(2.0 * x.elem_count() as f64); // the two residual adds
             let h = norm(&x, &layer.post_attention_layernorm, eps, k.fused_norm())?;
-            x = (&x + layer.mlp.forward(&h, k.fused_ops)?)?;
+            x = (&x + layer.mlp.forward(&h, k.fused_ops, k.fused_ops || k.device_ops)?)?;
         }
         norm(&x, &self.norm, eps, k.fused_norm())
     }

@@ -152,7 +152,7 @@ impl SparseMoe {
             let ids = Tensor::from_slice(&tokens[j], n, dev)?;
             let xe = x.index_select(&ids, 0)?; // (n, D)
             let g = gates.index_select(&Tensor::from_slice(&slots[j], n, dev)?, 0)?.unsqueeze(1)?; // (n, 1)
-            outs.push(expert.forward(&xe, fused_ops)?.broadcast_mul(&g)?); // (n, D)
+            outs.push(expert.forward(&xe, fused_ops, fused_ops)?.broadcast_mul(&g)?); // (n, D)
             crate::flops::add(2.0 * (n * d) as f64); // gate scaling, then the add into the output
             dest.extend_from_slice(&tokens[j]);
         }
@@ -174,7 +174,7 @@ impl SparseMoe {
         let w = w.broadcast_div(&w.sum_keepdim(1)?)?;
         let mut y: Option<Tensor> = None;
         for (j, expert) in self.experts.iter().enumerate() {
-            let yj = expert.forward(x, false)?.broadcast_mul(&w.narrow(1, j, 1)?)?; // (T, D)
+            let yj = expert.forward(x, false, false)?.broadcast_mul(&w.narrow(1, j, 1)?)?; // (T, D)
             y = Some(match y {
                 None => yj,
                 Some(y) => (y + yj)?,

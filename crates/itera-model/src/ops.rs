@@ -29,8 +29,8 @@ pub struct Kernels {
     /// RMSNorm and conv + SiLU as fused ops (`fused.rs`) rather than elementary candle ops.
     pub fused_ops: bool,
     /// The ops fused for the device (NVIDIA GPUs: `fused/cuda.rs`), on an otherwise elementary
-    /// path: RMSNorm, the attention's rotary embedding and scaled causal softmax, and (`optim.rs`)
-    /// AdamW's update.
+    /// path: RMSNorm, the attention's rotary embedding and scaled causal softmax, the baseline's
+    /// SwiGLU gating, and (`optim.rs`) AdamW's update and the gradient norm.
     pub device_ops: bool,
 }
 
@@ -59,8 +59,8 @@ impl Kernels {
     /// `fused/cuda.rs`; one stream, `runtime::single_stream`): tested there against their CPU
     /// kernels and in the whole-model loss and gradients, and 1.76× the elementary ops' training
     /// throughput for both baselines, 1.48× for demo Itera-Lite (an H100, 32 × 256: docs/gpu.md).
-    /// The rotary embedding's kernel joined them after that session: tested on the CPU, its CUDA
-    /// test waits for the next one (docs/gpu.md).
+    /// The rotary embedding's, SwiGLU's and the gradient norm's kernels joined them after that
+    /// session: tested on the CPU, their CUDA tests wait for the next one (docs/gpu.md).
     ///
     /// The MoE: sparse on the CPU (top-2 of 8 experts is a quarter of the work); dense on a GPU,
     /// where the sparse path's gathers, scatters and host-side routing cost more than the

@@ -204,13 +204,13 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
 }
 
 /// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm,
-/// the causal softmax and the rotary embedding in output and gradients, AdamW's in-place update against the host loop
+/// the causal softmax, the rotary embedding and SwiGLU's gating in output and gradients, AdamW's in-place update against the host loop
 /// over several steps, and its moments through a checkpoint's tensors.
 #[cfg(feature = "cuda")]
 #[test]
 fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
     use candle_core::Var;
-    use itera_model::fused::{causal_softmax, rms_norm_fused, rope};
+    use itera_model::fused::{causal_softmax, rms_norm_fused, rope, swiglu};
     let dev = Device::new_cuda(0)?;
     let mut rng = Rng::new(SEED + 9);
     // Output and input gradients of `f` under a random cotangent, on the device of `xs`.
@@ -260,6 +260,14 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
         let (cos_d, sin_d) = (cos.to_device(&dev)?, sin.to_device(&dev)?);
         let gpu = run(&|v: &[Var]| rope(&v[0], &cos_d, &sin_d), &[x.to_device(&dev)?], &r)?;
         check(&format!("rope {dims:?}"), &gpu, &cpu)?;
+    }
+    // SwiGLU's gating: the seed baseline's MLP width, an odd size
+    for dims in [vec![2, 256, 1408], vec![3, 7, 5]] {
+        let (g, u, r) = (randn(&mut rng, &dims, 3.0), randn(&mut rng, &dims, 1.0), randn(&mut rng, &dims, 1.0));
+        let f = |v: &[Var]| swiglu(&v[0], &v[1]);
+        let cpu = run(&f, &[g.clone(), u.clone()], &r)?;
+        let gpu = run(&f, &[g.to_device(&dev)?, u.to_device(&dev)?], &r)?;
+        check(&format!("swiglu {dims:?}"), &gpu, &cpu)?;
     }
     // AdamW: the same parameters on the CPU (host loop) and the GPU (the kernel), the same
     // gradients each step (of Σ w·r + ½ Σ w², so they change as the weights do)

@@ -131,6 +131,21 @@ extern "C" __global__ void rope(const float* x, const float* cs, const float* sn
     y[a + half] = x2 * c + x1 * s;
 }
 
+// SwiGLU's gating y = silu(g) u, and its backward: out = [dg | du] (2n).
+extern "C" __global__ void swiglu_fwd(const float* g, const float* u, float* y, long n) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float s = 1.0f / (1.0f + expf(-g[i]));
+    y[i] = g[i] * s * u[i];
+}
+extern "C" __global__ void swiglu_bwd(const float* g, const float* u, const float* dy, float* out, long n) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float s = 1.0f / (1.0f + expf(-g[i]));
+    out[i] = dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s)); // silu'(g) = s (1 + g (1 - s))
+    out[n + i] = dy[i] * g[i] * s;
+}
+
 // The sum of squares of g (n values) into out[0]: one block of up to 1024 threads, a fixed order.
 extern "C" __global__ void sum_squares(const float* g, float* out, long n) {
     __shared__ float shared[32];
@@ -372,6 +387,84 @@ pub(super) fn rope(
         unsafe { b.launch(cfg) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lx.shape().clone()))
+}
+
+fn element_config(n: usize, op: &str) -> Result<LaunchConfig> {
+    let blocks = grid(n.div_ceil(ELEMENT_BLOCK as usize), op)?;
+    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENT_BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// SwiGLU's gating (`swiglu.rs`): silu(g) u, g and u contiguous f32 of the same shape.
+pub(super) fn swiglu_fwd(
+    sg: &CudaStorage,
+    lg: &Layout,
+    su: &CudaStorage,
+    lu: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let (g, u) = (view(sg, lg, op)?, view(su, lu, op)?);
+    if g.len() != u.len() {
+        candle_core::bail!("{op}: gate {:?} and up {:?} disagree", lg.shape(), lu.shape());
+    }
+    let dev = sg.device();
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(g.len()) }?;
+    if !g.is_empty() {
+        let f = dev.get_or_load_custom_func("swiglu_fwd", MODULE, ptx()?)?;
+        let n_i = g.len() as i64;
+        let mut b = f.builder();
+        b.arg(&g).arg(&u).arg(&y).arg(&n_i);
+        unsafe { b.launch(element_config(g.len(), op)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lg.shape().clone()))
+}
+
+/// SwiGLU's backward: from g, u and dy (contiguous f32, one shape), [dg | du] as one tensor of
+/// 2n values (the caller splits it).
+pub(super) struct SwiGluGrad;
+
+impl candle_core::CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "swiglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("{}: the CUDA kernel was called on CPU tensors", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        sg: &CudaStorage,
+        lg: &Layout,
+        su: &CudaStorage,
+        lu: &Layout,
+        sd: &CudaStorage,
+        ld: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (g, u, dy) = (view(sg, lg, op)?, view(su, lu, op)?, view(sd, ld, op)?);
+        if g.len() != u.len() || g.len() != dy.len() {
+            candle_core::bail!("{op}: g {:?}, u {:?} and dy {:?} disagree", lg.shape(), lu.shape(), ld.shape());
+        }
+        let n = g.len();
+        let dev = sg.device();
+        let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(2 * n) }?;
+        if n > 0 {
+            let f = dev.get_or_load_custom_func("swiglu_bwd", MODULE, ptx()?)?;
+            let n_i = n as i64;
+            let mut b = f.builder();
+            b.arg(&g).arg(&u).arg(&dy).arg(&out).arg(&n_i);
+            unsafe { b.launch(element_config(n, op)?) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), Shape::from(2 * n)))
+    }
 }
 
 /// The sum of squares of a gradient (the second operand, contiguous f32) into one slot of an f32

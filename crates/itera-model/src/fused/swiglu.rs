@@ -1,7 +1,9 @@
 //! SwiGLU's gating, `silu(g) ⊙ u`, as one op: one pass forward, one backward (dg and du
 //! together), where candle's `silu` and `mul` are a pass each forward and several backward, each
 //! with its own allocation and gradient accumulation. Reference twin: `g.silu()? * u`
-//! (test `fused_swiglu_matches_the_elementary_twin`).
+//! (test `fused_swiglu_matches_the_elementary_twin`). One kernel each way per device: the loops
+//! below on the CPU, `cuda.rs` on an NVIDIA GPU (its backward writes dg and du as one (2, ..)
+//! tensor, split by views).
 
 use super::vmath::{swiglu_bwd, swiglu_fwd};
 use super::{f32_slice, host_f32_ref, zeros};
@@ -35,7 +37,26 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(y), lg.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sg: &candle_core::CudaStorage,
+        lg: &Layout,
+        su: &candle_core::CudaStorage,
+        lu: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::swiglu_fwd(sg, lg, su, lu, self.name())
+    }
+
     fn bwd(&self, g_t: &Tensor, u_t: &Tensor, _y: &Tensor, dy_t: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if g_t.device().is_cuda() {
+            // [dg | du] as (2, ..): one kernel, then two views
+            let both = g_t.apply_op3_no_bwd(u_t, &dy_t.contiguous()?, &super::cuda::SwiGluGrad)?;
+            let n = g_t.elem_count();
+            let part = |i: usize| both.narrow(0, i * n, n)?.reshape(g_t.shape());
+            return Ok((Some(part(0)?), Some(part(1)?)));
+        }
         let (g, u, dy) = (host_f32_ref(g_t)?, host_f32_ref(u_t)?, host_f32_ref(dy_t)?);
         let (g, u, dy): (&[f32], &[f32], &[f32]) = (&g, &u, &dy);
         let (mut dg, mut du) = (zeros(g.len()), zeros(g.len()));
