@@ -20,6 +20,25 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
+/// The `cpu_fwd` of a three-operand op that has only a CUDA kernel (the backward halves of the
+/// fused ops, whose forward runs on the CPU elsewhere): a named error.
+macro_rules! cuda_only_cpu_fwd3 {
+    () => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{}: a CUDA kernel, called on CPU tensors", self.name())
+        }
+    };
+}
+pub(crate) use cuda_only_cpu_fwd3;
+
 const MODULE: &str = "itera_fused";
 /// Threads of a block that reduces one row (RMSNorm); a multiple of the warp size.
 const ROW_BLOCK: u32 = 256;
@@ -251,17 +270,7 @@ impl candle_core::CustomOp3 for RmsNormGrad {
         "rms-norm-fused-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: the CUDA backward was called on CPU tensors", self.name())
-    }
+    cuda_only_cpu_fwd3!();
 
     fn cuda_fwd(
         &self,
@@ -427,17 +436,7 @@ impl candle_core::CustomOp3 for SwiGluGrad {
         "swiglu-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: the CUDA kernel was called on CPU tensors", self.name())
-    }
+    cuda_only_cpu_fwd3!();
 
     fn cuda_fwd(
         &self,

@@ -205,17 +205,7 @@ impl CustomOp3 for GatedScanGrad {
         "gated-selective-scan-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("{}: the CUDA backward was called on CPU tensors", self.name())
-    }
+    crate::fused::cuda::cuda_only_cpu_fwd3!();
 
     fn cuda_fwd(
         &self,
