@@ -162,8 +162,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
     /// Where the training steps run: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature: the scan,
-    /// RMSNorm, the attention's rotary embedding and softmax and AdamW run CUDA kernels, conv + SiLU its
-    /// elementary twin, the MoE densely; evaluation runs on a CPU copy; docs/gpu.md)
+    /// RMSNorm, the attention's rotary embedding and softmax, the baseline's SwiGLU gating, the gradient norm
+    /// and AdamW run CUDA kernels, conv + SiLU its elementary twin, the MoE densely; evaluation runs on a CPU
+    /// copy; docs/gpu.md)
     #[arg(long, default_value = "cpu")]
     #[serde(default)]
     pub device: DeviceSpec,

@@ -3,7 +3,8 @@
 # (MODEL: baseline or itera-lite) with retrieval and many reading places, lr 1e-3 with 200 warm-up
 # steps, STEPS (default 2,400: 55M tokens, the seed baseline's budget; the seed Itera-Lite, 39.85M
 # parameters with its experts run densely, made 35K tokens/s on an H100 without the device ops,
-# so about 1,100 s with them), over two commands on one warm machine:
+# so about 1,100 s with them if they give it demo Itera-Lite's 1.48×: an estimate, not yet run),
+# over two commands on one warm machine:
 #   PART=1  trains for at most 540 s and leaves the run on the machine (its checkpoint with the
 #           optimizer's moments is too large to come back);
 #   PART=2  resumes it for at most 560 s, exports it and brings back a copy without evaluating
