@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import peer_bench  # noqa: E402  (the pairs, the config keys, the peer's training step)
 
 STEPS = 2  # the bench's and the peer's one warm-up step, then one timed step (ITERA_BENCH_STEPS=1)
-UNITS = {"nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0}
+UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3, "second": 1.0, "s": 1.0}
 
 
 def find_ncu():

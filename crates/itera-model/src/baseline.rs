@@ -107,7 +107,7 @@ impl Attention {
 /// (B, L, Hkv·Dh) projected for L new tokens, cos and sin (L, Dh/2) at their positions; with a
 /// cache, the keys and values of earlier positions come from it and these are appended.
 /// Returns (B, L, H·Dh). The reference twin of `fused::causal_attention`, and the decoding path.
-/// `device_ops`: the rotary embedding (`fused::rope`) and the scale, the causal mask and the
+/// `device_ops`: the rotary embedding with the move of the heads (`fused::rope_heads`) and the scale, the causal mask and the
 /// softmax (`fused::causal_softmax`) as one op each (an NVIDIA GPU's path) instead of elementary
 /// ones.
 #[allow(clippy::too_many_arguments)]
@@ -128,16 +128,14 @@ pub fn attention(
     let heads = |x: &Tensor, n: usize| -> Result<Tensor> {
         x.reshape((b, l, n, dh))?.transpose(1, 2)?.contiguous() // (B, n, L, Dh)
     };
-    // x * cos + rotate_half(x) * sin: one op, or elementary ops (rope_slow has a backward).
-    let rope = |x: &Tensor| {
-        if device_ops {
-            crate::fused::rope(x, cos, sin)
-        } else {
-            candle_nn::rotary_emb::rope_slow(x, cos, sin)
-        }
-    };
-    let q = rope(&heads(q, h)?)?; // (B, H, L, Dh)
-    let k = rope(&heads(k, hkv)?)?.contiguous()?; // (B, Hkv, L, Dh)
+    // x * cos + rotate_half(x) * sin: with the device ops, one op that also moves the heads (no
+    // transposed copy), else elementary ops (rope_slow has a backward)
+    let (q, k) = if device_ops {
+        (crate::fused::rope_heads(q, cos, sin, h)?, crate::fused::rope_heads(k, cos, sin, hkv)?)
+    } else {
+        let rope = |x: &Tensor| candle_nn::rotary_emb::rope_slow(x, cos, sin);
+        (rope(&heads(q, h)?)?, rope(&heads(k, hkv)?)?.contiguous()?)
+    }; // (B, H, L, Dh), (B, Hkv, L, Dh)
     let v = heads(v, hkv)?; // (B, Hkv, L, Dh)
     let (k, v) = match cache {
         Some(cache) => {
@@ -323,10 +321,9 @@ impl Baseline {
     }
 
     fn trunk(&self, tokens: &Tensor, offset: usize, mut caches: Option<&mut Vec<KvCache>>) -> Result<Tensor> {
-        let (b, l) = tokens.dims2()?;
-        let d = self.cfg.hidden_size;
-        let mut x = self.embed_tokens.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
+        tokens.dims2()?; // (B, L)
         let (eps, k) = (self.cfg.rms_norm_eps, self.kernels);
+        let mut x = crate::ops::embed(&self.embed_tokens, tokens, k.device_ops)?; // (B, L, D)
         for (i, layer) in self.layers.iter().enumerate() {
             let cache = caches.as_deref_mut().map(|c| &mut c[i]);
             let h = norm(&x, &layer.input_layernorm, eps, k.fused_norm())?;

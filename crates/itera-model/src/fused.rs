@@ -15,6 +15,7 @@ pub mod attention;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod embedding;
 pub(crate) mod experts;
 pub(crate) mod gemm;
 pub mod linear;
@@ -24,9 +25,10 @@ pub mod swiglu;
 mod vmath;
 
 pub use attention::causal_attention;
-pub use cross_entropy::linear_cross_entropy;
+pub use cross_entropy::{cross_entropy_rows, linear_cross_entropy};
+pub use embedding::embedding;
 pub use linear::linear;
-pub use rope::rope;
+pub use rope::{rope, rope_heads};
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 

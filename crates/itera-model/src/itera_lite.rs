@@ -271,10 +271,9 @@ impl IteraLite {
     }
 
     fn trunk(&self, tokens: &Tensor, mut state: Option<&mut SsmState>) -> Result<(Tensor, Tensor)> {
-        let (b, l) = tokens.dims2()?;
-        let d = self.cfg.hidden_size;
+        tokens.dims2()?; // (B, L)
         let eps = self.cfg.layer_norm_epsilon;
-        let mut x = self.embeddings.index_select(&tokens.flatten_all()?, 0)?.reshape((b, l, d))?; // (B, L, D)
+        let mut x = crate::ops::embed(&self.embeddings, tokens, self.kernels.device_ops)?; // (B, L, D)
         let mut aux = Tensor::zeros((), DType::F32, x.device())?;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_state = state.as_deref_mut().map(|s| &mut s.layers[i]);

@@ -202,17 +202,20 @@ impl Model {
     }
 
     /// Mean cross-entropy of the head's logits for rows h (N, D) against targets (N,): the fused
-    /// head + loss (`fused::linear_cross_entropy`) or its twin, candle's `cross_entropy` of the
-    /// logits.
+    /// head + loss (`fused::linear_cross_entropy`, the CPU's), the head then the loss as one op
+    /// under the device ops (`fused::cross_entropy_rows`), or their twin, candle's `cross_entropy`
+    /// of the logits.
     fn head_loss(&self, h: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let (head, fused) = match self {
-            Model::Baseline(m) => (m.head(), m.kernels().fused_ops),
-            Model::IteraLite(m) => (m.head(), m.kernels().fused_ops),
+        let (head, kernels) = match self {
+            Model::Baseline(m) => (m.head(), m.kernels()),
+            Model::IteraLite(m) => (m.head(), m.kernels()),
         };
-        if fused {
+        if kernels.fused_ops {
             let (n, d) = h.dims2()?;
             crate::flops::add(2.0 * (n * d * head.dim(0)?) as f64);
             fused::linear_cross_entropy(h, head, targets)
+        } else if kernels.device_ops {
+            fused::cross_entropy_rows(&ops::linear(h, head)?, targets)?.mean(0)
         } else {
             candle_nn::loss::cross_entropy(&ops::linear(h, head)?, targets)
         }

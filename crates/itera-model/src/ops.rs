@@ -148,6 +148,22 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
 }
 
+/// The rows of the embedding `w` (V, D) at `ids` (any shape, u32 or another integer type):
+/// (ids.., D). Under `device_ops` with u32 ids, the embedding op with its own backward
+/// (`fused::embedding`: grouped by token on the host, one kernel on an NVIDIA GPU), else candle's
+/// `index_select` (whose backward is `index_add`, the twin).
+pub fn embed(w: &Tensor, ids: &Tensor, device_ops: bool) -> Result<Tensor> {
+    let flat = ids.flatten_all()?;
+    let rows = if device_ops && flat.dtype() == candle_core::DType::U32 {
+        crate::fused::embedding(w, &flat)?
+    } else {
+        w.index_select(&flat, 0)?
+    };
+    let mut dims = ids.dims().to_vec();
+    dims.push(w.dim(1)?);
+    rows.reshape(dims)
+}
+
 /// A linear layer by the fused op (`fused::linear`) or its elementary twin [`linear`].
 pub fn project(x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
     if fused {

@@ -147,7 +147,12 @@ impl AdamW {
                     step_size: (lr / bc1) as f32,
                     bc2_sqrt: bc2.sqrt() as f32,
                 };
-                p.var.as_tensor().inplace_op3(&g.to_dtype(DType::F32)?.contiguous()?, mv, &kernel)?;
+                // read in place when contiguous or a transposed matrix (candle's matmul backward)
+                let g = g.to_dtype(DType::F32)?;
+                let dense =
+                    g.is_contiguous() || (g.rank() == 2 && crate::fused::cuda::dense_span(g.layout()).is_some());
+                let g = if dense { g } else { g.contiguous()? };
+                p.var.as_tensor().inplace_op3(&g, mv, &kernel)?;
                 continue;
             }
             if let Some((m, v)) = &mut p.on_device {
@@ -272,7 +277,9 @@ pub fn clip_grad_norm_with(grads: &mut GradStore, varmap: &VarMap, max_norm: f64
         if let Some(g) = grads.get(v.as_tensor()) {
             #[cfg(feature = "cuda")]
             if device_ops && g.device().is_cuda() && g.dtype() == DType::F32 {
-                fused.push(g.contiguous()?);
+                // read in place when its values fill a dense block (a transposed weight's do)
+                let dense = crate::fused::cuda::dense_span(g.layout()).is_some();
+                fused.push(if dense { g.clone() } else { g.contiguous()? });
                 continue;
             }
             let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
@@ -285,9 +292,13 @@ pub fn clip_grad_norm_with(grads: &mut GradStore, varmap: &VarMap, max_norm: f64
     }
     #[cfg(feature = "cuda")]
     if !fused.is_empty() {
-        let parts = Tensor::zeros(fused.len(), DType::F32, fused[0].device())?;
-        for (slot, g) in fused.iter().enumerate() {
-            parts.inplace_op2(g, &crate::fused::cuda::SumSquaresInto { slot })?;
+        use crate::fused::cuda::{sum_squares_slots, SumSquaresInto};
+        let slots: usize = fused.iter().map(|g| sum_squares_slots(g.elem_count())).sum();
+        let parts = Tensor::zeros(slots, DType::F32, fused[0].device())?;
+        let mut slot = 0;
+        for g in &fused {
+            parts.inplace_op2(g, &SumSquaresInto { slot })?;
+            slot += sum_squares_slots(g.elem_count());
         }
         on_device.push(parts.to_dtype(DType::F64)?.sum_all()?);
     }

@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
 use itera_model::fused::{
-    causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, linear as linear_fused,
-    linear_cross_entropy, rms_norm_fused, rope, swiglu,
+    causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, cross_entropy_rows,
+    linear as linear_fused, linear_cross_entropy, rms_norm_fused, rope, rope_heads, swiglu,
 };
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
@@ -115,6 +115,27 @@ fn linear_cross_entropy_matches_the_elementary_twin() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn cross_entropy_rows_match_candles_loss() -> Result<()> {
+    let mut rng = Rng::new(SEED + 4);
+    for &(n, v) in &[(1, 5), (9, 40), (300, 70)] {
+        let x = Var::from_tensor(&randn(&mut rng, &[n, v], 3.0))?;
+        let t = tokens(&mut rng, 1, n, v).flatten_all()?;
+        let g = 0.5 + rng.uniform(); // an upstream gradient other than 1
+        let ours = cross_entropy_rows(&x, &t)?.mean(0)?;
+        let twin = candle_nn::loss::cross_entropy(&x, &t)?;
+        let what = format!("N={n} V={v}");
+        assert_close(&format!("{what} loss"), &ours, &twin)?;
+        let grad = |loss: &Tensor| -> Result<Tensor> { Ok((loss * g)?.backward()?.get(&x).unwrap().clone()) };
+        assert_close(&format!("{what} grad"), &grad(&ours)?, &grad(&twin)?)?;
+    }
+    // a target outside the vocabulary is a named error
+    let x = randn(&mut rng, &[2, 4], 1.0);
+    let err = cross_entropy_rows(&x, &Tensor::new(&[1u32, 4], x.device())?).unwrap_err().to_string();
+    assert!(err.contains("target 4 is outside the vocabulary of 4"), "{err}");
+    Ok(())
+}
+
 /// Random q (B, L, H·Dh), k and v (B, L, Hkv·Dh) as variables, and RoPE's cos and sin (L, Dh/2).
 fn attention_inputs(
     rng: &mut Rng,
@@ -208,6 +229,27 @@ fn fused_rope_matches_the_elementary_twin() -> Result<()> {
         assert_close(&format!("rope {dims:?} output"), &yf, &yr)?;
         assert_close(&format!("rope {dims:?} grad x"), &gf[0], &gr[0])?;
     }
+    // with the move of the heads: (B, L, H·Dh) in, (B, H, L, Dh) out, against the transpose
+    // then the twin (the backward moves them back)
+    for (b, l, h, dh) in [(1, 1, 1, 2), (2, 7, 3, 8), (2, 33, 4, 64)] {
+        let x = Var::from_tensor(&randn(&mut rng, &[b, l, h * dh], 2.0))?;
+        let angles = randn(&mut rng, &[l, dh / 2], 3.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| rope_heads(&x, &cos, &sin, h), &[&x], &mut Rng::new(seed))?;
+        let twin = || {
+            let heads = x.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()?;
+            candle_nn::rotary_emb::rope_slow(&heads, &cos, &sin)
+        };
+        let (yr, gr) = run(twin, &[&x], &mut Rng::new(seed))?;
+        assert_eq!(yf.dims(), [b, h, l, dh]);
+        assert_close(&format!("rope_heads {:?} output", (b, l, h, dh)), &yf, &yr)?;
+        assert_close(&format!("rope_heads {:?} grad x", (b, l, h, dh)), &gf[0], &gr[0])?;
+    }
+    let x = randn(&mut rng, &[2, 5, 12], 1.0);
+    let err =
+        rope_heads(&x, &randn(&mut rng, &[5, 2], 1.0), &randn(&mut rng, &[5, 2], 1.0), 5).unwrap_err().to_string();
+    assert!(err.contains("5 heads"), "{err}");
     // shapes that do not fit are named
     let x = randn(&mut rng, &[2, 5, 7], 1.0);
     let err = rope(&x, &randn(&mut rng, &[5, 3], 1.0), &randn(&mut rng, &[5, 3], 1.0)).unwrap_err().to_string();

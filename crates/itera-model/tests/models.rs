@@ -188,6 +188,18 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
                     None => g_gpu.remove(v),
                 };
             }
+            // the GPU's own gradients (elementary matmuls: transposed weight gradients, read in
+            // place by the kernel) give the same norm with the device ops as without
+            let own = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?;
+            let transposed = gpu_vars.iter().filter(|(_, v)| own.get(v).is_some_and(|g| !g.is_contiguous())).count();
+            let (mut a, mut b) = (own, gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?);
+            let (n_fused, n_plain) = (
+                clip_grad_norm_with(&mut a, &gpu_varmap, 1e6, true)?,
+                clip_grad_norm_with(&mut b, &gpu_varmap, 1e6, false)?,
+            );
+            println!("{name}: {transposed} gradients not contiguous; norm {n_fused} fused vs {n_plain} elementary");
+            assert!(transposed > 0, "{name}: no transposed gradient to read in place");
+            assert!((n_fused - n_plain).abs() <= 1e-5 * n_plain, "{name}: norm {n_fused} vs {n_plain}");
             let n_cpu = clip_grad_norm(&mut g_cpu, &varmap, max_norm)?;
             let n_gpu = clip_grad_norm_with(&mut g_gpu, &gpu_varmap, max_norm, true)?;
             println!("{name}, max norm {max_norm}: norm on CUDA {n_gpu} vs CPU {n_cpu}");
@@ -210,7 +222,7 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
 #[test]
 fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
     use candle_core::Var;
-    use itera_model::fused::{causal_softmax, rms_norm_fused, rope, swiglu};
+    use itera_model::fused::{causal_softmax, rms_norm_fused, rope, rope_heads, swiglu};
     let dev = Device::new_cuda(0)?;
     let mut rng = Rng::new(SEED + 9);
     // Output and input gradients of `f` under a random cotangent, on the device of `xs`.
@@ -261,6 +273,16 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
         let gpu = run(&|v: &[Var]| rope(&v[0], &cos_d, &sin_d), &[x.to_device(&dev)?], &r)?;
         check(&format!("rope {dims:?}"), &gpu, &cpu)?;
     }
+    // ... and with the move of the heads, (B, L, H·Dh) -> (B, H, L, Dh)
+    for (b, l, h, dh) in [(2, 256, 8, 64), (1, 33, 3, 32)] {
+        let angles = randn(&mut rng, &[l, dh / 2], 3.0);
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let (x, r) = (randn(&mut rng, &[b, l, h * dh], 2.0), randn(&mut rng, &[b, h, l, dh], 1.0));
+        let cpu = run(&|v: &[Var]| rope_heads(&v[0], &cos, &sin, h), &[x.clone()], &r)?;
+        let (cos_d, sin_d) = (cos.to_device(&dev)?, sin.to_device(&dev)?);
+        let gpu = run(&|v: &[Var]| rope_heads(&v[0], &cos_d, &sin_d, h), &[x.to_device(&dev)?], &r)?;
+        check(&format!("rope_heads {:?}", (b, l, h, dh)), &gpu, &cpu)?;
+    }
     // SwiGLU's gating: the seed baseline's MLP width, an odd size
     for dims in [vec![2, 256, 1408], vec![3, 7, 5]] {
         let (g, u, r) = (randn(&mut rng, &dims, 3.0), randn(&mut rng, &dims, 1.0), randn(&mut rng, &dims, 1.0));
@@ -268,6 +290,28 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
         let cpu = run(&f, &[g.clone(), u.clone()], &r)?;
         let gpu = run(&f, &[g.to_device(&dev)?, u.to_device(&dev)?], &r)?;
         check(&format!("swiglu {dims:?}"), &gpu, &cpu)?;
+    }
+    // The token embedding (its backward grouped by token on the host, one kernel) and the rows'
+    // cross-entropy, against their CPU paths (candle's index_add; the host loop)
+    for &(n, v, d) in &[(600, 97, 64), (5, 2048, 256)] {
+        let w = randn(&mut rng, &[v, d], 1.0);
+        let ids = tokens(&mut rng, 1, n, v).flatten_all()?;
+        let r = randn(&mut rng, &[n, d], 1.0);
+        let on = |dev: &Device| -> Result<Vec<Tensor>> {
+            let w = Var::from_tensor(&w.to_device(dev)?)?;
+            let y = itera_model::fused::embedding(&w, &ids.to_device(dev)?)?;
+            let g = (&y * r.to_device(dev)?)?.sum_all()?.backward()?.get(&w).unwrap().to_device(&Device::Cpu)?;
+            Ok(vec![y.to_device(&Device::Cpu)?, g])
+        };
+        check(&format!("embedding N={n} V={v} D={d}"), &on(&dev)?, &on(&Device::Cpu)?)?;
+        let x = randn(&mut rng, &[n, v], 3.0);
+        let on = |dev: &Device| -> Result<Vec<Tensor>> {
+            let x = Var::from_tensor(&x.to_device(dev)?)?;
+            let loss = itera_model::fused::cross_entropy_rows(&x, &ids.to_device(dev)?)?.mean(0)?;
+            let g = (&loss * 0.7)?.backward()?.get(&x).unwrap().to_device(&Device::Cpu)?;
+            Ok(vec![loss.to_device(&Device::Cpu)?, g])
+        };
+        check(&format!("cross-entropy N={n} V={v}"), &on(&dev)?, &on(&Device::Cpu)?)?;
     }
     // AdamW: the same parameters on the CPU (host loop) and the GPU (the kernel), the same
     // gradients each step (of Σ w·r + ½ Σ w², so they change as the weights do)
@@ -299,7 +343,17 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
             opt_gpu.load_state(&state, opt_cpu.steps())?;
         }
         opt_cpu.step(&grads_of(&vm_cpu)?, 1e-2)?;
-        opt_gpu.step(&grads_of(&vm_gpu)?, 1e-2)?;
+        // the GPU's matrices' gradients transposed in memory (the layout candle's matmul backward
+        // gives a weight), which the kernel reads in place
+        let mut grads = grads_of(&vm_gpu)?;
+        for (_, t) in varmap_tensors(&vm_gpu)? {
+            if let Some(g) = grads.get(&t).filter(|g| g.rank() == 2).cloned() {
+                let g = g.t()?.contiguous()?.t()?;
+                assert!(!g.is_contiguous());
+                grads.insert(&t, g);
+            }
+        }
+        opt_gpu.step(&grads, 1e-2)?;
     }
     for ((name, a), (_, b)) in varmap_tensors(&vm_gpu)?.iter().zip(&varmap_tensors(&vm_cpu)?) {
         let d = max_diff(&a.to_device(&Device::Cpu)?, b)?;

@@ -42,8 +42,13 @@ pub(crate) use cuda_only_cpu_fwd3;
 const MODULE: &str = "itera_fused";
 /// Threads of a block that reduces one row (RMSNorm); a multiple of the warp size.
 const ROW_BLOCK: u32 = 256;
-/// Rows a block of the RMSNorm backward walks (its weight-gradient partial covers them).
-const NORM_ROWS_PER_BLOCK: usize = 64;
+/// Rows a block of the RMSNorm backward walks at least (its weight-gradient partial covers them);
+/// more where there would be over `NORM_MAX_BLOCKS` blocks.
+const NORM_ROWS_PER_BLOCK: usize = 32;
+const NORM_MAX_BLOCKS: usize = 1024;
+/// Floats of shared memory the RMSNorm backward's warps may fill (48 KiB, the default limit):
+/// one row of D per warp, at most 8 warps.
+const NORM_SHARED_FLOATS: usize = 12 * 1024;
 /// Threads of a block of the elementwise kernels (RoPE).
 const ELEMENT_BLOCK: u32 = 256;
 /// Rows of the softmax per block: one warp each.
@@ -81,26 +86,33 @@ extern "C" __global__ void rms_norm_fwd(const float* x, const float* w, float* y
     for (int c = threadIdx.x; c < D; c += blockDim.x) y[row * D + c] = xr[c] * inv * w[c];
 }
 
-// dx = inv (gy w) - x inv^3 / D sum_j (gy w x)_j; dw_part[block] = sum over the block's rows of
-// gy x inv (each thread owns its columns: no atomics). Rows [blockIdx.x * R, +R).
+// dx = inv (gy w) - x inv^3 / D sum_j (gy w x)_j, one warp per row; the block's rows
+// [blockIdx.x * R, +R) are dealt to its W warps in turn, each warp adds gy x inv of its rows into
+// its own row of shared memory (W x D), and dw_part[block] is their sum in warp order (no atomics).
 extern "C" __global__ void rms_norm_bwd(const float* x, const float* w, const float* gy, float* gx,
                                         float* dw_part, int rows, int D, int R, float eps) {
-    __shared__ float shared[32];
-    float* dw = dw_part + (long)blockIdx.x * D;
-    for (int c = threadIdx.x; c < D; c += blockDim.x) dw[c] = 0.0f;
-    const int end = min(rows, (blockIdx.x + 1) * R);
-    for (long row = (long)blockIdx.x * R; row < end; row++) {
+    extern __shared__ float acc[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+    float* mine = acc + (long)warp * D;
+    for (int c = lane; c < D; c += 32) mine[c] = 0.0f;
+    const long end = min((long)rows, ((long)blockIdx.x + 1) * R);
+    for (long row = (long)blockIdx.x * R + warp; row < end; row += W) {
         const float* xr = x + row * D;
         const float* gr = gy + row * D;
         float ss = 0.0f, dot = 0.0f;
-        for (int c = threadIdx.x; c < D; c += blockDim.x) { ss += xr[c] * xr[c]; dot += gr[c] * w[c] * xr[c]; }
-        const float inv = rsqrtf(block_sum(ss, shared) / D + eps);
-        dot = block_sum(dot, shared);
-        const float k = inv * inv * inv * dot / D;
-        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        for (int c = lane; c < D; c += 32) { ss += xr[c] * xr[c]; dot += gr[c] * w[c] * xr[c]; }
+        const float inv = rsqrtf(warp_sum(ss) / D + eps);
+        const float k = inv * inv * inv * warp_sum(dot) / D;
+        for (int c = lane; c < D; c += 32) {
             gx[row * D + c] = inv * gr[c] * w[c] - xr[c] * k;
-            dw[c] += gr[c] * xr[c] * inv;
+            mine[c] += gr[c] * xr[c] * inv;
         }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float s = 0.0f;
+        for (int v = 0; v < W; v++) s += acc[(long)v * D + c];
+        dw_part[(long)blockIdx.x * D + c] = s;
     }
 }
 
@@ -136,18 +148,34 @@ extern "C" __global__ void causal_softmax_bwd(const float* y, const float* gy, f
 }
 
 // Rotary embedding of rows of Dh = 2 half (row t of L: cos and sin (L, half)); sign -1 is the
-// inverse rotation (the backward). One thread per pair (x1[i], x2[i]).
+// inverse rotation (the backward). One thread per pair (x1[i], x2[i]) of the output, whose rows
+// are in the input's order (mode 0), or move between the tokens' order (B, L, H, Dh) and the
+// heads' (B, H, L, Dh): mode 1 tokens in, heads out; mode 2 heads in, tokens out.
 extern "C" __global__ void rope(const float* x, const float* cs, const float* sn, float* y, long pairs, int L,
-                                int half, float sign) {
+                                int half, float sign, int H, int mode) {
     const long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= pairs) return;
     const long row = p / half;
-    const int i = (int)(p % half), t = (int)(row % L);
+    const int i = (int)(p % half);
+    int t;
+    long src;
+    if (mode == 1) {
+        const long bh = row / L;
+        t = (int)(row % L);
+        src = ((bh / H * L + t) * H + bh % H);
+    } else if (mode == 2) {
+        const long bt = row / H;
+        t = (int)(bt % L);
+        src = ((bt / L * H + row % H) * L + t);
+    } else {
+        t = (int)(row % L);
+        src = row;
+    }
     const float c = cs[t * half + i], s = sign * sn[t * half + i];
-    const long a = row * 2 * half + i;
+    const long a = src * 2 * half + i, o = row * 2 * half + i;
     const float x1 = x[a], x2 = x[a + half];
-    y[a] = x1 * c - x2 * s;
-    y[a + half] = x2 * c + x1 * s;
+    y[o] = x1 * c - x2 * s;
+    y[o + half] = x2 * c + x1 * s;
 }
 
 // SwiGLU's gating y = silu(g) u, and its backward: out = [dg | du] (2n).
@@ -165,27 +193,79 @@ extern "C" __global__ void swiglu_bwd(const float* g, const float* u, const floa
     out[n + i] = dy[i] * g[i] * s;
 }
 
-// The sum of squares of g (n values) into out[0]: one block of up to 1024 threads, a fixed order.
+// Partial sums of squares of g (n values): block b's into out[b] (gridDim.x blocks, each a
+// fixed order; the caller sums the partials).
 extern "C" __global__ void sum_squares(const float* g, float* out, long n) {
     __shared__ float shared[32];
     float s = 0.0f;
-    for (long i = threadIdx.x; i < n; i += blockDim.x) s += g[i] * g[i];
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) s += g[i] * g[i];
     s = block_sum(s, shared);
-    if (threadIdx.x == 0) out[0] = s;
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
-// AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n).
-extern "C" __global__ void adamw_step(float* w, const float* g, float* mv, long n, float b1, float b2,
-                                      float eps, float decay, float step_size, float bc2_sqrt) {
+// AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n). The gradient is
+// read through 2-D strides (value i of w is g[(i / cols) * sr + (i % cols) * sc]), so a
+// transposed weight gradient (candle's matmul backward gives one) needs no copy first.
+extern "C" __global__ void adamw_step(float* w, const float* g, float* mv, long n, long cols, long sr, long sc,
+                                      float b1, float b2, float eps, float decay, float step_size, float bc2_sqrt) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float gi = g[i];
+    const float gi = g[(i / cols) * sr + (i % cols) * sc];
     const float m = b1 * mv[i] + (1.0f - b1) * gi;
     const float v = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
     mv[i] = m;
     mv[n + i] = v;
     const float denom = sqrtf(v) / bc2_sqrt + eps;
     w[i] = w[i] * decay - step_size * m / denom;
+}
+
+// The token embedding's backward: dw[v, c] = sum of gy[i, c] over the positions i whose token is
+// v, in increasing i (off (V + 1) and order (N): the positions grouped by token, built on the
+// host), so a run is reproducible. Block (v, column chunk); every row of dw is written.
+extern "C" __global__ void embedding_bwd(const float* gy, const unsigned* off, const unsigned* order, float* dw,
+                                         int D) {
+    const long v = blockIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= D) return;
+    float s = 0.0f;
+    for (unsigned p = off[v]; p < off[v + 1]; p++) s += gy[(long)order[p] * D + c];
+    dw[v * D + c] = s;
+}
+
+// Cross-entropy of logits rows (N x V) against targets: loss[i] = logsumexp(x_i) - x_i[t_i]
+// (NaN for a target outside the vocabulary). One warp per row.
+extern "C" __global__ void cross_entropy_fwd(const float* x, const unsigned* t, float* loss, long rows, int V) {
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + row * V;
+    float m = __int_as_float(0xff800000);
+    for (int j = lane; j < V; j += 32) m = fmaxf(m, xr[j]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int j = lane; j < V; j += 32) s += expf(xr[j] - m);
+    s = warp_sum(s);
+    if (lane == 0) {
+        const unsigned ti = t[row];
+        loss[row] = ti < (unsigned)V ? logf(s) + m - xr[ti] : __int_as_float(0x7fc00000);
+    }
+}
+
+// Its backward: gx[i, j] = gl[i] (softmax(x_i)_j - [j == t_i]). One warp per row.
+extern "C" __global__ void cross_entropy_bwd(const float* x, const unsigned* t, const float* gl, float* gx, long rows,
+                                             int V) {
+    const long row = (long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + row * V;
+    float m = __int_as_float(0xff800000);
+    for (int j = lane; j < V; j += 32) m = fmaxf(m, xr[j]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int j = lane; j < V; j += 32) s += expf(xr[j] - m);
+    const float g = gl[row], scale = g / warp_sum(s);
+    const unsigned ti = t[row];
+    for (int j = lane; j < V; j += 32) gx[row * V + j] = expf(xr[j] - m) * scale - ((unsigned)j == ti ? g : 0.0f);
 }
 "#;
 
@@ -250,10 +330,15 @@ pub(super) fn rms_norm_fwd(
 /// RMSNorm backward: (dx, dw) for x (.., D), w (D), the output's gradient gy (.., D).
 pub(super) fn rms_norm_bwd(x: &Tensor, w: &Tensor, gy: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let d = w.elem_count();
+    if d > NORM_SHARED_FLOATS {
+        candle_core::bail!("rms-norm-fused-backward on CUDA: width {d} is over the kernel's {NORM_SHARED_FLOATS}");
+    }
     let rows = x.elem_count() / d.max(1);
-    let blocks = rows.div_ceil(NORM_ROWS_PER_BLOCK).max(1);
+    let rows_per_block = NORM_ROWS_PER_BLOCK.max(rows.div_ceil(NORM_MAX_BLOCKS));
+    let blocks = rows.div_ceil(rows_per_block).max(1);
+    let warps = (NORM_SHARED_FLOATS / d.max(1)).clamp(1, 8);
     let (x, w, gy) = (x.contiguous()?, w.contiguous()?, gy.contiguous()?);
-    let flat = x.apply_op3_no_bwd(&w, &gy, &RmsNormGrad { eps, blocks })?;
+    let flat = x.apply_op3_no_bwd(&w, &gy, &RmsNormGrad { eps, blocks, rows_per_block, warps })?;
     let gx = flat.narrow(0, 0, rows * d)?.reshape(x.shape())?;
     let dw = flat.narrow(0, rows * d, blocks * d)?.reshape((blocks, d))?.sum(0)?;
     Ok((gx, dw))
@@ -263,6 +348,9 @@ pub(super) fn rms_norm_bwd(x: &Tensor, w: &Tensor, gy: &Tensor, eps: f32) -> Res
 struct RmsNormGrad {
     eps: f32,
     blocks: usize,
+    rows_per_block: usize,
+    /// Warps of a block, each with a row of D floats of shared memory.
+    warps: usize,
 }
 
 impl candle_core::CustomOp3 for RmsNormGrad {
@@ -290,21 +378,21 @@ impl candle_core::CustomOp3 for RmsNormGrad {
         let rows = x.len() / d;
         let dev = sx.device();
         let total = rows * d + self.blocks * d;
-        // The kernel writes every value (dx row by row; each block zeroes its own dw partial
-        // before adding to it), so only an empty input needs the zeros.
+        // The kernel writes every value (dx row by row; each block its dw partial), so only an
+        // empty input needs the zeros.
         let out: CudaSlice<f32> =
             if rows == 0 { dev.alloc_zeros::<f32>(total)? } else { unsafe { dev.alloc::<f32>(total) }? };
         if rows > 0 {
             let gx = out.slice(0..rows * d);
             let dw = out.slice(rows * d..);
             let f = dev.get_or_load_custom_func("rms_norm_bwd", MODULE, ptx()?)?;
-            let (rows_i, d_i, r_i) = (int(rows, "rows", op)?, int(d, "D", op)?, int(NORM_ROWS_PER_BLOCK, "R", op)?);
+            let (rows_i, d_i, r_i) = (int(rows, "rows", op)?, int(d, "D", op)?, int(self.rows_per_block, "R", op)?);
             let mut b = f.builder();
             b.arg(&x).arg(&w).arg(&gy).arg(&gx).arg(&dw).arg(&rows_i).arg(&d_i).arg(&r_i).arg(&self.eps);
             let cfg = LaunchConfig {
                 grid_dim: (grid(self.blocks, op)?, 1, 1),
-                block_dim: (ROW_BLOCK, 1, 1),
-                shared_mem_bytes: 0,
+                block_dim: (32 * self.warps as u32, 1, 1),
+                shared_mem_bytes: (self.warps * d * 4) as u32,
             };
             unsafe { b.launch(cfg) }.w()?;
         }
@@ -362,8 +450,8 @@ pub(super) fn causal_softmax_bwd(
     Ok((CudaStorage::wrap_cuda_slice(gx, dev.clone()), ly.shape().clone()))
 }
 
-/// Rotary embedding (`rope.rs`): x (.., L, Dh), cos and sin (L, Dh/2), all contiguous f32;
-/// `inverse` negates sin (the backward).
+/// Rotary embedding (`rope.rs`): x, cos and sin (L, Dh/2), all contiguous f32; `inverse` negates
+/// sin (the backward); `order` says whether the rows move between the tokens' and the heads' order.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn rope(
     sx: &CudaStorage,
@@ -373,21 +461,21 @@ pub(super) fn rope(
     ss: &CudaStorage,
     ls: &Layout,
     inverse: bool,
+    order: super::rope::Order,
     op: &str,
 ) -> Result<(CudaStorage, Shape)> {
     let (x, cos, sin) = (view(sx, lx, op)?, view(sc, lc, op)?, view(ss, ls, op)?);
-    let dims = lx.shape().dims();
-    let (l, dh) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let (shape, l, dh, h, mode) = order.shapes(lx.shape().dims())?;
     let half = dh / 2;
     let pairs = x.len() / 2;
     let dev = sx.device();
     let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(x.len()) }?;
     if pairs > 0 {
         let f = dev.get_or_load_custom_func("rope", MODULE, ptx()?)?;
-        let (pairs_i, l_i, half_i) = (pairs as i64, int(l, "L", op)?, int(half, "Dh/2", op)?);
+        let (pairs_i, l_i, half_i, h_i) = (pairs as i64, int(l, "L", op)?, int(half, "Dh/2", op)?, int(h, "H", op)?);
         let sign: f32 = if inverse { -1.0 } else { 1.0 };
         let mut b = f.builder();
-        b.arg(&x).arg(&cos).arg(&sin).arg(&y).arg(&pairs_i).arg(&l_i).arg(&half_i).arg(&sign);
+        b.arg(&x).arg(&cos).arg(&sin).arg(&y).arg(&pairs_i).arg(&l_i).arg(&half_i).arg(&sign).arg(&h_i).arg(&mode);
         let cfg = LaunchConfig {
             grid_dim: (grid(pairs.div_ceil(ELEMENT_BLOCK as usize), op)?, 1, 1),
             block_dim: (ELEMENT_BLOCK, 1, 1),
@@ -395,7 +483,7 @@ pub(super) fn rope(
         };
         unsafe { b.launch(cfg) }.w()?;
     }
-    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), lx.shape().clone()))
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
 }
 
 fn element_config(n: usize, op: &str) -> Result<LaunchConfig> {
@@ -466,9 +554,43 @@ impl candle_core::CustomOp3 for SwiGluGrad {
     }
 }
 
-/// The sum of squares of a gradient (the second operand, contiguous f32) into one slot of an f32
-/// buffer (the first): the parts of the gradient norm (`optim::clip_grad_norm_with`), one launch
-/// per gradient where elementary ops take three (square, sum, widen) and a copy to gather them.
+/// Values a block of the sum of squares takes at least (256 threads, 16 values each); a gradient
+/// gets up to `SUM_SQUARES_MAX_BLOCKS` blocks, one partial sum each.
+const SUM_SQUARES_PER_BLOCK: usize = 4096;
+const SUM_SQUARES_MAX_BLOCKS: usize = 256;
+
+/// The partial sums [`SumSquaresInto`] writes for a gradient of `n` values.
+pub(crate) fn sum_squares_slots(n: usize) -> usize {
+    n.div_ceil(SUM_SQUARES_PER_BLOCK).clamp(1, SUM_SQUARES_MAX_BLOCKS)
+}
+
+/// The storage span of a layout whose values fill a dense block in some order (contiguous, or a
+/// permutation of the dims of a contiguous tensor, as a transposed matrix is): `(start, end)`.
+/// An order-free reduction reads such a tensor in place.
+pub(crate) fn dense_span(l: &Layout) -> Option<(usize, usize)> {
+    if let Some(span) = l.contiguous_offsets() {
+        return Some(span);
+    }
+    let mut dims: Vec<(usize, usize)> =
+        l.dims().iter().copied().zip(l.stride().iter().copied()).filter(|&(d, _)| d != 1).collect();
+    if dims.iter().any(|&(d, _)| d == 0) {
+        return Some((l.start_offset(), l.start_offset()));
+    }
+    dims.sort_by_key(|&(_, stride)| stride);
+    let mut expect = 1;
+    for (d, stride) in dims {
+        if stride != expect {
+            return None;
+        }
+        expect *= d;
+    }
+    Some((l.start_offset(), l.start_offset() + expect))
+}
+
+/// The sum of squares of a gradient (the second operand: f32, contiguous or any dense layout, see
+/// [`dense_span`]) as [`sum_squares_slots`] partial sums into slots `slot..` of an f32 buffer
+/// (the first): the parts of the gradient norm (`optim::clip_grad_norm_with`), one launch per
+/// gradient where elementary ops take three (square, sum, widen) and a copy to gather them.
 pub(crate) struct SumSquaresInto {
     pub slot: usize,
 }
@@ -490,21 +612,29 @@ impl candle_core::InplaceOp2 for SumSquaresInto {
 
     fn cuda_fwd(&self, sb: &mut CudaStorage, lb: &Layout, sg: &CudaStorage, lg: &Layout) -> Result<()> {
         let op = self.name();
-        let g = view(sg, lg, op)?;
+        let (g_start, g_end) = dense_span(lg)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the gradient {:?} is not dense", lg.shape())))?;
+        let g = sg.as_cuda_slice::<f32>()?.slice(g_start..g_end);
         let (start, end) = lb
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the buffer {:?} is not contiguous", lb.shape())))?;
-        if self.slot >= end - start {
-            candle_core::bail!("{op}: slot {} is past the buffer's {} values", self.slot, end - start);
+        let slots = sum_squares_slots(g.len());
+        if self.slot + slots > end - start {
+            candle_core::bail!(
+                "{op}: slots {}..{} are past the buffer's {} values",
+                self.slot,
+                self.slot + slots,
+                end - start
+            );
         }
         let dev = sb.device().clone();
         let buf = sb.as_cuda_slice_mut::<f32>()?;
-        let mut out = buf.slice_mut(start + self.slot..start + self.slot + 1);
+        let mut out = buf.slice_mut(start + self.slot..start + self.slot + slots);
         let f = dev.get_or_load_custom_func("sum_squares", MODULE, ptx()?)?;
         let n_i = g.len() as i64;
         let mut b = f.builder();
         b.arg(&g).arg(&mut out).arg(&n_i);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (slots as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -550,12 +680,21 @@ impl candle_core::InplaceOp3 for AdamWKernel {
         lmv: &Layout,
     ) -> Result<()> {
         let op = self.name();
-        let (g, mv) = (view(sg, lg, op)?, view(smv, lmv, op)?);
+        let mv = view(smv, lmv, op)?;
         let (start, end) = lw.contiguous_offsets().ok_or_else(|| {
             candle_core::Error::Msg(format!("{op}: the parameter {:?} is not contiguous", lw.shape()))
         })?;
         let n = end - start;
-        if g.len() != n || mv.len() != 2 * n {
+        // The gradient as (rows, cols) with strides (sr, sc): contiguous, or any 2-D dense layout
+        // (a transposed weight's gradient) read in place.
+        let (cols, sr, sc) = match (lg.contiguous_offsets(), lg.dims(), lg.stride()) {
+            (Some(_), _, _) => (n.max(1), n.max(1), 1),
+            (None, &[_, c], &[a, b]) if dense_span(lg).is_some() => (c, a, b),
+            _ => candle_core::bail!("{op}: the gradient {:?} is neither contiguous nor a dense matrix", lg.shape()),
+        };
+        let (g_start, g_end) = dense_span(lg).expect("checked above");
+        let g = sg.as_cuda_slice::<f32>()?.slice(g_start..g_end);
+        if g.len() != n || lg.shape() != lw.shape() || mv.len() != 2 * n {
             candle_core::bail!(
                 "{op}: parameter {:?}, gradient {:?}, moments {:?} disagree",
                 lw.shape(),
@@ -570,13 +709,139 @@ impl candle_core::InplaceOp3 for AdamWKernel {
         let w = sw.as_cuda_slice_mut::<f32>()?;
         let mut w = w.slice_mut(start..end);
         let f = dev.get_or_load_custom_func("adamw_step", MODULE, ptx()?)?;
-        let n_i = n as i64;
+        let (n_i, cols_i, sr_i, sc_i) = (n as i64, cols as i64, sr as i64, sc as i64);
         let mut b = f.builder();
-        b.arg(&mut w).arg(&g).arg(&mv).arg(&n_i);
+        b.arg(&mut w).arg(&g).arg(&mv).arg(&n_i).arg(&cols_i).arg(&sr_i).arg(&sc_i);
         b.arg(&self.b1).arg(&self.b2).arg(&self.eps).arg(&self.decay).arg(&self.step_size).arg(&self.bc2_sqrt);
         let cfg =
             LaunchConfig { grid_dim: (grid(n.div_ceil(256), op)?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
+    }
+}
+
+/// The contiguous u32 values of a CUDA operand; `what` names the op in the error.
+fn view_u32<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input of shape {:?} is not contiguous", l.shape())))?;
+    Ok(s.as_cuda_slice::<u32>()?.slice(start..end))
+}
+
+/// The token embedding's backward (`embedding.rs`): from the output's gradient gy (N, D) and the
+/// positions grouped by token (`off` (V + 1), `order` (N), u32), the weight's gradient (V, D).
+pub(super) struct EmbeddingGrad {
+    pub vocab: usize,
+}
+
+impl candle_core::CustomOp3 for EmbeddingGrad {
+    fn name(&self) -> &'static str {
+        "embedding-backward"
+    }
+
+    cuda_only_cpu_fwd3!();
+
+    fn cuda_fwd(
+        &self,
+        sg: &CudaStorage,
+        lg: &Layout,
+        so: &CudaStorage,
+        lo: &Layout,
+        sp: &CudaStorage,
+        lp: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (gy, off, order) = (view(sg, lg, op)?, view_u32(so, lo, op)?, view_u32(sp, lp, op)?);
+        let (n, d) = lg.shape().dims2()?;
+        let v = self.vocab;
+        if off.len() != v + 1 || order.len() != n {
+            candle_core::bail!("{op}: gy {:?}, offsets {:?}, order {:?} disagree", lg.shape(), lo.shape(), lp.shape());
+        }
+        let dev = sg.device();
+        let dw: CudaSlice<f32> = dev.alloc_zeros::<f32>(v * d)?;
+        if v > 0 && d > 0 {
+            let f = dev.get_or_load_custom_func("embedding_bwd", MODULE, ptx()?)?;
+            let d_i = int(d, "D", op)?;
+            let threads = d.min(ELEMENT_BLOCK as usize).div_ceil(32) * 32;
+            let mut b = f.builder();
+            b.arg(&gy).arg(&off).arg(&order).arg(&dw).arg(&d_i);
+            let cfg = LaunchConfig {
+                grid_dim: (grid(v, op)?, grid(d.div_ceil(threads), op)?, 1),
+                block_dim: (threads as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(dw, dev.clone()), Shape::from((v, d))))
+    }
+}
+
+/// The cross-entropy of logit rows (`cross_entropy.rs`): x (N, V) f32, targets (N,) u32 -> the
+/// rows' losses (N,).
+pub(super) fn cross_entropy_fwd(
+    sx: &CudaStorage,
+    lx: &Layout,
+    st: &CudaStorage,
+    lt: &Layout,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let (x, t) = (view(sx, lx, op)?, view_u32(st, lt, op)?);
+    let (rows, v) = lx.shape().dims2()?;
+    if t.len() != rows {
+        candle_core::bail!("{op}: logits {:?} and targets {:?} disagree", lx.shape(), lt.shape());
+    }
+    let dev = sx.device();
+    let loss: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows) }?;
+    if rows > 0 {
+        let f = dev.get_or_load_custom_func("cross_entropy_fwd", MODULE, ptx()?)?;
+        let (rows_i, v_i) = (rows as i64, int(v, "V", op)?);
+        let mut b = f.builder();
+        b.arg(&x).arg(&t).arg(&loss).arg(&rows_i).arg(&v_i);
+        unsafe { b.launch(softmax_config(rows, op)?) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(loss, dev.clone()), Shape::from(rows)))
+}
+
+/// Its backward: from the logits x (N, V), the targets (N,) u32 and the losses' gradient (N,),
+/// the logits' gradient (N, V).
+pub(super) struct CrossEntropyGrad;
+
+impl candle_core::CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross-entropy-backward"
+    }
+
+    cuda_only_cpu_fwd3!();
+
+    fn cuda_fwd(
+        &self,
+        sx: &CudaStorage,
+        lx: &Layout,
+        st: &CudaStorage,
+        lt: &Layout,
+        sg: &CudaStorage,
+        lg: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (x, t, gl) = (view(sx, lx, op)?, view_u32(st, lt, op)?, view(sg, lg, op)?);
+        let (rows, v) = lx.shape().dims2()?;
+        if t.len() != rows || gl.len() != rows {
+            candle_core::bail!(
+                "{op}: logits {:?}, targets {:?}, gradient {:?} disagree",
+                lx.shape(),
+                lt.shape(),
+                lg.shape()
+            );
+        }
+        let dev = sx.device();
+        let gx: CudaSlice<f32> = unsafe { dev.alloc::<f32>(rows * v) }?;
+        if rows > 0 {
+            let f = dev.get_or_load_custom_func("cross_entropy_bwd", MODULE, ptx()?)?;
+            let (rows_i, v_i) = (rows as i64, int(v, "V", op)?);
+            let mut b = f.builder();
+            b.arg(&x).arg(&t).arg(&gl).arg(&gx).arg(&rows_i).arg(&v_i);
+            unsafe { b.launch(softmax_config(rows, op)?) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(gx, dev.clone()), lx.shape().clone()))
     }
 }

@@ -8,6 +8,10 @@
 //! concatenations, two multiplies and an add forward, about as many backward), which
 //! `baseline::attention` runs without the device ops; `tests/fused.rs` holds them together. One
 //! kernel per device: the loop below on the CPU, `cuda.rs` on an NVIDIA GPU.
+//!
+//! [`rope_heads`] also moves the heads: the projections' (B, L, H·Dh) in, the attention's
+//! (B, H, L, Dh) out (and back, backward), where a transpose would copy each of q and k once more
+//! each way (≈ 1.5 ms of a 59 ms seed-baseline step on an H100, `scripts/gpu/kernel_profile.py`).
 
 use super::{f32_slice, zeros};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -25,12 +29,67 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             candle_core::bail!("rope: {what} {:?} is not (L, Dh/2) = [{l}, {}] for input {dims:?}", t.dims(), dh / 2);
         }
     }
-    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false })
+    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false, order: Order::Same })
+}
+
+/// [`rope`] of the heads of x (B, L, H·Dh) (a projection's output), into the attention's order:
+/// (B, H, L, Dh), as `rope(x.reshape((B, L, H, Dh)).transpose(1, 2))` in one pass.
+pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (_, l, hd) = x.dims3()?;
+    if n_heads == 0 || hd % (2 * n_heads) != 0 {
+        candle_core::bail!("rope: input {:?} is not (B, L, H·Dh) with {n_heads} heads of even Dh", x.dims());
+    }
+    let dh = hd / n_heads;
+    for (what, t) in [("cos", cos), ("sin", sin)] {
+        if t.dims() != [l, dh / 2] {
+            candle_core::bail!(
+                "rope: {what} {:?} is not (L, Dh/2) = [{l}, {}] for input {:?}",
+                t.dims(),
+                dh / 2,
+                x.dims()
+            );
+        }
+    }
+    let op = Rope { inverse: false, order: Order::ToHeads(n_heads) };
+    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
+}
+
+/// Where the rows go: in place, or between the projections' (B, L, H·Dh) and the attention's
+/// (B, H, L, Dh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    Same,
+    /// (B, L, H·Dh) in, (B, H, L, Dh) out, H heads.
+    ToHeads(usize),
+    /// (B, H, L, Dh) in, (B, L, H·Dh) out.
+    FromHeads(usize),
+}
+
+impl Order {
+    /// The output's shape, (L, Dh), H and the kernel's mode (0 same, 1 to heads, 2 from heads),
+    /// for an input of `dims`.
+    pub(crate) fn shapes(self, dims: &[usize]) -> Result<(Shape, usize, usize, usize, i32)> {
+        Ok(match (self, dims) {
+            (Order::Same, [.., l, dh]) => (Shape::from(dims), *l, *dh, 1, 0),
+            (Order::ToHeads(h), &[b, l, hd]) => (Shape::from((b, h, l, hd / h)), l, hd / h, h, 1),
+            (Order::FromHeads(h), &[b, hh, l, dh]) if hh == h => (Shape::from((b, l, h * dh)), l, dh, h, 2),
+            _ => candle_core::bail!("rope: input {dims:?} does not fit {self:?}"),
+        })
+    }
+
+    fn inverse(self) -> Self {
+        match self {
+            Order::Same => Order::Same,
+            Order::ToHeads(h) => Order::FromHeads(h),
+            Order::FromHeads(h) => Order::ToHeads(h),
+        }
+    }
 }
 
 struct Rope {
     /// The inverse rotation (sin negated): the backward.
     inverse: bool,
+    order: Order,
 }
 
 impl CustomOp3 for Rope {
@@ -49,14 +108,29 @@ impl CustomOp3 for Rope {
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let (x, cos, sin) = (f32_slice(sx, lx, op)?, f32_slice(sc, lc, op)?, f32_slice(ss, ls, op)?);
-        let dims = lx.shape().dims();
-        let (l, dh) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let (shape, l, dh, h, mode) = self.order.shapes(lx.shape().dims())?;
         let half = dh / 2;
         let sign = if self.inverse { -1.0f32 } else { 1.0 };
         let mut y = zeros(x.len());
         if half > 0 {
-            y.par_chunks_mut(dh).zip(x.par_chunks(dh)).enumerate().for_each(|(row, (y, x))| {
-                let t = row % l;
+            // output row r: its position t and where its input row starts
+            let source = |r: usize| -> (usize, usize) {
+                match mode {
+                    0 => (r % l, r * dh),
+                    1 => {
+                        let (bh, t) = (r / l, r % l); // heads order out, tokens order in
+                        (t, ((bh / h * l + t) * h + bh % h) * dh)
+                    }
+                    _ => {
+                        let (bt, hh) = (r / h, r % h); // tokens order out, heads order in
+                        let t = bt % l;
+                        (t, ((bt / l * h + hh) * l + t) * dh)
+                    }
+                }
+            };
+            y.par_chunks_mut(dh).enumerate().for_each(|(row, y)| {
+                let (t, start) = source(row);
+                let x = &x[start..start + dh];
                 let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
                 let (x1, x2) = x.split_at(half);
                 let (y1, y2) = y.split_at_mut(half);
@@ -67,7 +141,7 @@ impl CustomOp3 for Rope {
                 }
             });
         }
-        Ok((CpuStorage::F32(y), lx.shape().clone()))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -80,7 +154,7 @@ impl CustomOp3 for Rope {
         ss: &candle_core::CudaStorage,
         ls: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::rope(sx, lx, sc, lc, ss, ls, self.inverse, self.name())
+        super::cuda::rope(sx, lx, sc, lc, ss, ls, self.inverse, self.order, self.name())
     }
 
     fn bwd(
@@ -91,7 +165,8 @@ impl CustomOp3 for Rope {
         _y: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gx = gy.contiguous()?.apply_op3_no_bwd(cos, sin, &Rope { inverse: !self.inverse })?;
+        let back = Rope { inverse: !self.inverse, order: self.order.inverse() };
+        let gx = gy.contiguous()?.apply_op3_no_bwd(cos, sin, &back)?;
         Ok((Some(gx), None, None))
     }
 }
