@@ -364,6 +364,9 @@ fn markdown(r: &Results) -> String {
             if let Some(row) = c.held_out_text_row() {
                 let _ = writeln!(s, "{row}");
             }
+            if let Some(row) = r.webgpu.as_ref().and_then(|w| c.energy_row(w)) {
+                let _ = writeln!(s, "{row}");
+            }
         }
 
         let _ = writeln!(s, "\n## Regime\n");
@@ -621,6 +624,42 @@ impl SizeClaim<'_> {
                 b.accuracies()
             ),
         }
+    }
+
+    /// The same pair's GPU energy per decoded token (NVML), from the WebGPU run's rows of the two
+    /// models' presets (their dimensions, f32 weights, decoding on the GPU): gross at the longest
+    /// context where both were measured, and above idle beside it.
+    fn energy_row(&self, w: &crate::bench::WebGpuRun) -> Option<String> {
+        let p = &self.points[self.best?];
+        let preset = |m: &ModelResults| m.training.as_ref().map(|t| t.preset.clone());
+        let (pb, pi) = (preset(self.base.model)?, preset(p.model)?);
+        let row = |model: &str, preset: &str, c: usize| {
+            w.rows
+                .iter()
+                .find(|x| x.model == model && x.preset == preset && x.context == c && x.energy_j_per_token.is_some())
+        };
+        let (c, b, i) = w
+            .rows
+            .iter()
+            .filter_map(|x| Some((x.context, row("baseline", &pb, x.context)?, row("itera-lite", &pi, x.context)?)))
+            .max_by_key(|t| t.0)?;
+        let gross = b.energy_j_per_token? / i.energy_j_per_token?;
+        // Above idle, a small model's decode can draw so little more than the idle GPU that the
+        // difference is within the idle draw's own noise: no ratio then.
+        let above = match (b.energy_above_idle_j_per_token, i.energy_above_idle_j_per_token, i.energy_j_per_token) {
+            (Some(a), Some(z), Some(g)) if z >= 0.1 * g => format!(", {:.1}× above idle", a / z),
+            (Some(_), Some(_), Some(_)) => {
+                ", above idle not resolved: the Itera-Lite's draw above the idle GPU's is under a tenth of its gross"
+                    .into()
+            }
+            _ => String::new(),
+        };
+        Some(format!(
+            "| less energy per token, measured on a GPU, the same pair (NVML, {}, WebGPU section: the {pb} preset's \
+             baseline vs the {pi} preset's Itera-Lite at {c} context, f32, gross{above}) | 50-200× | {gross:.2}× | {} |",
+            w.adapter,
+            if gross >= 50.0 { "met" } else { "not met" }
+        ))
     }
 
     /// The same pair on held-out text of the world (its validation split; bits per byte, which
@@ -1515,6 +1554,31 @@ mod tests {
         let svg = std::fs::read_to_string(dir.join("qa_vs_bytes.svg")).unwrap();
         assert!(svg.contains("frontier (weights)") && svg.contains("small"), "{svg}");
         std::fs::remove_dir_all(&dir).unwrap();
+
+        // the same pair's GPU energy: the WebGPU rows of its two presets, at the longest context
+        // both have energy for (4,096 has none for the baseline; the seed Itera-Lite is not the pair's)
+        let mut big = reader("baseline", "big", 27_000_000, (100_000_000, 160, 150), &[]);
+        big.training.as_mut().unwrap().preset = "seed".into();
+        let mut small = reader("itera-lite", "small", 300_000, (1_000_000, 150, 140), &[("q8_0", 300_000, 150, 140)]);
+        small.training.as_mut().unwrap().preset = "small".into();
+        let res = r(vec![big, small]);
+        let w = |model: &str, preset: &str, context: usize, gross: Option<f64>, above: Option<f64>| {
+            serde_json::json!({"model": model, "preset": preset, "context": context, "gpu_prefill_tok_s": 1.0,
+                "cpu_prefill_tok_s": 1.0, "gpu_decode_ms_p50": 1.0, "gpu_decode_ms_p95": 1.0, "cpu_decode_ms_p50": 1.0,
+                "cpu_decode_ms_p95": 1.0, "energy_j_per_token": gross, "energy_above_idle_j_per_token": above})
+        };
+        let run: crate::bench::WebGpuRun = serde_json::from_value(serde_json::json!({
+            "adapter": "GPU X", "software_adapter": false, "decode_steps": 16, "rows": [
+                w("baseline", "seed", 64, Some(0.30), Some(0.04)), w("itera-lite", "small", 64, Some(0.03), Some(0.002)),
+                w("baseline", "seed", 1024, Some(0.34), Some(0.05)), w("itera-lite", "small", 1024, Some(0.025), Some(0.001)),
+                w("baseline", "seed", 4096, None, None), w("itera-lite", "small", 4096, Some(0.025), Some(0.001)),
+                w("itera-lite", "seed", 1024, Some(0.1), Some(0.01)),
+            ]
+        }))
+        .unwrap();
+        let row = size_claims(&res)[0].energy_row(&run).unwrap();
+        assert!(row.contains("the seed preset's baseline vs the small preset's Itera-Lite at 1024 context"), "{row}");
+        assert!(row.contains("under a tenth of its gross) | 50-200× | 13.60× | not met |"), "{row}");
 
         // nothing within 20%: said so, not met
         let res = r(vec![
