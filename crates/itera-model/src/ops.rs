@@ -30,7 +30,8 @@ pub struct Kernels {
     pub fused_ops: bool,
     /// The ops fused for the device (NVIDIA GPUs: `fused/cuda.rs`), on an otherwise elementary
     /// path: RMSNorm, the attention's rotary embedding and scaled causal softmax, the baseline's
-    /// SwiGLU gating, and (`optim.rs`) AdamW's update and the gradient norm.
+    /// SwiGLU gating, the token embedding, the head's cross-entropy, and (`optim.rs`) AdamW's
+    /// update and the gradient norm.
     pub device_ops: bool,
 }
 
@@ -60,7 +61,10 @@ impl Kernels {
     /// kernels and in the whole-model loss and gradients, and 1.76× the elementary ops' training
     /// throughput for both baselines, 1.48× for demo Itera-Lite (an H100, 32 × 256: docs/gpu.md).
     /// The rotary embedding's, SwiGLU's and the gradient norm's kernels joined them after that
-    /// session: tested on the CPU, their CUDA tests wait for the next one (docs/gpu.md).
+    /// session and passed their CUDA tests on an H100 the next (0.74× / 0.91× of PyTorch eager
+    /// for the seed / demo baseline); the token embedding's backward, the cross-entropy and RoPE
+    /// moving the heads joined after a kernel profile of that session: tested on the CPU, their
+    /// CUDA tests wait for the next GPU session (docs/gpu.md).
     ///
     /// The MoE: sparse on the CPU (top-2 of 8 experts is a quarter of the work); dense on a GPU,
     /// where the sparse path's gathers, scatters and host-side routing cost more than the
