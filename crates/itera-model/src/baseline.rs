@@ -136,7 +136,7 @@ pub fn attention(
         let rope = |x: &Tensor| candle_nn::rotary_emb::rope_slow(x, cos, sin);
         (rope(&heads(q, h)?)?, rope(&heads(k, hkv)?)?.contiguous()?)
     }; // (B, H, L, Dh), (B, Hkv, L, Dh)
-    let v = heads(v, hkv)?; // (B, Hkv, L, Dh)
+    let v = if device_ops { crate::fused::heads(v, hkv)? } else { heads(v, hkv)? }; // (B, Hkv, L, Dh)
     let (k, v) = match cache {
         Some(cache) => {
             let (k, v) = cache.append(&k, &v)?; // (B, Hkv, S, Dh)
@@ -155,7 +155,11 @@ pub fn attention(
         softmax_last(&scores)?
     };
     let y = att.matmul(&v)?; // (B, H, L, Dh)
-    y.transpose(1, 2)?.reshape((b, l, qd)) // (B, L, H·Dh)
+    if device_ops {
+        crate::fused::merge_heads(&y) // (B, L, H·Dh)
+    } else {
+        y.transpose(1, 2)?.reshape((b, l, qd))
+    }
 }
 
 /// (L, S) additive mask: query i (absolute position S-L+i) sees keys 0..=S-L+i.

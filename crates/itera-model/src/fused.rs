@@ -28,7 +28,7 @@ pub use attention::causal_attention;
 pub use cross_entropy::{cross_entropy_rows, linear_cross_entropy};
 pub use embedding::embedding;
 pub use linear::linear;
-pub use rope::{rope, rope_heads};
+pub use rope::{heads, merge_heads, rope, rope_heads};
 pub use softmax::causal_softmax;
 pub use swiglu::swiglu;
 

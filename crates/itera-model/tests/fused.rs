@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use common::*;
 use itera_model::baseline::attention;
 use itera_model::fused::{
-    causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, cross_entropy_rows,
-    linear as linear_fused, linear_cross_entropy, rms_norm_fused, rope, rope_heads, swiglu,
+    causal_attention, causal_softmax, conv_silu_fused, conv_silu_fused_zero_history, cross_entropy_rows, heads,
+    linear as linear_fused, linear_cross_entropy, merge_heads, rms_norm_fused, rope, rope_heads, swiglu,
 };
 use itera_model::init::Rng;
 use itera_model::ops::{causal_depthwise_conv, linear, rms_norm};
@@ -245,6 +245,19 @@ fn fused_rope_matches_the_elementary_twin() -> Result<()> {
         assert_eq!(yf.dims(), [b, h, l, dh]);
         assert_close(&format!("rope_heads {:?} output", (b, l, h, dh)), &yf, &yr)?;
         assert_close(&format!("rope_heads {:?} grad x", (b, l, h, dh)), &gf[0], &gr[0])?;
+    }
+    // the heads moved without a rotation, both ways, against the transposes
+    for (b, l, h, dh) in [(1, 1, 1, 3), (2, 7, 3, 8)] {
+        let x = Var::from_tensor(&randn(&mut rng, &[b, l, h * dh], 2.0))?;
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| heads(&x, h), &[&x], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| x.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous(), &[&x], &mut Rng::new(seed))?;
+        assert_eq!(max_diff(&yf, &yr)? + max_diff(&gf[0], &gr[0])?, 0.0, "heads {:?}", (b, l, h, dh));
+        let y = Var::from_tensor(&randn(&mut rng, &[b, h, l, dh], 2.0))?;
+        let seed = rng.next_u64();
+        let (yf, gf) = run(|| merge_heads(&y), &[&y], &mut Rng::new(seed))?;
+        let (yr, gr) = run(|| y.transpose(1, 2)?.reshape((b, l, h * dh)), &[&y], &mut Rng::new(seed))?;
+        assert_eq!(max_diff(&yf, &yr)? + max_diff(&gf[0], &gr[0])?, 0.0, "merge_heads {:?}", (b, l, h, dh));
     }
     let x = randn(&mut rng, &[2, 5, 12], 1.0);
     let err =

@@ -222,7 +222,7 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
 #[test]
 fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
     use candle_core::Var;
-    use itera_model::fused::{causal_softmax, rms_norm_fused, rope, rope_heads, swiglu};
+    use itera_model::fused::{causal_softmax, heads, merge_heads, rms_norm_fused, rope, rope_heads, swiglu};
     let dev = Device::new_cuda(0)?;
     let mut rng = Rng::new(SEED + 9);
     // Output and input gradients of `f` under a random cotangent, on the device of `xs`.
@@ -282,6 +282,11 @@ fn the_fused_cuda_ops_match_their_cpu_kernels() -> Result<()> {
         let (cos_d, sin_d) = (cos.to_device(&dev)?, sin.to_device(&dev)?);
         let gpu = run(&|v: &[Var]| rope_heads(&v[0], &cos_d, &sin_d, h), &[x.to_device(&dev)?], &r)?;
         check(&format!("rope_heads {:?}", (b, l, h, dh)), &gpu, &cpu)?;
+        // the heads moved without a rotation and back (a sine between, so each way is checked)
+        let f = |v: &[Var]| merge_heads(&heads(&v[0], h)?.sin()?);
+        let r2 = randn(&mut rng, &[b, l, h * dh], 1.0);
+        let (cpu, gpu) = (run(&f, &[x.clone()], &r2)?, run(&f, &[x.to_device(&dev)?], &r2)?);
+        check(&format!("heads, merge_heads {:?}", (b, l, h, dh)), &gpu, &cpu)?;
     }
     // SwiGLU's gating: the seed baseline's MLP width, an odd size
     for dims in [vec![2, 256, 1408], vec![3, 7, 5]] {

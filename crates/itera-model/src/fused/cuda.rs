@@ -178,6 +178,24 @@ extern "C" __global__ void rope(const float* x, const float* cs, const float* sn
     y[o + half] = x2 * c + x1 * s;
 }
 
+// The heads moved between the tokens' order (B, L, H, Dh) and the heads' (B, H, L, Dh): mode 1
+// tokens in, heads out; mode 2 heads in, tokens out. One thread per value of the output.
+extern "C" __global__ void move_heads(const float* x, float* y, long n, int L, int H, int Dh, int mode) {
+    const long o = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n) return;
+    const long row = o / Dh;
+    const int i = (int)(o % Dh);
+    long src;
+    if (mode == 1) {
+        const long bh = row / L;
+        src = ((bh / H * L + row % L) * H + bh % H);
+    } else {
+        const long bt = row / H;
+        src = ((bt / L * H + row % H) * L + bt % L);
+    }
+    y[o] = x[src * Dh + i];
+}
+
 // SwiGLU's gating y = silu(g) u, and its backward: out = [dg | du] (2n).
 extern "C" __global__ void swiglu_fwd(const float* g, const float* u, float* y, long n) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -482,6 +500,31 @@ pub(super) fn rope(
             shared_mem_bytes: 0,
         };
         unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+}
+
+/// The heads moved (`rope.rs`'s [`heads`](super::rope::heads)): x contiguous f32, `order` ToHeads
+/// or FromHeads.
+pub(super) fn move_heads(
+    sx: &CudaStorage,
+    lx: &Layout,
+    order: super::rope::Order,
+    op: &str,
+) -> Result<(CudaStorage, Shape)> {
+    let x = view(sx, lx, op)?;
+    let (shape, l, dh, h, mode) = order.shapes(lx.shape().dims())?;
+    if mode == 0 {
+        candle_core::bail!("{op}: no heads to move");
+    }
+    let dev = sx.device();
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(x.len()) }?;
+    if !x.is_empty() {
+        let f = dev.get_or_load_custom_func("move_heads", MODULE, ptx()?)?;
+        let (n_i, l_i, h_i, dh_i) = (x.len() as i64, int(l, "L", op)?, int(h, "H", op)?, int(dh, "Dh", op)?);
+        let mut b = f.builder();
+        b.arg(&x).arg(&y).arg(&n_i).arg(&l_i).arg(&h_i).arg(&dh_i).arg(&mode);
+        unsafe { b.launch(element_config(x.len(), op)?) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
 }
