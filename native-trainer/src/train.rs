@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use itera_model::init::{InitScheme, Rng};
-use itera_model::optim::{clip_grad_norm_with, vars_by_name, AdamW, AdamWConfig};
+use itera_model::optim::{clip_factor, grad_norm_with, vars_by_name, AdamW, AdamWConfig};
 use itera_model::weights::{assign_varmap, varmap_tensors, WeightFormat};
 use itera_model::{Config, Kernels, Losses, Model, ModelKind, Preset};
 use serde::{Deserialize, Serialize};
@@ -1203,8 +1203,10 @@ impl Replica {
             all_reduce_grads(&mut grads, &self.vars, g)?;
         }
         let device_ops = self.model.kernels().device_ops;
-        let grad_norm = if clip > 0.0 { clip_grad_norm_with(&mut grads, &self.varmap, clip, device_ops)? } else { 0.0 };
-        self.opt.step(&grads, lr)?;
+        // clipping's factor goes into the update (no pass over the gradients of its own)
+        let grad_norm = if clip > 0.0 { grad_norm_with(&grads, &self.varmap, device_ops)? } else { 0.0 };
+        let scale = if clip > 0.0 { clip_factor(grad_norm, clip) } else { 1.0 };
+        self.opt.step_scaled(&grads, lr, scale)?;
         Ok(StepFigures { loss, ce, aux, reading_loss: read.map(|_| read_sum), tokens: tokens as u64, grad_norm })
     }
 }

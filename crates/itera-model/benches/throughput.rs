@@ -20,7 +20,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use itera_model::init::Rng;
 use itera_model::moe::MoeKernel;
-use itera_model::optim::{clip_grad_norm_with, AdamW, AdamWConfig};
+use itera_model::optim::{clip_factor, grad_norm_with, AdamW, AdamWConfig};
 use itera_model::scan::{gated_selective_scan, gated_selective_scan_chunked, gated_selective_scan_ref, ScanInputs};
 use itera_model::{BaselineConfig, Config, Kernels, Model, ModelKind, Preset, ScanKernel};
 use std::time::Instant;
@@ -217,11 +217,11 @@ fn train_speed(
         let loss = model.loss(&x, &y)?.total;
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
         dev.synchronize()?;
         let t2 = Instant::now();
-        clip_grad_norm_with(&mut grads, &varmap, 1.0, device_ops)?;
-        opt.step(&grads, 1e-3)?;
+        let norm = grad_norm_with(&grads, &varmap, device_ops)?;
+        opt.step_scaled(&grads, 1e-3, clip_factor(norm, 1.0))?; // clipping to 1, inside the update
         dev.synchronize()?;
         let t3 = Instant::now();
         if step >= WARMUP {

@@ -124,6 +124,14 @@ impl AdamW {
     /// One update at learning rate `lr`. Parameters without a gradient (an expert no token was
     /// routed to) are left alone, as PyTorch does for `grad is None`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_scaled(grads, lr, 1.0)
+    }
+
+    /// [`step`](Self::step) with every gradient multiplied by `grad_scale` as it is read: the
+    /// clipping factor ([`clip_factor`] of [`grad_norm_with`]) applied inside the update instead
+    /// of by a pass over each gradient first (the same product, so the same bits as
+    /// [`clip_grad_norm_with`] then `step`).
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
         let t = self.step as i32;
@@ -146,6 +154,7 @@ impl AdamW {
                     decay: (if p.decay { 1.0 - lr * weight_decay } else { 1.0 }) as f32,
                     step_size: (lr / bc1) as f32,
                     bc2_sqrt: bc2.sqrt() as f32,
+                    grad_scale: grad_scale as f32,
                 };
                 // read in place when contiguous or a transposed matrix (candle's matmul backward)
                 let g = g.to_dtype(DType::F32)?;
@@ -158,6 +167,7 @@ impl AdamW {
             if let Some((m, v)) = &mut p.on_device {
                 // The same update as the loop below, as tensor ops on the parameter's device.
                 let g = g.to_dtype(DType::F32)?;
+                let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
                 *m = ((&*m * beta1)? + (&g * (1.0 - beta1))?)?;
                 *v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
                 let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
@@ -174,11 +184,13 @@ impl AdamW {
             let step_size = (lr / bc1) as f32;
             let bc2_sqrt = bc2.sqrt() as f32;
             let eps = eps as f32;
+            let gs = grad_scale as f32;
             // Element by element (no sums), so chunks in parallel give the same bits.
             let update = |w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
                 for i in 0..w.len() {
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let g = g[i] * gs;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g;
+                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
                     let denom = v[i].sqrt() / bc2_sqrt + eps;
                     w[i] = w[i] * decay - step_size * m[i] / denom;
                 }
@@ -268,6 +280,31 @@ pub fn clip_grad_norm(grads: &mut GradStore, varmap: &VarMap, max_norm: f64) -> 
 /// gradients on an NVIDIA GPU are one kernel each into one buffer (`fused/cuda.rs`), summed in
 /// f64 as the others are; elsewhere as without.
 pub fn clip_grad_norm_with(grads: &mut GradStore, varmap: &VarMap, max_norm: f64, device_ops: bool) -> Result<f64> {
+    let norm = grad_norm_with(grads, varmap, device_ops)?;
+    let scale = clip_factor(norm, max_norm);
+    if scale != 1.0 {
+        for (_, v) in &vars_by_name(varmap)? {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// What clipping to `max_norm` multiplies the gradients by, for their global norm `norm`: 1 at or
+/// under it (and for a norm that is not finite: the trainer stops on a non-finite loss itself).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if norm.is_finite() && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// The global L2 norm of the gradients, as [`clip_grad_norm_with`] computes it, without scaling
+/// them: with [`clip_factor`] and [`AdamW::step_scaled`], clipping costs no pass of its own.
+pub fn grad_norm_with(grads: &GradStore, varmap: &VarMap, device_ops: bool) -> Result<f64> {
     let vars = vars_by_name(varmap)?;
     let mut sum_sq = 0f64;
     let mut on_device = Vec::new();
@@ -308,16 +345,7 @@ pub fn clip_grad_norm_with(grads: &mut GradStore, varmap: &VarMap, max_norm: f64
         1 => on_device[0].to_scalar::<f64>()?,
         _ => Tensor::stack(&on_device, 0)?.sum_all()?.to_scalar::<f64>()?,
     };
-    let norm = sum_sq.sqrt();
-    if norm.is_finite() && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for (_, v) in &vars {
-            if let Some(g) = grads.remove(v.as_tensor()) {
-                grads.insert(v.as_tensor(), (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
+    Ok(sum_sq.sqrt())
 }
 
 #[cfg(test)]
@@ -398,6 +426,33 @@ mod tests {
             }
         }
         assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), w);
+    }
+
+    /// Clipping inside the update (`grad_norm_with`, `clip_factor`, `step_scaled`) gives the
+    /// same bits as clipping the gradients first (`clip_grad_norm_with`, `step`), on the host
+    /// loop and the tensor path, for norms over and under the limit.
+    #[test]
+    fn clipping_inside_the_update_equals_clipping_first() {
+        for max_norm in [0.05, 1e6] {
+            for on_device in [false, true] {
+                let (a, b) = (varmap(2), varmap(2));
+                let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+                let new = |vm: &VarMap| if on_device { AdamW::new_on_device(vm, cfg) } else { AdamW::new(vm, cfg) };
+                let (mut first, mut inside) = (new(&a).unwrap(), new(&b).unwrap());
+                for step in 0..3 {
+                    let mut g = grads(&a, step);
+                    let n1 = clip_grad_norm_with(&mut g, &a, max_norm, false).unwrap();
+                    first.step(&g, 1e-2).unwrap();
+                    let g = grads(&b, step);
+                    let n2 = grad_norm_with(&g, &b, false).unwrap();
+                    assert_eq!(n1, n2);
+                    assert_eq!(clip_factor(n2, max_norm) == 1.0, max_norm == 1e6, "norm {n2}");
+                    inside.step_scaled(&g, 1e-2, clip_factor(n2, max_norm)).unwrap();
+                }
+                assert_eq!(values(&a), values(&b), "max norm {max_norm}, on device {on_device}");
+            }
+        }
+        assert_eq!(clip_factor(f64::NAN, 1.0), 1.0);
     }
 
     #[test]

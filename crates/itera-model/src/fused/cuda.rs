@@ -221,14 +221,15 @@ extern "C" __global__ void sum_squares(const float* g, float* out, long n) {
     if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
-// AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n). The gradient is
-// read through 2-D strides (value i of w is g[(i / cols) * sr + (i % cols) * sc]), so a
+// AdamW (PyTorch's order, decoupled decay), in place: w, and mv = [m | v] (2n), the gradient
+// times gscale (clipping's factor). The gradient is read through 2-D strides (value i of w is g[(i / cols) * sr + (i % cols) * sc]), so a
 // transposed weight gradient (candle's matmul backward gives one) needs no copy first.
 extern "C" __global__ void adamw_step(float* w, const float* g, float* mv, long n, long cols, long sr, long sc,
-                                      float b1, float b2, float eps, float decay, float step_size, float bc2_sqrt) {
+                                      float b1, float b2, float eps, float decay, float step_size, float bc2_sqrt,
+                                      float gscale) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float gi = g[(i / cols) * sr + (i % cols) * sc];
+    const float gi = g[(i / cols) * sr + (i % cols) * sc] * gscale;
     const float m = b1 * mv[i] + (1.0f - b1) * gi;
     const float v = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
     mv[i] = m;
@@ -694,6 +695,8 @@ pub(crate) struct AdamWKernel {
     pub decay: f32,
     pub step_size: f32,
     pub bc2_sqrt: f32,
+    /// Clipping's factor, applied to the gradient as it is read.
+    pub grad_scale: f32,
 }
 
 impl candle_core::InplaceOp3 for AdamWKernel {
@@ -756,6 +759,7 @@ impl candle_core::InplaceOp3 for AdamWKernel {
         let mut b = f.builder();
         b.arg(&mut w).arg(&g).arg(&mv).arg(&n_i).arg(&cols_i).arg(&sr_i).arg(&sc_i);
         b.arg(&self.b1).arg(&self.b2).arg(&self.eps).arg(&self.decay).arg(&self.step_size).arg(&self.bc2_sqrt);
+        b.arg(&self.grad_scale);
         let cfg =
             LaunchConfig { grid_dim: (grid(n.div_ceil(256), op)?, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }.w()?;
