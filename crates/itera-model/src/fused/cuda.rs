@@ -251,6 +251,17 @@ extern "C" __global__ void embedding_bwd(const float* gy, const unsigned* off, c
     dw[v * D + c] = s;
 }
 
+// A row's max m and sum of exp(x - m), every lane of the warp getting both.
+__device__ void warp_row_stats(const float* xr, int V, int lane, float* m_out, float* s_out) {
+    float m = __int_as_float(0xff800000); // -inf (NVRTC has no math.h)
+    for (int j = lane; j < V; j += 32) m = fmaxf(m, xr[j]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int j = lane; j < V; j += 32) s += expf(xr[j] - m);
+    *m_out = m;
+    *s_out = warp_sum(s);
+}
+
 // Cross-entropy of logits rows (N x V) against targets: loss[i] = logsumexp(x_i) - x_i[t_i]
 // (NaN for a target outside the vocabulary). One warp per row.
 extern "C" __global__ void cross_entropy_fwd(const float* x, const unsigned* t, float* loss, long rows, int V) {
@@ -258,12 +269,8 @@ extern "C" __global__ void cross_entropy_fwd(const float* x, const unsigned* t, 
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* xr = x + row * V;
-    float m = __int_as_float(0xff800000);
-    for (int j = lane; j < V; j += 32) m = fmaxf(m, xr[j]);
-    m = warp_max(m);
-    float s = 0.0f;
-    for (int j = lane; j < V; j += 32) s += expf(xr[j] - m);
-    s = warp_sum(s);
+    float m, s;
+    warp_row_stats(xr, V, lane, &m, &s);
     if (lane == 0) {
         const unsigned ti = t[row];
         loss[row] = ti < (unsigned)V ? logf(s) + m - xr[ti] : __int_as_float(0x7fc00000);
@@ -277,12 +284,9 @@ extern "C" __global__ void cross_entropy_bwd(const float* x, const unsigned* t, 
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* xr = x + row * V;
-    float m = __int_as_float(0xff800000);
-    for (int j = lane; j < V; j += 32) m = fmaxf(m, xr[j]);
-    m = warp_max(m);
-    float s = 0.0f;
-    for (int j = lane; j < V; j += 32) s += expf(xr[j] - m);
-    const float g = gl[row], scale = g / warp_sum(s);
+    float m, s;
+    warp_row_stats(xr, V, lane, &m, &s);
+    const float g = gl[row], scale = g / s;
     const unsigned ti = t[row];
     for (int j = lane; j < V; j += 32) gx[row * V + j] = expf(xr[j] - m) * scale - ((unsigned)j == ti ? g : 0.0f);
 }
