@@ -21,10 +21,17 @@ NV=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__
 
 # The workspace's files (tracked, and untracked but not ignored), copied (the switch below edits the copy).
 # (Emptied first so files deleted here vanish there; tar keeps modification times, so cargo
-# rebuilds only what changed.)
+# rebuilds only what changed. A file edited here while the last build ran can carry an older
+# time than that build's start, and cargo would take it as built: so every file whose content
+# differs from the last copy's is touched after the copy.)
 ws=target/cuda-ws
+sums=target/cuda-ws.sha1
+[ -d "$ws" ] && (cd "$ws" && find . -type f -not -path './third_party/*' -print0 | xargs -0 -r sha1sum) > "$sums"
 rm -rf "$ws" && mkdir -p "$ws"
 git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$ws"
+if [ -s "$sums" ]; then
+  (cd "$ws" && { sha1sum --quiet -c "$root/$sums" 2>/dev/null || true; } | sed -n 's/: FAILED$//p' | tr '\n' '\0' | xargs -0 -r touch)
+fi
 bash scripts/vendor-candle.sh # the patched candle-core (git-ignored, so not in the list above)
 tar -cf - third_party/candle-core | tar -xf - -C "$ws"
 
