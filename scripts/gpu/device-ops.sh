@@ -4,8 +4,10 @@
 # CUDA ops (`Kernels::device_ops`, on by default there) tested against their CPU kernels, then the
 # throughput rows timed with them and with candle's elementary ops instead, ROUNDS times
 # alternating (default 2); with PEER=1 also the peer bench (PyTorch eager on the same GPU, with the
-# matmul peak and MFU; ELEMENTARY=1 times our rows without the device ops there).
-# Figures land in $OUT: tests.txt, throughput-*.txt (the rows), peer-gpu.json.
+# matmul peak and MFU; ELEMENTARY=1 times our rows without the device ops there); with PROFILE=1
+# last the kernel profile of a seed-baseline step, ours and PyTorch's (kernel_profile.py).
+# Figures land in $OUT: tests.txt, throughput-*.txt (the rows), peer-gpu.json, and with PROFILE=1
+# profile.txt, kernel-profile.json and the two Nsight Compute CSVs (xz).
 set -uo pipefail
 source scripts/gpu-env.sh ''
 out=${OUT:?OUT must name the folder whose files come back}
@@ -23,4 +25,9 @@ if [ "${PEER:-0}" = 1 ]; then
   ITERA_BENCH_STEPS=10 python3 scripts/peer_bench.py --no-venv --device cuda --configs .bin/peer-configs.json \
     --ours-bin throughput-cuda --presets "${PRESETS:-demo,seed}" --pairs "${PAIRS:-baseline}" --rounds "${PEER_ROUNDS:-2}" \
     "${extra[@]}" --out "$out/peer-gpu.json" 2>&1 | tail -n 30
+fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  python3 scripts/gpu/kernel_profile.py --preset "${PROFILE_PRESET:-seed}" --out "$out" > "$out/profile.txt" 2>&1
+  head -n 60 "$out/profile.txt"
+  xz -9 "$out"/ncu-*.csv
 fi
