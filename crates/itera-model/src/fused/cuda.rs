@@ -147,10 +147,27 @@ extern "C" __global__ void causal_softmax_bwd(const float* y, const float* gy, f
     for (int j = lane; j < S; j += 32) gx[row * S + j] = scale * yr[j] * (gr[j] - dot);
 }
 
+// The input row that output row `row` reads, and its position t: mode 0 in place, 1 tokens' order
+// (B, L, H, Dh) in and heads' (B, H, L, Dh) out, 2 heads' in and tokens' out (`rope.rs`'s
+// Order::source_row).
+__device__ __forceinline__ long source_row(long row, int L, int H, int mode, int* t) {
+    if (mode == 1) {
+        const long bh = row / L;
+        *t = (int)(row % L);
+        return (bh / H * L + *t) * H + bh % H;
+    }
+    if (mode == 2) {
+        const long bt = row / H;
+        *t = (int)(bt % L);
+        return (bt / L * H + row % H) * L + *t;
+    }
+    *t = (int)(row % L);
+    return row;
+}
+
 // Rotary embedding of rows of Dh = 2 half (row t of L: cos and sin (L, half)); sign -1 is the
 // inverse rotation (the backward). One thread per pair (x1[i], x2[i]) of the output, whose rows
-// are in the input's order (mode 0), or move between the tokens' order (B, L, H, Dh) and the
-// heads' (B, H, L, Dh): mode 1 tokens in, heads out; mode 2 heads in, tokens out.
+// come from the input's by `source_row`.
 extern "C" __global__ void rope(const float* x, const float* cs, const float* sn, float* y, long pairs, int L,
                                 int half, float sign, int H, int mode) {
     const long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -158,19 +175,7 @@ extern "C" __global__ void rope(const float* x, const float* cs, const float* sn
     const long row = p / half;
     const int i = (int)(p % half);
     int t;
-    long src;
-    if (mode == 1) {
-        const long bh = row / L;
-        t = (int)(row % L);
-        src = ((bh / H * L + t) * H + bh % H);
-    } else if (mode == 2) {
-        const long bt = row / H;
-        t = (int)(bt % L);
-        src = ((bt / L * H + row % H) * L + t);
-    } else {
-        t = (int)(row % L);
-        src = row;
-    }
+    const long src = source_row(row, L, H, mode, &t);
     const float c = cs[t * half + i], s = sign * sn[t * half + i];
     const long a = src * 2 * half + i, o = row * 2 * half + i;
     const float x1 = x[a], x2 = x[a + half];
@@ -185,14 +190,8 @@ extern "C" __global__ void move_heads(const float* x, float* y, long n, int L, i
     if (o >= n) return;
     const long row = o / Dh;
     const int i = (int)(o % Dh);
-    long src;
-    if (mode == 1) {
-        const long bh = row / L;
-        src = ((bh / H * L + row % L) * H + bh % H);
-    } else {
-        const long bt = row / H;
-        src = ((bt / L * H + row % H) * L + bt % L);
-    }
+    int t;
+    const long src = source_row(row, L, H, mode, &t);
     y[o] = x[src * Dh + i];
 }
 
@@ -737,12 +736,13 @@ impl candle_core::InplaceOp3 for AdamWKernel {
         let n = end - start;
         // The gradient as (rows, cols) with strides (sr, sc): contiguous, or any 2-D dense layout
         // (a transposed weight's gradient) read in place.
-        let (cols, sr, sc) = match (lg.contiguous_offsets(), lg.dims(), lg.stride()) {
-            (Some(_), _, _) => (n.max(1), n.max(1), 1),
-            (None, &[_, c], &[a, b]) if dense_span(lg).is_some() => (c, a, b),
-            _ => candle_core::bail!("{op}: the gradient {:?} is neither contiguous nor a dense matrix", lg.shape()),
+        let not_dense = || format!("{op}: the gradient {:?} is neither contiguous nor a dense matrix", lg.shape());
+        let (g_start, g_end) = dense_span(lg).ok_or_else(|| candle_core::Error::Msg(not_dense()))?;
+        let (cols, sr, sc) = match (lg.is_contiguous(), lg.dims(), lg.stride()) {
+            (true, _, _) => (n.max(1), n.max(1), 1),
+            (false, &[_, c], &[a, b]) => (c, a, b),
+            _ => candle_core::bail!("{}", not_dense()),
         };
-        let (g_start, g_end) = dense_span(lg).expect("checked above");
         let g = sg.as_cuda_slice::<f32>()?.slice(g_start..g_end);
         if g.len() != n || lg.shape() != lw.shape() || mv.len() != 2 * n {
             candle_core::bail!(

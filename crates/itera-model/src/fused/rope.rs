@@ -81,18 +81,11 @@ impl candle_core::CustomOp1 for MoveHeads {
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(sx, lx, self.name())?;
-        let (shape, l, dh, h, _) = self.0.shapes(lx.shape().dims())?;
+        let (shape, l, dh, h, mode) = self.0.shapes(lx.shape().dims())?;
         let mut y = zeros(x.len());
         if dh > 0 {
-            let to_heads = matches!(self.0, Order::ToHeads(_));
             y.par_chunks_mut(dh).enumerate().for_each(|(r, y)| {
-                let src = if to_heads {
-                    let (bh, t) = (r / l, r % l);
-                    (bh / h * l + t) * h + bh % h
-                } else {
-                    let (bt, hh) = (r / h, r % h);
-                    (bt / l * h + hh) * l + bt % l
-                };
+                let (_, src) = Order::source_row(mode, r, l, h);
                 y.copy_from_slice(&x[src * dh..(src + 1) * dh]);
             });
         }
@@ -132,6 +125,23 @@ impl Order {
         })
     }
 
+    /// For output row `r` (a row of Dh), its position t and the input row it reads, given L and
+    /// the kernel's `mode` and H from [`shapes`](Self::shapes) (the CUDA kernels' `source_row`).
+    pub(crate) fn source_row(mode: i32, r: usize, l: usize, h: usize) -> (usize, usize) {
+        match mode {
+            0 => (r % l, r),
+            1 => {
+                let (bh, t) = (r / l, r % l); // heads order out, tokens order in
+                (t, (bh / h * l + t) * h + bh % h)
+            }
+            _ => {
+                let (bt, hh) = (r / h, r % h); // tokens order out, heads order in
+                let t = bt % l;
+                (t, (bt / l * h + hh) * l + t)
+            }
+        }
+    }
+
     fn inverse(self) -> Self {
         match self {
             Order::Same => Order::Same,
@@ -169,23 +179,9 @@ impl CustomOp3 for Rope {
         let mut y = zeros(x.len());
         if half > 0 {
             // output row r: its position t and where its input row starts
-            let source = |r: usize| -> (usize, usize) {
-                match mode {
-                    0 => (r % l, r * dh),
-                    1 => {
-                        let (bh, t) = (r / l, r % l); // heads order out, tokens order in
-                        (t, ((bh / h * l + t) * h + bh % h) * dh)
-                    }
-                    _ => {
-                        let (bt, hh) = (r / h, r % h); // tokens order out, heads order in
-                        let t = bt % l;
-                        (t, ((bt / l * h + hh) * l + t) * dh)
-                    }
-                }
-            };
             y.par_chunks_mut(dh).enumerate().for_each(|(row, y)| {
-                let (t, start) = source(row);
-                let x = &x[start..start + dh];
+                let (t, src) = Order::source_row(mode, row, l, h);
+                let x = &x[src * dh..(src + 1) * dh];
                 let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
                 let (x1, x2) = x.split_at(half);
                 let (y1, y2) = y.split_at_mut(half);
