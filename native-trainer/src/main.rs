@@ -121,7 +121,7 @@ enum Command {
         /// `baseline` (Llama) or `itera-lite` (Mamba + sparse MoE)
         #[arg(long, default_value = "itera-lite")]
         model: itera_model::ModelKind,
-        /// Size preset: `tiny`, `small`, `demo`, `seed`
+        /// Size preset: `tiny`, `small`, `mid`, `demo`, `seed`
         #[arg(long, default_value = "demo")]
         preset: itera_model::config::Preset,
         /// Vocabulary size

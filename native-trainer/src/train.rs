@@ -37,7 +37,7 @@ pub struct TrainArgs {
     /// Architecture: `baseline` (Llama-style Transformer) or `itera-lite` (Mamba + sparse MoE)
     #[arg(long, default_value = "itera-lite")]
     pub model: ModelKind,
-    /// Size preset: `tiny` (tests), `demo` (the page's models), `seed` (10-50M parameters)
+    /// Size preset: `tiny` (tests), `small` (2 layers of width 64), `mid` (4 layers of width 128), `demo` (the page's models), `seed` (10-50M parameters)
     #[arg(long, default_value = "demo")]
     pub preset: Preset,
     /// Training data: `world` (the generated corpus), `tasks` (generated MQAR, induction and selective copying; or

@@ -97,6 +97,10 @@ pub enum Preset {
     Tiny,
     /// The Mamba paper's synthetic-task size: 2 layers of width 64 (arXiv 2312.00752, App. E.1).
     Small,
+    /// Between small and demo: 4 layers of width 128, about 1.1M parameters at the world's 2048-token
+    /// vocabulary (issue 11's sweep: the size where a quantized Itera-Lite is near 100× fewer bytes
+    /// than the seed baseline).
+    Mid,
     /// The page's models: a few million parameters, trains in minutes on 2 cores.
     Demo,
     /// The seed's scale: 10-50M parameters.
@@ -114,11 +118,12 @@ impl ModelKind {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [Preset::Tiny, Preset::Small, Preset::Demo, Preset::Seed];
+    pub const ALL: [Preset; 5] = [Preset::Tiny, Preset::Small, Preset::Mid, Preset::Demo, Preset::Seed];
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
             Preset::Small => "small",
+            Preset::Mid => "mid",
             Preset::Demo => "demo",
             Preset::Seed => "seed",
         }
@@ -153,9 +158,10 @@ impl FromStr for Preset {
         match s {
             "tiny" => Ok(Preset::Tiny),
             "small" => Ok(Preset::Small),
+            "mid" => Ok(Preset::Mid),
             "demo" => Ok(Preset::Demo),
             "seed" => Ok(Preset::Seed),
-            _ => Err(format!("unknown preset `{s}` (expected `tiny`, `small`, `demo` or `seed`)")),
+            _ => Err(format!("unknown preset `{s}` (expected `tiny`, `small`, `mid`, `demo` or `seed`)")),
         }
     }
 }
@@ -169,6 +175,7 @@ impl BaselineConfig {
         let (d, i, layers, heads) = match preset {
             Preset::Tiny => (32, 64, 2, 2),
             Preset::Small => (64, 192, 2, 4),
+            Preset::Mid => (128, 384, 4, 4),
             Preset::Demo => (256, 704, 4, 4),
             Preset::Seed => (512, 1408, 8, 8),
         };
@@ -242,6 +249,7 @@ impl IteraLiteConfig {
         let (d, layers, n, e, h) = match preset {
             Preset::Tiny => (32, 2, 8, 8, 16),
             Preset::Small => (64, 2, 16, 8, 32), // Mamba's d_state 16, as the paper's 2-layer d 64 model
+            Preset::Mid => (128, 4, 16, 8, 32),
             Preset::Demo => (256, 4, 16, 8, 64),
             Preset::Seed => (512, 8, 16, 16, 128),
         };
@@ -516,6 +524,11 @@ mod tests {
             assert!(tiny < 100_000, "{kind} tiny has {tiny} params");
             assert!((2_000_000..=6_000_000).contains(&demo), "{kind} demo has {demo} params");
             assert!((10_000_000..=50_000_000).contains(&seed), "{kind} seed has {seed} params");
+            // mid sits between small and demo at the world's vocabulary, near a million.
+            let sizes: Vec<usize> =
+                Preset::ALL[1..4].iter().map(|&p| Config::preset(kind, p, 2048).param_count().total).collect();
+            assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{kind} small, mid, demo: {sizes:?}");
+            assert!((800_000..=1_500_000).contains(&sizes[1]), "{kind} mid has {} params", sizes[1]);
         }
     }
 
