@@ -361,6 +361,9 @@ fn markdown(r: &Results) -> String {
 
         for c in size_claims(r) {
             let _ = writeln!(s, "{}", c.claim_row());
+            if let Some(row) = c.budget_row() {
+                let _ = writeln!(s, "{row}");
+            }
             if let Some(row) = c.held_out_text_row() {
                 let _ = writeln!(s, "{row}");
             }
@@ -515,6 +518,9 @@ fn markdown(r: &Results) -> String {
 const SEED_PARAMS: std::ops::RangeInclusive<usize> = 10_000_000..=50_000_000;
 /// "Under 20% quality loss": at least this share of the baseline's accuracy.
 const WITHIN: f64 = 0.8;
+/// "The baseline's budget": an Itera-Lite trained on at most this many times the baseline's
+/// tokens (runs of one budget differ by a few batches where their batch shapes differ).
+const SAME_BUDGET: f64 = 1.02;
 
 /// One model's weights in one format, and its world QA with retrieval: held-out questions and
 /// questions about people never trained on (the index alone knows them).
@@ -571,11 +577,18 @@ fn reader_points(m: &ModelResults) -> Vec<ReaderPoint<'_>> {
 
 /// The claim for one baseline of the seed's size that reads an index: every Itera-Lite point
 /// on the same world, smallest weights first, and the smallest within 20% of the baseline's
-/// f32 accuracy on both question sets.
+/// f32 accuracy on both question sets: of any budget (`best`), and of those trained on no more
+/// tokens than the baseline (`at_budget`, the comparison at equal training cost).
 struct SizeClaim<'a> {
     base: ReaderPoint<'a>,
     points: Vec<ReaderPoint<'a>>,
     best: Option<usize>,
+    at_budget: Option<usize>,
+}
+
+/// Training tokens of a model (0 where its manifest has no training record).
+fn trained_tokens(m: &ModelResults) -> u64 {
+    m.training.as_ref().map_or(0, |t| t.tokens as u64)
 }
 
 fn size_claims(r: &Results) -> Vec<SizeClaim<'_>> {
@@ -593,7 +606,11 @@ fn size_claims(r: &Results) -> Vec<SizeClaim<'_>> {
                 .collect();
             points.sort_by_key(|p| p.weight_bytes);
             let best = points.iter().position(|p| p.share_of(&base) >= WITHIN);
-            Some(SizeClaim { base, points, best })
+            let budget = SAME_BUDGET * trained_tokens(b) as f64;
+            let at_budget = points.iter().position(|p| {
+                p.share_of(&base) >= WITHIN && trained_tokens(p.model) > 0 && trained_tokens(p.model) as f64 <= budget
+            });
+            Some(SizeClaim { base, points, best, at_budget })
         })
         .collect()
 }
@@ -624,6 +641,35 @@ impl SizeClaim<'_> {
                 b.accuracies()
             ),
         }
+    }
+
+    /// The claim at equal training cost: the smallest Itera-Lite within 20% among those trained on
+    /// no more tokens than the baseline (none where the baseline's run records no budget).
+    fn budget_row(&self) -> Option<String> {
+        let b = &self.base;
+        let tokens = trained_tokens(b.model);
+        if tokens == 0 {
+            return None;
+        }
+        let m = tokens as f64 / 1e6;
+        Some(match self.at_budget.map(|k| &self.points[k]) {
+            Some(p) => {
+                let n = b.weight_bytes as f64 / p.weight_bytes as f64;
+                format!(
+                    "| the same at the baseline's training budget (Itera-Lite trained on at most its {m:.1}M tokens: {} {}, \
+                     {:.2} MB, on {:.1}M) | 100-300× | {n:.0}× | {} |",
+                    p.model.name,
+                    p.format,
+                    p.weight_bytes as f64 / 1e6,
+                    trained_tokens(p.model) as f64 / 1e6,
+                    if n >= 100.0 { "met" } else { "not met" }
+                )
+            }
+            None => format!(
+                "| the same at the baseline's training budget (Itera-Lite trained on at most its {m:.1}M tokens) | \
+                 100-300× | none measured reaches 80% of its accuracy | not met |"
+            ),
+        })
     }
 
     /// The same pair's GPU energy per decoded token (NVML), from the WebGPU run's rows of the two
@@ -719,7 +765,12 @@ fn size_claim_section(s: &mut String, r: &Results) {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for (k, p) in c.points.iter().enumerate() {
             let share = p.share_of(b);
-            let mark = if Some(k) == c.best { " (the smallest)" } else { "" };
+            let mark = match (Some(k) == c.best, Some(k) == c.at_budget) {
+                (true, true) => " (the smallest, also at the baseline's budget)",
+                (true, false) => " (the smallest)",
+                (false, true) => " (the smallest at the baseline's budget)",
+                (false, false) => "",
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {:.2} MB | {} | {:.0}% | {}{mark} | {:.0}× | {:.1}× |",
@@ -738,7 +789,9 @@ fn size_claim_section(s: &mut String, r: &Results) {
         if c.points.is_empty() {
             let _ = writeln!(s, "| (none measured) | | | | | | | | | |");
         }
-        if let Some(p) = c.best.map(|k| &c.points[k]) {
+        // The smallest of any budget trained on more tokens than the baseline: its ratio is not one
+        // of equal training cost (the claims table's next row is).
+        if let Some(p) = c.best.filter(|_| c.best != c.at_budget).map(|k| &c.points[k]) {
             let _ = writeln!(
                 s,
                 "\nThe pair's budgets differ: {} trained on {} tokens ({} per parameter), {} on {} ({} per parameter); \
@@ -751,6 +804,21 @@ fn size_claim_section(s: &mut String, r: &Results) {
                 tokens(p.model),
                 per_param(p.model),
                 20.0 * b.model.params.total as f64 / 1e6
+            );
+            let _ = writeln!(
+                s,
+                "At equal training cost (Itera-Lite on at most the baseline's tokens) the smallest within 20% is {}.",
+                match c.at_budget.map(|k| &c.points[k]) {
+                    Some(q) => format!(
+                        "{} in {} ({:.2} MB, {} tokens): {:.0}× fewer bytes of weights",
+                        q.model.name,
+                        q.format,
+                        q.weight_bytes as f64 / 1e6,
+                        tokens(q.model),
+                        b.weight_bytes as f64 / q.weight_bytes as f64
+                    ),
+                    None => "none of those measured".into(),
+                }
             );
         }
         // The baseline's own copies (its reading points past the f32 one).
@@ -1523,28 +1591,46 @@ mod tests {
             ),
             // smaller still but below 80% held-out (127 < 128)
             reader("itera-lite", "tiny", 50_000, (150_000, 127, 149), &[]),
+            // larger, within 20% in 4 bits (135 / 160, 125 / 150), trained on the baseline's budget
+            reader("itera-lite", "mid", 1_100_000, (4_400_000, 140, 130), &[("q4_0", 700_000, 135, 125)]),
         ];
+        let mut models = models;
+        // small trained on twice the baseline's tokens; the others on the same 24,000
+        models[2].training.as_mut().unwrap().tokens = 48_000;
         let res = r(models);
         let claims = size_claims(&res);
         assert_eq!(claims.len(), 1, "one baseline of 10-50M parameters");
         let c = &claims[0];
         let order: Vec<(&str, &str)> = c.points.iter().map(|p| (p.model.name.as_str(), p.format.as_str())).collect();
-        assert_eq!(order, [("tiny", "f32"), ("small", "q4_0"), ("small", "q8_0"), ("small", "f32")]);
+        assert_eq!(
+            order,
+            [("tiny", "f32"), ("small", "q4_0"), ("small", "q8_0"), ("mid", "q4_0"), ("small", "f32"), ("mid", "f32")]
+        );
         let best = &c.points[c.best.unwrap()];
         assert_eq!((best.model.name.as_str(), best.format.as_str()), ("small", "q8_0"));
         let row = c.claim_row();
         assert!(row.contains("| 333× | met |"), "{row}");
+        // at the baseline's budget (24,000 tokens) small does not count: mid in 4 bits does
+        let same = &c.points[c.at_budget.unwrap()];
+        assert_eq!((same.model.name.as_str(), same.format.as_str()), ("mid", "q4_0"));
+        let row = c.budget_row().unwrap();
+        assert!(row.contains("at most its 0.0M tokens: mid q4_0, 0.70 MB") && row.ends_with("| 143× | met |"), "{row}");
         let text = c.held_out_text_row().unwrap();
         assert!(text.contains("+10.0%") && text.contains("| met |"), "{text}");
         let md = markdown_for_test(&res);
         assert!(md.contains("## The seed's size claim: big against every Itera-Lite that reads"), "{md}");
         assert!(
             md.contains(
-                "| small | 24000 | 0.1 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"
+                "| small | 48000 | 0.2 | q8_0 | 0.30 MB | 75.0% / 70.0% | 93% | yes (the smallest) | 333× | 24.2× |"
             ),
             "{md}"
         );
         assert!(md.contains("The pair's budgets differ: big trained on"), "{md}");
+        assert!(md.contains("| mid | 24000 | 0.0 | q4_0 | 0.70 MB | 67.5% / 62.5% | 83% | yes (the smallest at the baseline's budget) | 143× |"), "{md}");
+        assert!(
+            md.contains("the smallest within 20% is mid in q4_0 (0.70 MB, 24000 tokens): 143× fewer bytes"),
+            "{md}"
+        );
         assert!(md.contains("would have given the baseline 540M"), "{md}");
 
         assert!(md.contains("| small | q4_0 | 0.20 MB | 70.0% / 59.5% | -5.0 pt / -10.5 pt |"), "{md}");
@@ -1587,6 +1673,8 @@ mod tests {
         ]);
         let row = size_claims(&res)[0].claim_row();
         assert!(row.contains("no Itera-Lite measured reaches 80%") && row.ends_with("| not met |"), "{row}");
+        let row = size_claims(&res)[0].budget_row().unwrap();
+        assert!(row.contains("none measured reaches 80%") && row.ends_with("| not met |"), "{row}");
     }
 
     #[test]
