@@ -436,6 +436,15 @@ fn markdown(r: &Results) -> String {
         }
     }
 
+    // The size claim's own regime (its models are not the pairs'): under the pairs' paragraphs.
+    let regimes: Vec<String> = size_claims(r).iter().filter_map(|c| c.regime()).collect();
+    if all_pairs.is_empty() && !regimes.is_empty() {
+        let _ = writeln!(s, "\n## Regime");
+    }
+    for text in regimes {
+        let _ = writeln!(s, "\n{text}");
+    }
+
     size_claim_section(&mut s, r);
     if let Some(w) = &r.webgpu {
         webgpu_section(&mut s, w);
@@ -591,6 +600,15 @@ fn trained_tokens(m: &ModelResults) -> u64 {
     m.training.as_ref().map_or(0, |t| t.tokens as u64)
 }
 
+/// A token count as the size claim writes it: millions with a decimal, or the count under a million.
+fn tokens_text(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1}M", n as f64 / 1e6)
+    } else {
+        n.to_string()
+    }
+}
+
 fn size_claims(r: &Results) -> Vec<SizeClaim<'_>> {
     let corpus = |m: &ModelResults| m.training.as_ref().map(|t| t.corpus.clone());
     r.models
@@ -651,25 +669,61 @@ impl SizeClaim<'_> {
         if tokens == 0 {
             return None;
         }
-        let m = tokens as f64 / 1e6;
+        let m = tokens_text(tokens);
         Some(match self.at_budget.map(|k| &self.points[k]) {
             Some(p) => {
                 let n = b.weight_bytes as f64 / p.weight_bytes as f64;
                 format!(
-                    "| the same at the baseline's training budget (Itera-Lite trained on at most its {m:.1}M tokens: {} {}, \
-                     {:.2} MB, on {:.1}M) | 100-300× | {n:.0}× | {} |",
+                    "| the same at the baseline's training budget (Itera-Lite trained on at most its {m} tokens: {} {}, \
+                     {:.2} MB, on {}) | 100-300× | {n:.0}× | {} |",
                     p.model.name,
                     p.format,
                     p.weight_bytes as f64 / 1e6,
-                    trained_tokens(p.model) as f64 / 1e6,
+                    tokens_text(trained_tokens(p.model)),
                     if n >= 100.0 { "met" } else { "not met" }
                 )
             }
             None => format!(
-                "| the same at the baseline's training budget (Itera-Lite trained on at most its {m:.1}M tokens) | \
+                "| the same at the baseline's training budget (Itera-Lite trained on at most its {m} tokens) | \
                  100-300× | none measured reaches 80% of its accuracy | not met |"
             ),
         })
+    }
+
+    /// The regime of the size claim: which models, at which budgets, and what its quality measures.
+    fn regime(&self) -> Option<String> {
+        let b = self.base.model;
+        let models: Vec<&ModelResults> = {
+            let mut v: Vec<&ModelResults> = self.points.iter().map(|p| p.model).collect();
+            v.dedup_by_key(|m| m.name.as_str());
+            v.sort_by_key(|m| (m.params.total, m.name.as_str()));
+            v.dedup_by_key(|m| m.name.as_str());
+            v
+        };
+        let (first, last) = (models.first()?, models.last()?);
+        let lo = models.iter().map(|m| trained_tokens(m)).min().unwrap_or(0);
+        let hi = models.iter().map(|m| trained_tokens(m)).max().unwrap_or(0);
+        let span = if lo == hi { tokens_text(lo) } else { format!("{} to {}", tokens_text(lo), tokens_text(hi)) };
+        let tokens = trained_tokens(b);
+        Some(format!(
+            "The seed's size claim (its section below) compares other models: {} ({} parameters, trained on {} \
+             tokens, {:.1} per parameter, where Chinchilla's compute-optimal ratio is about 20) against the Itera-Lites \
+             trained on the same generated world ({} models, {} to {} parameters, {} tokens each), all with retrieval \
+             in the loop. Its quality is world QA with retrieval: the answer is in the retrieved document, so it \
+             measures reading (finding the right fact in the context and copying it), not knowledge held in the \
+             weights, and the Transformer answers {} of the questions. The ratio says how few bytes read as well as \
+             that Transformer at these budgets; the held-out text row beside it (bits per byte on the world's \
+             validation split) is the comparison on open text.",
+            b.name,
+            millions(b.params.total),
+            tokens_text(tokens),
+            tokens as f64 / b.params.total.max(1) as f64,
+            models.len(),
+            millions(first.params.total),
+            millions(last.params.total),
+            span,
+            self.base.accuracies()
+        ))
     }
 
     /// The same pair's GPU energy per decoded token (NVML), from the WebGPU run's rows of the two
@@ -729,12 +783,7 @@ impl SizeClaim<'_> {
 
 fn size_claim_section(s: &mut String, r: &Results) {
     // Token budgets differ between these runs (GPU and CPU, several presets): each row says its own.
-    let tokens = |m: &ModelResults| {
-        m.training.as_ref().map_or("–".to_string(), |t| match t.tokens {
-            n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
-            n => n.to_string(),
-        })
-    };
+    let tokens = |m: &ModelResults| m.training.as_ref().map_or("–".to_string(), |t| tokens_text(t.tokens as u64));
     // Training tokens per parameter (Chinchilla's compute-optimal ratio is about 20).
     let per_param = |m: &ModelResults| {
         m.training.as_ref().map_or("–".to_string(), |t| match t.tokens as f64 / m.params.total.max(1) as f64 {
@@ -1614,7 +1663,10 @@ mod tests {
         let same = &c.points[c.at_budget.unwrap()];
         assert_eq!((same.model.name.as_str(), same.format.as_str()), ("mid", "q4_0"));
         let row = c.budget_row().unwrap();
-        assert!(row.contains("at most its 0.0M tokens: mid q4_0, 0.70 MB") && row.ends_with("| 143× | met |"), "{row}");
+        assert!(
+            row.contains("at most its 24000 tokens: mid q4_0, 0.70 MB, on 24000)") && row.ends_with("| 143× | met |"),
+            "{row}"
+        );
         let text = c.held_out_text_row().unwrap();
         assert!(text.contains("+10.0%") && text.contains("| met |"), "{text}");
         let md = markdown_for_test(&res);
@@ -1626,6 +1678,12 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("The pair's budgets differ: big trained on"), "{md}");
+        assert!(
+            md.contains("compares other models: big (27.00 M parameters, trained on 24000 tokens, 0.0 per parameter")
+                && md.contains("(3 models, 0.05 M to 1.10 M parameters, 24000 to 48000 tokens each)")
+                && md.contains("the Transformer answers 80.0% / 75.0% of the questions"),
+            "{md}"
+        );
         assert!(md.contains("| mid | 24000 | 0.0 | q4_0 | 0.70 MB | 67.5% / 62.5% | 83% | yes (the smallest at the baseline's budget) | 143× |"), "{md}");
         assert!(
             md.contains("the smallest within 20% is mid in q4_0 (0.70 MB, 24000 tokens): 143× fewer bytes"),
