@@ -182,8 +182,10 @@ pub struct Addition {
 }
 
 impl Results {
-    /// `new`'s models added to these results (a model of the same name is replaced), refused
-    /// when the machine or the settings differ: their figures would not compare.
+    /// `new`'s models added to these results (a model measured again from the same folder is
+    /// replaced; one of another folder joins, names made distinct by their steps where two
+    /// share one), refused when the machine or the settings differ: their figures would not
+    /// compare.
     pub fn add(mut self, new: Results) -> Result<Results> {
         let (a, b) = (&self.machine, &new.machine);
         if (a.cpu.as_str(), a.cores, a.os.as_str(), &a.energy_counter)
@@ -205,13 +207,18 @@ impl Results {
         if sa != sb {
             bail!("bench --add: the settings differ from those of the results (pass the same flags): {sa} vs {sb}");
         }
-        let names: Vec<String> = new.models.iter().map(|m| m.name.clone()).collect();
+        let folders: Vec<String> = new.models.iter().map(|m| m.folder.clone()).collect();
         for m in new.models {
-            match self.models.iter_mut().find(|x| x.name == m.name) {
+            match self.models.iter_mut().find(|x| x.folder == m.folder) {
                 Some(x) => *x = m,
                 None => self.models.push(m),
             }
         }
+        distinct_names(&mut self.models);
+        let names = folders
+            .iter()
+            .filter_map(|f| self.models.iter().find(|m| &m.folder == f).map(|m| m.name.clone()))
+            .collect();
         self.additions.push(Addition { models: names, code_version: b.code_version.clone(), date_unix: b.date_unix });
         Ok(self)
     }
@@ -531,12 +538,19 @@ fn world_of(corpus: &str) -> Option<(usize, u64)> {
 
 /// Models that would share a name (one preset trained on one corpus for different steps: a page
 /// pair and a longer GPU-trained one) get their steps in it: "baseline-demo [world, 2400 steps]".
+/// Idempotent: a name that has its steps already is taken without them first, so results
+/// merged by `bench --add` are named as if measured together.
 fn distinct_names(models: &mut [ModelResults]) {
-    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
-    for m in models.iter_mut() {
-        if let (true, Some(t)) = (names.iter().filter(|n| **n == m.name).count() > 1, &m.training) {
-            m.name = format!("{}, {} steps]", m.name.trim_end_matches(']'), t.steps);
-        }
+    let base = |m: &ModelResults| match &m.training {
+        Some(t) => m.name.strip_suffix(&format!(", {} steps]", t.steps)).map_or(m.name.clone(), |b| format!("{b}]")),
+        None => m.name.clone(),
+    };
+    let bases: Vec<String> = models.iter().map(base).collect();
+    for (m, b) in models.iter_mut().zip(&bases) {
+        m.name = match (bases.iter().filter(|n| *n == b).count() > 1, &m.training) {
+            (true, Some(t)) => format!("{}, {} steps]", b.trim_end_matches(']'), t.steps),
+            _ => b.clone(),
+        };
     }
 }
 
@@ -803,13 +817,40 @@ mod tests {
         new.models.truncate(2);
         new.models[0].bytes_f32 += 1; // a re-measured model of an existing name
         new.models[1].name = "a new model".into();
+        new.models[1].folder = "models/new".into();
         let merged = old.clone().add(new).unwrap();
         assert_eq!(merged.models.len(), n + 1);
         assert_eq!(merged.models[0].bytes_f32, old.models[0].bytes_f32 + 1);
         assert_eq!(merged.models[n].name, "a new model");
-        assert_eq!(merged.additions.len(), 1);
-        assert_eq!(merged.additions[0].code_version, "new");
+        let a = old.additions.len();
+        assert_eq!(merged.additions.len(), a + 1);
+        assert_eq!(merged.additions[a].code_version, "new");
         assert!(crate::report::markdown_for_test(&merged).contains("bench --add"));
+
+        // a model of an existing name from another folder (another run of the preset) joins the
+        // results, and the two get their steps in their names; the one already there stays
+        let i = old.models.iter().position(|m| m.training.as_ref().is_some_and(|t| t.steps != 7)).unwrap();
+        let mut other = old.clone();
+        other.models = vec![old.models[i].clone()];
+        other.models[0].folder = "models/another-run".into();
+        other.models[0].training.as_mut().unwrap().steps = 7;
+        other.models[0].name = base_name(&old.models[i]);
+        let merged = old.clone().add(other).unwrap();
+        assert_eq!(merged.models.len(), n + 1);
+        let steps = old.models[i].training.as_ref().unwrap().steps;
+        assert_eq!(
+            merged.models[i].name,
+            format!("{}, {steps} steps]", base_name(&old.models[i]).trim_end_matches(']'))
+        );
+        assert_eq!(merged.models[i].folder, old.models[i].folder);
+        assert_eq!(merged.models[n].name, format!("{}, 7 steps]", base_name(&old.models[i]).trim_end_matches(']')));
+        assert_eq!(merged.additions[a].models, [merged.models[n].name.clone()]);
+    }
+
+    /// A committed model's name without the steps `distinct_names` may have put in it.
+    fn base_name(m: &ModelResults) -> String {
+        let steps = m.training.as_ref().unwrap().steps;
+        m.name.strip_suffix(&format!(", {steps} steps]")).map_or(m.name.clone(), |b| format!("{b}]"))
     }
 
     #[test]
@@ -849,6 +890,9 @@ mod tests {
     fn models_of_one_name_get_their_steps_in_it() {
         let mut models = committed().models;
         models.truncate(3);
+        for m in models.iter_mut() {
+            m.name = base_name(m);
+        }
         let mut longer = models[0].clone();
         longer.training.as_mut().unwrap().steps = 2400;
         models.push(longer);
@@ -859,5 +903,12 @@ mod tests {
         assert_eq!(models[3].name, format!("{}, 2400 steps]", before[0].trim_end_matches(']')));
         assert_eq!(models[1].name, before[1]);
         assert_eq!(models[2].name, before[2]);
+        // idempotent: named again, the same names; one of the two gone, the other's steps go too
+        let named: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        distinct_names(&mut models);
+        assert_eq!(models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(), named);
+        let mut alone = models[..3].to_vec();
+        distinct_names(&mut alone);
+        assert_eq!(alone[0].name, before[0]);
     }
 }
