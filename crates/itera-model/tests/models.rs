@@ -188,11 +188,19 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
                     None => g_gpu.remove(v),
                 };
             }
-            // the GPU's own gradients (elementary matmuls: transposed weight gradients, read in
-            // place by the kernel) give the same norm with the device ops as without
-            let own = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?;
-            let transposed = gpu_vars.iter().filter(|(_, v)| own.get(v).is_some_and(|g| !g.is_contiguous())).count();
-            let (mut a, mut b) = (own, gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?);
+            // the GPU's own gradients, every matrix's laid out transposed (as candle's elementary
+            // matmul leaves a weight's gradient; the fused ops leave them contiguous), read in
+            // place by the kernel: the same norm with the device ops as without
+            let mut a = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?;
+            let mut transposed = 0;
+            for (_, v) in &gpu_vars {
+                let Some(g) = a.get(v).filter(|g| g.rank() == 2).cloned() else { continue };
+                let t = g.t()?.contiguous()?.t()?;
+                assert!(!t.is_contiguous() && max_diff(&t, &g)? == 0.0);
+                a.insert(v, t);
+                transposed += 1;
+            }
+            let mut b = gpu_model.loss(&x.to_device(&dev)?, &y.to_device(&dev)?)?.total.backward()?;
             let (n_fused, n_plain) = (
                 clip_grad_norm_with(&mut a, &gpu_varmap, 1e6, true)?,
                 clip_grad_norm_with(&mut b, &gpu_varmap, 1e6, false)?,
