@@ -96,11 +96,12 @@ for m in baseline itera-lite; do [ -f "models/gpu-demo/$m/manifest.json" ] && gp
 # The seed's size claim (docs/retrieval.md, "The seed's size claim"): the seed-preset baseline
 # trained with retrieval on a GPU (models/gpu-seed/baseline: the f16 copy that came back, widened
 # by `quantize --format f32`), and the reading Itera-Lites of other sizes, each where it exists:
-# the demo one with many places (GPU), the small one, 24,000 steps on the CPU, and the mid one at
-# the seed baseline's budget (2,400 steps of 32 × 256 + 128 reading examples, CPU or GPU). `bench`
-# asks each one's questions with its weights in q8_0 and q4_0 too (--qa-formats).
+# the demo one with many places (GPU), the small one, 24,000 steps on the CPU, and the sweep's
+# points at the seed baseline's budget (`scripts/gpu/sweep-run.sh` on a GPU: 2,400 steps of
+# 32 × 256 + 128 reading examples): the mid pair and the small Itera-Lite. `bench` asks each one's
+# questions with its weights in q8_0 and q4_0 too (--qa-formats).
 for d in models/gpu-seed/baseline models/gpu-demo-many/itera-lite models/cpu-small/itera-lite-many-24k \
-  models/mid/itera-lite; do
+  models/mid/baseline models/mid/itera-lite models/gpu-small/itera-lite; do
   [ -f "$d/manifest.json" ] && gpu+=("$d")
 done
 
