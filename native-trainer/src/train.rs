@@ -177,6 +177,32 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Mixed precision: `bf16` or `f16` runs the linear layers', the head's and the attention's matrix products
+    /// in that dtype, weights, gradients and AdamW staying f32 (`torch.autocast`'s recipe; pays on a GPU's tensor
+    /// cores, not on a CPU without faster bf16 products; the ops fused for the CPU stay f32); `f32`: none
+    #[arg(long, default_value = "f32")]
+    #[serde(default)]
+    pub autocast: Autocast,
+}
+
+/// `--autocast`: the dtype of the matrix products (`itera_model::ops::set_autocast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Autocast {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Autocast {
+    pub fn dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Autocast::F32 => None,
+            Autocast::Bf16 => Some(candle_core::DType::BF16),
+            Autocast::F16 => Some(candle_core::DType::F16),
+        }
+    }
 }
 
 fn one() -> usize {
@@ -762,6 +788,8 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     } else {
         None
     };
+    // Process-wide, before any model is built (data-parallel ranks share it).
+    itera_model::ops::set_autocast(args.autocast.dtype())?;
     if let Some(ck) = &previous {
         check_resumable(&ck.meta.args, &args)?;
         if ck.meta.step >= args.steps() && ck.meta.final_eval.is_some() {

@@ -8,6 +8,7 @@
 //!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
 //!     cargo bench -p itera-model --bench throughput -- --threads 1   # one thread count only
 //!     ITERA_BENCH_STEPS=20 cargo bench ...                           # timed steps (default 3)
+//!     ITERA_AUTOCAST=bf16 throughput-cuda --device cuda ...          # bf16 products (`ops::set_autocast`)
 //!     throughput-cuda --device cuda  # `scripts/build-cuda.sh --bench` builds it: the GPU's
 //!                                    # kernels against their alternatives
 //!
@@ -43,6 +44,12 @@ fn main() -> Result<()> {
         Some("cuda") => Device::new_cuda(0)?,
         Some(other) => candle_core::bail!("unknown --device `{other}` (expected `cpu` or `cuda`)"),
     };
+    match std::env::var("ITERA_AUTOCAST").as_deref() {
+        Err(_) | Ok("" | "f32") => {}
+        Ok("bf16") => itera_model::ops::set_autocast(Some(candle_core::DType::BF16))?,
+        Ok("f16") => itera_model::ops::set_autocast(Some(candle_core::DType::F16))?,
+        Ok(other) => candle_core::bail!("ITERA_AUTOCAST=`{other}` (expected f32, bf16 or f16)"),
+    }
     if !device.is_cpu() {
         return gpu(&device, only.as_deref(), exact.as_deref(), no_kernels);
     }

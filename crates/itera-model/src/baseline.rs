@@ -148,13 +148,13 @@ pub fn attention(
     let s = k.dim(2)?;
     let scale = 1.0 / (dh as f64).sqrt();
     let att = if device_ops {
-        crate::fused::causal_softmax(&q.matmul(&k.t()?)?, scale)? // (B, H, L, S)
+        crate::fused::causal_softmax(&crate::ops::matmul_t(&q, &k)?, scale)? // (B, H, L, S)
     } else {
-        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, H, L, S)
+        let scores = (crate::ops::matmul_t(&q, &k)? * scale)?; // (B, H, L, S)
         let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, s, q.device())?)? } else { scores };
         softmax_last(&scores)?
     };
-    let y = att.matmul(&v)?; // (B, H, L, Dh)
+    let y = crate::ops::matmul(&att, &v)?; // (B, H, L, Dh)
     if device_ops {
         crate::fused::merge_heads(&y) // (B, L, H·Dh)
     } else {

@@ -23,7 +23,7 @@
 use crate::baseline::SwiGlu;
 use crate::config::IteraLiteConfig;
 use crate::fused::experts::{moe_experts, ExpertPlan};
-use crate::ops::{project, softmax_last};
+use crate::ops::{project_f32, softmax_last};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -84,7 +84,8 @@ impl SparseMoe {
         let (t, _) = x.dims2()?;
         let e = self.experts.len();
         let k = self.top_k;
-        let probs = softmax_last(&project(x, &self.router, fused_ops)?)?.contiguous()?; // (T, E)
+        // f32 under any autocast (`ops::project_f32`)
+        let probs = softmax_last(&project_f32(x, &self.router, fused_ops)?)?.contiguous()?; // (T, E)
         crate::flops::add(5.0 * probs.elem_count() as f64);
         // routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
         let top = probs.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // (T, K) u32

@@ -6,7 +6,66 @@
 //! by finite differences (docs/candle.md), so it is safe on the training path.
 
 use crate::moe::MoeKernel;
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Mixed precision, as PyTorch's `torch.autocast`: the dtype the elementary path's matrix products
+/// run in — the linear layers ([`linear`], and [`project`], which then takes them over from the
+/// CPU's fused op), the head, and the attention's two products ([`matmul_t`], [`matmul`]) — their
+/// f32 operands cast to it and each product cast back to f32 (candle's `to_dtype` carries the
+/// gradient back the same way). Weights, activations, gradients and AdamW's moments stay f32:
+/// the master weights. The ops fused for the CPU (attention, experts, head + loss) stay f32.
+/// Process-wide, set once before training (`train --autocast bf16`); `None`, f32 throughout, by
+/// default. It pays where f32 products are slow beside bf16 ones (a GPU's tensor cores), not on a
+/// CPU without bf16 products at twice the f32 rate (docs/candle.md).
+static AUTOCAST: AtomicU8 = AtomicU8::new(0);
+
+/// Sets [`AUTOCAST`]: `None`, `Some(BF16)` or `Some(F16)`; another dtype is an error.
+pub fn set_autocast(dtype: Option<DType>) -> Result<()> {
+    let code = match dtype {
+        None => 0,
+        Some(DType::BF16) => 1,
+        Some(DType::F16) => 2,
+        Some(d) => candle_core::bail!("autocast to {d:?}: the products can run in bf16 or f16"),
+    };
+    AUTOCAST.store(code, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The dtype set by [`set_autocast`], if any.
+pub fn autocast() -> Option<DType> {
+    match AUTOCAST.load(Ordering::Relaxed) {
+        1 => Some(DType::BF16),
+        2 => Some(DType::F16),
+        _ => None,
+    }
+}
+
+/// The autocast dtype for a product of `a` and `b`: set, and both operands f32.
+fn cast_for(a: &Tensor, b: &Tensor) -> Option<DType> {
+    autocast().filter(|_| a.dtype() == DType::F32 && b.dtype() == DType::F32)
+}
+
+/// a · b (batched as `Tensor::matmul`), in the autocast dtype where one is set (f32 back).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match cast_for(a, b) {
+        Some(dt) => a.to_dtype(dt)?.matmul(&b.to_dtype(dt)?)?.to_dtype(DType::F32),
+        None => a.matmul(b),
+    }
+}
+
+/// a · bᵀ over the last two dims, b cast before it is transposed (the product reads the
+/// transposed view; no transposed copy), in the autocast dtype where one is set (f32 back).
+pub fn matmul_t(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_t_in(a, b, cast_for(a, b))
+}
+
+fn matmul_t_in(a: &Tensor, b: &Tensor, dtype: Option<DType>) -> Result<Tensor> {
+    match dtype {
+        Some(dt) => a.to_dtype(dt)?.matmul(&b.to_dtype(dt)?.t()?)?.to_dtype(DType::F32),
+        None => a.matmul(&b.t()?),
+    }
+}
 
 /// How the selective scan runs on the full-sequence (training) path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,6 +198,11 @@ pub fn causal_depthwise_conv(xp: &Tensor, w: &Tensor, bias: &Tensor) -> Result<T
 
 /// x (N, K) @ w (M, K)^T -> (N, M), for any leading dims on x: a bias-free linear layer.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_in(x, w, cast_for(x, w))
+}
+
+/// [`linear`] with its product in `dtype` (`None`: as its operands are).
+fn linear_in(x: &Tensor, w: &Tensor, dtype: Option<DType>) -> Result<Tensor> {
     let dims = x.dims();
     let k = *dims.last().unwrap_or(&0);
     let (m, kw) = w.dims2()?;
@@ -149,7 +213,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     crate::flops::add(2.0 * (rows * k * m) as f64);
     let mut out_dims = dims[..dims.len() - 1].to_vec();
     out_dims.push(m);
-    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
+    matmul_t_in(&x.reshape((rows, k))?, w, dtype)?.reshape(out_dims)
 }
 
 /// The rows of the embedding `w` (V, D) at `ids` (any shape, u32 or another integer type):
@@ -168,12 +232,24 @@ pub fn embed(w: &Tensor, ids: &Tensor, device_ops: bool) -> Result<Tensor> {
     rows.reshape(dims)
 }
 
-/// A linear layer by the fused op (`fused::linear`) or its elementary twin [`linear`].
+/// A linear layer by the fused op (`fused::linear`) or its elementary twin [`linear`] (which
+/// also runs it under [`autocast`]).
 pub fn project(x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused {
+    if fused && autocast().is_none() {
         crate::fused::linear(x, w)
     } else {
         linear(x, w)
+    }
+}
+
+/// [`project`] in f32 under any [`autocast`]: the MoE router's logits, whose top-k choice is
+/// discrete (the Switch Transformer's selective precision: a product rounded to bf16 moves
+/// tokens between experts).
+pub fn project_f32(x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        crate::fused::linear(x, w)
+    } else {
+        linear_in(x, w, None)
     }
 }
 
