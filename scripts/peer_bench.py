@@ -89,15 +89,17 @@ def config_key(name, preset, device):
     return f"{name} {preset} {device}"
 
 
-def ours(run, threads, ours_bin=None):
+def ours(run, threads, ours_bin=None, autocast="f32"):
     """Training tokens/s of one run of the project's throughput bench (1 warm-up, then
-    ITERA_BENCH_STEPS timed steps, default 3); with `ours_bin`, that binary on CUDA."""
+    ITERA_BENCH_STEPS timed steps, default 3); with `ours_bin`, that binary on CUDA; `autocast`:
+    the dtype of its matrix products (ITERA_AUTOCAST)."""
     if ours_bin:
         cmd = [ours_bin, "--device", "cuda", "--no-kernels", "--run", run]
     else:
         cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--",
                "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
-    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ, ITERA_AUTOCAST=autocast)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells and cells[0] == run:
@@ -130,8 +132,11 @@ def peer_model(cls, cfg):
     return model
 
 
-def peer_child(cls, cfg, threads, steps, device):
-    """One measurement in this process: `threads` threads (CPU), 1 warm-up step, then `steps` timed."""
+def peer_child(cls, cfg, threads, steps, device, autocast="f32"):
+    """One measurement in this process: `threads` threads (CPU), 1 warm-up step, then `steps` timed;
+    `autocast` bf16: the forward and loss under `torch.autocast` (f32 weights and optimizer)."""
+    import contextlib
+
     import torch
 
     if device == "cpu":
@@ -149,9 +154,15 @@ def peer_child(cls, cfg, threads, steps, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     gen = torch.Generator().manual_seed(1)
 
+    def mixed():
+        if autocast == "f32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype={"bf16": torch.bfloat16, "f16": torch.float16}[autocast])
+
     def step():
         ids = torch.randint(0, vocab, (batch, ctx), generator=gen).to(device)
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # transformers shifts the labels itself
+        with mixed():
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # transformers shifts the labels itself
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -203,9 +214,10 @@ def flops_per_token(cls, cfg, params, ctx):
     return f
 
 
-def theirs(cls, cfg, threads, steps, device):
+def theirs(cls, cfg, threads, steps, device, autocast="f32"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--no-venv", "--peer-child", cls, json.dumps(cfg), str(threads), str(steps), device]
+    cmd = [sys.executable, __file__, "--no-venv", "--peer-child", cls, json.dumps(cfg), str(threads), str(steps), device,
+           autocast]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -228,15 +240,18 @@ def main():
                    "ops (the throughput bench's `, elementary ops` rows: baseline demo and seed, itera-lite demo)")
     p.add_argument("--no-venv", action="store_true", help="use this Python (it must have torch and transformers)")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--peer-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--autocast", choices=["f32", "bf16", "f16"], default="f32",
+                   help="the dtype of both sides' matrix products: ours through `ops::set_autocast` (ITERA_AUTOCAST), "
+                   "PyTorch's forward under torch.autocast; weights and optimizer f32 on both")
+    p.add_argument("--peer-child", nargs=6, help=argparse.SUPPRESS)
     p.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peak_child:
         print(json.dumps(peak_child()))
         return
     if a.peer_child:
-        cls, cfg, threads, steps, device = a.peer_child
-        print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps), device)))
+        cls, cfg, threads, steps, device, autocast = a.peer_child
+        print(json.dumps(peer_child(cls, json.loads(cfg), int(threads), int(steps), device, autocast)))
         return
     presets = a.presets.split(",")
     pairs = a.pairs.split(",")
@@ -285,8 +300,8 @@ def main():
                     cfg = hf_config(flags, preset, SHAPES[a.device][0])
                 mine, peer = [], []
                 for _ in range(a.rounds):
-                    mine.append(ours(run, threads, a.ours_bin if a.device == "cuda" else None))
-                    peer.append(theirs(cls, cfg, threads, steps, a.device))
+                    mine.append(ours(run, threads, a.ours_bin if a.device == "cuda" else None, a.autocast))
+                    peer.append(theirs(cls, cfg, threads, steps, a.device, a.autocast))
                 m = statistics.median(r["tok_per_s"] for r in mine)
                 t = statistics.median(r["tok_per_s"] for r in peer)
                 row = {"ours": run, "peer": cls, "pair": name, "preset": preset, "cfg": cfg,
@@ -294,7 +309,7 @@ def main():
                        "params_ours": mine[0]["params"], "params_peer": peer[0]["params"],
                        "ours_tok_per_s": [r["tok_per_s"] for r in mine],
                        "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
-                       "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"],
+                       "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"], "autocast": a.autocast,
                        "transformers": peer[0]["transformers"]}
                 rows.append(row)
                 print(f"| {run} | {cls} | {threads or peer[0]['device']} | {mine[0]['params'] / 1e6:.2f}M / "

@@ -108,6 +108,8 @@ def main():
     p.add_argument("--ours-bin", default="throughput-cuda", help="the CUDA throughput bench (on PATH after gpu-env.sh)")
     p.add_argument("--configs", default=os.path.join(ROOT, ".bin", "peer-configs.json"))
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--autocast", choices=["f32", "bf16", "f16"], default="f32",
+                   help="the dtype of both sides' matrix products (as peer_bench.py --autocast)")
     p.add_argument("--out", help="folder for the CSV files and kernel-profile.json")
     p.add_argument("--summarise", nargs=2, metavar=("OURS_CSV", "PEER_CSV"), help="only print the tables of two CSV files")
     a = p.parse_args()
@@ -126,11 +128,11 @@ def main():
     os.makedirs(out, exist_ok=True)
     ncu = find_ncu()
     tag = f"{a.pair}-{a.preset}"
-    env = dict(os.environ, ITERA_BENCH_STEPS="1")
+    env = dict(os.environ, ITERA_BENCH_STEPS="1", ITERA_AUTOCAST=a.autocast)
     ours_csv, peer_csv = os.path.join(out, f"ncu-ours-{tag}.csv"), os.path.join(out, f"ncu-peer-{tag}.csv")
     profile(ncu, [a.ours_bin, "--device", "cuda", "--no-kernels", "--run", run], ours_csv, env)
     profile(ncu, [sys.executable, os.path.join(ROOT, "scripts", "peer_bench.py"), "--no-venv", "--peer-child", cls,
-                  json.dumps(configs[key]), "0", "1", "cuda"], peer_csv, env)
+                  json.dumps(configs[key]), "0", "1", "cuda", a.autocast], peer_csv, env)
     result = {"ours": run, "peer": cls, "steps_profiled": STEPS}
     for label, path in (("ours", ours_csv), ("peer", peer_csv)):
         result[label + "_profile"] = summary(read_kernels(path), top=a.top)
