@@ -177,9 +177,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     #[serde(default = "one")]
     pub world_size: usize,
-    /// Mixed precision: `bf16` or `f16` runs the linear layers', the head's and the attention's matrix products
-    /// in that dtype, weights, gradients and AdamW staying f32 (`torch.autocast`'s recipe; pays on a GPU's tensor
-    /// cores, not on a CPU without faster bf16 products; the ops fused for the CPU stay f32); `f32`: none
+    /// Mixed precision on a GPU (`--device cuda` only): `bf16` or `f16` runs the linear layers', the head's and the
+    /// attention's matrix products in that dtype, weights, gradients and AdamW staying f32 (`torch.autocast`'s
+    /// recipe; the MoE router and the evaluations, on a CPU copy, stay f32); `f32`: none
     #[arg(long, default_value = "f32")]
     #[serde(default)]
     pub autocast: Autocast,
@@ -196,6 +196,14 @@ pub enum Autocast {
 }
 
 impl Autocast {
+    pub fn name(self) -> &'static str {
+        match self {
+            Autocast::F32 => "f32",
+            Autocast::Bf16 => "bf16",
+            Autocast::F16 => "f16",
+        }
+    }
+
     pub fn dtype(self) -> Option<candle_core::DType> {
         match self {
             Autocast::F32 => None,
@@ -788,8 +796,16 @@ pub fn train(args: &TrainArgs, out: &Path, resume: bool) -> Result<CheckpointMet
     } else {
         None
     };
-    // Process-wide, before any model is built (data-parallel ranks share it).
-    itera_model::ops::set_autocast(args.autocast.dtype())?;
+    // Process-wide, before any model is built (data-parallel ranks share it); for the GPU's
+    // products only: the evaluations run on a CPU copy, in f32.
+    if args.autocast != Autocast::F32 && args.device == DeviceSpec::Cpu {
+        bail!(
+            "--autocast {}: mixed precision is for GPUs (`--device cuda`); on this CPU bf16 products run at half \
+             the f32 rate (docs/candle.md)",
+            args.autocast.name()
+        );
+    }
+    itera_model::ops::set_autocast(args.autocast.dtype(), false)?;
     if let Some(ck) = &previous {
         check_resumable(&ck.meta.args, &args)?;
         if ck.meta.step >= args.steps() && ck.meta.final_eval.is_some() {

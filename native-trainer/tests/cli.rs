@@ -433,6 +433,11 @@ fn bad_inputs_are_clear_errors_with_a_nonzero_exit_and_nothing_overwritten() {
     let o = run(&tiny_run_with("baseline", 2, &dir.join("gpu"), &[("--device", "gpu")]));
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unknown device `gpu`"), "{}", stderr(&o));
+    // Mixed precision on the CPU is refused by name (it is for GPUs), before any work.
+    let o = run(&tiny_run_with("baseline", 2, &dir.join("bf16"), &[("--autocast", "bf16")]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--autocast bf16: mixed precision is for GPUs"), "{}", stderr(&o));
+    assert!(!dir.join("bf16").join("checkpoint.safetensors").exists());
     if !cfg!(feature = "cuda") {
         let o = run(&tiny_run_with("baseline", 2, &dir.join("cuda"), &[("--device", "cuda:1")]));
         assert!(!o.status.success());

@@ -44,12 +44,18 @@ fn main() -> Result<()> {
         Some("cuda") => Device::new_cuda(0)?,
         Some(other) => candle_core::bail!("unknown --device `{other}` (expected `cpu` or `cuda`)"),
     };
-    match std::env::var("ITERA_AUTOCAST").as_deref() {
-        Err(_) | Ok("" | "f32") => {}
-        Ok("bf16") => itera_model::ops::set_autocast(Some(candle_core::DType::BF16))?,
-        Ok("f16") => itera_model::ops::set_autocast(Some(candle_core::DType::F16))?,
+    let autocast = match std::env::var("ITERA_AUTOCAST").as_deref() {
+        Err(_) | Ok("" | "f32") => None,
+        Ok("bf16") => Some(candle_core::DType::BF16),
+        Ok("f16") => Some(candle_core::DType::F16),
         Ok(other) => candle_core::bail!("ITERA_AUTOCAST=`{other}` (expected f32, bf16 or f16)"),
+    };
+    if autocast.is_some() && device.is_cpu() {
+        candle_core::bail!(
+            "ITERA_AUTOCAST: mixed precision is for GPUs (`--device cuda`); the CPU's products stay f32"
+        );
     }
+    itera_model::ops::set_autocast(autocast, false)?;
     if !device.is_cpu() {
         return gpu(&device, only.as_deref(), exact.as_deref(), no_kernels);
     }

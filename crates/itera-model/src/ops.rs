@@ -17,33 +17,40 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// the master weights. The ops fused for the CPU (attention, experts, head + loss) stay f32.
 /// Process-wide, set once before training (`train --autocast bf16`); `None`, f32 throughout, by
 /// default. It pays where f32 products are slow beside bf16 ones (a GPU's tensor cores), not on a
-/// CPU without bf16 products at twice the f32 rate (docs/candle.md).
+/// CPU without bf16 products at twice the f32 rate (docs/candle.md): products on the CPU stay f32
+/// (so do the trainer's evaluations, which run on a CPU copy) unless `on_cpu` (the tests).
 static AUTOCAST: AtomicU8 = AtomicU8::new(0);
+/// Bit of [`AUTOCAST`]: the CPU's products too.
+const ON_CPU: u8 = 4;
 
-/// Sets [`AUTOCAST`]: `None`, `Some(BF16)` or `Some(F16)`; another dtype is an error.
-pub fn set_autocast(dtype: Option<DType>) -> Result<()> {
+/// Sets [`AUTOCAST`]: `None`, `Some(BF16)` or `Some(F16)` (another dtype is an error), for
+/// products on accelerators, and with `on_cpu` on the CPU too.
+pub fn set_autocast(dtype: Option<DType>, on_cpu: bool) -> Result<()> {
     let code = match dtype {
         None => 0,
         Some(DType::BF16) => 1,
         Some(DType::F16) => 2,
         Some(d) => candle_core::bail!("autocast to {d:?}: the products can run in bf16 or f16"),
     };
-    AUTOCAST.store(code, Ordering::Relaxed);
+    AUTOCAST.store(if on_cpu && code != 0 { code | ON_CPU } else { code }, Ordering::Relaxed);
     Ok(())
 }
 
-/// The dtype set by [`set_autocast`], if any.
-pub fn autocast() -> Option<DType> {
-    match AUTOCAST.load(Ordering::Relaxed) {
-        1 => Some(DType::BF16),
-        2 => Some(DType::F16),
-        _ => None,
-    }
+/// The dtype set by [`set_autocast`], if any, and whether it holds on the CPU too.
+pub fn autocast() -> Option<(DType, bool)> {
+    let code = AUTOCAST.load(Ordering::Relaxed);
+    let dtype = match code & !ON_CPU {
+        1 => DType::BF16,
+        2 => DType::F16,
+        _ => return None,
+    };
+    Some((dtype, code & ON_CPU != 0))
 }
 
-/// The autocast dtype for a product of `a` and `b`: set, and both operands f32.
+/// The autocast dtype for a product of `a` and `b`: set for their device, and both operands f32.
 fn cast_for(a: &Tensor, b: &Tensor) -> Option<DType> {
-    autocast().filter(|_| a.dtype() == DType::F32 && b.dtype() == DType::F32)
+    let (dtype, on_cpu) = autocast()?;
+    (a.dtype() == DType::F32 && b.dtype() == DType::F32 && (on_cpu || !a.device().is_cpu())).then_some(dtype)
 }
 
 /// a · b (batched as `Tensor::matmul`), in the autocast dtype where one is set (f32 back).
@@ -235,7 +242,7 @@ pub fn embed(w: &Tensor, ids: &Tensor, device_ops: bool) -> Result<Tensor> {
 /// A linear layer by the fused op (`fused::linear`) or its elementary twin [`linear`] (which
 /// also runs it under [`autocast`]).
 pub fn project(x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused && autocast().is_none() {
+    if fused && cast_for(x, w).is_none() {
         crate::fused::linear(x, w)
     } else {
         linear(x, w)

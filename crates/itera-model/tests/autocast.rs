@@ -26,8 +26,18 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f32> {
 /// change: f32 is f32 again after.
 #[test]
 fn bf16_products_keep_the_loss_and_gradients_within_bf16_rounding() -> Result<()> {
-    assert!(set_autocast(Some(DType::F32)).unwrap_err().to_string().contains("bf16 or f16"));
+    assert!(set_autocast(Some(DType::F32), true).unwrap_err().to_string().contains("bf16 or f16"));
     assert_eq!(autocast(), None);
+    // for accelerators only (the trainer's setting), the CPU's products stay f32
+    let cfg = Config::preset(ModelKind::Baseline, Preset::Tiny, VOCAB);
+    let (_, model) = Model::init(&cfg, SEED, &Device::Cpu)?;
+    let toks = tokens(&mut Rng::new(SEED), 2, 17, VOCAB);
+    let (x, y) = (toks.narrow(1, 0, 16)?, toks.narrow(1, 1, 16)?);
+    let f32_loss = model.loss(&x, &y)?.total.to_scalar::<f32>()?;
+    set_autocast(Some(DType::BF16), false)?;
+    assert_eq!(autocast(), Some((DType::BF16, false)));
+    assert_eq!(model.loss(&x, &y)?.total.to_scalar::<f32>()?, f32_loss);
+    set_autocast(None, false)?;
     let mut rng = Rng::new(SEED + 31);
     let mamba = match Config::preset(ModelKind::IteraLite, Preset::Tiny, VOCAB) {
         Config::IteraLite(c) => Config::IteraLite(itera_model::IteraLiteConfig { num_experts: 0, ..c }),
@@ -49,13 +59,13 @@ fn bf16_products_keep_the_loss_and_gradients_within_bf16_rounding() -> Result<()
             let (x, y) = (toks.narrow(1, 0, 32)?, toks.narrow(1, 1, 32)?);
             let vars = varmap_tensors(&varmap)?;
 
-            set_autocast(None)?;
+            set_autocast(None, false)?;
             let loss = model.loss(&x, &y)?.total;
             let grads = loss.backward()?;
-            set_autocast(Some(DType::BF16))?;
+            set_autocast(Some(DType::BF16), true)?;
             let loss16 = model.loss(&x, &y)?.total;
             let grads16 = loss16.backward()?;
-            set_autocast(None)?;
+            set_autocast(None, false)?;
 
             let (l, l16) = (loss.to_scalar::<f32>()?, loss16.to_scalar::<f32>()?);
             println!("{kind} ({path}): loss {l} in f32, {l16} with bf16 products");
@@ -90,14 +100,14 @@ fn bf16_products_keep_the_loss_and_gradients_within_bf16_rounding() -> Result<()
         let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
         let toks = tokens(&mut rng, 4, 33, VOCAB);
         let (x, y) = (toks.narrow(1, 0, 32)?, toks.narrow(1, 1, 32)?);
-        set_autocast(Some(DType::BF16))?;
+        set_autocast(Some(DType::BF16), true)?;
         let first = model.loss(&x, &y)?.total.to_scalar::<f32>()?;
         for _ in 0..20 {
             let g = model.loss(&x, &y)?.total.backward()?;
             opt.step(&g, 3e-3)?;
         }
         let last = model.loss(&x, &y)?.total.to_scalar::<f32>()?;
-        set_autocast(None)?;
+        set_autocast(None, false)?;
         println!("{kind}: 20 AdamW steps with bf16 products, loss {first} -> {last}");
         assert!(last < 0.9 * first, "{kind}: loss {first} -> {last}");
     }
