@@ -8,8 +8,9 @@
 #
 #     source scripts/gpu-env.sh; bash scripts/gpu-run.sh itera-lite 2400 540 [extra train flags]
 #
-# TRAINER (default native-trainer-cuda on PATH), DEVICE (default cuda), PRESET (default demo) and
-# QUESTIONS (default 200, per kind) change what it runs; RUN (default gpu-MODEL) names the run
+# TRAINER (default native-trainer-cuda on PATH), DEVICE (default cuda), PRESET (default demo),
+# BATCH and READING_BATCH (default 32 and 128: text rows of 256 tokens and reading examples per
+# step) and QUESTIONS (default 200, per kind) change what it runs; RUN (default gpu-MODEL) names the run
 # folder under runs/, so that several runs of one model can go side by side (each with its own
 # OUT); UPDATE=1 also evaluates the export on another world's index (seed 1, a knowledge update
 # without retraining); PACK=0 leaves an unfinished run in place without packing it (a machine kept warm between
@@ -43,7 +44,7 @@ resume=()
 log "training $model (${PRESET:-demo}) to $steps steps on ${DEVICE:-cuda}, at most $seconds s ${resume[*]}"
 set +e
 timeout --signal=KILL "$seconds" "$trainer" train --model "$model" --preset "${PRESET:-demo}" --device "${DEVICE:-cuda}" \
-  --world-unseen 0.1 --retrieval "$index" --batch-size 32 --reading-batch 128 --steps "$steps" \
+  --world-unseen 0.1 --retrieval "$index" --batch-size "${BATCH:-32}" --reading-batch "${READING_BATCH:-128}" --steps "$steps" \
   --eval-interval 400 --checkpoint-interval 100 --qa-questions 0 "${resume[@]}" "$@" --out "$run" > "$out/train.txt" 2>&1
 rc=$?
 set -e

@@ -7,7 +7,9 @@
 # 480). The fused CUDA ops' tests run first (20 s), and a failure stops the command before
 # anything trains with them. A finished run comes back exported (f32, without its index:
 # `native-trainer index` rebuilds it bit for bit) and is evaluated here; an unfinished one comes
-# back packed, to be carried into the next command's `runs/`.
+# back packed, to be carried into the next command's `runs/`. BATCH, READING_BATCH and STEPS
+# spread one budget over more, smaller steps (e.g. BATCH=4 READING_BATCH=32 STEPS=12000: about
+# the same 55M tokens, the recipe that taught the small Itera-Lite to read on the CPU).
 #
 #     MODEL=itera-lite PRESET=mid bash scripts/gpu/sweep-run.sh
 set -uo pipefail
