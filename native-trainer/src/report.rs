@@ -364,13 +364,17 @@ fn markdown(r: &Results) -> String {
             if let Some(row) = c.held_out_text_row(c.best) {
                 let _ = writeln!(s, "{row}");
             }
-            if let Some(row) = r.webgpu.as_ref().and_then(|w| c.energy_row(w)) {
+            if let Some(row) = r.webgpu.as_ref().and_then(|w| c.energy_row(w, c.best)) {
                 let _ = writeln!(s, "{row}");
             }
             if let Some(row) = c.budget_row() {
                 let _ = writeln!(s, "{row}");
             }
-            if let Some(row) = c.held_out_text_row(c.at_budget.filter(|_| c.at_budget != c.best)) {
+            let at_budget = c.at_budget.filter(|_| c.at_budget != c.best);
+            if let Some(row) = c.held_out_text_row(at_budget) {
+                let _ = writeln!(s, "{row}");
+            }
+            if let Some(row) = r.webgpu.as_ref().and_then(|w| c.energy_row(w, at_budget)) {
                 let _ = writeln!(s, "{row}");
             }
         }
@@ -729,11 +733,14 @@ impl SizeClaim<'_> {
         ))
     }
 
-    /// The same pair's GPU energy per decoded token (NVML), from the WebGPU run's rows of the two
-    /// models' presets (their dimensions, f32 weights, decoding on the GPU): gross at the longest
-    /// context where both were measured, and above idle beside it.
-    fn energy_row(&self, w: &crate::bench::WebGpuRun) -> Option<String> {
-        let p = &self.points[self.best?];
+    /// A pair of the claim's (point `k` against the baseline: `best`'s, or `at_budget`'s) GPU
+    /// energy per decoded token (NVML), from the WebGPU run's rows of the two models' presets
+    /// (their dimensions, f32 weights, decoding on the GPU): gross at the longest context where
+    /// both were measured, and above idle beside it.
+    fn energy_row(&self, w: &crate::bench::WebGpuRun, k: Option<usize>) -> Option<String> {
+        let k = k?;
+        let p = &self.points[k];
+        let pair = if Some(k) == self.best { "the same pair" } else { "the pair at the baseline's budget" };
         let preset = |m: &ModelResults| m.training.as_ref().map(|t| t.preset.clone());
         let (pb, pi) = (preset(self.base.model)?, preset(p.model)?);
         let row = |model: &str, preset: &str, c: usize| {
@@ -758,7 +765,7 @@ impl SizeClaim<'_> {
             _ => String::new(),
         };
         Some(format!(
-            "| less energy per token, measured on a GPU, the same pair (NVML, {}, WebGPU section: the {pb} preset's \
+            "| less energy per token, measured on a GPU, {pair} (NVML, {}, WebGPU section: the {pb} preset's \
              baseline vs the {pi} preset's Itera-Lite at {c} context, f32, gross{above}) | 50-200× | {gross:.2}× | {} |",
             w.adapter,
             if gross >= 50.0 { "met" } else { "not met" }
@@ -1731,9 +1738,32 @@ mod tests {
             ]
         }))
         .unwrap();
-        let row = size_claims(&res)[0].energy_row(&run).unwrap();
+        let c = &size_claims(&res)[0];
+        let row = c.energy_row(&run, c.best).unwrap();
+        assert!(row.contains("the same pair (NVML, GPU X"), "{row}");
         assert!(row.contains("the seed preset's baseline vs the small preset's Itera-Lite at 1024 context"), "{row}");
         assert!(row.contains("under a tenth of its gross) | 50-200× | 13.60× | not met |"), "{row}");
+        // the pair at the baseline's budget gets its own row where its preset was measured (the
+        // small one here trained on twice the tokens; mid, within 20%, on the baseline's)
+        let mut small2 = reader("itera-lite", "small", 300_000, (1_000_000, 150, 140), &[("q8_0", 300_000, 150, 140)]);
+        small2.training.as_mut().unwrap().preset = "small".into();
+        small2.training.as_mut().unwrap().tokens = 48_000;
+        let mut mid = reader("itera-lite", "mid", 1_100_000, (4_400_000, 140, 130), &[]);
+        mid.training.as_mut().unwrap().preset = "mid".into();
+        let mut big2 = reader("baseline", "big", 27_000_000, (100_000_000, 160, 150), &[]);
+        big2.training.as_mut().unwrap().preset = "seed".into();
+        let res = r(vec![big2, small2, mid]);
+        let c = &size_claims(&res)[0];
+        assert!(c.energy_row(&run, c.at_budget).is_none(), "no WebGPU row of the mid preset yet");
+        let mut run_mid = run.clone();
+        run_mid.rows.push(serde_json::from_value(w("itera-lite", "mid", 1024, Some(0.05), Some(0.01))).unwrap());
+        let row = c.energy_row(&run_mid, c.at_budget).unwrap();
+        assert!(
+            row.contains("the pair at the baseline's budget (NVML, GPU X, WebGPU section: the seed preset's baseline vs \
+                 the mid preset's Itera-Lite at 1024 context, f32, gross, 5.0× above idle) | 50-200× | 6.80× | not met |"),
+            "{row}"
+        );
+        assert!(markdown_for_test(&Results { webgpu: Some(run_mid), ..res }).contains(&row));
 
         // nothing within 20%: said so, not met
         let res = r(vec![

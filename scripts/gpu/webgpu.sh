@@ -7,4 +7,4 @@ for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json WGPU_BACKEND=vulkan
 xz -dc .bin/webgpu-speed.xz > /tmp/speed && chmod +x /tmp/speed
-RAYON_NUM_THREADS=1 /tmp/speed --presets "${PRESETS:-demo,small,seed}" --json "$out/webgpu-speed.json"
+RAYON_NUM_THREADS=1 /tmp/speed --presets "${PRESETS:-demo,small,mid,seed}" --json "$out/webgpu-speed.json"
