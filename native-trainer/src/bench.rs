@@ -541,16 +541,20 @@ fn world_of(corpus: &str) -> Option<(usize, u64)> {
 /// Idempotent: a name that has its steps already is taken without them first, so results
 /// merged by `bench --add` are named as if measured together.
 fn distinct_names(models: &mut [ModelResults]) {
-    let base = |m: &ModelResults| match &m.training {
-        Some(t) => m.name.strip_suffix(&format!(", {} steps]", t.steps)).map_or(m.name.clone(), |b| format!("{b}]")),
-        None => m.name.clone(),
-    };
-    let bases: Vec<String> = models.iter().map(base).collect();
+    let bases: Vec<String> = models.iter().map(base_name).collect();
     for (m, b) in models.iter_mut().zip(&bases) {
         m.name = match (bases.iter().filter(|n| *n == b).count() > 1, &m.training) {
             (true, Some(t)) => format!("{}, {} steps]", b.trim_end_matches(']'), t.steps),
             _ => b.clone(),
         };
+    }
+}
+
+/// A model's name without the steps [`distinct_names`] may have put in it.
+fn base_name(m: &ModelResults) -> String {
+    match &m.training {
+        Some(t) => m.name.strip_suffix(&format!(", {} steps]", t.steps)).map_or(m.name.clone(), |b| format!("{b}]")),
+        None => m.name.clone(),
     }
 }
 
@@ -845,12 +849,6 @@ mod tests {
         assert_eq!(merged.models[i].folder, old.models[i].folder);
         assert_eq!(merged.models[n].name, format!("{}, 7 steps]", base_name(&old.models[i]).trim_end_matches(']')));
         assert_eq!(merged.additions[a].models, [merged.models[n].name.clone()]);
-    }
-
-    /// A committed model's name without the steps `distinct_names` may have put in it.
-    fn base_name(m: &ModelResults) -> String {
-        let steps = m.training.as_ref().unwrap().steps;
-        m.name.strip_suffix(&format!(", {steps} steps]")).map_or(m.name.clone(), |b| format!("{b}]"))
     }
 
     #[test]

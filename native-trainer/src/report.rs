@@ -702,7 +702,6 @@ impl SizeClaim<'_> {
         let b = self.base.model;
         let models: Vec<&ModelResults> = {
             let mut v: Vec<&ModelResults> = self.points.iter().map(|p| p.model).collect();
-            v.dedup_by_key(|m| m.name.as_str());
             v.sort_by_key(|m| (m.params.total, m.name.as_str()));
             v.dedup_by_key(|m| m.name.as_str());
             v
