@@ -604,7 +604,7 @@ struct SizeClaim<'a> {
 
 /// Training tokens of a model (0 where its manifest has no training record).
 fn trained_tokens(m: &ModelResults) -> u64 {
-    m.training.as_ref().map_or(0, |t| t.tokens as u64)
+    m.training.as_ref().map_or(0, |t| t.tokens)
 }
 
 /// A token count as the size claim writes it: millions with a decimal, or the count under a million.
@@ -795,7 +795,7 @@ impl SizeClaim<'_> {
 
 fn size_claim_section(s: &mut String, r: &Results) {
     // Token budgets differ between these runs (GPU and CPU, several presets): each row says its own.
-    let tokens = |m: &ModelResults| m.training.as_ref().map_or("–".to_string(), |t| tokens_text(t.tokens as u64));
+    let tokens = |m: &ModelResults| m.training.as_ref().map_or("–".to_string(), |t| tokens_text(t.tokens));
     // Training tokens per parameter (Chinchilla's compute-optimal ratio is about 20).
     let per_param = |m: &ModelResults| {
         m.training.as_ref().map_or("–".to_string(), |t| match t.tokens as f64 / m.params.total.max(1) as f64 {

@@ -527,7 +527,7 @@ fn retrieval_index_train_eval_generate_and_export_work_together_and_mismatches_a
     }
     let r = manifest.retrieval.as_ref().expect("manifest.retrieval");
     assert_eq!((r.dir.as_str(), r.documents, r.k), ("index", 300, 1));
-    let exported_index = itera_retrieval::Index::load(&exported.join("index")).unwrap();
+    let exported_index = itera_retrieval::Index::load(exported.join("index")).unwrap();
     assert_eq!(exported_index, itera_retrieval::Index::load(&index).unwrap());
     let ev = manifest.eval.as_ref().unwrap().retrieval.as_ref().expect("final eval with retrieval");
     assert_eq!(ev.heldout.total, 4);
@@ -630,7 +630,7 @@ fn crc32c_bitwise(data: &[u8]) -> u32 {
 
 fn masked(data: &[u8]) -> u32 {
     let c = crc32c_bitwise(data);
-    ((c >> 15) | (c << 17)).wrapping_add(0xA282_EAD8)
+    c.rotate_right(15).wrapping_add(0xA282_EAD8)
 }
 
 /// A protobuf field: (number, varint / fixed64 / bytes / fixed32 value).
@@ -681,7 +681,7 @@ fn fields(b: &[u8]) -> Vec<(u64, Field)> {
     out
 }
 
-fn get<'a>(fs: &'a [(u64, Field)], n: u64) -> Vec<&'a Field> {
+fn get(fs: &[(u64, Field)], n: u64) -> Vec<&Field> {
     fs.iter().filter(|(k, _)| *k == n).map(|(_, f)| f).collect()
 }
 
