@@ -60,7 +60,8 @@ node tests/e2e/page.mjs target/e2e-dist
 
 step "the shipped pairs (pretrained/pairs.json): their index rebuilds bit for bit; in the page every pair answers the demo questions"
 target/debug/native-trainer index --out target/pretrained-index --queries 0
-for d in pretrained/demo/baseline pretrained/demo/itera-lite pretrained/small/baseline pretrained/small/itera-lite pretrained/seed/baseline; do
+# pretrained/index is the one copy; each model's index/ is a link to it (pretrained/README.md).
+for d in pretrained pretrained/demo/baseline pretrained/demo/itera-lite pretrained/small/baseline pretrained/small/itera-lite pretrained/seed/baseline; do
   for f in index.json vectors.bin scales.bin idf.bin documents.jsonl; do
     cmp "target/pretrained-index/$f" "$d/index/$f"
   done
