@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # There (a GPU machine; `run` with carry [".bin/models-tests.xz", ".bin/throughput-cuda.xz",
-# ".bin/peer-configs.json"]: the whole .bin is over the limit beside the tracked tree): the fused
+# ".bin/peer-configs.json"]; more of .bin may travel too: it fits beside the 29 MB tree): the fused
 # CUDA ops (`Kernels::device_ops`, on by default there) tested against their CPU kernels, then the
 # throughput rows timed with them and with candle's elementary ops instead, ROUNDS times
 # alternating (default 2); with PEER=1 also the peer bench (PyTorch eager on the same GPU, with the
