@@ -102,7 +102,19 @@ pub struct WebGpuRun {
     /// Idle draw of the GPU measured through NVML at the start; None without NVML
     #[serde(default)]
     pub gpu_idle_power_w: Option<f64>,
+    /// Whether every preset and model asked for was measured: `speed --json` writes its file
+    /// after each model, false until the last (a run stopped by a GPU machine's command limit
+    /// keeps what it finished); files from before that field were written whole at the end
+    #[serde(default = "whole")]
+    pub complete: bool,
+    /// The presets the run was asked for (absent in older files)
+    #[serde(default)]
+    pub presets: Vec<String>,
     pub rows: Vec<WebGpuRow>,
+}
+
+fn whole() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -922,6 +922,23 @@ fn gpu_energy_ratio(w: &crate::bench::WebGpuRun) -> Option<(String, usize, f64)>
         .map(|(_, context, preset, e)| (preset.to_string(), context, e))
 }
 
+/// What a WebGPU run that was stopped before its end (`complete` false) measured, and what not.
+fn cut_short(w: &crate::bench::WebGpuRun) -> String {
+    let mut measured: Vec<String> = Vec::new();
+    for x in &w.rows {
+        let m = format!("{} {}", x.model, x.preset);
+        if !measured.contains(&m) {
+            measured.push(m);
+        }
+    }
+    let asked = if w.presets.is_empty() { String::new() } else { format!(" (asked for: {})", w.presets.join(", ")) };
+    format!(
+        "**This run was stopped before its end**{asked}: the rows are the models it finished ({}), every other \
+         model of those presets is missing.",
+        measured.join(", ")
+    )
+}
+
 fn webgpu_section(s: &mut String, w: &crate::bench::WebGpuRun) {
     let _ = writeln!(s, "\n## WebGPU on a GPU: {}\n", w.adapter);
     let idle = w
@@ -939,6 +956,9 @@ fn webgpu_section(s: &mut String, w: &crate::bench::WebGpuRun) {
         w.decode_steps,
         if w.software_adapter { " **A software adapter: these figures say nothing about GPU speed.**" } else { "" }
     );
+    if !w.complete {
+        let _ = writeln!(s, "{}\n", cut_short(w));
+    }
     let _ = writeln!(s, "| model | preset | context | GPU prefill tok/s | CPU prefill tok/s | GPU / CPU | GPU decode ms p50 / p95 | CPU decode ms p50 / p95 | GPU mJ / decoded token, gross / above idle |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for x in &w.rows {
@@ -1814,6 +1834,21 @@ mod tests {
         let (preset, context, e) = gpu_energy_ratio(r.webgpu.as_ref().unwrap()).unwrap();
         assert_eq!((preset.as_str(), context), ("seed", 64));
         assert!((e - 275.0 / 150.0).abs() < 1e-9, "{e}");
+        assert!(!md.contains("stopped before its end"), "a file without `complete` was written whole: {md}");
+        // a run stopped by a command limit (`complete` false): named, with what it finished
+        let mut cut = run.clone();
+        cut["complete"] = false.into();
+        cut["presets"] = serde_json::json!(["small", "seed"]);
+        std::fs::write(&path, cut.to_string()).unwrap();
+        r.webgpu = Some(crate::bench::WebGpuRun::read(&path).unwrap());
+        let md = markdown_for_test(&r);
+        assert!(
+            md.contains(
+                "**This run was stopped before its end** (asked for: small, seed): the rows are the models it \
+                 finished (baseline seed, itera-lite seed, itera-lite small)"
+            ),
+            "{md}"
+        );
         // not the benchmark's JSON: a clear error naming the file
         std::fs::write(&path, "{\"rows\": 3}").unwrap();
         let e = format!("{:#}", crate::bench::WebGpuRun::read(&path).unwrap_err());

@@ -32,6 +32,11 @@
 //! onwards: it grows by the window's tokens, and the baseline's cost with it). Without NVML (no
 //! NVIDIA driver, a software adapter) the figures are absent, and `--energy-ms 0` turns them off.
 //! The counter refreshes every few to tens of ms: hence the long window.
+//!
+//! `--json OUT` writes every figure to OUT after each model (atomically: a temporary file
+//! renamed), with `"complete": false` until the last model is measured, so a run stopped by a
+//! GPU machine's command limit keeps the models it finished; `bench --webgpu` names a run cut
+//! short as such.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -376,23 +381,48 @@ fn main() -> Result<()> {
                     "energy_not_measured": window.as_ref().and_then(|w| w.as_ref().err()),
                 }));
             }
+            // What is measured so far, so that a run cut short (a GPU machine's command limit)
+            // keeps its finished models: `complete` false until the last.
+            if let Some(path) = &a.json {
+                write_json(path, &a, &gpu, meter.as_ref(), energy_unavailable.as_deref(), &rows, false)?;
+            }
         }
     }
-    if let Some(path) = a.json {
-        let out = serde_json::json!({
-            "adapter": gpu.adapter_name(), "software_adapter": gpu.is_software(),
-            "cpu_prefill_threads": candle_core::utils::get_num_threads(),
-            "decode_steps": a.steps, "warmup_ms": a.warmup_ms,
-            "nvml_gpu": meter.as_ref().and_then(|m| m.nvml.name().ok()),
-            "nvml_device": meter.as_ref().map(|m| m.index),
-            "gpu_idle_power_w": meter.as_ref().map(|m| m.idle_w),
-            "gpu_idle_power_method": meter.as_ref().map(|_| format!(
-                "NVML energy counter delta over {} ms with nothing running, at the start of the run", a.energy_ms)),
-            "energy_ms": a.energy_ms, "energy_max_tokens": a.energy_tokens,
-            "energy_unavailable": energy_unavailable, "rows": rows,
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {path}"))?;
+    if let Some(path) = &a.json {
+        write_json(path, &a, &gpu, meter.as_ref(), energy_unavailable.as_deref(), &rows, true)?;
         eprintln!("wrote {path}");
     }
+    Ok(())
+}
+
+/// Writes the run's JSON (`--json`) atomically (a temporary file, then renamed over `path`), so a
+/// run stopped mid-write leaves the previous whole file. `complete` says whether every preset
+/// and model asked for was measured (false in the files written along the way).
+fn write_json(
+    path: &str,
+    a: &Args,
+    gpu: &Gpu,
+    meter: Option<&Meter>,
+    energy_unavailable: Option<&str>,
+    rows: &[serde_json::Value],
+    complete: bool,
+) -> Result<()> {
+    let out = serde_json::json!({
+        "adapter": gpu.adapter_name(), "software_adapter": gpu.is_software(),
+        "cpu_prefill_threads": candle_core::utils::get_num_threads(),
+        "decode_steps": a.steps, "warmup_ms": a.warmup_ms,
+        "nvml_gpu": meter.and_then(|m| m.nvml.name().ok()),
+        "nvml_device": meter.map(|m| m.index),
+        "gpu_idle_power_w": meter.map(|m| m.idle_w),
+        "gpu_idle_power_method": meter.map(|_| format!(
+            "NVML energy counter delta over {} ms with nothing running, at the start of the run", a.energy_ms)),
+        "energy_ms": a.energy_ms, "energy_max_tokens": a.energy_tokens,
+        "energy_unavailable": energy_unavailable,
+        "presets": a.presets.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "complete": complete, "rows": rows,
+    });
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {tmp}"))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))?;
     Ok(())
 }
