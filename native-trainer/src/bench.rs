@@ -198,7 +198,7 @@ impl Results {
     /// replaced; one of another folder joins, names made distinct by their steps where two
     /// share one), refused when the machine or the settings differ: their figures would not
     /// compare.
-    pub fn add(mut self, new: Results) -> Result<Results> {
+    pub fn merge(mut self, new: Results) -> Result<Results> {
         let (a, b) = (&self.machine, &new.machine);
         if (a.cpu.as_str(), a.cores, a.os.as_str(), &a.energy_counter)
             != (b.cpu.as_str(), b.cores, b.os.as_str(), &b.energy_counter)
@@ -834,7 +834,7 @@ mod tests {
         new.models[0].bytes_f32 += 1; // a re-measured model of an existing name
         new.models[1].name = "a new model".into();
         new.models[1].folder = "models/new".into();
-        let merged = old.clone().add(new).unwrap();
+        let merged = old.clone().merge(new).unwrap();
         assert_eq!(merged.models.len(), n + 1);
         assert_eq!(merged.models[0].bytes_f32, old.models[0].bytes_f32 + 1);
         assert_eq!(merged.models[n].name, "a new model");
@@ -851,7 +851,7 @@ mod tests {
         other.models[0].folder = "models/another-run".into();
         other.models[0].training.as_mut().unwrap().steps = 7;
         other.models[0].name = base_name(&old.models[i]);
-        let merged = old.clone().add(other).unwrap();
+        let merged = old.clone().merge(other).unwrap();
         assert_eq!(merged.models.len(), n + 1);
         let steps = old.models[i].training.as_ref().unwrap().steps;
         assert_eq!(
@@ -868,15 +868,15 @@ mod tests {
         let old = committed();
         let mut other_cpu = old.clone();
         other_cpu.machine.cpu = "another CPU".into();
-        assert!(old.clone().add(other_cpu).unwrap_err().to_string().contains("another CPU"));
+        assert!(old.clone().merge(other_cpu).unwrap_err().to_string().contains("another CPU"));
         let mut other_settings = old.clone();
         other_settings.settings.steps += 1;
-        assert!(old.clone().add(other_settings).unwrap_err().to_string().contains("settings differ"));
+        assert!(old.clone().merge(other_settings).unwrap_err().to_string().contains("settings differ"));
         // results timed through candle's forward_with_state and through the batch-1 decoder do
         // not mix, whichever of the two the committed ones are
         let mut decoder = old.clone();
         decoder.settings.batch1_decoder = !old.settings.batch1_decoder;
-        assert!(old.add(decoder).unwrap_err().to_string().contains("forward_with_state"));
+        assert!(old.merge(decoder).unwrap_err().to_string().contains("forward_with_state"));
     }
 
     #[test]

@@ -332,7 +332,7 @@ fn run(cli: Cli) -> Result<()> {
                 files::read_json(&a.out.join("results.json"))?
             } else if a.add {
                 let old: native_trainer::bench::Results = files::read_json(&a.out.join("results.json"))?;
-                old.add(native_trainer::bench::run(&a)?)?
+                old.merge(native_trainer::bench::run(&a)?)?
             } else {
                 native_trainer::bench::run(&a)?
             };
