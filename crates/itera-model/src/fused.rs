@@ -12,6 +12,7 @@
 //! the weight gradients added in a fixed order (deterministic at any thread count).
 
 pub mod attention;
+pub mod cast;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -25,6 +26,7 @@ pub mod swiglu;
 mod vmath;
 
 pub use attention::causal_attention;
+pub use cast::cast;
 pub use cross_entropy::{cross_entropy_rows, linear_cross_entropy};
 pub use embedding::embedding;
 pub use linear::linear;

@@ -5,6 +5,7 @@
 //! is wrong for batch > 1. Everything here is built from elementary ops whose backward was checked
 //! by finite differences (docs/candle.md), so it is safe on the training path.
 
+use crate::fused::cast;
 use crate::moe::MoeKernel;
 use candle_core::{DType, Result, Tensor, D};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,9 +13,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Mixed precision, as PyTorch's `torch.autocast`: the dtype the elementary path's matrix products
 /// run in — the linear layers ([`linear`], and [`project`], which then takes them over from the
 /// CPU's fused op), the head, and the attention's two products ([`matmul_t`], [`matmul`]) — their
-/// f32 operands cast to it and each product cast back to f32 (candle's `to_dtype` carries the
-/// gradient back the same way). Weights, activations, gradients and AdamW's moments stay f32:
-/// the master weights. The ops fused for the CPU (attention, experts, head + loss) stay f32.
+/// f32 operands cast to it and each product cast back to f32 (`fused::cast`, which carries the
+/// gradient back the same way; candle's `to_dtype` is its twin). Weights, activations, gradients
+/// and AdamW's moments stay f32: the master weights. The ops fused for the CPU (attention, experts, head + loss) stay f32.
 /// Process-wide, set once before training (`train --autocast bf16`); `None`, f32 throughout, by
 /// default. It pays where f32 products are slow beside bf16 ones (a GPU's tensor cores), not on a
 /// CPU without bf16 products at twice the f32 rate (docs/candle.md): products on the CPU stay f32
@@ -56,7 +57,7 @@ fn cast_for(a: &Tensor, b: &Tensor) -> Option<DType> {
 /// a · b (batched as `Tensor::matmul`), in the autocast dtype where one is set (f32 back).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match cast_for(a, b) {
-        Some(dt) => a.to_dtype(dt)?.matmul(&b.to_dtype(dt)?)?.to_dtype(DType::F32),
+        Some(dt) => cast(&cast(a, dt)?.matmul(&cast(b, dt)?)?, DType::F32),
         None => a.matmul(b),
     }
 }
@@ -69,7 +70,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn matmul_t_in(a: &Tensor, b: &Tensor, dtype: Option<DType>) -> Result<Tensor> {
     match dtype {
-        Some(dt) => a.to_dtype(dt)?.matmul(&b.to_dtype(dt)?.t()?)?.to_dtype(DType::F32),
+        Some(dt) => cast(&cast(a, dt)?.matmul(&cast(b, dt)?.t()?)?, DType::F32),
         None => a.matmul(&b.t()?),
     }
 }

@@ -223,6 +223,74 @@ fn the_fused_cuda_gradient_norm_matches_the_cpu() -> Result<()> {
     Ok(())
 }
 
+/// The f32 ⇄ bf16 cast op's CUDA kernels (`fused::cast`, mixed precision's casts) against its CPU
+/// path bit for bit: lengths with every remainder of 4, a view starting off the 4-value grid (the
+/// scalar kernel), ties, infinities, NaNs and subnormals, and the gradient carried back.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_fused_cuda_cast_matches_the_cpu() -> Result<()> {
+    use candle_core::{DType, Var};
+    use itera_model::fused::cast;
+    let dev = Device::new_cuda(0)?;
+    let mut rng = Rng::new(SEED + 11);
+    let special = [
+        0.0f32,
+        -0.0,
+        1.0,
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+    ];
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect())
+    };
+    for n in [1usize, 2, 3, 4, 5, 7, 13, 4096, 4097, 100_003] {
+        let mut v = randn(&mut rng, &[n], 3.0).to_vec1::<f32>()?;
+        for (i, s) in special.iter().enumerate().take(n) {
+            v[(i * 7919) % n] = *s;
+        }
+        let (xc, xg) = (Tensor::new(v.as_slice(), &Device::Cpu)?, Tensor::new(v.as_slice(), &dev)?);
+        let (dc, dg) = (cast(&xc, DType::BF16)?, cast(&xg, DType::BF16)?);
+        assert_eq!(bits(&dg)?, bits(&dc)?, "f32 to bf16, {n} values");
+        assert_eq!(bits(&cast(&dg, DType::F32)?)?, bits(&cast(&dc, DType::F32)?)?, "bf16 to f32, {n} values");
+        if n > 1 {
+            // views from the second value: the one-value-a-thread kernels
+            let tail = |t: &Tensor| t.narrow(0, 1, n - 1);
+            assert_eq!(bits(&cast(&tail(&xg)?, DType::BF16)?)?, bits(&cast(&tail(&xc)?, DType::BF16)?)?, "{n} - 1 f32");
+            assert_eq!(bits(&cast(&tail(&dg)?, DType::F32)?)?, bits(&cast(&tail(&dc)?, DType::F32)?)?, "{n} - 1 bf16");
+        }
+    }
+    // the gradient through a product in bf16, as autocast runs it
+    let (x, w, r) = (randn(&mut rng, &[33, 64], 1.0), randn(&mut rng, &[64, 17], 0.2), randn(&mut rng, &[33, 17], 1.0));
+    let grads = |d: &Device| -> Result<Vec<Vec<u32>>> {
+        let (xv, wv) = (Var::from_tensor(&x.to_device(d)?)?, Var::from_tensor(&w.to_device(d)?)?);
+        let y = cast(&cast(&xv, DType::BF16)?.matmul(&cast(&wv, DType::BF16)?)?, DType::F32)?;
+        let g = (y * r.to_device(d)?)?.sum_all()?.backward()?;
+        Ok(vec![bits(g.get(&xv).unwrap())?, bits(g.get(&wv).unwrap())?])
+    };
+    let (gc, gg) = (grads(&Device::Cpu)?, grads(&dev)?);
+    for (a, b) in gg.iter().zip(&gc) {
+        // the products run on different hardware (cuBLAS against gemm): compare as values
+        let d = a.iter().zip(b).map(|(a, b)| (f32::from_bits(*a) - f32::from_bits(*b)).abs()).fold(0f32, f32::max);
+        let scale = b.iter().map(|b| f32::from_bits(*b).abs()).fold(0f32, f32::max);
+        assert!(d <= 2e-2 * (1.0 + scale), "the gradient through the casts differs by {d} (scale {scale})");
+    }
+    Ok(())
+}
+
 /// The fused CUDA ops (`fused/cuda.rs`) against their CPU kernels at the presets' widths: RMSNorm,
 /// the causal softmax, the rotary embedding and SwiGLU's gating in output and gradients, AdamW's in-place update against the host loop
 /// over several steps, and its moments through a checkpoint's tensors.

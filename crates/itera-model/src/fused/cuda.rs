@@ -17,7 +17,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, Layout, Result, Shape, Tensor};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
 /// The `cpu_fwd` of a three-operand op that has only a CUDA kernel (the backward halves of the
@@ -289,6 +289,51 @@ extern "C" __global__ void cross_entropy_bwd(const float* x, const unsigned* t, 
     const unsigned ti = t[row];
     for (int j = lane; j < V; j += 32) gx[row * V + j] = expf(xr[j] - m) * scale - ((unsigned)j == ti ? g : 0.0f);
 }
+// f32 <-> bf16 (`cast.rs`): bf16 as its 16 bits, the same arithmetic as the CPU's f32_to_bf16 /
+// bf16_to_f32 (round to nearest even; NaNs quieted). With `vec` (x and y 16- and 8-byte aligned)
+// thread i converts values 4i..4i+3 with one float4 and one 8-byte access, and thread n/4 the
+// last n % 4; else one value a thread.
+__device__ __forceinline__ unsigned f32_to_bf16(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ float bf16_to_f32(unsigned b) {
+    if ((b & 0x7fffu) > 0x7f80u) b |= 0x40u;
+    return __uint_as_float(b << 16);
+}
+extern "C" __global__ void cast_f32_bf16(const float* x, unsigned short* y, long n, int vec) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (!vec) {
+        if (i < n) y[i] = (unsigned short)f32_to_bf16(x[i]);
+        return;
+    }
+    const long n4 = n >> 2;
+    if (i < n4) {
+        const float4 v = reinterpret_cast<const float4*>(x)[i];
+        uint2 o;
+        o.x = f32_to_bf16(v.x) | (f32_to_bf16(v.y) << 16);
+        o.y = f32_to_bf16(v.z) | (f32_to_bf16(v.w) << 16);
+        reinterpret_cast<uint2*>(y)[i] = o;
+    } else if (i == n4) {
+        for (long j = n4 << 2; j < n; j++) y[j] = (unsigned short)f32_to_bf16(x[j]);
+    }
+}
+extern "C" __global__ void cast_bf16_f32(const unsigned short* x, float* y, long n, int vec) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (!vec) {
+        if (i < n) y[i] = bf16_to_f32(x[i]);
+        return;
+    }
+    const long n4 = n >> 2;
+    if (i < n4) {
+        const uint2 v = reinterpret_cast<const uint2*>(x)[i];
+        reinterpret_cast<float4*>(y)[i] =
+            make_float4(bf16_to_f32(v.x & 0xffffu), bf16_to_f32(v.x >> 16), bf16_to_f32(v.y & 0xffffu), bf16_to_f32(v.y >> 16));
+    } else if (i == n4) {
+        for (long j = n4 << 2; j < n; j++) y[j] = bf16_to_f32(x[j]);
+    }
+}
 "#;
 
 fn ptx() -> Result<&'static str> {
@@ -536,6 +581,45 @@ pub(super) fn move_heads(
 fn element_config(n: usize, op: &str) -> Result<LaunchConfig> {
     let blocks = grid(n.div_ceil(ELEMENT_BLOCK as usize), op)?;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENT_BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// f32 ⇄ bf16 (`cast.rs`) of a contiguous operand: `to` is the other dtype of the pair.
+pub(super) fn cast(s: &CudaStorage, l: &Layout, to: DType, op: &str) -> Result<(CudaStorage, Shape)> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input of shape {:?} is not contiguous", l.shape())))?;
+    let n = end - start;
+    let dev = s.device();
+    let n_i = n as i64;
+    // The vector path reads 4 values at once from a 4-aligned start (allocations are aligned more).
+    let vec = i32::from(start % 4 == 0);
+    let threads = if vec == 1 { n / 4 + 1 } else { n };
+    let cfg = element_config(threads, op)?;
+    match (s.dtype(), to) {
+        (DType::F32, DType::BF16) => {
+            let x = s.as_cuda_slice::<f32>()?.slice(start..end);
+            let y: CudaSlice<half::bf16> = unsafe { dev.alloc::<half::bf16>(n) }?;
+            if n > 0 {
+                let f = dev.get_or_load_custom_func("cast_f32_bf16", MODULE, ptx()?)?;
+                let mut b = f.builder();
+                b.arg(&x).arg(&y).arg(&n_i).arg(&vec);
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
+        }
+        (DType::BF16, DType::F32) => {
+            let x = s.as_cuda_slice::<half::bf16>()?.slice(start..end);
+            let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n) }?;
+            if n > 0 {
+                let f = dev.get_or_load_custom_func("cast_bf16_f32", MODULE, ptx()?)?;
+                let mut b = f.builder();
+                b.arg(&x).arg(&y).arg(&n_i).arg(&vec);
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
+        }
+        (from, to) => candle_core::bail!("{op}: {from:?} to {to:?} is not an f32 ⇄ bf16 cast"),
+    }
 }
 
 /// SwiGLU's gating (`swiglu.rs`): silu(g) u, g and u contiguous f32 of the same shape.
