@@ -17,11 +17,12 @@
 set -euo pipefail
 source scripts/gpu-env.sh ''
 model=${MODEL:?MODEL=baseline or MODEL=itera-lite}
+# AUTOCAST=bf16: the products in bf16 (`train --autocast`), the run folder named for it.
+run=gpu-seed-$model${AUTOCAST:+-$AUTOCAST}
+flags=(--reading-places many --lr 1e-3 --warmup-steps 200 ${AUTOCAST:+--autocast "$AUTOCAST"})
 case "${PART:?PART=1 or PART=2}" in
-  1) RUN=gpu-seed-$model PRESET=seed PACK=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 540 \
-       --reading-places many --lr 1e-3 --warmup-steps 200 ;;
+  1) RUN=$run PRESET=seed PACK=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 540 "${flags[@]}" ;;
   2) back=f16; [ "$model" = itera-lite ] && back=q8_0
-     RUN=gpu-seed-$model PRESET=seed BACK=${BACK:-$back} EVAL=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 560 \
-       --reading-places many --lr 1e-3 --warmup-steps 200 ;;
+     RUN=$run PRESET=seed BACK=${BACK:-$back} EVAL=0 bash scripts/gpu-run.sh "$model" "${STEPS:-2400}" 560 "${flags[@]}" ;;
   *) echo "PART must be 1 or 2" >&2; exit 2 ;;
 esac
