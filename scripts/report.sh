@@ -98,10 +98,11 @@ for m in baseline itera-lite; do [ -f "models/gpu-demo/$m/manifest.json" ] && gp
 # by `quantize --format f32`), and the reading Itera-Lites of other sizes, each where it exists:
 # the demo one with many places (GPU), the small one, 24,000 steps on the CPU, and the sweep's
 # points at the seed baseline's budget (`scripts/gpu/sweep-run.sh` on a GPU: 2,400 steps of
-# 32 × 256 + 128 reading examples): the mid pair and the small Itera-Lite. `bench` asks each one's
+# 32 × 256 + 128 reading examples): the mid pair and the small Itera-Lite, and that budget in 12,000 steps
+# of 4 × 256 + 32 for the small one. `bench` asks each one's
 # questions with its weights in q8_0 and q4_0 too (--qa-formats).
 for d in models/gpu-seed/baseline models/gpu-demo-many/itera-lite models/cpu-small/itera-lite-many-24k \
-  models/mid/baseline models/mid/itera-lite models/gpu-small/itera-lite; do
+  models/mid/baseline models/mid/itera-lite models/gpu-small/itera-lite models/gpu-small-12k/itera-lite; do
   [ -f "$d/manifest.json" ] && gpu+=("$d")
 done
 

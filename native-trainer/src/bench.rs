@@ -33,7 +33,7 @@ pub struct BenchArgs {
     /// Measure nothing: rewrite the report and plots from OUT/results.json
     #[arg(long)]
     pub render_only: bool,
-    /// Measure only --models and add them to OUT/results.json (replacing models of the same name), then
+    /// Measure only --models and add them to OUT/results.json (replacing a model measured from the same folder), then
     /// rewrite the report; the machine and the settings must be those of the results already there
     #[arg(long, conflicts_with = "render_only")]
     pub add: bool,
