@@ -14,9 +14,9 @@
 //! run is reproducible (no atomics).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
@@ -589,37 +589,41 @@ pub(super) fn cast(s: &CudaStorage, l: &Layout, to: DType, op: &str) -> Result<(
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input of shape {:?} is not contiguous", l.shape())))?;
     let n = end - start;
-    let dev = s.device();
-    let n_i = n as i64;
     // The vector path reads 4 values at once from a 4-aligned start (allocations are aligned more).
     let vec = i32::from(start % 4 == 0);
     let threads = if vec == 1 { n / 4 + 1 } else { n };
     let cfg = element_config(threads, op)?;
     match (s.dtype(), to) {
-        (DType::F32, DType::BF16) => {
-            let x = s.as_cuda_slice::<f32>()?.slice(start..end);
-            let y: CudaSlice<half::bf16> = unsafe { dev.alloc::<half::bf16>(n) }?;
-            if n > 0 {
-                let f = dev.get_or_load_custom_func("cast_f32_bf16", MODULE, ptx()?)?;
-                let mut b = f.builder();
-                b.arg(&x).arg(&y).arg(&n_i).arg(&vec);
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
-        }
-        (DType::BF16, DType::F32) => {
-            let x = s.as_cuda_slice::<half::bf16>()?.slice(start..end);
-            let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n) }?;
-            if n > 0 {
-                let f = dev.get_or_load_custom_func("cast_bf16_f32", MODULE, ptx()?)?;
-                let mut b = f.builder();
-                b.arg(&x).arg(&y).arg(&n_i).arg(&vec);
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
-        }
+        (DType::F32, DType::BF16) => cast_as::<f32, half::bf16>(s, l, (start, end), "cast_f32_bf16", vec, cfg),
+        (DType::BF16, DType::F32) => cast_as::<half::bf16, f32>(s, l, (start, end), "cast_bf16_f32", vec, cfg),
         (from, to) => candle_core::bail!("{op}: {from:?} to {to:?} is not an f32 ⇄ bf16 cast"),
     }
+}
+
+/// [`cast`]'s launch: values `span` of `s` (dtype `S`) into a fresh buffer of `D` by `kernel`.
+fn cast_as<S, D>(
+    s: &CudaStorage,
+    l: &Layout,
+    span: (usize, usize),
+    kernel: &str,
+    vec: i32,
+    cfg: LaunchConfig,
+) -> Result<(CudaStorage, Shape)>
+where
+    S: CudaDType + DeviceRepr,
+    D: CudaDType + DeviceRepr,
+{
+    let (dev, n) = (s.device(), span.1 - span.0);
+    let x = s.as_cuda_slice::<S>()?.slice(span.0..span.1);
+    let y: CudaSlice<D> = unsafe { dev.alloc::<D>(n) }?;
+    if n > 0 {
+        let f = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+        let n_i = n as i64;
+        let mut b = f.builder();
+        b.arg(&x).arg(&y).arg(&n_i).arg(&vec);
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), l.shape().clone()))
 }
 
 /// SwiGLU's gating (`swiglu.rs`): silu(g) u, g and u contiguous f32 of the same shape.
