@@ -685,8 +685,11 @@ fn get(fs: &[(u64, Field)], n: u64) -> Vec<&Field> {
     fs.iter().filter(|(k, _)| *k == n).map(|(_, f)| f).collect()
 }
 
-/// Every record of an event file, CRCs checked: (step, [(tag, scalar or text)]).
-fn read_events(path: &Path) -> (String, Vec<(u64, Vec<(String, Result<f32, String>)>)>) {
+/// One record of an event file: (step, [(tag, scalar or text)]).
+type EventRecord = (u64, Vec<(String, Result<f32, String>)>);
+
+/// Every record of an event file, CRCs checked, after the file's version string.
+fn read_events(path: &Path) -> (String, Vec<EventRecord>) {
     let b = std::fs::read(path).unwrap();
     let (mut i, mut version, mut out) = (0, String::new(), Vec::new());
     while i < b.len() {

@@ -9,7 +9,9 @@
 
 use candle_core::{DType, Device};
 use itera_data::prompt::ReadingOrder;
-use itera_model::weights::{read_gguf, varmap_tensors, write_gguf, write_safetensors, write_sharded, WeightFormat};
+use itera_model::weights::{
+    read_gguf, varmap_tensors, write_gguf, write_safetensors, write_sharded, Shard, WeightFormat,
+};
 use itera_model::{BaselineConfig, Config, IteraLiteConfig, Model, Preset};
 use itera_retrieval::{EncoderConfig, Index};
 use itera_web::protocol::{BackendChoice, ToWorker};
@@ -180,8 +182,8 @@ const SHARDS_DICT: &[&[u8]] = &[
 ];
 
 /// The tiny Itera-Lite's weights in shards of 1 KB: (index JSON, shards).
-fn tiny_shards() -> &'static (Vec<u8>, Vec<(String, Vec<u8>)>) {
-    static SHARDS: OnceLock<(Vec<u8>, Vec<(String, Vec<u8>)>)> = OnceLock::new();
+fn tiny_shards() -> &'static (Vec<u8>, Vec<Shard>) {
+    static SHARDS: OnceLock<(Vec<u8>, Vec<Shard>)> = OnceLock::new();
     SHARDS.get_or_init(|| {
         let (varmap, _) = Model::init(&shared().configs[1], 3, &Device::Cpu).expect("init");
         let (shards, index) = write_sharded(&varmap_tensors(&varmap).expect("tensors"), 1024).expect("shards");

@@ -222,10 +222,13 @@ pub fn read_gguf(bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor
 /// each tensor.
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
+/// One shard of [`write_sharded`]: its file name and bytes.
+pub type Shard = (String, Vec<u8>);
+
 /// Splits `tensors` (by name) into safetensors shards of at most `max_bytes` of tensor data
 /// each (a larger tensor gets a shard of its own), named `model-00001-of-0000N.safetensors` as
 /// `save_pretrained(max_shard_size=...)` names them. Returns the shards and the index JSON.
-pub fn write_sharded(tensors: &[(String, Tensor)], max_bytes: u64) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>)> {
+pub fn write_sharded(tensors: &[(String, Tensor)], max_bytes: u64) -> Result<(Vec<Shard>, Vec<u8>)> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut groups: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
