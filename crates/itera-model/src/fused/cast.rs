@@ -3,9 +3,9 @@
 //!
 //! Why: candle's CUDA casts between f32 and bf16 write each thread's 4 or 8 values with scalar
 //! stores a float4 apart, so a warp's stores are uncoalesced and most of the launched threads idle:
-//! in the kernel profile of a bf16 seed-baseline step on an H100 (docs/gpu.md, the seventh session)
-//! `cast_bf16_f32` took 11.7 ms and `cast_f32_bf16` 3.5 ms of 26.8 ms of kernel time, 57%
-//! (4.2M values in 44 µs: 570 GB/s of a 3.35 TB/s memory). Here each thread converts 4 values with
+//! in the kernel profile of a bf16 seed-baseline step on an H100 (docs/gpu.md, "2026-12-06, late
+//! evening") `cast_bf16_f32` took 11.7 ms and `cast_f32_bf16` 3.5 ms of 26.8 ms of kernel time,
+//! 57% (4.2M values in 44 µs: 570 GB/s, where the H100's memory is rated 3.35 TB/s). Here each thread converts 4 values with
 //! one 16-byte and one 8-byte access, neighbours side by side.
 //!
 //! The conversion is the same bits as candle's `to_dtype` (the `half` crate's): f32 → bf16 rounds
