@@ -10,6 +10,11 @@ alternating ours and theirs, at 1 and 2 threads:
   itera-lite demo, no MoE  <-> MambaForCausalLM  (the same config; HF's CPU path)
   itera-lite demo          <-> JambaForCausalLM  with no attention layer and top-2 of 8 experts
                                                  of the same width in every block
+  itera-lite demo          <-> LlamaForCausalLM  at the baseline's dims (`lite-llama`: the SSM
+                                                 against the Transformer a user would train)
+
+Ratios depend on the CPU (its vector ISA most: the two sides' kernels differ per ISA); the table
+names the machine's CPU first.
 
 Usage (from the repository root; installs torch and transformers from PyPI into
 target/peer-venv on first use, then re-runs itself there):
@@ -28,10 +33,12 @@ Python that has torch and transformers (`--no-venv`):
 
 On CUDA both sides train at the GPU bench's batch, 32 x 256 of vocabulary 2048, in f32 (PyTorch's
 TF32 matmuls left off, its default), each timed span ended by a device synchronisation. There the
-GPU's matmul peak is measured too (8192^3 products in bf16 and in f32, PyTorch, TF32 off), and
-each row gets its model FLOPs utilisation against both: training FLOPs per token taken as
-6 x parameters, plus 12 x layers x width x context for attention (PaLM's count, the
-Transformer only), times tokens/s, over the peak.
+GPU's matmul peak is measured too (8192^3 products in bf16 and in f32, PyTorch, TF32 off); on the
+CPU, PyTorch's f32 2048^3 product at each thread count. Each row gets its model FLOPs utilisation
+against them: training FLOPs per token taken as 6 x parameters (the active ones of a sparse MoE),
+plus 12 x layers x width x context for attention (PaLM's count, the Transformer only), times
+tokens/s, over the peak. On the CPU both sides spend most of a step in f32 products, so the
+utilisation says how much any speed-up can still move a ratio.
 Our CUDA rows run what `Kernels::for_device` picks, the device's fused ops included
 (`Kernels::device_ops`); `--elementary-ops` times them with candle's elementary ops instead (the
 throughput bench's `, elementary ops` rows).
@@ -60,7 +67,27 @@ PAIRS = {
     "baseline": ("baseline {}", ["--model", "baseline"], "LlamaForCausalLM"),
     "mamba": ("itera-lite {}, no MoE", ["--model", "itera-lite", "--experts", "0"], "MambaForCausalLM"),
     "jamba": ("itera-lite {}", ["--model", "itera-lite"], "JambaForCausalLM"),
+    # issue 13's second goal: the SSM against the Transformer a user would otherwise train
+    # (Itera-Lite demo 4.38M parameters, 3.20M active; the Llama at the baseline's dims, 4.26M)
+    "lite-llama": ("itera-lite {}", ["--model", "baseline"], "LlamaForCausalLM"),
 }
+
+
+def cpu_name():
+    """This machine's CPU as a user would name it: model, family/model numbers, vector ISA."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = (x.strip() for x in line.split(":", 1))
+                    info.setdefault(k, v)
+    except OSError:
+        return "unknown CPU"
+    flags = info.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')}, "
+            f"model {info.get('model', '?')}), {isa}, {os.cpu_count()} logical CPUs")
 
 
 def ensure_venv():
@@ -104,7 +131,9 @@ def ours(run, threads, ours_bin=None, autocast="f32"):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells and cells[0] == run:
             params = float(re.match(r"([\d.]+)M", cells[1]).group(1)) * 1e6
-            return {"tok_per_s": float(cells[-1]), "params": params}
+            active = re.search(r"\(([\d.]+)M active\)", cells[1])
+            return {"tok_per_s": float(cells[-1]), "params": params,
+                    "active": float(active.group(1)) * 1e6 if active else params}
     raise RuntimeError(f"no row `{run}` in the bench's output:\n{out}")
 
 
@@ -186,30 +215,51 @@ def peer_child(cls, cfg, threads, steps, device, autocast="f32"):
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
 
-def peak_child():
-    """The GPU's measured matmul throughput (FLOP/s) in bf16 and in f32 (TF32 off)."""
+def peak_child(device, threads):
+    """The measured matmul throughput (FLOP/s) of PyTorch's large square products: on CUDA in
+    bf16 and in f32 (TF32 off), 8192^3; on the CPU in f32 at `threads` threads, 2048^3 (what its
+    BLAS reaches where nothing else limits it; the reference for the CPU rows' utilisation)."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    n, iters, out = 8192, 20, {}
-    for name, dtype in (("bf16", torch.bfloat16), ("f32", torch.float32)):
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        b = torch.randn(n, n, device="cuda", dtype=dtype)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+        n, iters, kinds = 2048, 10, (("f32", torch.float32),)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        n, iters, kinds = 8192, 20, (("bf16", torch.bfloat16), ("f32", torch.float32))
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    out = {}
+    for name, dtype in kinds:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
         for _ in range(3):
             a @ b
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         for _ in range(iters):
             a @ b
-        torch.cuda.synchronize()
+        sync()
         out[name] = 2 * n**3 * iters / (time.perf_counter() - t)
     return out
 
 
-def flops_per_token(cls, cfg, params, ctx):
-    """Training FLOPs per token: 6 N, and PaLM's attention term for the Transformer."""
+def peak(device, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or 1), MKL_NUM_THREADS=str(threads or 1))
+    cmd = [sys.executable, __file__, "--no-venv", "--peak-child", device, str(threads or 0)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def flops_per_token(transformer, cfg, params, ctx):
+    """Training FLOPs per token: 6 N (N the parameters a token uses: the active ones of a sparse
+    MoE), and PaLM's attention term for a Transformer (cfg: its Hugging Face config). The
+    selective scan's own arithmetic is not counted (as the model FLOPs of Mamba papers)."""
     f = 6 * params
-    if cls == "LlamaForCausalLM":
+    if transformer:
         f += 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * ctx
     return f
 
@@ -225,7 +275,8 @@ def theirs(cls, cfg, threads, steps, device, autocast="f32"):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (CPU only)")
-    p.add_argument("--pairs", default="baseline,mamba,jamba", help="comma-separated: baseline, mamba, jamba")
+    p.add_argument("--pairs", default="baseline,mamba,jamba", help="comma-separated: baseline, mamba, jamba, "
+                   "lite-llama (Itera-Lite against the baseline's Llama)")
     p.add_argument("--presets", default="demo", help="comma-separated model presets (the CPU bench: demo only)")
     p.add_argument("--rounds", type=int, default=2, help="alternations of ours and theirs per pair and thread count")
     p.add_argument("--steps", type=int, default=None, help="timed steps per PyTorch measurement (default: 3 on the "
@@ -244,10 +295,10 @@ def main():
                    help="the dtype of both sides' matrix products: ours through `ops::set_autocast` (ITERA_AUTOCAST), "
                    "PyTorch's forward under torch.autocast; weights and optimizer f32 on both")
     p.add_argument("--peer-child", nargs=6, help=argparse.SUPPRESS)
-    p.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--peak-child", nargs=2, metavar=("DEVICE", "THREADS"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peak_child:
-        print(json.dumps(peak_child()))
+        print(json.dumps(peak_child(a.peak_child[0], int(a.peak_child[1]))))
         return
     if a.peer_child:
         cls, cfg, threads, steps, device, autocast = a.peer_child
@@ -280,9 +331,14 @@ def main():
                        check=True)
     thread_counts = a.threads if a.device == "cpu" else [0]
     rows = []
+    cpu = cpu_name()
+    print(f"CPU: {cpu}\n")
     print("| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |")
     print("|---|---|---|---|---|---|---|")
+    peaks = {}  # thread count (CPU) or 0 (CUDA) -> measured matmul FLOP/s by dtype
     for threads in thread_counts:
+        if a.device == "cpu":
+            peaks[threads] = peak("cpu", threads)
         for preset in presets:
             for name in pairs:
                 run, flags, cls = PAIRS[name]
@@ -307,6 +363,7 @@ def main():
                 row = {"ours": run, "peer": cls, "pair": name, "preset": preset, "cfg": cfg,
                        "device": peer[0]["device"], "threads": threads or None,
                        "params_ours": mine[0]["params"], "params_peer": peer[0]["params"],
+                       "active_ours": mine[0]["active"],
                        "ours_tok_per_s": [r["tok_per_s"] for r in mine],
                        "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
                        "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"], "autocast": a.autocast,
@@ -315,26 +372,31 @@ def main():
                 print(f"| {run} | {cls} | {threads or peer[0]['device']} | {mine[0]['params'] / 1e6:.2f}M / "
                       f"{peer[0]['params'] / 1e6:.2f}M | {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
     vocab, batch, ctx = SHAPES[a.device]
-    peak = None
     if a.device == "cuda":
-        cmd = [sys.executable, __file__, "--no-venv", "--peak-child"]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        peak = json.loads(out.strip().splitlines()[-1])
-        print(f"\nmatmul peak measured: bf16 {peak['bf16'] / 1e12:.1f} TFLOP/s, f32 {peak['f32'] / 1e12:.1f} TFLOP/s")
-        print("| ours | MFU ours (bf16 / f32 peak) | MFU peer (bf16 / f32 peak) |")
-        print("|---|---|---|")
-        for row in rows:
-            cfg = row["cfg"]
-            for side in ("ours", "peer"):
-                fpt = flops_per_token(row["peer"], cfg, row[f"params_{side}"], ctx)
-                tps = statistics.median(row[f"{side}_tok_per_s"])
-                row[f"mfu_{side}"] = {k: tps * fpt / v for k, v in peak.items()}
-            print(f"| {row['ours']} | {row['mfu_ours']['bf16']:.1%} / {row['mfu_ours']['f32']:.1%} | "
-                  f"{row['mfu_peer']['bf16']:.1%} / {row['mfu_peer']['f32']:.1%} |")
+        peaks[0] = peak("cuda", 0)
+        p0 = peaks[0]
+        print(f"\nmatmul peak measured: bf16 {p0['bf16'] / 1e12:.1f} TFLOP/s, f32 {p0['f32'] / 1e12:.1f} TFLOP/s")
+    else:
+        print("\nmatmul peak measured (PyTorch, f32, 2048^3): " +
+              ", ".join(f"{t} thread(s) {v['f32'] / 1e9:.1f} GFLOP/s" for t, v in peaks.items()))
+    kinds = list(next(iter(peaks.values())).keys())
+    print(f"| ours | threads | MFU ours ({' / '.join(kinds)} peak) | MFU peer ({' / '.join(kinds)} peak) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        pk = peaks[row["threads"] or 0]
+        row["matmul_peak_flops"] = pk
+        for side in ("ours", "peer"):
+            transformer = row["pair"] == "baseline" if side == "ours" else row["peer"] == "LlamaForCausalLM"
+            params = row["active_ours"] if side == "ours" else row["params_peer"]
+            fpt = flops_per_token(transformer, row["cfg"], params, ctx)
+            tps = statistics.median(row[f"{side}_tok_per_s"])
+            row[f"flops_per_token_{side}"] = fpt
+            row[f"mfu_{side}"] = {k: tps * fpt / v for k, v in pk.items()}
+        fmt = lambda m: " / ".join(f"{m[k]:.1%}" for k in kinds)  # noqa: E731
+        print(f"| {row['ours']} | {row['threads'] or row['device']} | {fmt(row['mfu_ours'])} | {fmt(row['mfu_peer'])} |")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"device": a.device, "batch": batch, "ctx": ctx, "vocab": vocab, "matmul_peak_flops": peak,
-                       "rows": rows}, f, indent=1)
+            json.dump({"device": a.device, "cpu": cpu, "batch": batch, "ctx": ctx, "vocab": vocab, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
