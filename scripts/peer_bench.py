@@ -34,8 +34,11 @@ Python that has torch and transformers (`--no-venv`):
 On CUDA both sides train at the GPU bench's batch, 32 x 256 of vocabulary 2048, in f32 (PyTorch's
 TF32 matmuls left off, its default), each timed span ended by a device synchronisation. There the
 GPU's matmul peak is measured too (8192^3 products in bf16 and in f32, PyTorch, TF32 off); on the
-CPU, PyTorch's f32 2048^3 product at each thread count. Each row gets its model FLOPs utilisation
-against them: training FLOPs per token taken as 6 x parameters (the active ones of a sparse MoE),
+CPU, PyTorch's f32 2048^3 product at each thread count, and the CPU's own f32 multiply-add rate
+(the throughput bench's `--fma-peak`: a register-only FMA loop in the widest vectors the CPU has,
+on every thread at once), the ceiling of both sides' products: PyTorch's BLAS need not reach it
+(MKL runs its AVX2 kernels on AMD CPUs that have AVX-512). Each row gets its model FLOPs
+utilisation against them: training FLOPs per token taken as 6 x parameters (the active ones of a sparse MoE),
 plus 12 x layers x width x context for attention (PaLM's count, the Transformer only), times
 tokens/s, over the peak. On the CPU both sides spend most of a step in f32 products, so the
 utilisation says how much any speed-up can still move a ratio.
@@ -254,6 +257,20 @@ def peak(device, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def fma_peak(threads):
+    """The CPU's f32 fused multiply-add rate at `threads` threads (FLOP/s) and its ISA: the
+    throughput bench's `--fma-peak` register-only loop in the widest vectors the CPU has, the
+    ceiling of every product whoever computes it (PyTorch's BLAS may not use the widest: MKL
+    runs its AVX2 kernels on AMD CPUs)."""
+    cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--", "--fma-peak", "--threads",
+           str(threads)]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    m = re.search(r"fma peak: (\S+) ([\d.]+) GFLOP/s", out)
+    if not m:
+        raise RuntimeError(f"no `fma peak:` line in the bench's output:\n{out}")
+    return float(m.group(2)) * 1e9, m.group(1)
+
+
 def flops_per_token(transformer, cfg, params, ctx):
     """Training FLOPs per token: 6 N (N the parameters a token uses: the active ones of a sparse
     MoE), and PaLM's attention term for a Transformer (cfg: its Hugging Face config). The
@@ -339,6 +356,7 @@ def main():
     for threads in thread_counts:
         if a.device == "cpu":
             peaks[threads] = peak("cpu", threads)
+            peaks[threads]["fma"], fma_isa = fma_peak(threads)
         for preset in presets:
             for name in pairs:
                 run, flags, cls = PAIRS[name]
@@ -379,8 +397,13 @@ def main():
     else:
         print("\nmatmul peak measured (PyTorch, f32, 2048^3): " +
               ", ".join(f"{t} thread(s) {v['f32'] / 1e9:.1f} GFLOP/s" for t, v in peaks.items()))
+        print(f"FMA loop (f32, {fma_isa}, every thread at once): " +
+              ", ".join(f"{t} thread(s) {v['fma'] / 1e9:.1f} GFLOP/s" for t, v in peaks.items()))
     kinds = list(next(iter(peaks.values())).keys())
-    print(f"| ours | threads | MFU ours ({' / '.join(kinds)} peak) | MFU peer ({' / '.join(kinds)} peak) |")
+    names = {"bf16": "bf16 matmul", "f32": "f32 matmul", "fma": "FMA loop"}
+    of = " / ".join(names[k] for k in kinds)
+    print(f"\nModel FLOPs per second over each peak (6 N, N the active parameters, plus a Transformer's attention):")
+    print(f"| ours | threads | ours ({of}) | peer ({of}) |")
     print("|---|---|---|---|")
     for row in rows:
         pk = peaks[row["threads"] or 0]

@@ -7,6 +7,7 @@
 //!     cargo bench -p itera-model --bench throughput -- --run "baseline demo"  # that run only
 //!     cargo bench -p itera-model --bench throughput -- --no-kernels  # skip the kernel table
 //!     cargo bench -p itera-model --bench throughput -- --threads 1   # one thread count only
+//!     cargo bench -p itera-model --bench throughput -- --fma-peak    # the CPU's f32 FMA rate
 //!     ITERA_BENCH_STEPS=20 cargo bench ...                           # timed steps (default 3)
 //!     ITERA_AUTOCAST=bf16 throughput-cuda --device cuda ...          # bf16 products (`ops::set_autocast`)
 //!     throughput-cuda --device cuda  # `scripts/build-cuda.sh --bench` builds it: the GPU's
@@ -78,6 +79,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
+    if args.iter().any(|a| a == "--fma-peak") {
+        return fma_peak(threads);
+    }
     println!("## {threads} thread(s)");
     println!("| model | params | batch × ctx | fwd s | bwd s | opt s | train tok/s |");
     println!("|---|---|---|---|---|---|---|");
@@ -324,4 +328,84 @@ fn moe_speed(b: usize, l: usize, dev: &Device) -> Result<()> {
     let (fast, slow) = (time(MoeKernel::Sparse)?, time(MoeKernel::Dense)?);
     println!("| itera-lite demo model, sparse vs dense MoE | {fast:.3} | {slow:.3} | {:.1}× |", slow / fast);
     Ok(())
+}
+
+/// `--fma-peak`: the f32 rate of the CPU's fused multiply-adds at `threads` threads, each running
+/// a register-only loop of 12 independent accumulators (enough to cover the instruction's latency
+/// on two pipes) in the widest vectors the CPU has: the ceiling every matrix product of the
+/// training step sits under, whoever wrote it (scripts/peer_bench.py states both sides' FLOP/s
+/// against it). One line: `fma peak: <ISA> <GFLOP/s> GFLOP/s at <n> thread(s)`.
+fn fma_peak(threads: usize) -> Result<()> {
+    let Some((isa, lanes, run)) = fma_loop() else {
+        candle_core::bail!("--fma-peak: this CPU has no AVX2 + FMA (the loop is written for x86-64 with them)");
+    };
+    const ITERS: u64 = 400_000_000; // about half a second at 16 lanes
+    run(ITERS / 10); // warm up: clocks, and the AVX-512 units' power-up
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| std::hint::black_box(run(ITERS)));
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let flops = (threads as u64 * ITERS * FMA_CHAINS as u64 * lanes * 2) as f64;
+    println!("fma peak: {isa} {:.1} GFLOP/s at {threads} thread(s)", flops / secs / 1e9);
+    Ok(())
+}
+
+/// Independent accumulators of the FMA loop.
+const FMA_CHAINS: usize = 12;
+
+/// The widest FMA loop this CPU runs: its ISA's name, f32 lanes per instruction, the loop.
+#[allow(clippy::type_complexity)]
+fn fma_loop() -> Option<(&'static str, u64, fn(u64) -> f32)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return Some(("AVX-512", 16, |n| unsafe { fma_loop_avx512(n) }));
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return Some(("AVX2", 8, |n| unsafe { fma_loop_avx2(n) }));
+        }
+    }
+    None
+}
+
+/// `n` rounds of FMA_CHAINS independent 16-lane multiply-adds; returns a sum of the results so
+/// that the loop is not optimised away.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(n: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm512_set1_ps(0.999), _mm512_set1_ps(1e-3));
+    let mut acc: [__m512; FMA_CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+/// [`fma_loop_avx512`] with 8-lane AVX2 multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(n: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm256_set1_ps(0.999), _mm256_set1_ps(1e-3));
+    let mut acc: [__m256; FMA_CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    acc.iter()
+        .map(|&a| {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+            lanes.iter().sum::<f32>()
+        })
+        .sum()
 }
