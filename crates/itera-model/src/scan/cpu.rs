@@ -232,8 +232,8 @@ impl Dims {
 
 /// Channels per task, and the lanes of the kernel's rows (four AVX-512 registers). Wide enough
 /// to amortise the horizontal sums of dB and dC and the per-timestep work; a backward's trace (h
-/// and exp(ΔA) per (t, state, channel), 2 × L N × 256 bytes: 2 MiB at L = 256, N = 16) about
-/// fills L2 (32 and 128 channels measured slower and no faster at the demo's dimensions).
+/// per (t, state, channel), L N × 256 bytes: 1 MiB at L = 256, N = 16) about fills L2 (32 and
+/// 128 channels measured slower and no faster at the demo's dimensions).
 const CHANNEL_BLOCK: usize = 64;
 
 /// Lanes of the partial sums of dB and dC: a row's products are first added lane-wise in chunks
@@ -262,11 +262,13 @@ struct TaskParams {
     bias: Row,
 }
 
-/// What the backward keeps of a task's forward: h_t and exp(Δ_t A) per (t, state) as rows over
-/// the channels, Δ_t and C_t·h_t per t. Reused across the tasks a worker runs.
+/// What the backward keeps of a task's forward: h_t per (t, state) as rows over the channels,
+/// Δ_t and C_t·h_t per t. Reused across the tasks a worker runs. exp(Δ_t A) is not kept: the
+/// backward computes it again from Δ_t and A (the same bits), which measured a little faster
+/// than reading it back from a trace twice this size, past L2 (`examples/scan_profile`, demo
+/// dims, 2026-12-07: backward 32 → 31 ms at one thread, 20 → 19 at two).
 struct Trace {
     hs: Vec<Row>,    // (L, N)
-    es: Vec<Row>,    // (L, N)
     delta: Vec<Row>, // (L)
     ys: Vec<Row>,    // (L)
 }
@@ -274,7 +276,7 @@ struct Trace {
 impl Trace {
     fn new(l: usize, n: usize) -> Trace {
         let zero = [0f32; CHANNEL_BLOCK];
-        Trace { hs: vec![zero; l * n], es: vec![zero; l * n], delta: vec![zero; l], ys: vec![zero; l] }
+        Trace { hs: vec![zero; l * n], delta: vec![zero; l], ys: vec![zero; l] }
     }
 }
 
@@ -354,8 +356,8 @@ unsafe fn halving_sums_avx512(rows: &[[f32; PART]; PART]) -> [f32; PART] {
 }
 
 /// The backward of one timestep for a group of states `ks` (at most PART) over a task's
-/// channels: given h_t, h_{t-1}, e = exp(Δ A) and A per state (rows over the channels, indexed
-/// by k), and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t, C_t: carries dh back a step,
+/// channels: given h_t, h_{t-1} and A per state (rows over the channels, indexed by k; e =
+/// exp(Δ A) computed here), and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t, C_t: carries dh back a step,
 /// accumulates dA and the states' terms of ∂loss/∂(Δ x B) and of dΔ (in the order of k), and
 /// leaves in `pb[i]`, `pc[i]` the partial sums (chunks of PART channels added lane-wise, in
 /// order) of the products whose sums over the channels are dB_t[k] and dC_t[k].
@@ -367,7 +369,7 @@ unsafe fn halving_sums_avx512(rows: &[[f32; PART]; PART]) -> [f32; PART] {
 #[allow(clippy::type_complexity)]
 fn state_grads<const FMA: bool>(
     ks: std::ops::Range<usize>,
-    (hc, hp, ek, at): (&[Row], &[Row], &[Row], &[Row]),
+    (hc, hp, at): (&[Row], &[Row], &[Row]),
     (gd, x, delta, dtx): (&Row, &Row, &Row, &Row),
     (bt, ct): (&[f32], &[f32]),
     (dh, da): (&mut [Row], &mut [Row]),
@@ -381,7 +383,9 @@ fn state_grads<const FMA: bool>(
         let (mut acc_x, mut acc_d) = (chunk(dxb_sum, q), chunk(ddelta, q));
         for (i, k) in ks.clone().enumerate() {
             let (b, c) = (bt[k], ct[k]);
-            let (hc, hp, ek, ak) = (chunk(&hc[k], q), chunk(&hp[k], q), chunk(&ek[k], q), chunk(&at[k], q));
+            let (hc, hp, ak) = (chunk(&hc[k], q), chunk(&hp[k], q), chunk(&at[k], q));
+            // e = exp(Δ A), recomputed: the same function of the same operands as the forward's
+            let ek: Lanes = std::array::from_fn(|j| exp_with::<FMA>(delta[j] * ak[j]));
             let (mut dhq, mut daq) = (chunk(&dh[k], q), chunk(&da[k], q));
             let (mut prod_b, mut prod_c) = ([0f32; PART], [0f32; PART]);
             for j in 0..PART {
@@ -566,7 +570,7 @@ impl Dims {
         y: &TaskOut,
         trace: Option<&mut Trace>,
     ) {
-        let mut none = Trace { hs: vec![], es: vec![], delta: vec![], ys: vec![] };
+        let mut none = Trace { hs: vec![], delta: vec![], ys: vec![] };
         match trace {
             Some(tr) => self.forward_task_dispatch::<true>(task, tp, ops, h, Some(y), tr),
             None => self.forward_task_dispatch::<false>(task, tp, ops, h, Some(y), &mut none),
@@ -664,7 +668,6 @@ impl Dims {
                 }
                 if TRACE {
                     tr.hs[t * n + k] = *hk;
-                    tr.es[t * n + k] = e;
                 }
             }
             if let Some(y) = y {
@@ -795,7 +798,6 @@ impl Dims {
             let (delta, ys) = (&tr.delta[t], &tr.ys[t]);
             let h_cur = &tr.hs[t * n..(t + 1) * n];
             let h_prev = if t == 0 { &zeros[..] } else { &tr.hs[(t - 1) * n..t * n] };
-            let e_t = &tr.es[t * n..(t + 1) * n];
             // ∂loss/∂z, gd = ∂loss/∂(ys + D x), dΔ/d(dt) of the softplus, Δ x; dD.
             let mut dz = [0f32; CHANNEL_BLOCK];
             let (mut gd, mut sig_dt, mut dtx) = ([0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK], [0f32; CHANNEL_BLOCK]);
@@ -816,7 +818,7 @@ impl Dims {
                 let kn = PART.min(n - k0);
                 state_grads::<FMA>(
                     k0..k0 + kn,
-                    (h_cur, h_prev, e_t, at),
+                    (h_cur, h_prev, at),
                     (&gd, &u, delta, &dtx),
                     (bt, ct),
                     (&mut dh, &mut g.da),
@@ -987,8 +989,7 @@ mod tests {
                     }
                 }
                 let ys = task_cols(&y);
-                let trace: Vec<f32> =
-                    tr.hs.iter().chain(&tr.es).chain(&tr.delta).chain(&tr.ys).flatten().copied().collect();
+                let trace: Vec<f32> = tr.hs.iter().chain(&tr.delta).chain(&tr.ys).flatten().copied().collect();
                 (ys, trace, h.concat())
             };
             let (f512, f2) = (run_fwd(true), run_fwd(false));
