@@ -46,7 +46,11 @@ Our CUDA rows run what `Kernels::for_device` picks, the device's fused ops inclu
 (`Kernels::device_ops`); `--elementary-ops` times them with candle's elementary ops instead (the
 throughput bench's `, elementary ops` rows).
 
-Figures depend on the machine and on what else runs: use a quiet one. Not a test.
+Figures depend on the machine and on what else runs: use a quiet one. On the CPU the FMA loop
+runs again after every round, and each row shows the range of those readings: a row whose low
+reading is well under the rest ran while the cores were shared (a VM's neighbours), both sides'
+figures with it. It catches cores taken away, not every disturbance: PyTorch's Llama has fallen
+from about 5,300 to 3,400 tokens/s within an hour with the loop's readings steady. Not a test.
 """
 
 import argparse
@@ -350,8 +354,9 @@ def main():
     rows = []
     cpu = cpu_name()
     print(f"CPU: {cpu}\n")
-    print("| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    fma_col = " FMA loop GFLOP/s |" if a.device == "cpu" else ""
+    print(f"| ours | peer | threads | params ours / peer | ours tok/s | peer tok/s | ratio |{fma_col}")
+    print("|---|---|---|---|---|---|---|" + ("---|" if fma_col else ""))
     peaks = {}  # thread count (CPU) or 0 (CUDA) -> measured matmul FLOP/s by dtype
     for threads in thread_counts:
         if a.device == "cpu":
@@ -372,10 +377,14 @@ def main():
                     cfg = configs[key]
                 else:
                     cfg = hf_config(flags, preset, SHAPES[a.device][0])
-                mine, peer = [], []
+                mine, peer, fma = [], [], []
                 for _ in range(a.rounds):
                     mine.append(ours(run, threads, a.ours_bin if a.device == "cuda" else None, a.autocast))
                     peer.append(theirs(cls, cfg, threads, steps, a.device, a.autocast))
+                    if a.device == "cpu":
+                        # The machine's state at this round: a low figure means the cores were
+                        # shared with other work (a VM's), and both sides' figures with it.
+                        fma.append(fma_peak(threads)[0])
                 m = statistics.median(r["tok_per_s"] for r in mine)
                 t = statistics.median(r["tok_per_s"] for r in peer)
                 row = {"ours": run, "peer": cls, "pair": name, "preset": preset, "cfg": cfg,
@@ -386,9 +395,13 @@ def main():
                        "peer_tok_per_s": [r["tok_per_s"] for r in peer], "ratio": m / t,
                        "peer_steps": peer[0]["steps"], "torch": peer[0]["torch"], "autocast": a.autocast,
                        "transformers": peer[0]["transformers"]}
+                fma_cell = ""
+                if fma:
+                    row["fma_loop_flops"] = fma  # one reading per round, after it
+                    fma_cell = f" {min(fma) / 1e9:.0f}-{max(fma) / 1e9:.0f} |"
                 rows.append(row)
                 print(f"| {run} | {cls} | {threads or peer[0]['device']} | {mine[0]['params'] / 1e6:.2f}M / "
-                      f"{peer[0]['params'] / 1e6:.2f}M | {m:.0f} | {t:.0f} | {m / t:.2f}x |", flush=True)
+                      f"{peer[0]['params'] / 1e6:.2f}M | {m:.0f} | {t:.0f} | {m / t:.2f}x |{fma_cell}", flush=True)
     vocab, batch, ctx = SHAPES[a.device]
     if a.device == "cuda":
         peaks[0] = peak("cuda", 0)
