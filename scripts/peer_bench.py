@@ -50,7 +50,7 @@ Figures depend on the machine and on what else runs: use a quiet one. On the CPU
 runs again after every round, and each row shows the range of those readings: a row whose low
 reading is well under the rest ran while the cores were shared (a VM's neighbours), both sides'
 figures with it. It catches cores taken away, not every disturbance: PyTorch's Llama has fallen
-from about 5,300 to 3,400 tokens/s within an hour with the loop's readings steady. Not a test.
+from about 5,300 to 3,400 tokens/s within an hour while the loop read both cores' worth. Not a test.
 """
 
 import argparse
