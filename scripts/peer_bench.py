@@ -119,6 +119,10 @@ def hf_config(flags, preset, vocab):
     return json.loads(out)
 
 
+# The project's throughput bench, built in release by `cargo bench` (arguments after "--").
+BENCH = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput"]
+
+
 def config_key(name, preset, device):
     return f"{name} {preset} {device}"
 
@@ -130,8 +134,7 @@ def ours(run, threads, ours_bin=None, autocast="f32"):
     if ours_bin:
         cmd = [ours_bin, "--device", "cuda", "--no-kernels", "--run", run]
     else:
-        cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--",
-               "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
+        cmd = BENCH + ["--", "--quick", "--no-kernels", "--threads", str(threads), "--run", run]
     env = dict(os.environ, ITERA_AUTOCAST=autocast)
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
@@ -266,8 +269,7 @@ def fma_peak(threads):
     throughput bench's `--fma-peak` register-only loop in the widest vectors the CPU has, the
     ceiling of every product whoever computes it (PyTorch's BLAS may not use the widest: MKL
     runs its AVX2 kernels on AMD CPUs)."""
-    cmd = ["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--", "--fma-peak", "--threads",
-           str(threads)]
+    cmd = BENCH + ["--", "--fma-peak", "--threads", str(threads)]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     m = re.search(r"fma peak: (\S+) ([\d.]+) GFLOP/s", out)
     if not m:
@@ -348,7 +350,7 @@ def main():
     steps = a.steps or (10 if a.device == "cuda" else 3)
     ensure_venv()
     if a.device == "cpu":
-        subprocess.run(["cargo", "bench", "-q", "-p", "itera-model", "--bench", "throughput", "--no-run"], cwd=ROOT,
+        subprocess.run(BENCH + ["--no-run"], cwd=ROOT,
                        check=True)
     thread_counts = a.threads if a.device == "cpu" else [0]
     rows = []
@@ -415,7 +417,7 @@ def main():
     kinds = list(next(iter(peaks.values())).keys())
     names = {"bf16": "bf16 matmul", "f32": "f32 matmul", "fma": "FMA loop"}
     of = " / ".join(names[k] for k in kinds)
-    print(f"\nModel FLOPs per second over each peak (6 N, N the active parameters, plus a Transformer's attention):")
+    print("\nModel FLOPs per second over each peak (6 N, N the active parameters, plus a Transformer's attention):")
     print(f"| ours | threads | ours ({of}) | peer ({of}) |")
     print("|---|---|---|---|")
     for row in rows:

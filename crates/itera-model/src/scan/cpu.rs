@@ -357,8 +357,8 @@ unsafe fn halving_sums_avx512(rows: &[[f32; PART]; PART]) -> [f32; PART] {
 
 /// The backward of one timestep for a group of states `ks` (at most PART) over a task's
 /// channels: given h_t, h_{t-1} and A per state (rows over the channels, indexed by k; e =
-/// exp(Δ A) computed here), and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t, C_t: carries dh back a step,
-/// accumulates dA and the states' terms of ∂loss/∂(Δ x B) and of dΔ (in the order of k), and
+/// exp(Δ A) computed here), and per channel gd = ∂loss/∂ys, x, Δ, Δ x; and B_t, C_t: carries
+/// dh back a step, accumulates dA and the states' terms of ∂loss/∂(Δ x B) and of dΔ (in the order of k), and
 /// leaves in `pb[i]`, `pc[i]` the partial sums (chunks of PART channels added lane-wise, in
 /// order) of the products whose sums over the channels are dB_t[k] and dC_t[k].
 ///
